@@ -3,7 +3,10 @@
 //! The call logic of callbridge: the intent table, the two-leg call state machine, SDP
 //! rewriting and the RTP relay. Built on [`sip_core`]; knows nothing of HTTP.
 //!
-//! This crate is filled in by the call-flow issue; for now it only fixes the dependency
-//! direction `callbridge → api → b2bua → sip-core`.
+//! Today it holds the [`intent::IntentTable`]; the call state machine arrives with the
+//! call-flow issue.
 
+pub mod intent;
+
+pub use intent::{Intent, IntentTable, NoIntent};
 pub use sip_core;

@@ -1,1 +1,5 @@
+//! The `callbridge` binary: configuration, logging, wiring and signals.
+
+mod config;
+
 fn main() {}

@@ -1,0 +1,307 @@
+//! The intent table: "telnum will dial dedicated number `caller` to reach `callee`", one per
+//! telnum, the latest wins, each valid for a TTL.
+//!
+//! Shaped like mini-redis's `db.rs`: a `HashMap` for O(1) lookup by telnum plus a `BTreeMap`
+//! ordered by expiry that one sweeper walks from the front; both behind one short
+//! `parking_lot::Mutex` that is never held across an `.await`. Time is always an argument, so
+//! tests drive expiry with a fake clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+/// A registered call intent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    /// Opaque identifier of the call this intent will become (decimal digits, as in the seed).
+    pub callid: String,
+    /// The user's real number, without a leading `+`.
+    pub telnum: String,
+    /// The dedicated number the user will dial, shown to the target as the caller.
+    pub caller: String,
+    /// The target number.
+    pub callee: String,
+    pub created: Instant,
+    pub expires: Instant,
+}
+
+/// Why an incoming call found no intent to consume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoIntent {
+    #[error("no call intent registered for this number")]
+    None,
+    #[error("the call intent expired")]
+    Expired,
+    #[error("the call intent is for another dedicated number")]
+    OtherNumber,
+}
+
+/// Shared table of pending intents; clone the `Arc` around it to share with the API.
+#[derive(Debug)]
+pub struct IntentTable {
+    ttl: Duration,
+    ids: CallIdGenerator,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_telnum: HashMap<String, Intent>,
+    /// `(expiry, callid)` → telnum; the callid makes keys unique and tells a replaced intent's
+    /// stale entry from the live one.
+    expiries: BTreeMap<(Instant, String), String>,
+}
+
+/// Strips the leading `+` that SPEC.md says is ignored when comparing numbers.
+pub fn normalize_number(number: &str) -> &str {
+    number.strip_prefix('+').unwrap_or(number)
+}
+
+impl IntentTable {
+    pub fn new(ttl: Duration) -> IntentTable {
+        IntentTable {
+            ttl,
+            ids: CallIdGenerator::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Registers an intent, replacing any earlier one of the same telnum. Returns the new
+    /// intent and the one it replaced.
+    pub fn register(
+        &self,
+        now: Instant,
+        telnum: &str,
+        caller: &str,
+        callee: &str,
+    ) -> (Intent, Option<Intent>) {
+        let intent = Intent {
+            callid: self.ids.next(),
+            telnum: normalize_number(telnum).to_owned(),
+            caller: normalize_number(caller).to_owned(),
+            callee: normalize_number(callee).to_owned(),
+            created: now,
+            expires: now + self.ttl,
+        };
+        let mut state = self.state.lock();
+        state.expiries.insert(
+            (intent.expires, intent.callid.clone()),
+            intent.telnum.clone(),
+        );
+        let replaced = state
+            .by_telnum
+            .insert(intent.telnum.clone(), intent.clone());
+        if let Some(old) = &replaced {
+            state.expiries.remove(&(old.expires, old.callid.clone()));
+        }
+        (intent, replaced)
+    }
+
+    /// Removes the pending intent of `telnum`, if any.
+    pub fn cancel(&self, telnum: &str) -> Option<Intent> {
+        let mut state = self.state.lock();
+        let intent = state.by_telnum.remove(normalize_number(telnum))?;
+        state
+            .expiries
+            .remove(&(intent.expires, intent.callid.clone()));
+        Some(intent)
+    }
+
+    /// Consumes the intent of `calling` if it is for the dialled dedicated number and still
+    /// valid. An intent for another dedicated number is left in place.
+    pub fn take_matching(
+        &self,
+        now: Instant,
+        calling: &str,
+        dialled: &str,
+    ) -> Result<Intent, NoIntent> {
+        let mut state = self.state.lock();
+        let telnum = normalize_number(calling);
+        let intent = state.by_telnum.get(telnum).ok_or(NoIntent::None)?;
+        if intent.expires <= now {
+            let expired = state.by_telnum.remove(telnum);
+            if let Some(intent) = expired {
+                state.expiries.remove(&(intent.expires, intent.callid));
+            }
+            return Err(NoIntent::Expired);
+        }
+        if intent.caller != normalize_number(dialled) {
+            return Err(NoIntent::OtherNumber);
+        }
+        let intent = state.by_telnum.remove(telnum).ok_or(NoIntent::None)?;
+        state
+            .expiries
+            .remove(&(intent.expires, intent.callid.clone()));
+        Ok(intent)
+    }
+
+    /// Removes every intent whose expiry is at or before `now`; returns how many.
+    pub fn purge_expired(&self, now: Instant) -> usize {
+        let mut state = self.state.lock();
+        let mut purged = 0;
+        while let Some(entry) = state.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, callid), telnum) = entry.remove_entry();
+            if state
+                .by_telnum
+                .get(&telnum)
+                .is_some_and(|i| i.callid == callid)
+            {
+                state.by_telnum.remove(&telnum);
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    /// When the sweeper should next run.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.state
+            .lock()
+            .expiries
+            .first_key_value()
+            .map(|((at, _), _)| *at)
+    }
+
+    /// Number of pending intents.
+    pub fn len(&self) -> usize {
+        self.state.lock().by_telnum.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pending intent of `telnum`, without consuming it.
+    pub fn get(&self, telnum: &str) -> Option<Intent> {
+        self.state
+            .lock()
+            .by_telnum
+            .get(normalize_number(telnum))
+            .cloned()
+    }
+}
+
+/// Issues call ids: decimal, unique within a process and, because the counter starts at the
+/// start-up time in microseconds, across restarts too.
+#[derive(Debug)]
+struct CallIdGenerator {
+    next: AtomicU64,
+}
+
+impl CallIdGenerator {
+    fn new() -> CallIdGenerator {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        CallIdGenerator {
+            next: AtomicU64::new(start),
+        }
+    }
+
+    fn next(&self) -> String {
+        self.next.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn register_then_consume_once() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        let (intent, replaced) = table.register(t0, "+1001", "2001", "3001");
+        assert!(replaced.is_none());
+        assert_eq!(intent.telnum, "1001");
+        assert!(intent.callid.bytes().all(|b| b.is_ascii_digit()));
+        let got = table
+            .take_matching(t0 + Duration::from_secs(1), "1001", "+2001")
+            .unwrap();
+        assert_eq!(got, intent);
+        assert_eq!(
+            table.take_matching(t0 + Duration::from_secs(2), "1001", "2001"),
+            Err(NoIntent::None)
+        );
+        assert!(table.is_empty());
+        assert_eq!(table.next_expiry(), None);
+    }
+
+    #[test]
+    fn latest_intent_wins_and_old_expiry_entry_goes() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        let (first, _) = table.register(t0, "1001", "2001", "3001");
+        let (second, replaced) =
+            table.register(t0 + Duration::from_secs(10), "1001", "2001", "3002");
+        assert_eq!(replaced, Some(first.clone()));
+        assert_ne!(first.callid, second.callid);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.next_expiry(), Some(second.expires));
+        // The first intent's expiry passes without removing the second.
+        assert_eq!(table.purge_expired(first.expires), 0);
+        let got = table
+            .take_matching(first.expires, "1001", "2001")
+            .unwrap();
+        assert_eq!(got.callee, "3002");
+    }
+
+    #[test]
+    fn expiry_by_sweep_and_by_lookup() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        table.register(t0, "1001", "2001", "3001");
+        table.register(t0 + Duration::from_secs(60), "1002", "2002", "3002");
+        assert_eq!(table.purge_expired(t0 + TTL - Duration::from_millis(1)), 0);
+        assert_eq!(table.purge_expired(t0 + TTL), 1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(
+            table.take_matching(t0 + TTL + Duration::from_secs(60), "1002", "2002"),
+            Err(NoIntent::Expired)
+        );
+        assert!(table.is_empty());
+        assert_eq!(table.next_expiry(), None);
+    }
+
+    #[test]
+    fn cancel_and_wrong_number() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        table.register(t0, "1001", "2001", "3001");
+        assert_eq!(
+            table.take_matching(t0, "1001", "2999"),
+            Err(NoIntent::OtherNumber)
+        );
+        assert_eq!(table.len(), 1, "a call to another number does not consume");
+        assert!(table.cancel("+1001").is_some());
+        assert!(table.cancel("1001").is_none());
+        assert_eq!(
+            table.take_matching(t0, "1001", "2001"),
+            Err(NoIntent::None)
+        );
+        assert_eq!(table.next_expiry(), None);
+    }
+
+    #[test]
+    fn call_ids_are_unique() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let (intent, _) = table.register(t0, &format!("{i}"), "2001", "3001");
+            assert!(seen.insert(intent.callid));
+        }
+    }
+}

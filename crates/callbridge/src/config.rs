@@ -1,0 +1,391 @@
+//! Configuration: built-in defaults, overridden by a TOML file, overridden by
+//! `CALLBRIDGE_<SECTION>_<KEY>` environment variables, overridden by `--set section.key=value`.
+//!
+//! Every layer is merged as a TOML table before anything is interpreted, so one set of serde
+//! types validates all of them and an unknown key is an error wherever it came from.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one callbridge process (SPEC.md "Configuration contract").
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub api: ApiConfig,
+    pub intent: IntentConfig,
+    pub log: LogConfig,
+}
+
+/// `[sip]`: signalling listener, trunk and call limits.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP and TCP listen address (same port for both).
+    pub listen: SocketAddr,
+    /// Host written into Via, Contact and Record-Route.
+    pub public_addr: String,
+    /// Where outbound (B-leg) INVITEs are sent, `host:port`.
+    pub trunk: String,
+    /// Sources allowed to send INVITEs; others get 403.
+    pub trusted_peers: Vec<IpNet>,
+    /// Final response when no intent matches.
+    pub refuse_code: u16,
+    /// No-answer timeout of the outbound leg.
+    pub no_answer_secs: u64,
+    /// Maximum call duration after answer; 0 means unlimited.
+    pub max_call_secs: u64,
+    /// Largest SIP message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Socket buffer sizes requested from the kernel.
+    pub recv_buffer_bytes: usize,
+    pub send_buffer_bytes: usize,
+    /// RFC 3261 timer base values, in milliseconds.
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+    pub t4_ms: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060),
+            public_addr: "127.0.0.1".into(),
+            trunk: "127.0.0.1:5080".into(),
+            trusted_peers: vec![loopback_net()],
+            refuse_code: 403,
+            no_answer_secs: 60,
+            max_call_secs: 0,
+            max_message_bytes: 64 * 1024,
+            recv_buffer_bytes: 4 * 1024 * 1024,
+            send_buffer_bytes: 4 * 1024 * 1024,
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+        }
+    }
+}
+
+fn loopback_net() -> IpNet {
+    IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default()
+}
+
+/// `[media]`: RTP anchoring.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address written into SDP `c=` lines.
+    pub public_ip: IpAddr,
+    /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP.
+    pub rtp_ports: String,
+    pub inactivity_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rtp_ports: "20000-29999".into(),
+            inactivity_secs: 60,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The RTP port range as `(first, last)`, both inclusive.
+    pub fn port_range(&self) -> Result<(u16, u16), ConfigError> {
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "media.rtp_ports {:?} is not \"FIRST-LAST\" with FIRST <= LAST",
+                self.rtp_ports
+            ))
+        };
+        let (first, last) = self.rtp_ports.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last || last - first < 1 {
+            return Err(bad());
+        }
+        Ok((first, last))
+    }
+}
+
+/// `[api]`: the HTTP API.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Non-empty: every /api request needs `Authorization: Bearer <token>`.
+    pub tokens: Vec<String>,
+    /// Allows a non-loopback listen address with no tokens (refused otherwise).
+    pub allow_unauthenticated: bool,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[intent]`: call intents registered by makecall.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntentConfig {
+    pub ttl_secs: u64,
+}
+
+impl Default for IntentConfig {
+    fn default() -> Self {
+        IntentConfig { ttl_secs: 120 }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `"info"` or `"callbridge=debug,sip_core=info"`.
+    pub filter: String,
+    /// `"text"` or `"json"`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "CALLBRIDGE_";
+
+impl Config {
+    /// Builds the configuration from the optional file, the given environment variables and
+    /// the `section.key=value` overrides, in that order of increasing precedence.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            let rest = &name[ENV_PREFIX.len()..];
+            let (section, key) = rest.split_once('_').ok_or_else(|| {
+                ConfigError::Invalid(format!("{name}: expected CALLBRIDGE_<SECTION>_<KEY>"))
+            })?;
+            set_key(
+                &mut table,
+                &section.to_ascii_lowercase(),
+                &key.to_ascii_lowercase(),
+                &value,
+                &name,
+            )?;
+        }
+        for item in overrides {
+            let (path, value) = item.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--set {item:?}: expected section.key=value"))
+            })?;
+            let (section, key) = path.trim().split_once('.').ok_or_else(|| {
+                ConfigError::Invalid(format!("--set {item:?}: expected section.key=value"))
+            })?;
+            set_key(&mut table, section, key, value, &format!("--set {path}"))?;
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: "configuration".into(),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, and that the API is not left open to the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(300..=699).contains(&self.sip.refuse_code) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.refuse_code {} is not a final failure code (300-699)",
+                self.sip.refuse_code
+            )));
+        }
+        if self.sip.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "sip.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(ConfigError::Invalid(
+                "sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into(),
+            ));
+        }
+        if self.intent.ttl_secs == 0 {
+            return Err(ConfigError::Invalid("intent.ttl_secs must be > 0".into()));
+        }
+        self.media.port_range()?;
+        if !self.api.listen.ip().is_loopback()
+            && self.api.tokens.is_empty()
+            && !self.api.allow_unauthenticated
+        {
+            return Err(ConfigError::Invalid(format!(
+                "api.listen {} is reachable from the network but api.tokens is empty; \
+                 set tokens, or api.allow_unauthenticated = true to accept that",
+                self.api.listen
+            )));
+        }
+        if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err(ConfigError::Invalid("api.tokens contains an empty token".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `[section] key = value`, reading `value` as a TOML value (number, bool, array) when it
+/// is one and as a string otherwise, so `CALLBRIDGE_SIP_REFUSE_CODE=486` is a number and
+/// `CALLBRIDGE_SIP_LISTEN=0.0.0.0:5060` a string.
+fn set_key(
+    table: &mut toml::Table,
+    section: &str,
+    key: &str,
+    value: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(section_table) => {
+            section_table.insert(key.to_owned(), parsed);
+            Ok(())
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "{origin}: [{section}] is not a table"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(c.sip.listen, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(c.sip.public_addr, "127.0.0.1");
+        assert_eq!(c.sip.trunk, "127.0.0.1:5080");
+        assert_eq!(c.sip.trusted_peers, vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(c.sip.refuse_code, 403);
+        assert_eq!(c.sip.no_answer_secs, 60);
+        assert_eq!(c.media.public_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.media.port_range().unwrap(), (20000, 29999));
+        assert_eq!(c.media.inactivity_secs, 60);
+        assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.api.tokens.is_empty());
+        assert_eq!(c.intent.ttl_secs, 120);
+    }
+
+    #[test]
+    fn file_then_env_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("cb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[sip]\nrefuse_code = 486\nlisten = \"127.0.0.1:5070\"\n[intent]\nttl_secs = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("CALLBRIDGE_SIP_REFUSE_CODE", "480"),
+                ("CALLBRIDGE_SIP_TRUSTED_PEERS", "[\"10.0.0.0/8\", \"::1/128\"]"),
+                ("CALLBRIDGE_API_TOKENS", "[\"s3cret\"]"),
+                ("UNRELATED", "x"),
+            ]),
+            &["intent.ttl_secs=7".into()],
+        )
+        .unwrap();
+        assert_eq!(c.sip.refuse_code, 480);
+        assert_eq!(c.sip.listen, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(c.sip.trusted_peers.len(), 2);
+        assert_eq!(c.api.tokens, vec!["s3cret".to_string()]);
+        assert_eq!(c.intent.ttl_secs, 7);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::load(None, env(&[("CALLBRIDGE_SIP_NOPE", "1")]), &[]).is_err());
+        assert!(Config::load(None, env(&[("CALLBRIDGE_SIP_REFUSE_CODE", "200")]), &[]).is_err());
+        assert!(Config::load(None, env(&[("CALLBRIDGE_MEDIA_RTP_PORTS", "9-3")]), &[]).is_err());
+        assert!(Config::load(None, env(&[("CALLBRIDGE_SIP_LISTEN", "nope")]), &[]).is_err());
+        assert!(Config::load(None, env(&[]), &["bad".into()]).is_err());
+    }
+
+    #[test]
+    fn open_api_without_tokens_is_refused_unless_allowed() {
+        let open = env(&[("CALLBRIDGE_API_LISTEN", "0.0.0.0:8080")]);
+        assert!(Config::load(None, open.clone(), &[]).is_err());
+        let mut allowed = open.clone();
+        allowed.push(("CALLBRIDGE_API_ALLOW_UNAUTHENTICATED".into(), "true".into()));
+        assert!(Config::load(None, allowed, &[]).is_ok());
+        let mut with_token = open;
+        with_token.push(("CALLBRIDGE_API_TOKENS".into(), "[\"t\"]".into()));
+        assert!(Config::load(None, with_token, &[]).is_ok());
+    }
+}
