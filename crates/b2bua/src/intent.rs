@@ -114,7 +114,7 @@ impl IntentTable {
     }
 
     /// Consumes the intent of `calling` if it is for the dialled dedicated number and still
-    /// valid. An intent for another dedicated number is left in place.
+    /// valid. An intent for another dedicated number, or an expired one, is left in place.
     pub fn take_matching(
         &self,
         now: Instant,
@@ -125,10 +125,7 @@ impl IntentTable {
         let telnum = normalize_number(calling);
         let intent = state.by_telnum.get(telnum).ok_or(NoIntent::None)?;
         if intent.expires <= now {
-            let expired = state.by_telnum.remove(telnum);
-            if let Some(intent) = expired {
-                state.expiries.remove(&(intent.expires, intent.callid));
-            }
+            // Left for `purge_expired`, which reports what it removes.
             return Err(NoIntent::Expired);
         }
         if intent.caller != normalize_number(dialled) {
@@ -141,10 +138,10 @@ impl IntentTable {
         Ok(intent)
     }
 
-    /// Removes every intent whose expiry is at or before `now`; returns how many.
-    pub fn purge_expired(&self, now: Instant) -> usize {
+    /// Removes every intent whose expiry is at or before `now` and returns them.
+    pub fn purge_expired(&self, now: Instant) -> Vec<Intent> {
         let mut state = self.state.lock();
-        let mut purged = 0;
+        let mut purged = Vec::new();
         while let Some(entry) = state.expiries.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -155,8 +152,9 @@ impl IntentTable {
                 .get(&telnum)
                 .is_some_and(|i| i.callid == callid)
             {
-                state.by_telnum.remove(&telnum);
-                purged += 1;
+                if let Some(intent) = state.by_telnum.remove(&telnum) {
+                    purged.push(intent);
+                }
             }
         }
         purged
@@ -251,7 +249,7 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert_eq!(table.next_expiry(), Some(second.expires));
         // The first intent's expiry passes without removing the second.
-        assert_eq!(table.purge_expired(first.expires), 0);
+        assert!(table.purge_expired(first.expires).is_empty());
         let got = table
             .take_matching(first.expires, "1001", "2001")
             .unwrap();
@@ -264,13 +262,16 @@ mod tests {
         let t0 = Instant::now();
         table.register(t0, "1001", "2001", "3001");
         table.register(t0 + Duration::from_secs(60), "1002", "2002", "3002");
-        assert_eq!(table.purge_expired(t0 + TTL - Duration::from_millis(1)), 0);
-        assert_eq!(table.purge_expired(t0 + TTL), 1);
+        assert!(table
+            .purge_expired(t0 + TTL - Duration::from_millis(1))
+            .is_empty());
+        assert_eq!(table.purge_expired(t0 + TTL).len(), 1);
         assert_eq!(table.len(), 1);
         assert_eq!(
             table.take_matching(t0 + TTL + Duration::from_secs(60), "1002", "2002"),
             Err(NoIntent::Expired)
         );
+        assert_eq!(table.purge_expired(t0 + TTL + Duration::from_secs(60)).len(), 1);
         assert!(table.is_empty());
         assert_eq!(table.next_expiry(), None);
     }

@@ -6,7 +6,11 @@
 //! Today it holds the [`intent::IntentTable`]; the call state machine arrives with the
 //! call-flow issue.
 
+pub mod control;
 pub mod intent;
+pub mod registry;
 
+pub use control::CallControl;
 pub use intent::{Intent, IntentTable, NoIntent};
+pub use registry::{CallEvent, CallRecord, CallRegistry, CallState, EndCause, Party};
 pub use sip_core;

@@ -1,0 +1,168 @@
+//! [`CallControl`]: the one handle through which the HTTP API and the SIP side change intents,
+//! so that the intent table and the call registry always tell the same story.
+
+use std::time::{Duration, Instant};
+
+use crate::intent::{Intent, IntentTable, NoIntent};
+use crate::registry::{CallEvent, CallRecord, CallRegistry, EndCause, Party};
+
+/// Intents and call records, updated together.
+#[derive(Debug)]
+pub struct CallControl {
+    intents: IntentTable,
+    registry: CallRegistry,
+}
+
+impl CallControl {
+    /// `intent_ttl`: how long an intent waits for its call; `retention`/`max_ended`: how long
+    /// and how many ended calls stay queryable.
+    pub fn new(intent_ttl: Duration, retention: Duration, max_ended: usize) -> CallControl {
+        CallControl {
+            intents: IntentTable::new(intent_ttl),
+            registry: CallRegistry::new(retention, max_ended),
+        }
+    }
+
+    /// makecall: registers the intent; a replaced intent's call ends as `intent_replaced`.
+    pub fn make_call(&self, now: Instant, telnum: &str, caller: &str, callee: &str) -> Intent {
+        let (intent, replaced) = self.intents.register(now, telnum, caller, callee);
+        self.registry.create(
+            &intent.callid,
+            &intent.telnum,
+            &intent.caller,
+            &intent.callee,
+        );
+        if let Some(old) = replaced {
+            self.end(now, &old.callid, EndCause::IntentReplaced);
+        }
+        intent
+    }
+
+    /// cancelcall: removes the pending intent, if any; its call ends as `intent_cancelled`.
+    pub fn cancel_call(&self, now: Instant, telnum: &str) -> Option<Intent> {
+        let intent = self.intents.cancel(telnum)?;
+        self.end(now, &intent.callid, EndCause::IntentCancelled);
+        Some(intent)
+    }
+
+    /// An incoming call from `calling` to `dialled`: consumes the matching intent and moves its
+    /// call to `trying`. An expired intent found on the way ends as `intent_expired`.
+    pub fn claim(&self, now: Instant, calling: &str, dialled: &str) -> Result<Intent, NoIntent> {
+        match self.intents.take_matching(now, calling, dialled) {
+            Ok(intent) => {
+                self.registry.update(now, &intent.callid, CallEvent::Invited);
+                Ok(intent)
+            }
+            Err(NoIntent::Expired) => {
+                self.sweep(now);
+                Err(NoIntent::Expired)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Expires intents whose TTL has passed and prunes old call records. Returns how many
+    /// intents expired. Called by one background sweeper.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let expired = self.intents.purge_expired(now);
+        for intent in &expired {
+            self.end(now, &intent.callid, EndCause::IntentExpired);
+        }
+        self.registry.prune(now);
+        expired.len()
+    }
+
+    /// Records a step of a claimed call.
+    pub fn record(&self, now: Instant, callid: &str, event: CallEvent) {
+        self.registry.update(now, callid, event);
+    }
+
+    pub fn call(&self, callid: &str) -> Option<CallRecord> {
+        self.registry.get(callid)
+    }
+
+    pub fn intents(&self) -> &IntentTable {
+        &self.intents
+    }
+
+    pub fn registry(&self) -> &CallRegistry {
+        &self.registry
+    }
+
+    /// When the sweeper must next run to expire an intent on time.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.intents.next_expiry()
+    }
+
+    fn end(&self, now: Instant, callid: &str, cause: EndCause) {
+        self.registry.update(
+            now,
+            callid,
+            CallEvent::Ended {
+                by: Party::System,
+                cause,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::CallState;
+
+    fn control() -> CallControl {
+        CallControl::new(Duration::from_secs(120), Duration::from_secs(600), 1000)
+    }
+
+    #[test]
+    fn replaced_cancelled_and_expired_intents_end_their_calls() {
+        let c = control();
+        let t0 = Instant::now();
+        let first = c.make_call(t0, "1001", "2001", "3001");
+        let second = c.make_call(t0, "1001", "2001", "3002");
+        assert_eq!(
+            c.call(&first.callid).unwrap().end_cause,
+            Some(EndCause::IntentReplaced)
+        );
+        assert_eq!(c.call(&second.callid).unwrap().state, CallState::Intent);
+        assert!(c.cancel_call(t0, "1001").is_some());
+        assert_eq!(
+            c.call(&second.callid).unwrap().end_cause,
+            Some(EndCause::IntentCancelled)
+        );
+        let third = c.make_call(t0, "1002", "2002", "3003");
+        assert_eq!(c.sweep(t0 + Duration::from_secs(120)), 1);
+        assert_eq!(
+            c.call(&third.callid).unwrap().end_cause,
+            Some(EndCause::IntentExpired)
+        );
+        assert!(c.intents().is_empty());
+        assert_eq!(c.registry().active_count(), 0);
+    }
+
+    #[test]
+    fn claim_moves_the_call_to_trying() {
+        let c = control();
+        let t0 = Instant::now();
+        let intent = c.make_call(t0, "+1001", "2001", "3001");
+        assert_eq!(c.claim(t0, "1001", "2001").unwrap().callid, intent.callid);
+        assert_eq!(c.call(&intent.callid).unwrap().state, CallState::Trying);
+        assert_eq!(c.claim(t0, "1001", "2001"), Err(NoIntent::None));
+    }
+
+    #[test]
+    fn claiming_an_expired_intent_records_the_expiry() {
+        let c = control();
+        let t0 = Instant::now();
+        let intent = c.make_call(t0, "1001", "2001", "3001");
+        assert_eq!(
+            c.claim(t0 + Duration::from_secs(121), "1001", "2001"),
+            Err(NoIntent::Expired)
+        );
+        assert_eq!(
+            c.call(&intent.callid).unwrap().end_cause,
+            Some(EndCause::IntentExpired)
+        );
+    }
+}
