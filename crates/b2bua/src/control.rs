@@ -50,7 +50,8 @@ impl CallControl {
     pub fn claim(&self, now: Instant, calling: &str, dialled: &str) -> Result<Intent, NoIntent> {
         match self.intents.take_matching(now, calling, dialled) {
             Ok(intent) => {
-                self.registry.update(now, &intent.callid, CallEvent::Invited);
+                self.registry
+                    .update(now, &intent.callid, CallEvent::Invited);
                 Ok(intent)
             }
             Err(NoIntent::Expired) => {

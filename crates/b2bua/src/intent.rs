@@ -250,9 +250,7 @@ mod tests {
         assert_eq!(table.next_expiry(), Some(second.expires));
         // The first intent's expiry passes without removing the second.
         assert!(table.purge_expired(first.expires).is_empty());
-        let got = table
-            .take_matching(first.expires, "1001", "2001")
-            .unwrap();
+        let got = table.take_matching(first.expires, "1001", "2001").unwrap();
         assert_eq!(got.callee, "3002");
     }
 
@@ -271,7 +269,12 @@ mod tests {
             table.take_matching(t0 + TTL + Duration::from_secs(60), "1002", "2002"),
             Err(NoIntent::Expired)
         );
-        assert_eq!(table.purge_expired(t0 + TTL + Duration::from_secs(60)).len(), 1);
+        assert_eq!(
+            table
+                .purge_expired(t0 + TTL + Duration::from_secs(60))
+                .len(),
+            1
+        );
         assert!(table.is_empty());
         assert_eq!(table.next_expiry(), None);
     }
@@ -288,10 +291,7 @@ mod tests {
         assert_eq!(table.len(), 1, "a call to another number does not consume");
         assert!(table.cancel("+1001").is_some());
         assert!(table.cancel("1001").is_none());
-        assert_eq!(
-            table.take_matching(t0, "1001", "2001"),
-            Err(NoIntent::None)
-        );
+        assert_eq!(table.take_matching(t0, "1001", "2001"), Err(NoIntent::None));
         assert_eq!(table.next_expiry(), None);
     }
 

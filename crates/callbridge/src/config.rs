@@ -200,10 +200,12 @@ impl Config {
                 path: path.display().to_string(),
                 source,
             })?;
-            table = text.parse::<toml::Table>().map_err(|e| ConfigError::Syntax {
-                origin: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Syntax {
+                    origin: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
@@ -276,7 +278,9 @@ impl Config {
             )));
         }
         if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
-            return Err(ConfigError::Invalid("api.tokens contains an empty token".into()));
+            return Err(ConfigError::Invalid(
+                "api.tokens contains an empty token".into(),
+            ));
         }
         Ok(())
     }
@@ -353,7 +357,10 @@ mod tests {
             Some(&path),
             env(&[
                 ("CALLBRIDGE_SIP_REFUSE_CODE", "480"),
-                ("CALLBRIDGE_SIP_TRUSTED_PEERS", "[\"10.0.0.0/8\", \"::1/128\"]"),
+                (
+                    "CALLBRIDGE_SIP_TRUSTED_PEERS",
+                    "[\"10.0.0.0/8\", \"::1/128\"]",
+                ),
                 ("CALLBRIDGE_API_TOKENS", "[\"s3cret\"]"),
                 ("UNRELATED", "x"),
             ]),
