@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod intent;
+pub mod media;
 pub mod registry;
 
 pub use control::CallControl;
