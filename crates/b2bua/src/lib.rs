@@ -9,6 +9,7 @@
 pub mod control;
 pub mod intent;
 pub mod media;
+pub mod outbound;
 pub mod registry;
 
 pub use control::CallControl;
