@@ -8,7 +8,7 @@ pub mod message;
 pub mod peer;
 
 pub use message::{
-    CSeq, Header, HeaderName, Headers, Message, Method, NameAddr, Params, ParseError,
-    ParseLimits, Request, Response, Scheme, Transport, Uri, Via,
+    CSeq, Header, HeaderName, Headers, Message, Method, NameAddr, Params, ParseError, ParseLimits,
+    Request, Response, Scheme, Transport, Uri, Via,
 };
 pub use peer::{ConnectionId, Peer, Transmit};

@@ -113,10 +113,15 @@ mod tests {
     #[test]
     fn received_and_rport_stamped() {
         let source = Peer::udp("10.0.0.9:40000".parse().unwrap());
-        let stamped = stamp_received(&via("SIP/2.0/UDP host.invalid;branch=z9hG4bK1;rport"), &source)
-            .unwrap();
+        let stamped = stamp_received(
+            &via("SIP/2.0/UDP host.invalid;branch=z9hG4bK1;rport"),
+            &source,
+        )
+        .unwrap();
         assert_eq!(stamped.received(), Some("10.0.0.9"));
         assert_eq!(stamped.rport(), Some(Some(40000)));
-        assert!(stamp_received(&via("SIP/2.0/UDP 10.0.0.9:40000;branch=z9hG4bK1"), &source).is_none());
+        assert!(
+            stamp_received(&via("SIP/2.0/UDP 10.0.0.9:40000;branch=z9hG4bK1"), &source).is_none()
+        );
     }
 }

@@ -313,10 +313,9 @@ mod tests {
 
     #[test]
     fn commas_inside_quotes_and_angle_brackets_do_not_split() {
-        let parts: Vec<_> = split_top_level_commas(
-            r#""Bob, \"Jr\"" <sip:b@x;p=a,b>;q=1 , <sip:c@y>,sip:d@z"#,
-        )
-        .collect();
+        let parts: Vec<_> =
+            split_top_level_commas(r#""Bob, \"Jr\"" <sip:b@x;p=a,b>;q=1 , <sip:c@y>,sip:d@z"#)
+                .collect();
         assert_eq!(
             parts,
             vec![

@@ -22,7 +22,9 @@ impl Params {
                 None => (piece, None),
             };
             if name.is_empty() || !name.bytes().all(is_token_byte) {
-                return Err(ParseError::InvalidHeader(format!("bad parameter {piece:?}")));
+                return Err(ParseError::InvalidHeader(format!(
+                    "bad parameter {piece:?}"
+                )));
             }
             params.push((name.to_owned(), value));
         }
@@ -52,7 +54,11 @@ impl Params {
 
     /// Sets a parameter, replacing an existing one of the same name in place.
     pub fn set(&mut self, name: &str, value: Option<&str>) {
-        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             Some(slot) => slot.1 = value.map(str::to_owned),
             None => self.push(name, value),
         }

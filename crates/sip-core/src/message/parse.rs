@@ -50,7 +50,9 @@ pub fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 /// Bytes at the front that are CR or LF (keep-alives, RFC 5626 §3.5.1, or stray line ends).
 pub(crate) fn leading_line_ends(buf: &[u8]) -> usize {
-    buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()
+    buf.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
 }
 
 /// The header section split into its start line and unfolded `(name, value)` rows.

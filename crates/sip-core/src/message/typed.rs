@@ -143,7 +143,13 @@ impl Via {
 
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SIP/2.0/{} {}{}", self.transport, self.sent_by(), self.params)
+        write!(
+            f,
+            "SIP/2.0/{} {}{}",
+            self.transport,
+            self.sent_by(),
+            self.params
+        )
     }
 }
 
@@ -359,8 +365,18 @@ mod tests {
         let c = CSeq::parse("  314159   INVITE ").unwrap();
         assert_eq!(c.seq, 314159);
         assert_eq!(c.method, Method::Invite);
-        assert_eq!(CSeq::parse("1 FOO").unwrap().method, Method::parse("FOO").unwrap());
-        for bad in ["", "INVITE", "x INVITE", "1", "99999999999 INVITE", "1 INVITE x"] {
+        assert_eq!(
+            CSeq::parse("1 FOO").unwrap().method,
+            Method::parse("FOO").unwrap()
+        );
+        for bad in [
+            "",
+            "INVITE",
+            "x INVITE",
+            "1",
+            "99999999999 INVITE",
+            "1 INVITE x",
+        ] {
             assert!(CSeq::parse(bad).is_err(), "{bad:?}");
         }
     }
