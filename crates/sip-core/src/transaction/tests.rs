@@ -1,0 +1,984 @@
+//! Every state machine and timer of the transaction layer, driven by a fake clock: the test
+//! owns `now` and jumps it to the deadlines the layer asks for. Nothing here sleeps.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::message::{ParseLimits, Uri};
+use crate::peer::ConnectionId;
+
+const T4: Duration = Duration::from_secs(5);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn parse(text: &str) -> Message {
+    Message::parse(
+        text.replace('\n', "\r\n").as_bytes(),
+        &ParseLimits::default(),
+    )
+    .unwrap()
+}
+
+fn request(text: &str) -> Request {
+    match parse(text) {
+        Message::Request(r) => r,
+        Message::Response(_) => panic!("not a request"),
+    }
+}
+
+fn udp_peer() -> Peer {
+    Peer::udp("10.0.0.2:5062".parse().unwrap())
+}
+
+fn tcp_peer() -> Peer {
+    Peer::tcp("10.0.0.2:40000".parse().unwrap(), Some(ConnectionId(9)))
+}
+
+/// An outgoing request without Via: the layer adds it.
+fn outgoing(method: &str) -> Request {
+    let mut request = request(&format!(
+        "{method} sip:bob@10.0.0.2:5062 SIP/2.0\n\
+         Via: SIP/2.0/UDP placeholder;branch=z9hG4bKremoved\n\
+         Max-Forwards: 70\n\
+         From: <sip:alice@10.0.0.1>;tag=a1\n\
+         To: <sip:bob@10.0.0.2>\n\
+         Call-ID: c1@10.0.0.1\n\
+         CSeq: 1 {method}\n\
+         Contact: <sip:alice@10.0.0.1>\n\
+         \n"
+    ));
+    request.headers.remove_all(&HeaderName::Via);
+    request
+}
+
+/// An incoming request as a peer would send it (`branch` given, so retransmissions match).
+fn incoming(method: &str, branch: &str, cseq: u32) -> Request {
+    request(&format!(
+        "{method} sip:bob@10.0.0.1 SIP/2.0\n\
+         Via: SIP/2.0/UDP 10.0.0.2:5062;branch={branch}\n\
+         Max-Forwards: 70\n\
+         From: <sip:alice@10.0.0.2>;tag=f1\n\
+         To: <sip:bob@10.0.0.1>\n\
+         Call-ID: in1@10.0.0.2\n\
+         CSeq: {cseq} {method}\n\
+         Contact: <sip:alice@10.0.0.2:5062>\n\
+         \n"
+    ))
+}
+
+/// The response a peer sends to our `request` (copies Via etc. from what we sent).
+fn reply(request: &Request, status: u16, to_tag: Option<&str>) -> Message {
+    let mut response = Response::to_request(request, status, None);
+    if let Some(tag) = to_tag {
+        let to = response.headers.to().unwrap().with_tag(tag);
+        response.headers.set(HeaderName::To, to.to_string());
+    }
+    Message::Response(response)
+}
+
+/// The layer under a fake clock.
+struct Harness {
+    layer: TransactionLayer,
+    start: Instant,
+    now: Instant,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(TimerConfig::default())
+    }
+
+    fn with(timers: TimerConfig) -> Harness {
+        let start = Instant::now();
+        Harness {
+            layer: TransactionLayer::new(TransactionConfig {
+                timers,
+                via_host: "10.0.0.1".into(),
+                via_port: Some(5060),
+                send_100_trying: true,
+            }),
+            start,
+            now: start,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Jumps the clock to `start + at`, firing every deadline on the way in order, and returns
+    /// what was transmitted, stamped with the time it went out.
+    fn run_until(&mut self, at: Duration) -> Vec<(Duration, Transmit)> {
+        let end = self.start + at;
+        let mut sent = self.drain_transmits();
+        while let Some(deadline) = self.layer.poll_timeout() {
+            if deadline > end {
+                break;
+            }
+            self.now = deadline;
+            self.layer.handle_timeout(deadline);
+            sent.extend(self.drain_transmits());
+        }
+        self.now = end;
+        self.layer.handle_timeout(end);
+        sent.extend(self.drain_transmits());
+        sent
+    }
+
+    fn drain_transmits(&mut self) -> Vec<(Duration, Transmit)> {
+        let elapsed = self.elapsed();
+        std::iter::from_fn(|| self.layer.poll_transmit())
+            .map(|t| (elapsed, t))
+            .collect()
+    }
+
+    fn transmits(&mut self) -> Vec<Message> {
+        std::iter::from_fn(|| self.layer.poll_transmit())
+            .map(|t| Message::parse(&t.bytes, &ParseLimits::default()).unwrap())
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<TxEvent> {
+        std::iter::from_fn(|| self.layer.poll_event()).collect()
+    }
+
+    fn feed(&mut self, message: Message, from: Peer) {
+        self.layer.handle_message(self.now, message, from).unwrap();
+    }
+
+    fn send(&mut self, request: Request, to: Peer) -> ClientTxId {
+        self.layer.send_request(self.now, request, to).unwrap()
+    }
+
+    /// Feeds a new incoming request and returns its server transaction.
+    fn receive(&mut self, request: Request, from: Peer) -> ServerTxId {
+        self.feed(Message::Request(request), from);
+        match self.events().into_iter().next() {
+            Some(TxEvent::Request { tx, .. }) => tx,
+            other => panic!("expected a Request event, got {other:?}"),
+        }
+    }
+
+    fn assert_empty(&mut self) {
+        assert_eq!(self.layer.client_count(), 0, "client transactions left");
+        assert_eq!(self.layer.server_count(), 0, "server transactions left");
+        assert_eq!(self.layer.poll_timeout(), None, "timers left");
+    }
+}
+
+fn times(sent: &[(Duration, Transmit)]) -> Vec<Duration> {
+    sent.iter().map(|(at, _)| *at).collect()
+}
+
+fn status_of(message: &Message) -> u16 {
+    match message {
+        Message::Response(r) => r.status,
+        Message::Request(_) => 0,
+    }
+}
+
+fn method_of(message: &Message) -> Option<Method> {
+    match message {
+        Message::Request(r) => Some(r.method.clone()),
+        Message::Response(_) => None,
+    }
+}
+
+// ----- client INVITE ---------------------------------------------------------------------
+
+#[test]
+fn client_invite_timer_a_doubles_and_timer_b_fires_at_64_t1() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent = h.run_until(ms(40_000));
+    // First send at 0, then Timer A at T1, 2T1, 4T1, … (no cap for INVITE), until B at 64·T1.
+    assert_eq!(
+        times(&sent),
+        [0, 500, 1500, 3500, 7500, 15500, 31500].map(ms)
+    );
+    assert!(sent.iter().all(|(_, t)| t.bytes == sent[0].1.bytes));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    assert_eq!(h.layer.stats().retransmissions, 6);
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_over_tcp_never_retransmits_but_still_times_out() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), tcp_peer());
+    let sent = h.run_until(ms(31_999));
+    assert_eq!(times(&sent), [ms(0)]);
+    assert!(h.events().is_empty());
+    h.run_until(ms(32_000));
+    assert_eq!(h.events()[0], TxEvent::Timeout(TxId::Client(tx)));
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_adds_via_with_fresh_branch_and_rport() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let via = h
+        .layer
+        .client_request(tx)
+        .unwrap()
+        .headers
+        .top_via()
+        .unwrap();
+    assert!(via.has_rfc3261_branch());
+    assert_eq!(via.sent_by(), "10.0.0.1:5060");
+    assert_eq!(via.rport(), Some(None));
+    let other = h.send(outgoing("INVITE"), udp_peer());
+    let via2 = h
+        .layer
+        .client_request(other)
+        .unwrap()
+        .headers
+        .top_via()
+        .unwrap();
+    assert_ne!(via.branch(), via2.branch());
+}
+
+#[test]
+fn client_invite_provisional_stops_timer_a_and_timer_b() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&sent_request, 180, Some("b1")), udp_peer());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Proceeding));
+    assert!(
+        matches!(&h.events()[..], [TxEvent::Response { response, .. }] if response.status == 180)
+    );
+    // Neither A nor B runs in Proceeding: nothing is re-sent and nothing times out.
+    let sent = h.run_until(ms(600_000));
+    assert!(sent.is_empty());
+    assert!(h.events().is_empty());
+    assert_eq!(h.layer.client_count(), 1);
+}
+
+#[test]
+fn client_invite_non_2xx_is_acked_and_timer_d_absorbs_retransmissions() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&sent_request, 486, Some("b1")), udp_peer());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Completed));
+    let acks = h.transmits();
+    let [Message::Request(ack)] = &acks[..] else {
+        panic!("expected one ACK, got {acks:?}")
+    };
+    // §17.1.1.3: same Request-URI and top Via (branch) as the INVITE, To from the response.
+    assert_eq!(ack.method, Method::Ack);
+    assert_eq!(ack.uri, sent_request.uri);
+    assert_eq!(
+        ack.headers.top_via().unwrap(),
+        sent_request.headers.top_via().unwrap()
+    );
+    assert_eq!(ack.headers.to().unwrap().tag(), Some("b1"));
+    assert_eq!(ack.headers.cseq().unwrap().seq, 1);
+    assert_eq!(ack.headers.cseq().unwrap().method, Method::Ack);
+    assert!(
+        matches!(&h.events()[..], [TxEvent::Response { response, .. }] if response.status == 486)
+    );
+
+    // A retransmitted 486 is ACKed again and not passed up.
+    h.run_until(ms(10_000));
+    h.feed(reply(&sent_request, 486, Some("b1")), udp_peer());
+    assert_eq!(
+        h.transmits().iter().map(method_of).collect::<Vec<_>>(),
+        [Some(Method::Ack)]
+    );
+    assert!(h.events().is_empty());
+
+    // Timer D: 32 s after the final response.
+    h.run_until(ms(31_999));
+    assert_eq!(h.layer.client_count(), 1);
+    h.run_until(ms(32_000));
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Client(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_timer_d_is_zero_over_tcp() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), tcp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&sent_request, 503, Some("b1")), tcp_peer());
+    let events = h.events();
+    assert!(matches!(&events[0], TxEvent::Response { response, .. } if response.status == 503));
+    assert_eq!(events[1], TxEvent::Terminated(TxId::Client(tx)));
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_timer_d_is_configurable() {
+    let mut h = Harness::with(TimerConfig {
+        timer_d: Duration::from_secs(40),
+        ..TimerConfig::default()
+    });
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&sent_request, 404, Some("b1")), udp_peer());
+    h.run_until(ms(39_999));
+    assert_eq!(h.layer.client_count(), 1);
+    h.run_until(ms(40_000));
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_2xx_enters_accepted_passes_every_2xx_up_until_timer_m() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&sent_request, 200, Some("b1")), udp_peer());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Accepted));
+    // No ACK from the transaction: the ACK for a 2xx belongs to the user (dialog).
+    assert!(h.transmits().is_empty());
+    assert_eq!(h.events().len(), 1);
+    h.run_until(ms(4_000));
+    h.feed(reply(&sent_request, 200, Some("b1")), udp_peer());
+    assert!(
+        matches!(&h.events()[..], [TxEvent::Response { tx: t, response, .. }] if *t == tx && response.status == 200)
+    );
+    // Timer M = 64·T1 after the first 2xx.
+    h.run_until(ms(31_999));
+    assert_eq!(h.layer.client_count(), 1);
+    h.run_until(ms(32_000));
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Client(tx))]);
+    // A 2xx after that is stray; the user re-ACKs it from the dialog.
+    h.feed(reply(&sent_request, 200, Some("b1")), udp_peer());
+    assert!(matches!(&h.events()[..], [TxEvent::StrayResponse { .. }]));
+    h.assert_empty();
+}
+
+#[test]
+fn client_invite_timer_c_reports_and_ends_after_64_t1_more() {
+    let mut h = Harness::with(TimerConfig {
+        timer_c: Some(Duration::from_secs(180)),
+        ..TimerConfig::default()
+    });
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let sent_request = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&sent_request, 180, Some("b1")), udp_peer());
+    h.events();
+    h.run_until(ms(100_000));
+    // A new provisional restarts Timer C.
+    h.feed(reply(&sent_request, 183, Some("b1")), udp_peer());
+    h.events();
+    h.run_until(ms(279_999));
+    assert!(h.events().is_empty());
+    h.run_until(ms(280_000));
+    assert_eq!(h.events(), [TxEvent::Timeout(TxId::Client(tx))]);
+    assert_eq!(h.layer.client_count(), 1);
+    h.run_until(ms(312_000));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    h.assert_empty();
+}
+
+// ----- CANCEL (client side) --------------------------------------------------------------
+
+#[test]
+fn cancel_waits_for_a_provisional_then_goes_with_the_invite_branch() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.layer.cancel(h.now, tx).unwrap();
+    // §9.1: no CANCEL before a provisional response.
+    assert!(h.transmits().is_empty());
+    h.feed(reply(&invite, 180, Some("b1")), udp_peer());
+    let sent = h.transmits();
+    let [Message::Request(cancel)] = &sent[..] else {
+        panic!("expected the CANCEL, got {sent:?}")
+    };
+    assert_eq!(cancel.method, Method::Cancel);
+    assert_eq!(cancel.uri, invite.uri);
+    assert_eq!(
+        cancel.headers.top_via().unwrap(),
+        invite.headers.top_via().unwrap()
+    );
+    assert_eq!(cancel.headers.cseq().unwrap().seq, 1);
+    assert_eq!(cancel.headers.cseq().unwrap().method, Method::Cancel);
+    assert_eq!(cancel.headers.to().unwrap().tag(), None);
+    assert_eq!(h.layer.client_count(), 2);
+    // The 200 to the CANCEL is the layer's own business; the 487 reaches the user.
+    h.events();
+    h.feed(reply(cancel, 200, Some("b1")), udp_peer());
+    assert!(h.events().is_empty());
+    h.feed(reply(&invite, 487, Some("b1")), udp_peer());
+    assert!(
+        matches!(&h.events()[..], [TxEvent::Response { response, .. }] if response.status == 487)
+    );
+    assert_eq!(
+        h.transmits().iter().map(method_of).collect::<Vec<_>>(),
+        [Some(Method::Ack)]
+    );
+    h.run_until(ms(40_000));
+    h.assert_empty();
+}
+
+#[test]
+fn cancelled_invite_without_final_response_times_out_64_t1_after_the_cancel() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&invite, 180, Some("b1")), udp_peer());
+    h.run_until(ms(60_000));
+    h.layer.cancel(h.now, tx).unwrap();
+    h.events();
+    h.run_until(ms(60_000 + 31_999));
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Proceeding));
+    h.run_until(ms(92_000));
+    let events = h.events();
+    assert!(events.contains(&TxEvent::Timeout(TxId::Client(tx))));
+    assert!(events.contains(&TxEvent::Terminated(TxId::Client(tx))));
+    h.assert_empty();
+}
+
+#[test]
+fn cancel_after_final_response_sends_nothing() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&invite, 200, Some("b1")), udp_peer());
+    h.layer.cancel(h.now, tx).unwrap();
+    assert!(h.transmits().is_empty());
+    let bye = h.send(outgoing("BYE"), udp_peer());
+    assert_eq!(h.layer.cancel(h.now, bye), Err(TxError::NotAnInvite));
+}
+
+// ----- client non-INVITE -----------------------------------------------------------------
+
+#[test]
+fn client_non_invite_timer_e_caps_at_t2_and_timer_f_fires_at_64_t1() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("OPTIONS"), udp_peer());
+    let sent = h.run_until(ms(40_000));
+    // T1, 2T1, 4T1, then every T2 (4 s) until F at 32 s.
+    assert_eq!(
+        times(&sent),
+        [0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500].map(ms)
+    );
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn client_non_invite_retransmits_every_t2_once_proceeding() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("BYE"), udp_peer());
+    let request = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&request, 100, None), udp_peer());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Proceeding));
+    // The pending Timer E (at T1) fires, then every T2.
+    let sent = h.run_until(ms(13_000));
+    assert_eq!(times(&sent), [500, 4500, 8500, 12500].map(ms));
+}
+
+#[test]
+fn client_non_invite_final_then_timer_k_t4_on_udp() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("BYE"), udp_peer());
+    let request = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&request, 200, Some("b1")), udp_peer());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Completed));
+    assert_eq!(h.events().len(), 1);
+    // Retransmitted final absorbed; no retransmission of the request any more.
+    h.feed(reply(&request, 200, Some("b1")), udp_peer());
+    assert!(h.events().is_empty());
+    let sent = h.run_until(T4 - ms(1));
+    assert!(sent.is_empty());
+    assert_eq!(h.layer.client_count(), 1);
+    h.run_until(T4);
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Client(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn client_non_invite_timer_k_is_zero_over_tcp() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("BYE"), tcp_peer());
+    let request = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&request, 200, Some("b1")), tcp_peer());
+    assert_eq!(h.events()[1], TxEvent::Terminated(TxId::Client(tx)));
+    h.assert_empty();
+}
+
+#[test]
+fn ack_is_refused_as_a_transaction_and_sent_stateless_with_a_fresh_branch() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.layer.send_request(h.now, outgoing("ACK"), udp_peer()),
+        Err(TxError::AckIsNotATransaction)
+    );
+    h.layer
+        .send_stateless_request(outgoing("ACK"), udp_peer())
+        .unwrap();
+    let sent = h.transmits();
+    let [Message::Request(ack)] = &sent[..] else {
+        panic!("{sent:?}")
+    };
+    assert!(ack.headers.top_via().unwrap().has_rfc3261_branch());
+    h.assert_empty();
+}
+
+// ----- server INVITE ---------------------------------------------------------------------
+
+#[test]
+fn server_invite_sends_100_at_once_and_absorbs_retransmissions() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv1", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    assert_eq!(
+        h.transmits().iter().map(status_of).collect::<Vec<_>>(),
+        [100]
+    );
+    h.feed(Message::Request(invite.clone()), udp_peer());
+    // Not a new request: the last provisional is re-sent.
+    assert!(h.events().is_empty());
+    assert_eq!(
+        h.transmits().iter().map(status_of).collect::<Vec<_>>(),
+        [100]
+    );
+    let mut ringing = Response::to_request(&invite, 180, None);
+    ringing
+        .headers
+        .set(HeaderName::To, "<sip:bob@10.0.0.1>;tag=t1");
+    h.layer.send_response(h.now, tx, ringing).unwrap();
+    h.transmits();
+    h.feed(Message::Request(invite), udp_peer());
+    assert_eq!(
+        h.transmits().iter().map(status_of).collect::<Vec<_>>(),
+        [180]
+    );
+    assert_eq!(h.layer.stats().absorbed, 2);
+}
+
+fn final_to(invite: &Request, status: u16) -> Response {
+    let mut response = Response::to_request(invite, status, None);
+    response
+        .headers
+        .set(HeaderName::To, "<sip:bob@10.0.0.1>;tag=t1");
+    response
+}
+
+fn ack_for(invite: &Request, branch: &str) -> Request {
+    let mut ack = incoming("ACK", branch, 1);
+    ack.headers.set(HeaderName::To, "<sip:bob@10.0.0.1>;tag=t1");
+    ack.headers
+        .set(HeaderName::CallId, invite.headers.call_id().unwrap());
+    ack
+}
+
+#[test]
+fn server_invite_timer_g_doubles_to_t2_and_timer_h_fires_without_ack() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv2", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.drain_transmits();
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 486))
+        .unwrap();
+    assert_eq!(h.layer.server_state(tx), Some(ServerState::Completed));
+    let sent = h.run_until(ms(40_000));
+    // Sent at 0, then G at T1, 2T1, 4T1, capped at T2; H at 64·T1.
+    assert_eq!(
+        times(&sent),
+        [0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500].map(ms)
+    );
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Server(tx)),
+            TxEvent::Terminated(TxId::Server(tx))
+        ]
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn server_invite_ack_for_non_2xx_confirms_and_timer_i_is_t4() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv3", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 480))
+        .unwrap();
+    h.run_until(ms(600));
+    h.drain_transmits();
+    // The ACK for a non-2xx carries the INVITE's branch; it is absorbed, never passed up.
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKinv3")),
+        udp_peer(),
+    );
+    assert_eq!(h.layer.server_state(tx), Some(ServerState::Confirmed));
+    assert!(h.events().is_empty());
+    let at = h.elapsed();
+    // G stopped; ACK copies absorbed; Timer I = T4.
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKinv3")),
+        udp_peer(),
+    );
+    assert!(h.run_until(at + T4 - ms(1)).is_empty());
+    assert_eq!(h.layer.server_count(), 1);
+    h.run_until(at + T4);
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn server_invite_over_tcp_has_no_timer_g_and_ends_on_ack() {
+    let mut h = Harness::new();
+    let mut invite = incoming("INVITE", "z9hG4bKinv4", 1);
+    invite.headers.set(
+        HeaderName::Via,
+        "SIP/2.0/TCP 10.0.0.2:40000;branch=z9hG4bKinv4",
+    );
+    let tx = h.receive(invite.clone(), tcp_peer());
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 486))
+        .unwrap();
+    let sent = h.run_until(ms(10_000));
+    assert_eq!(times(&sent), [ms(0), ms(0)]);
+    assert!(sent.iter().all(|(_, t)| t.to == tcp_peer()));
+    let mut ack = ack_for(&invite, "z9hG4bKinv4");
+    ack.headers.set(
+        HeaderName::Via,
+        "SIP/2.0/TCP 10.0.0.2:40000;branch=z9hG4bKinv4",
+    );
+    h.feed(Message::Request(ack), tcp_peer());
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn server_invite_2xx_is_retransmitted_until_the_ack_then_timer_l_ends_it() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv5", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.drain_transmits();
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 200))
+        .unwrap();
+    assert_eq!(h.layer.server_state(tx), Some(ServerState::Accepted));
+    let sent = h.run_until(ms(8_000));
+    assert_eq!(times(&sent), [0, 500, 1500, 3500, 7500].map(ms));
+    // INVITE copies are absorbed in Accepted (RFC 6026).
+    h.feed(Message::Request(invite.clone()), udp_peer());
+    assert!(h.events().is_empty());
+    assert!(h.transmits().is_empty());
+    // The ACK for a 2xx has its own branch and is matched by dialog.
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKack5")),
+        udp_peer(),
+    );
+    assert!(matches!(&h.events()[..], [TxEvent::Ack { tx: Some(t), .. }] if *t == tx));
+    // A retransmitted ACK is absorbed.
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKack5")),
+        udp_peer(),
+    );
+    assert!(h.events().is_empty());
+    assert!(h.run_until(ms(31_999)).is_empty());
+    assert_eq!(h.layer.server_count(), 1);
+    h.run_until(ms(32_000));
+    // Timer L; no Timeout because the ACK came.
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn server_invite_2xx_never_acked_reports_timeout_at_timer_l() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv6", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 200))
+        .unwrap();
+    h.run_until(ms(32_000));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Server(tx)),
+            TxEvent::Terminated(TxId::Server(tx))
+        ]
+    );
+    // A late ACK is now stray and goes to the user without a transaction.
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKlate")),
+        udp_peer(),
+    );
+    assert!(matches!(&h.events()[..], [TxEvent::Ack { tx: None, .. }]));
+    h.assert_empty();
+}
+
+#[test]
+fn server_invite_refuses_responses_out_of_state() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv7", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 486))
+        .unwrap();
+    assert!(matches!(
+        h.layer.send_response(h.now, tx, final_to(&invite, 200)),
+        Err(TxError::InvalidState { status: 200, .. })
+    ));
+    assert_eq!(
+        h.layer
+            .send_response(h.now, ServerTxId(999), final_to(&invite, 200)),
+        Err(TxError::UnknownTransaction)
+    );
+}
+
+#[test]
+fn cancel_finds_the_invite_it_cancels() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKinv8", 1);
+    let invite_tx = h.receive(invite, udp_peer());
+    let cancel = incoming("CANCEL", "z9hG4bKinv8", 1);
+    h.feed(Message::Request(cancel), udp_peer());
+    let events = h.events();
+    let [TxEvent::Request {
+        tx,
+        cancels,
+        request,
+        ..
+    }] = &events[..]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(request.method, Method::Cancel);
+    assert_ne!(*tx, invite_tx);
+    assert_eq!(*cancels, Some(invite_tx));
+    // A CANCEL with another branch matches nothing (the user answers 481).
+    h.feed(
+        Message::Request(incoming("CANCEL", "z9hG4bKother", 1)),
+        udp_peer(),
+    );
+    assert!(matches!(
+        &h.events()[..],
+        [TxEvent::Request { cancels: None, .. }]
+    ));
+}
+
+#[test]
+fn rfc2543_requests_are_matched_without_a_magic_cookie() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "oldbranch1", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.transmits();
+    h.feed(Message::Request(invite.clone()), udp_peer());
+    assert!(h.events().is_empty(), "retransmission absorbed");
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 486))
+        .unwrap();
+    // The ACK has a To tag and the same top Via; it must find the INVITE transaction.
+    h.feed(Message::Request(ack_for(&invite, "oldbranch1")), udp_peer());
+    assert_eq!(h.layer.server_state(tx), Some(ServerState::Confirmed));
+    assert!(h.events().is_empty());
+    // A different CSeq is a different transaction.
+    h.receive(incoming("INVITE", "oldbranch1", 2), udp_peer());
+    assert_eq!(h.layer.server_count(), 2);
+}
+
+// ----- server non-INVITE -----------------------------------------------------------------
+
+#[test]
+fn server_non_invite_absorbs_then_resends_last_response_and_timer_j_is_64_t1() {
+    let mut h = Harness::new();
+    let bye = incoming("BYE", "z9hG4bKbye1", 2);
+    let tx = h.receive(bye.clone(), udp_peer());
+    // Retransmission before any response: absorbed silently.
+    h.feed(Message::Request(bye.clone()), udp_peer());
+    assert!(h.transmits().is_empty());
+    assert!(h.events().is_empty());
+    h.layer
+        .send_response(h.now, tx, Response::to_request(&bye, 200, None))
+        .unwrap();
+    assert_eq!(h.layer.server_state(tx), Some(ServerState::Completed));
+    h.transmits();
+    h.feed(Message::Request(bye.clone()), udp_peer());
+    assert_eq!(
+        h.transmits().iter().map(status_of).collect::<Vec<_>>(),
+        [200]
+    );
+    assert!(h.run_until(ms(31_999)).is_empty());
+    assert_eq!(h.layer.server_count(), 1);
+    h.run_until(ms(32_000));
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn server_non_invite_timer_j_is_zero_over_tcp() {
+    let mut h = Harness::new();
+    let bye = incoming("BYE", "z9hG4bKbye2", 2);
+    let tx = h.receive(bye.clone(), tcp_peer());
+    h.layer
+        .send_response(h.now, tx, Response::to_request(&bye, 200, None))
+        .unwrap();
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    assert_eq!(h.transmits().len(), 1);
+    h.assert_empty();
+}
+
+#[test]
+fn server_non_invite_unanswered_gets_500_after_64_t1() {
+    let mut h = Harness::new();
+    let tx = h.receive(incoming("INFO", "z9hG4bKinfo1", 3), udp_peer());
+    let sent = h.run_until(ms(32_000));
+    assert_eq!(sent.len(), 1);
+    let response = Message::parse(&sent[0].1.bytes, &ParseLimits::default()).unwrap();
+    assert_eq!(status_of(&response), 500);
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Server(tx)),
+            TxEvent::Terminated(TxId::Server(tx))
+        ]
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn responses_go_to_rport_source_or_sent_by_port() {
+    let mut h = Harness::new();
+    let source = Peer::udp("10.0.0.2:7777".parse().unwrap());
+    // No rport: to the source IP and the sent-by port (5062).
+    let tx = h.receive(incoming("OPTIONS", "z9hG4bKo1", 1), source);
+    let req = incoming("OPTIONS", "z9hG4bKo1", 1);
+    h.layer
+        .send_response(h.now, tx, Response::to_request(&req, 200, None))
+        .unwrap();
+    assert_eq!(
+        h.layer.poll_transmit().unwrap().to.addr,
+        "10.0.0.2:5062".parse().unwrap()
+    );
+    // rport (as stamped by the transport): back to the source port.
+    let mut with_rport = incoming("OPTIONS", "z9hG4bKo2", 1);
+    with_rport.headers.set(
+        HeaderName::Via,
+        "SIP/2.0/UDP 10.0.0.2:5062;branch=z9hG4bKo2;rport=7777;received=10.0.0.2",
+    );
+    let tx = h.receive(with_rport.clone(), source);
+    h.layer
+        .send_response(h.now, tx, Response::to_request(&with_rport, 200, None))
+        .unwrap();
+    assert_eq!(h.layer.poll_transmit().unwrap().to, source);
+}
+
+// ----- failures and bookkeeping ----------------------------------------------------------
+
+#[test]
+fn transport_error_ends_every_transaction_towards_that_peer() {
+    let mut h = Harness::new();
+    let a = h.send(outgoing("INVITE"), udp_peer());
+    let other = Peer::udp("10.0.0.3:5060".parse().unwrap());
+    let b = h.send(outgoing("OPTIONS"), other);
+    let s = h.receive(incoming("INVITE", "z9hG4bKs1", 1), udp_peer());
+    h.events();
+    h.layer.on_transport_error(&udp_peer());
+    let events = h.events();
+    for id in [TxId::Client(a), TxId::Server(s)] {
+        assert!(events.contains(&TxEvent::TransportError(id)), "{id:?}");
+        assert!(events.contains(&TxEvent::Terminated(id)), "{id:?}");
+    }
+    assert_eq!(h.layer.client_state(b), Some(ClientState::Trying));
+    assert_eq!(h.layer.client_count(), 1);
+}
+
+#[test]
+fn stray_responses_and_unkeyable_messages_are_reported_not_fatal() {
+    let mut h = Harness::new();
+    let request = incoming("OPTIONS", "z9hG4bKnobody", 1);
+    h.feed(reply(&request, 200, None), udp_peer());
+    assert!(matches!(&h.events()[..], [TxEvent::StrayResponse { .. }]));
+    let mut no_branch = Response::to_request(&request, 200, None);
+    no_branch
+        .headers
+        .set(HeaderName::Via, "SIP/2.0/UDP 10.0.0.2:5062");
+    assert!(h
+        .layer
+        .handle_message(h.now, Message::Response(no_branch), udp_peer())
+        .is_err());
+    assert_eq!(h.layer.stats().unmatchable, 1);
+    let mut bad_via = incoming("OPTIONS", "z9hG4bKx", 1);
+    bad_via.headers.set(HeaderName::Via, "garbage");
+    assert!(h
+        .layer
+        .handle_message(h.now, Message::Request(bad_via), udp_peer())
+        .is_err());
+    h.assert_empty();
+}
+
+#[test]
+fn duplicate_branch_is_refused() {
+    let mut h = Harness::new();
+    let mut request = outgoing("OPTIONS");
+    request.headers.push(
+        HeaderName::Via,
+        "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKdup",
+    );
+    h.send(request.clone(), udp_peer());
+    assert_eq!(
+        h.layer.send_request(h.now, request.clone(), udp_peer()),
+        Err(TxError::DuplicateTransaction)
+    );
+    request
+        .headers
+        .set(HeaderName::Via, "SIP/2.0/UDP 10.0.0.1:5060;branch=old");
+    assert_eq!(
+        h.layer.send_request(h.now, request, udp_peer()),
+        Err(TxError::NoBranch)
+    );
+}
+
+#[test]
+fn thousands_of_transactions_end_and_leave_no_timer_behind() {
+    let mut h = Harness::new();
+    for i in 0..2_000u32 {
+        let invite = incoming("INVITE", &format!("z9hG4bKmany{i}"), i + 1);
+        let tx = h.receive(invite.clone(), udp_peer());
+        let status = if i % 2 == 0 { 200 } else { 486 };
+        h.layer
+            .send_response(h.now, tx, final_to(&invite, status))
+            .unwrap();
+        let c = h.send(outgoing("OPTIONS"), udp_peer());
+        let sent = h.layer.client_request(c).unwrap().clone();
+        h.feed(reply(&sent, 200, Some("x")), udp_peer());
+        h.events();
+    }
+    assert_eq!(h.layer.server_count(), 2_000);
+    h.run_until(ms(100_000));
+    h.events();
+    h.assert_empty();
+    assert_eq!(h.layer.timer_entries(), 0);
+    let _ = Uri::sip(None, "unused", None);
+}
