@@ -1,1 +1,335 @@
-//! (placeholder — being written)
+//! UDP and TCP transport (RFC 3261 §18) on tokio.
+//!
+//! [`SipTransport::bind`] opens a UDP socket and a TCP listener on the same address and port
+//! and returns a [`TransportHandle`] for sending plus a channel of [`TransportEvent`]s.
+//! Everything read from the wire is parsed here: the layers above receive [`Message`]s whose top
+//! Via already carries `received`/`rport` (RFC 3261 §18.2.1, RFC 3581), and unparseable
+//! requests are answered with 400 without reaching them. Stream framing lives in the sans-IO
+//! [`StreamFramer`].
+
+mod framer;
+mod stats;
+mod tcp;
+mod udp;
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use framer::{Frame, FramingError, StreamFramer};
+pub use stats::TransportStats;
+
+use crate::message::{bad_request_for, HeaderName, Headers, Message, ParseError, ParseLimits};
+use crate::peer::{response_destination, stamp_received, ConnectionId, Peer, Transmit};
+use crate::Transport;
+use stats::{bump, StatsCounters};
+
+/// Events waiting for the application; when it falls this far behind, the receive loops wait
+/// (and the kernel buffers, then drops, UDP datagrams).
+const EVENT_QUEUE: usize = 1024;
+
+/// How the transport binds and what it accepts from the wire.
+///
+/// It exists so that deployment choices (address, buffer sizes, limits against misbehaving
+/// peers) are made in one place by the caller rather than hard-coded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportConfig {
+    /// Address for both the UDP socket and the TCP listener. With port 0 the UDP socket picks
+    /// the port and TCP binds the same one.
+    pub bind: SocketAddr,
+    /// SO_RCVBUF requested for the UDP socket (the kernel may grant less, or double it; the
+    /// granted size is logged). Bursts of datagrams beyond it are dropped by the kernel.
+    /// TCP sockets keep the kernel's autotuning.
+    pub recv_buffer_bytes: usize,
+    /// SO_SNDBUF requested for the UDP socket.
+    pub send_buffer_bytes: usize,
+    /// Size and header-count limits for every received message; `max_message_size` also bounds
+    /// what a TCP connection buffers.
+    pub limits: ParseLimits,
+    /// A TCP connection with no traffic in either direction for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Most TCP connections (accepted plus opened) at once; further ones are refused.
+    pub max_connections: usize,
+    /// How long opening an outbound TCP connection may take before the send fails.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            bind: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 5060),
+            recv_buffer_bytes: 4 * 1024 * 1024,
+            send_buffer_bytes: 4 * 1024 * 1024,
+            limits: ParseLimits::default(),
+            tcp_idle_timeout: Duration::from_secs(600),
+            max_connections: 1024,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the transport reports to the layers above.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A parsed message. For requests the top Via is already stamped with `received`/`rport`.
+    /// `from.connection` is set for TCP: sending back to `from` uses the same connection.
+    Message { message: Message, from: Peer },
+    /// A [`TransportHandle::send`] could not be carried out (RFC 3261 §18.4 transport error:
+    /// the transaction layer treats it like a timeout). UDP sends dropped because the socket
+    /// buffer is full are not reported (they count as loss; see [`TransportStats`]).
+    SendFailed { to: Peer, error: String },
+    /// A TCP connection closed (by the peer, an error, the idle timeout or a framing error);
+    /// its [`ConnectionId`] will not be used again.
+    ConnectionClosed {
+        connection: ConnectionId,
+        addr: SocketAddr,
+    },
+}
+
+/// Entry point of the transport: see [`SipTransport::bind`]. (A namespace; never constructed.)
+#[derive(Debug)]
+pub enum SipTransport {}
+
+impl SipTransport {
+    /// Binds UDP and TCP on `config.bind` (the same port for both), starts the receive tasks on
+    /// the current tokio runtime and returns the send handle and the event channel.
+    ///
+    /// The tasks run until [`TransportHandle::shutdown`] is called or the event receiver is
+    /// dropped (noticed at the next event).
+    pub async fn bind(
+        config: TransportConfig,
+    ) -> io::Result<(TransportHandle, mpsc::Receiver<TransportEvent>)> {
+        let (udp, listener) = bind_sockets(&config)?;
+        let udp = tokio::net::UdpSocket::from_std(udp)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let local_addr = udp.local_addr()?;
+        let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            runtime: tokio::runtime::Handle::current(),
+            local_addr,
+            udp,
+            stats: StatsCounters::default(),
+            connections: parking_lot::Mutex::new(tcp::ConnectionTable::default()),
+            next_connection: AtomicU64::new(1),
+            events,
+            shutdown: watch::channel(false).0,
+            config,
+        });
+        shared.runtime.spawn(udp::receive_loop(shared.clone()));
+        shared
+            .runtime
+            .spawn(tcp::accept_loop(shared.clone(), listener));
+        tracing::info!(%local_addr, "SIP transport listening on UDP and TCP");
+        Ok((TransportHandle { shared }, receiver))
+    }
+}
+
+/// Binds the UDP socket, then TCP on the port UDP got. With port 0 the port UDP picks may be
+/// taken for TCP; a few other ports are tried.
+fn bind_sockets(
+    config: &TransportConfig,
+) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let attempts = if config.bind.port() == 0 { 8 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = udp::bind_socket(config)?;
+        let addr = udp.local_addr()?;
+        match tcp::bind_listener(addr) {
+            Ok(listener) => return Ok((udp, listener)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::other("no port free for both UDP and TCP")))
+}
+
+/// Sends messages and reads the transport's state. Cheap to clone; every clone drives the
+/// same sockets and connections.
+#[derive(Clone)]
+pub struct TransportHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TransportHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportHandle")
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransportHandle {
+    /// The address (and port) UDP and TCP are bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Queues `transmit` for sending and returns at once; never blocks.
+    ///
+    /// UDP goes straight to the socket. TCP goes on `transmit.to.connection` if that connection
+    /// is still open, otherwise on an open connection to `transmit.to.addr` (RFC 3261 §18),
+    /// otherwise on a new connection opened in the background (within `connect_timeout`).
+    /// Failures arrive as [`TransportEvent::SendFailed`].
+    pub fn send(&self, transmit: Transmit) {
+        self.shared.send(transmit);
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> TransportStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// TCP connections currently open or being opened.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.lock().len()
+    }
+
+    /// Stops the receive tasks and closes every TCP connection. Later sends fail.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// State shared by the handle and the tasks.
+pub(crate) struct Shared {
+    config: TransportConfig,
+    runtime: tokio::runtime::Handle,
+    local_addr: SocketAddr,
+    udp: tokio::net::UdpSocket,
+    stats: StatsCounters,
+    connections: parking_lot::Mutex<tcp::ConnectionTable>,
+    next_connection: AtomicU64,
+    events: mpsc::Sender<TransportEvent>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// What to do with bytes received as one message.
+enum Inbound {
+    Deliver(TransportEvent),
+    /// Send this 400 back to the given peer.
+    Answer(Bytes, Peer),
+    Ignore,
+}
+
+impl Shared {
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn new_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn send(self: &Arc<Self>, transmit: Transmit) {
+        if self.is_shut_down() {
+            self.send_failed(transmit.to, "transport is shut down".into());
+            return;
+        }
+        match transmit.to.transport {
+            Transport::Udp => self.send_udp(&transmit),
+            Transport::Tcp => tcp::send(self, transmit),
+            other => self.send_failed(transmit.to, format!("transport {other} is not supported")),
+        }
+    }
+
+    /// Reports a failed send from non-async code: if the event queue is full the report is
+    /// dropped (and logged) rather than blocking the sender.
+    fn send_failed(&self, to: Peer, error: String) {
+        bump(&self.stats.send_errors);
+        tracing::debug!(?to, %error, "send failed");
+        if let Err(e) = self
+            .events
+            .try_send(TransportEvent::SendFailed { to, error })
+        {
+            tracing::warn!(
+                ?to,
+                "event queue full or closed; SendFailed not delivered: {e}"
+            );
+        }
+    }
+
+    /// Delivers an event from a task, waiting for room. `false` when nobody listens any more.
+    async fn deliver(&self, event: TransportEvent) -> bool {
+        self.events.send(event).await.is_ok()
+    }
+
+    /// Parses one received message (a datagram or a TCP frame) and decides what to do with it.
+    fn inbound(&self, bytes: &[u8], from: Peer) -> Inbound {
+        let limits = &self.config.limits;
+        match Message::parse(bytes, limits) {
+            Ok(mut message) => {
+                bump(if from.transport == Transport::Udp {
+                    &self.stats.udp_received
+                } else {
+                    &self.stats.tcp_received
+                });
+                if let Message::Request(request) = &mut message {
+                    stamp_top_via(&mut request.headers, &from);
+                }
+                Inbound::Deliver(TransportEvent::Message { message, from })
+            }
+            Err(error) => match self.answer_malformed(bytes, &error, from) {
+                Some((response, to)) => Inbound::Answer(response, to),
+                None => Inbound::Ignore,
+            },
+        }
+    }
+
+    /// The 400 for unparseable bytes and where to send it, counting the message as answered or
+    /// dropped.
+    fn answer_malformed(
+        &self,
+        bytes: &[u8],
+        error: &ParseError,
+        from: Peer,
+    ) -> Option<(Bytes, Peer)> {
+        let answer = bad_request_for(bytes, error, &self.config.limits).and_then(|mut response| {
+            let via = response.headers.top_via().ok()?;
+            let to = response_destination(&via, from);
+            stamp_top_via(&mut response.headers, &from);
+            Some((response.to_bytes(), to))
+        });
+        match &answer {
+            Some(_) => bump(&self.stats.malformed_answered),
+            None => bump(&self.stats.malformed_dropped),
+        }
+        tracing::debug!(?from, %error, answered = answer.is_some(), "malformed message");
+        answer
+    }
+}
+
+/// Completes once shutdown is signalled. (Wraps `wait_for` so that no `watch::Ref`, which is
+/// not `Send`, lives in a `select!` output.)
+async fn shut_down(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|&down| down).await;
+}
+
+/// Stamps `received`/`rport` on the top Via (RFC 3261 §18.2.1, RFC 3581 §4), rewriting that
+/// row in place so that header order is kept.
+fn stamp_top_via(headers: &mut Headers, from: &Peer) {
+    let Ok(top) = headers.top_via() else {
+        return;
+    };
+    let Some(stamped) = stamp_received(&top, from) else {
+        return;
+    };
+    let mut value = Some(stamped.to_string());
+    let mut rewritten = Headers::with_capacity(headers.len());
+    for row in headers.iter() {
+        let new_value = match row.name {
+            HeaderName::Via => value.take(),
+            _ => None,
+        };
+        rewritten.push(
+            row.name.clone(),
+            new_value.unwrap_or_else(|| row.value.clone()),
+        );
+    }
+    *headers = rewritten;
+}

@@ -1,0 +1,369 @@
+//! TCP: the listener, the connection table, one task per connection.
+//!
+//! Each connection is driven by a single task that reads (through the [`StreamFramer`]),
+//! writes what [`TransportHandle::send`](super::TransportHandle::send) queued for it, answers
+//! keep-alive pings and enforces the idle timeout. Sends reach it through a bounded queue so
+//! that sending never blocks; a full queue fails the send.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::framer::{Frame, StreamFramer};
+use super::stats::{bump, drop_one};
+use super::{shut_down, Inbound, Shared, TransportEvent};
+use crate::peer::{ConnectionId, Peer, Transmit};
+
+/// Messages queued for one connection before sends to it fail.
+const WRITE_QUEUE: usize = 256;
+/// Longest a single write may stall (peer not reading) before the connection is dropped:
+/// 64*T1, after which any transaction waiting on it has timed out anyway.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(32);
+/// Pause after a failed accept (typically out of file descriptors) before trying again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Open (or opening) connections, by id and by remote address.
+#[derive(Default)]
+pub(super) struct ConnectionTable {
+    by_id: HashMap<ConnectionId, Connection>,
+    by_addr: HashMap<SocketAddr, ConnectionId>,
+}
+
+struct Connection {
+    addr: SocketAddr,
+    queue: mpsc::Sender<Transmit>,
+}
+
+impl ConnectionTable {
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    fn insert(&mut self, id: ConnectionId, addr: SocketAddr, queue: mpsc::Sender<Transmit>) {
+        self.by_id.insert(id, Connection { addr, queue });
+        self.by_addr.insert(addr, id);
+    }
+
+    fn remove(&mut self, id: ConnectionId) {
+        if let Some(connection) = self.by_id.remove(&id) {
+            if self.by_addr.get(&connection.addr) == Some(&id) {
+                self.by_addr.remove(&connection.addr);
+            }
+        }
+    }
+
+    fn queue_for(&self, to: &Peer) -> Option<mpsc::Sender<Transmit>> {
+        let by_connection = to.connection.and_then(|id| self.by_id.get(&id));
+        let connection = by_connection
+            .or_else(|| self.by_addr.get(&to.addr).and_then(|id| self.by_id.get(id)))?;
+        Some(connection.queue.clone())
+    }
+}
+
+/// Creates the TCP listener (SO_REUSEADDR, so that a restart is not blocked by TIME_WAIT).
+pub(super) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections until shutdown, refusing those beyond `max_connections`.
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            () = shut_down(&mut shutdown) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("TCP accept failed: {e}");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let (queue, queued) = mpsc::channel(WRITE_QUEUE);
+        let id = {
+            let mut table = shared.connections.lock();
+            if table.len() >= shared.config.max_connections {
+                None
+            } else {
+                let id = shared.new_connection_id();
+                table.insert(id, addr, queue);
+                Some(id)
+            }
+        };
+        let Some(id) = id else {
+            bump(&shared.stats.connections_refused);
+            tracing::warn!(%addr, max = shared.config.max_connections, "TCP connection refused: limit reached");
+            drop(stream);
+            continue;
+        };
+        bump(&shared.stats.connections_accepted);
+        bump(&shared.stats.connections_open);
+        tracing::debug!(%addr, ?id, "TCP connection accepted");
+        let _ = stream.set_nodelay(true);
+        shared
+            .runtime
+            .spawn(run_connection(shared.clone(), id, addr, stream, queued));
+    }
+}
+
+/// Queues a TCP send on an existing connection or on a new one opened in the background.
+pub(super) fn send(shared: &Arc<Shared>, transmit: Transmit) {
+    let to = transmit.to;
+    let (queue, connect) = {
+        let mut table = shared.connections.lock();
+        match table.queue_for(&to) {
+            Some(queue) => (queue, None),
+            None if table.len() >= shared.config.max_connections => {
+                drop(table);
+                shared.send_failed(to, "TCP connection limit reached".into());
+                return;
+            }
+            None => {
+                let id = shared.new_connection_id();
+                let (queue, queued) = mpsc::channel(WRITE_QUEUE);
+                table.insert(id, to.addr, queue.clone());
+                (queue, Some((id, queued)))
+            }
+        }
+    };
+    if let Some((id, queued)) = connect {
+        shared
+            .runtime
+            .spawn(connect_and_run(shared.clone(), id, to.addr, queued));
+    }
+    match queue.try_send(transmit) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(t)) => {
+            shared.send_failed(t.to, "TCP write queue full".into());
+        }
+        Err(mpsc::error::TrySendError::Closed(t)) => {
+            shared.send_failed(t.to, "TCP connection closed".into());
+        }
+    }
+}
+
+/// Opens an outbound connection (registered in the table already, so that sends made while it
+/// opens queue behind it) and runs it.
+async fn connect_and_run(
+    shared: Arc<Shared>,
+    id: ConnectionId,
+    addr: SocketAddr,
+    mut queued: mpsc::Receiver<Transmit>,
+) {
+    let timeout = shared.config.connect_timeout;
+    let connected = match tokio::time::timeout(timeout, connect(&shared, addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("connect timed out after {timeout:?}")),
+    };
+    match connected {
+        Ok(stream) => {
+            bump(&shared.stats.connections_opened);
+            bump(&shared.stats.connections_open);
+            tracing::debug!(%addr, ?id, "TCP connection opened");
+            let _ = stream.set_nodelay(true);
+            run_connection(shared, id, addr, stream, queued).await;
+        }
+        Err(error) => {
+            tracing::debug!(%addr, %error, "TCP connect failed");
+            shared.connections.lock().remove(id);
+            queued.close();
+            while let Ok(t) = queued.try_recv() {
+                shared.send_failed(t.to, format!("TCP connect to {addr} failed: {error}"));
+            }
+        }
+    }
+}
+
+/// Connects from the bound IP when it is a specific address of the same family, so that the
+/// peer sees the address the Via advertises.
+async fn connect(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
+    let local_ip = shared.local_addr.ip();
+    if local_ip.is_unspecified() || local_ip.is_ipv4() != addr.is_ipv4() {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local_ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Why a connection task ended.
+#[derive(Debug)]
+enum Closed {
+    Shutdown,
+    ByPeer,
+    Idle,
+    ReadError(io::Error),
+    WriteError(String),
+    Framing,
+    NoListener,
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Closed::Shutdown => f.write_str("transport shut down"),
+            Closed::ByPeer => f.write_str("closed by peer"),
+            Closed::Idle => f.write_str("idle timeout"),
+            Closed::ReadError(e) => write!(f, "read error: {e}"),
+            Closed::WriteError(e) => write!(f, "write error: {e}"),
+            Closed::Framing => f.write_str("framing error"),
+            Closed::NoListener => f.write_str("event receiver dropped"),
+        }
+    }
+}
+
+/// Drives one connection until it closes, then removes it from the table, fails what is still
+/// queued and reports `ConnectionClosed`.
+async fn run_connection(
+    shared: Arc<Shared>,
+    id: ConnectionId,
+    addr: SocketAddr,
+    mut stream: TcpStream,
+    mut queued: mpsc::Receiver<Transmit>,
+) {
+    let reason = drive(&shared, id, addr, &mut stream, &mut queued).await;
+    tracing::debug!(%addr, ?id, %reason, "TCP connection closed");
+    if matches!(reason, Closed::Idle) {
+        bump(&shared.stats.connections_idle_closed);
+    }
+    shared.connections.lock().remove(id);
+    drop_one(&shared.stats.connections_open);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    drop(stream);
+    queued.close();
+    while let Ok(t) = queued.try_recv() {
+        shared.send_failed(t.to, format!("TCP connection closed: {reason}"));
+    }
+    if !matches!(reason, Closed::Shutdown | Closed::NoListener) {
+        let _ = shared
+            .deliver(TransportEvent::ConnectionClosed {
+                connection: id,
+                addr,
+            })
+            .await;
+    }
+}
+
+async fn drive(
+    shared: &Arc<Shared>,
+    id: ConnectionId,
+    addr: SocketAddr,
+    stream: &mut TcpStream,
+    queued: &mut mpsc::Receiver<Transmit>,
+) -> Closed {
+    let peer = Peer::tcp(addr, Some(id));
+    let idle = shared.config.tcp_idle_timeout;
+    let mut framer = StreamFramer::new(shared.config.limits.max_message_size);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut deadline = Instant::now() + idle;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            () = shut_down(&mut shutdown) => return Closed::Shutdown,
+            outgoing = queued.recv() => {
+                let Some(transmit) = outgoing else {
+                    return Closed::Shutdown;
+                };
+                if let Err(error) = write(stream, &transmit.bytes).await {
+                    shared.send_failed(transmit.to, error.clone());
+                    return Closed::WriteError(error);
+                }
+                bump(&shared.stats.sent);
+                deadline = Instant::now() + idle;
+            }
+            read = stream.read(&mut chunk) => {
+                let n = match read {
+                    Ok(0) => return Closed::ByPeer,
+                    Ok(n) => n,
+                    Err(e) => return Closed::ReadError(e),
+                };
+                deadline = Instant::now() + idle;
+                framer.push(chunk.get(..n).unwrap_or_default());
+                if let Some(closed) = handle_frames(shared, peer, stream, &mut framer).await {
+                    return closed;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Closed::Idle,
+        }
+    }
+}
+
+/// Handles every complete frame in the framer. `Some` when the connection must close.
+async fn handle_frames(
+    shared: &Arc<Shared>,
+    peer: Peer,
+    stream: &mut TcpStream,
+    framer: &mut StreamFramer,
+) -> Option<Closed> {
+    loop {
+        match framer.next_frame() {
+            Ok(None) => return None,
+            Ok(Some(Frame::KeepAlivePing)) => {
+                bump(&shared.stats.keepalives);
+                if let Err(e) = write(stream, b"\r\n").await {
+                    return Some(Closed::WriteError(e));
+                }
+            }
+            Ok(Some(Frame::KeepAlivePong)) => bump(&shared.stats.keepalives),
+            Ok(Some(Frame::Message(bytes))) => match shared.inbound(&bytes, peer) {
+                Inbound::Deliver(event) => {
+                    if !shared.deliver(event).await {
+                        return Some(Closed::NoListener);
+                    }
+                }
+                Inbound::Answer(response, _) => {
+                    if let Err(e) = write(stream, &response).await {
+                        return Some(Closed::WriteError(e));
+                    }
+                    bump(&shared.stats.sent);
+                }
+                Inbound::Ignore => {}
+            },
+            Err(error) => {
+                bump(&shared.stats.framing_errors);
+                tracing::debug!(?peer, %error, "TCP framing error; closing connection");
+                let max = shared.config.limits.max_message_size;
+                let buffered = framer.buffered();
+                let head = buffered.get(..max).unwrap_or(buffered);
+                if let Some((response, _)) =
+                    shared.answer_malformed(head, &error.to_parse_error(), peer)
+                {
+                    if write(stream, &response).await.is_ok() {
+                        bump(&shared.stats.sent);
+                    }
+                }
+                return Some(Closed::Framing);
+            }
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("write stalled for {WRITE_STALL_TIMEOUT:?}")),
+    }
+}

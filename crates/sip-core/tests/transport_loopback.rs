@@ -1,0 +1,608 @@
+//! The UDP/TCP transport over real sockets on 127.0.0.1. Nothing sleeps: every wait is a
+//! `tokio::time::timeout` around the event or read that must arrive.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sip_core::transport::{
+    Frame, SipTransport, StreamFramer, TransportConfig, TransportEvent, TransportHandle,
+};
+use sip_core::{ConnectionId, Message, ParseLimits, Peer, Request, Response, Transmit, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc::Receiver;
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn config() -> TransportConfig {
+    TransportConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        ..TransportConfig::default()
+    }
+}
+
+async fn start(config: TransportConfig) -> (TransportHandle, Receiver<TransportEvent>) {
+    SipTransport::bind(config).await.expect("bind transport")
+}
+
+async fn next_event(events: &mut Receiver<TransportEvent>) -> TransportEvent {
+    timeout(WAIT, events.recv())
+        .await
+        .expect("timed out waiting for a transport event")
+        .expect("event channel closed")
+}
+
+async fn next_request(events: &mut Receiver<TransportEvent>) -> (Request, Peer) {
+    match next_event(events).await {
+        TransportEvent::Message {
+            message: Message::Request(request),
+            from,
+        } => (request, from),
+        other => panic!("expected a request, got {other:?}"),
+    }
+}
+
+/// An OPTIONS request with Content-Length; `via` is the sent-by and Via parameters.
+fn options(transport: &str, via: &str, call_id: &str) -> String {
+    options_with(transport, via, call_id, true)
+}
+
+fn options_with(transport: &str, via: &str, call_id: &str, content_length: bool) -> String {
+    let mut text = format!(
+        "OPTIONS sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {via}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         To: <sip:bob@example.com>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 OPTIONS\r\n"
+    );
+    if content_length {
+        text.push_str("Content-Length: 0\r\n");
+    }
+    text.push_str("\r\n");
+    text
+}
+
+fn ok_for(request: &Request) -> Bytes {
+    Response::to_request(request, 200, None).to_bytes()
+}
+
+async fn recv_datagram(socket: &UdpSocket) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = timeout(WAIT, socket.recv_from(&mut buf))
+        .await
+        .expect("timed out waiting for a datagram")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Reads from a client stream until the framer yields a frame.
+async fn read_frame(stream: &mut TcpStream, framer: &mut StreamFramer) -> Frame {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(frame) = framer.next_frame().expect("framing") {
+            return frame;
+        }
+        let n = timeout(WAIT, stream.read(&mut chunk))
+            .await
+            .expect("timed out reading the stream")
+            .unwrap();
+        assert!(n > 0, "stream closed before a frame arrived");
+        framer.push(&chunk[..n]);
+    }
+}
+
+async fn read_message(stream: &mut TcpStream, framer: &mut StreamFramer) -> Message {
+    match read_frame(stream, framer).await {
+        Frame::Message(bytes) => Message::parse(&bytes, &ParseLimits::default()).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn read_response(stream: &mut TcpStream, framer: &mut StreamFramer) -> Response {
+    match read_message(stream, framer).await {
+        Message::Response(response) => response,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn parse_response(bytes: &[u8]) -> Response {
+    match Message::parse(bytes, &ParseLimits::default()).unwrap() {
+        Message::Response(response) => response,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+async fn udp_client() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+#[tokio::test]
+async fn udp_and_tcp_share_the_port() {
+    let (handle, _events) = start(config()).await;
+    let addr = handle.local_addr();
+    assert_ne!(addr.port(), 0);
+    // Both protocols answer on that port: TCP connects, UDP reaches the transport.
+    let _stream = timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(UdpSocket::bind(addr).await.is_err(), "UDP port is taken");
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn udp_request_is_stamped_and_response_comes_back() {
+    let (handle, mut events) = start(config()).await;
+    let (client, client_addr) = udp_client().await;
+    let request = options("UDP", "192.0.2.1:5060;branch=z9hG4bK-udp1;rport", "udp-1");
+    client
+        .send_to(request.as_bytes(), handle.local_addr())
+        .await
+        .unwrap();
+
+    let (request, from) = next_request(&mut events).await;
+    assert_eq!(from, Peer::udp(client_addr));
+    let via = request.headers.top_via().unwrap();
+    assert_eq!(via.received(), Some("127.0.0.1"));
+    assert_eq!(via.rport(), Some(Some(client_addr.port())));
+    assert_eq!(via.branch(), Some("z9hG4bK-udp1"));
+
+    let destination = sip_core::peer::response_destination(&via, from);
+    assert_eq!(destination, from);
+    handle.send(Transmit {
+        to: destination,
+        bytes: ok_for(&request),
+    });
+    let response = parse_response(&recv_datagram(&client).await);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers.top_via().unwrap(), via);
+    assert_eq!(response.headers.call_id(), Some("udp-1"));
+
+    let stats = handle.stats();
+    assert_eq!(stats.udp_received, 1);
+    assert_eq!(stats.sent, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn udp_via_matching_source_is_left_alone() {
+    let (handle, mut events) = start(config()).await;
+    let (client, client_addr) = udp_client().await;
+    let via = format!("{client_addr};branch=z9hG4bK-plain");
+    client
+        .send_to(
+            options("UDP", &via, "udp-2").as_bytes(),
+            handle.local_addr(),
+        )
+        .await
+        .unwrap();
+    let (request, _) = next_request(&mut events).await;
+    let top = request.headers.top_via().unwrap();
+    assert_eq!(top.received(), None);
+    assert_eq!(top.rport(), None);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_response_goes_back_on_the_same_connection() {
+    let (handle, mut events) = start(config()).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let request = options("TCP", "192.0.2.7:5060;branch=z9hG4bK-tcp1", "tcp-1");
+    client.write_all(request.as_bytes()).await.unwrap();
+
+    let (request, from) = next_request(&mut events).await;
+    assert_eq!(from.transport, Transport::Tcp);
+    assert_eq!(from.addr, client_addr);
+    assert!(from.connection.is_some());
+    let via = request.headers.top_via().unwrap();
+    assert_eq!(via.received(), Some("127.0.0.1"));
+    assert_eq!(handle.connection_count(), 1);
+
+    handle.send(Transmit {
+        to: from,
+        bytes: ok_for(&request),
+    });
+    let mut framer = StreamFramer::new(65_536);
+    let response = read_response(&mut client, &mut framer).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers.call_id(), Some("tcp-1"));
+
+    // Without the connection id, the open connection to that address is reused.
+    handle.send(Transmit {
+        to: Peer::tcp(client_addr, None),
+        bytes: ok_for(&request),
+    });
+    assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
+    assert_eq!(handle.connection_count(), 1);
+
+    let stats = handle.stats();
+    assert_eq!(stats.tcp_received, 1);
+    assert_eq!(stats.sent, 2);
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(stats.connections_open, 1);
+
+    drop(client);
+    match next_event(&mut events).await {
+        TransportEvent::ConnectionClosed { connection, addr } => {
+            assert_eq!(Some(connection), from.connection);
+            assert_eq!(addr, client_addr);
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+    assert_eq!(handle.stats().connections_open, 0);
+    assert_eq!(handle.connection_count(), 0);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_two_messages_in_one_write_and_one_message_split_across_writes() {
+    let (handle, mut events) = start(config()).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client.set_nodelay(true).unwrap();
+
+    let both = format!(
+        "{}{}",
+        options("TCP", "192.0.2.7;branch=z9hG4bK-a", "first"),
+        options("TCP", "192.0.2.7;branch=z9hG4bK-b", "second")
+    );
+    client.write_all(both.as_bytes()).await.unwrap();
+    let (first, from_first) = next_request(&mut events).await;
+    let (second, from_second) = next_request(&mut events).await;
+    assert_eq!(first.headers.call_id(), Some("first"));
+    assert_eq!(second.headers.call_id(), Some("second"));
+    assert_eq!(from_first, from_second);
+
+    let split = options("TCP", "192.0.2.7;branch=z9hG4bK-c", "split");
+    let bytes = split.as_bytes();
+    for piece in [
+        &bytes[..10],
+        &bytes[10..bytes.len() - 3],
+        &bytes[bytes.len() - 3..],
+    ] {
+        client.write_all(piece).await.unwrap();
+        client.flush().await.unwrap();
+    }
+    let (third, from_third) = next_request(&mut events).await;
+    assert_eq!(third.headers.call_id(), Some("split"));
+    assert_eq!(from_third, from_first);
+    assert_eq!(handle.stats().tcp_received, 3);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_keepalive_ping_is_answered_with_pong() {
+    let (handle, _events) = start(config()).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client.write_all(b"\r\n\r\n").await.unwrap();
+    let mut pong = [0u8; 2];
+    timeout(WAIT, client.read_exact(&mut pong))
+        .await
+        .expect("timed out waiting for the pong")
+        .unwrap();
+    assert_eq!(&pong, b"\r\n");
+    assert_eq!(handle.stats().keepalives, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_message_without_content_length_gets_400_and_close() {
+    let (handle, mut events) = start(config()).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let request = options_with("TCP", "192.0.2.7;branch=z9hG4bK-nocl", "no-cl", false);
+    client.write_all(request.as_bytes()).await.unwrap();
+
+    let mut framer = StreamFramer::new(65_536);
+    let response = read_response(&mut client, &mut framer).await;
+    assert_eq!(response.status, 400);
+    assert!(
+        response.reason.contains("Content-Length"),
+        "{}",
+        response.reason
+    );
+    assert_eq!(response.headers.call_id(), Some("no-cl"));
+
+    let mut rest = Vec::new();
+    timeout(WAIT, client.read_to_end(&mut rest))
+        .await
+        .expect("connection not closed")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(matches!(
+        next_event(&mut events).await,
+        TransportEvent::ConnectionClosed { .. }
+    ));
+    let stats = handle.stats();
+    assert_eq!(stats.framing_errors, 1);
+    assert_eq!(stats.malformed_answered, 1);
+    assert_eq!(stats.tcp_received, 0);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_unparseable_frame_is_answered_and_connection_kept() {
+    let (handle, mut events) = start(config()).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let bad =
+        options("TCP", "192.0.2.7;branch=z9hG4bK-bad", "bad").replace("CSeq: 1 OPTIONS", "CSeq: x");
+    client.write_all(bad.as_bytes()).await.unwrap();
+    let mut framer = StreamFramer::new(65_536);
+    // The 400 copies the unreadable CSeq as it is, so it is checked as text.
+    let Frame::Message(answer) = read_frame(&mut client, &mut framer).await else {
+        panic!("expected the 400");
+    };
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+    assert!(answer.contains("Call-ID: bad\r\n"), "{answer}");
+    // The framing was sound, so the connection stays usable.
+    let good = options("TCP", "192.0.2.7;branch=z9hG4bK-good", "good");
+    client.write_all(good.as_bytes()).await.unwrap();
+    let (request, _) = next_request(&mut events).await;
+    assert_eq!(request.headers.call_id(), Some("good"));
+    assert_eq!(handle.stats().malformed_answered, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn udp_malformed_with_parseable_via_gets_400() {
+    let (handle, _events) = start(config()).await;
+    let (client, client_addr) = udp_client().await;
+    let bad = "OPTIONS sip:bob@example.com SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-bad;rport\r\n\
+         From: <sip:alice@example.com>;tag=a1\r\n\
+         Call-ID: bad-udp\r\n\
+         CSeq: not-a-number OPTIONS\r\n\r\n";
+    client
+        .send_to(bad.as_bytes(), handle.local_addr())
+        .await
+        .unwrap();
+    // The 400 lacks the To the request lacked, so it is checked as text.
+    let answer = String::from_utf8(recv_datagram(&client).await).unwrap();
+    assert!(answer.starts_with("SIP/2.0 400 "), "{answer}");
+    assert!(answer.contains("Call-ID: bad-udp\r\n"), "{answer}");
+    let via = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("Via: "))
+        .map(|v| sip_core::Via::parse(v).unwrap())
+        .expect("Via in the 400");
+    assert_eq!(via.branch(), Some("z9hG4bK-bad"));
+    assert_eq!(via.received(), Some("127.0.0.1"));
+    assert_eq!(via.rport(), Some(Some(client_addr.port())));
+    let stats = handle.stats();
+    assert_eq!(stats.malformed_answered, 1);
+    assert_eq!(stats.malformed_dropped, 0);
+    handle.shutdown();
+}
+
+/// Sends a valid request after `datagram` and waits for it: datagrams on loopback are read in
+/// order, so once it arrives the earlier one has been handled.
+async fn send_then_sync(
+    handle: &TransportHandle,
+    events: &mut Receiver<TransportEvent>,
+    client: &UdpSocket,
+    datagram: &[u8],
+) {
+    client.send_to(datagram, handle.local_addr()).await.unwrap();
+    let marker = options("UDP", "192.0.2.1;branch=z9hG4bK-sync;rport", "sync");
+    client
+        .send_to(marker.as_bytes(), handle.local_addr())
+        .await
+        .unwrap();
+    let (request, _) = next_request(events).await;
+    assert_eq!(request.headers.call_id(), Some("sync"));
+}
+
+#[tokio::test]
+async fn udp_garbage_is_dropped_and_counted() {
+    let (handle, mut events) = start(config()).await;
+    let (client, _) = udp_client().await;
+    send_then_sync(
+        &handle,
+        &mut events,
+        &client,
+        b"\x00\xffnot SIP at all\r\n\r\n",
+    )
+    .await;
+    // CRLF keep-alives are neither messages nor malformed.
+    send_then_sync(&handle, &mut events, &client, b"\r\n\r\n").await;
+    let stats = handle.stats();
+    assert_eq!(stats.malformed_dropped, 1);
+    assert_eq!(stats.malformed_answered, 0);
+    assert_eq!(stats.keepalives, 1);
+    assert_eq!(stats.udp_received, 2);
+    assert_eq!(stats.sent, 0);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn oversize_udp_datagram_is_counted() {
+    let mut config = config();
+    config.limits.max_message_size = 1024;
+    let (handle, mut events) = start(config).await;
+    let (client, _) = udp_client().await;
+    let mut big = options("UDP", "192.0.2.1;branch=z9hG4bK-big", "big").into_bytes();
+    big.resize(2000, b'x');
+    send_then_sync(&handle, &mut events, &client, &big).await;
+    let stats = handle.stats();
+    assert_eq!(stats.oversize, 1);
+    assert_eq!(stats.udp_received, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_send_without_connection_opens_one_and_reuses_it() {
+    let (handle, mut events) = start(config()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote = listener.local_addr().unwrap();
+
+    let first = options("TCP", "127.0.0.1;branch=z9hG4bK-out1", "out-1");
+    handle.send(Transmit {
+        to: Peer::tcp(remote, None),
+        bytes: Bytes::from(first.clone()),
+    });
+    // Queued while the connection is still opening: must use the same connection.
+    let second = options("TCP", "127.0.0.1;branch=z9hG4bK-out2", "out-2");
+    handle.send(Transmit {
+        to: Peer::tcp(remote, None),
+        bytes: Bytes::from(second.clone()),
+    });
+    let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut framer = StreamFramer::new(65_536);
+    for expected in [&first, &second] {
+        match read_frame(&mut server_side, &mut framer).await {
+            Frame::Message(bytes) => assert_eq!(&bytes[..], expected.as_bytes()),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+    assert_eq!(handle.connection_count(), 1);
+
+    // The far end answers on that connection; the response names the connection.
+    let request = match Message::parse(first.as_bytes(), &ParseLimits::default()).unwrap() {
+        Message::Request(r) => r,
+        _ => unreachable!(),
+    };
+    server_side.write_all(&ok_for(&request)).await.unwrap();
+    match next_event(&mut events).await {
+        TransportEvent::Message {
+            message: Message::Response(response),
+            from,
+        } => {
+            assert_eq!(response.status, 200);
+            assert_eq!(from.addr, remote);
+            assert!(from.connection.is_some());
+        }
+        other => panic!("expected the response, got {other:?}"),
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.connections_opened, 1);
+    assert_eq!(stats.sent, 2);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn tcp_connect_failure_is_reported() {
+    let (handle, mut events) = start(config()).await;
+    // A port that was just free: nothing listens there.
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let to = Peer::tcp(closed, None);
+    handle.send(Transmit {
+        to,
+        bytes: Bytes::from_static(b"x"),
+    });
+    match next_event(&mut events).await {
+        TransportEvent::SendFailed { to: failed, error } => {
+            assert_eq!(failed, to);
+            assert!(!error.is_empty());
+        }
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
+    assert_eq!(handle.connection_count(), 0);
+    assert_eq!(handle.stats().send_errors, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn stale_connection_id_falls_back_to_the_address() {
+    let (handle, _events) = start(config()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let remote = listener.local_addr().unwrap();
+    handle.send(Transmit {
+        to: Peer::tcp(remote, Some(ConnectionId(999_999))),
+        bytes: Bytes::from(options("TCP", "127.0.0.1;branch=z9hG4bK-s", "stale")),
+    });
+    let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut framer = StreamFramer::new(65_536);
+    assert!(matches!(
+        read_frame(&mut server_side, &mut framer).await,
+        Frame::Message(_)
+    ));
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused() {
+    let mut config = config();
+    config.max_connections = 1;
+    let (handle, mut events) = start(config).await;
+    let mut first = TcpStream::connect(handle.local_addr()).await.unwrap();
+    first
+        .write_all(options("TCP", "192.0.2.7;branch=z9hG4bK-l1", "limit").as_bytes())
+        .await
+        .unwrap();
+    next_request(&mut events).await;
+
+    let mut second = TcpStream::connect(handle.local_addr()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = timeout(WAIT, second.read(&mut buf))
+        .await
+        .expect("refused connection not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let stats = handle.stats();
+    assert_eq!(stats.connections_refused, 1);
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(handle.connection_count(), 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn idle_tcp_connection_is_closed() {
+    let mut config = config();
+    config.tcp_idle_timeout = Duration::from_millis(200);
+    let (handle, mut events) = start(config).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client
+        .write_all(options("TCP", "192.0.2.7;branch=z9hG4bK-idle", "idle").as_bytes())
+        .await
+        .unwrap();
+    let (_, from) = next_request(&mut events).await;
+    match next_event(&mut events).await {
+        TransportEvent::ConnectionClosed { connection, .. } => {
+            assert_eq!(Some(connection), from.connection)
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+    let mut rest = Vec::new();
+    timeout(WAIT, client.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(handle.stats().connections_idle_closed, 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn unsupported_transport_and_shutdown_fail_sends() {
+    let (handle, mut events) = start(config()).await;
+    let to = Peer {
+        transport: Transport::Tls,
+        addr: "127.0.0.1:5061".parse().unwrap(),
+        connection: None,
+    };
+    handle.send(Transmit {
+        to,
+        bytes: Bytes::from_static(b"x"),
+    });
+    assert!(matches!(
+        next_event(&mut events).await,
+        TransportEvent::SendFailed { .. }
+    ));
+    handle.shutdown();
+    handle.send(Transmit {
+        to: Peer::udp("127.0.0.1:9".parse().unwrap()),
+        bytes: Bytes::from_static(b"x"),
+    });
+    assert!(matches!(
+        next_event(&mut events).await,
+        TransportEvent::SendFailed { .. }
+    ));
+}
