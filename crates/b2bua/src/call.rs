@@ -1,0 +1,198 @@
+//! The state of one bridged call: leg A (the user's phone, reached through the trunk, where
+//! callbridge is the UAS) and leg B (the target, where callbridge is the UAC).
+//!
+//! This module holds data and the small decisions that need only that data; the
+//! [`Engine`](crate::engine::Engine) drives it with transaction events.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use sip_core::dialog::{Dialog, DialogId};
+use sip_core::transaction::{ClientTxId, ServerTxId};
+use sip_core::{Method, Peer, Request};
+
+use crate::intent::Intent;
+use crate::media::MediaSession;
+
+/// A call's handle inside the engine; stable for the call's whole life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(pub u64);
+
+/// One of the two legs of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leg {
+    /// The incoming call from the user's phone; callbridge is its UAS.
+    A,
+    /// The outgoing call to the target; callbridge is its UAC.
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// Where a call is in its life, as far as signalling is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Leg B's INVITE is out; no final answer yet.
+    Calling,
+    /// Both legs answered: the call is bridged.
+    Answered,
+    /// The call's outcome is decided (final answer or BYE sent); the engine waits for the
+    /// last transactions of both legs to finish before forgetting it.
+    Ending,
+}
+
+/// Timers a call owns, beyond the transaction timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallTimer {
+    /// `sip.no_answer_secs` after leg B's INVITE.
+    NoAnswer,
+    /// `sip.max_call_secs` after the answer.
+    MaxDuration,
+}
+
+/// An in-dialog request relayed from one leg to the other, waiting for its answer.
+#[derive(Debug)]
+pub struct Relay {
+    /// The leg the request came from (its server transaction gets the answer).
+    pub from_leg: Leg,
+    pub server_tx: ServerTxId,
+    /// The request as received, to build the relayed response from.
+    pub request: Request,
+    /// CSeq of the relayed request on the other leg (for the ACK of a relayed re-INVITE).
+    pub cseq: u32,
+    /// A final response has been relayed.
+    pub answered: bool,
+    /// The ACK sent on the other leg for its 2xx (re-sent if that 2xx is retransmitted).
+    pub ack: Option<Request>,
+}
+
+/// An ACK we owe one leg and can only build once the other leg's ACK brings the SDP answer
+/// (the offer came in a 2xx because the INVITE had no body: "late offer").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeferredAck {
+    /// The leg that gets the ACK.
+    pub leg: Leg,
+    /// CSeq number of the INVITE being acknowledged on that leg.
+    pub cseq: u32,
+    /// The server transaction on the other leg whose ACK carries the answer.
+    pub waiting_on: ServerTxId,
+}
+
+/// Leg A: the user's call to the dedicated number.
+pub struct LegA {
+    /// The INVITE as received.
+    pub invite: Request,
+    pub invite_tx: ServerTxId,
+    /// Where the INVITE came from: responses and in-dialog requests to leg A go back there
+    /// (the trunk, or a phone behind NAT).
+    pub source: Peer,
+    /// Our To tag.
+    pub tag: String,
+    /// The dialog id leg A's in-dialog requests carry (known from the start: our tag and
+    /// the caller's From tag), registered so a BYE before the answer finds the call.
+    pub dialog_id: DialogId,
+    /// Final status sent on the INVITE, if any.
+    pub final_sent: Option<u16>,
+    pub dialog: Option<Dialog>,
+}
+
+/// Leg B: our call to the target through the trunk.
+pub struct LegB {
+    /// The INVITE as handed to the transaction layer (Via included once sent).
+    pub invite: Request,
+    pub invite_tx: ClientTxId,
+    /// Final status received, if any.
+    pub final_received: Option<u16>,
+    /// A CANCEL was asked of the transaction layer.
+    pub cancelled: bool,
+    pub dialog: Option<Dialog>,
+    /// The ACK sent for leg B's 2xx, re-sent when the 2xx is retransmitted.
+    pub ack: Option<Request>,
+}
+
+/// Everything the engine knows about one call.
+pub struct Call {
+    pub key: CallKey,
+    pub intent: Intent,
+    pub span: tracing::Span,
+    pub phase: Phase,
+    pub media: Box<dyn MediaSession>,
+    pub a: LegA,
+    pub b: LegB,
+    /// In-dialog requests relayed to the other leg, by the client transaction carrying them.
+    pub relays: HashMap<ClientTxId, Relay>,
+    pub deferred_ack: Option<DeferredAck>,
+    /// Transactions of this call still alive in the transaction layer.
+    pub live_transactions: usize,
+    /// Deadlines of this call's own timers.
+    pub timers: HashMap<CallTimer, Instant>,
+    /// A BYE was sent on the leg (so a second one is never sent).
+    bye_sent: [bool; 2],
+    /// The outcome was written to the call registry.
+    pub recorded_end: bool,
+}
+
+impl Call {
+    pub fn new(
+        key: CallKey,
+        intent: Intent,
+        media: Box<dyn MediaSession>,
+        a: LegA,
+        b: LegB,
+    ) -> Call {
+        let span = tracing::info_span!("call", callid = %intent.callid);
+        Call {
+            key,
+            intent,
+            span,
+            phase: Phase::Calling,
+            media,
+            a,
+            b,
+            relays: HashMap::new(),
+            deferred_ack: None,
+            live_transactions: 0,
+            timers: HashMap::new(),
+            bye_sent: [false; 2],
+            recorded_end: false,
+        }
+    }
+
+    pub fn dialog(&self, leg: Leg) -> Option<&Dialog> {
+        match leg {
+            Leg::A => self.a.dialog.as_ref(),
+            Leg::B => self.b.dialog.as_ref(),
+        }
+    }
+
+    pub fn dialog_mut(&mut self, leg: Leg) -> Option<&mut Dialog> {
+        match leg {
+            Leg::A => self.a.dialog.as_mut(),
+            Leg::B => self.b.dialog.as_mut(),
+        }
+    }
+
+    pub fn bye_sent(&self, leg: Leg) -> bool {
+        self.bye_sent[leg as usize]
+    }
+
+    pub fn mark_bye_sent(&mut self, leg: Leg) {
+        self.bye_sent[leg as usize] = true;
+    }
+
+    /// A relayed re-INVITE is still unanswered. It is pending on both legs' dialogs (as a
+    /// server transaction on one, a client transaction on the other), so a new re-INVITE on
+    /// either leg gets 491 (RFC 3261 §14.2).
+    pub fn invite_pending(&self) -> bool {
+        self.relays
+            .values()
+            .any(|r| r.request.method == Method::Invite && !r.answered)
+    }
+}

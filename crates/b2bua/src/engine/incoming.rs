@@ -1,0 +1,299 @@
+//! Requests that arrive outside a known dialog: a new INVITE on leg A (the decision to bridge
+//! or refuse), CANCEL, and the out-of-dialog requests a trunk sends (OPTIONS pings).
+
+use std::time::Instant;
+
+use sip_core::dialog::DialogId;
+use sip_core::transaction::{ServerTxId, TxId};
+use sip_core::{ids, HeaderName, Method, Peer, Request};
+
+use super::Engine;
+use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
+use crate::intent::NoIntent;
+use crate::outbound::{leg_b_invite, local_response, ALLOW};
+use crate::registry::{CallEvent, EndCause, Party};
+
+impl Engine {
+    pub(super) fn on_request(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: Request,
+        from: Peer,
+        cancels: Option<ServerTxId>,
+    ) {
+        let in_dialog = request
+            .headers
+            .to()
+            .map(|to| to.tag().is_some())
+            .unwrap_or(false);
+        match request.method {
+            Method::Cancel => self.on_cancel(now, tx, &request, cancels),
+            _ if in_dialog => self.on_in_dialog(now, tx, request),
+            Method::Invite => self.on_new_invite(now, tx, request, from),
+            Method::Options => {
+                let mut response = local_response(&self.config.local, &request, 200, None, None);
+                response.headers.push(HeaderName::Allow, ALLOW);
+                response
+                    .headers
+                    .push(HeaderName::parse("Accept"), "application/sdp");
+                self.send_response(now, tx, response);
+            }
+            Method::Bye | Method::Update | Method::Info => {
+                self.stats.unmatched_requests += 1;
+                self.respond(now, tx, &request, 481, None, None);
+            }
+            Method::Other(_) => self.respond(now, tx, &request, 501, None, None),
+            _ => {
+                let mut response = local_response(&self.config.local, &request, 405, None, None);
+                response.headers.push(HeaderName::Allow, ALLOW);
+                self.send_response(now, tx, response);
+            }
+        }
+    }
+
+    /// Refuses an INVITE before any leg B exists.
+    fn refuse(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        code: &'static str,
+        text: &str,
+    ) {
+        tracing::info!(status, reason = code, "incoming call refused");
+        *self.stats.calls_refused.entry(code).or_default() += 1;
+        self.respond(now, tx, request, status, None, Some(text));
+    }
+
+    fn on_new_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, from: Peer) {
+        let trusted = self
+            .config
+            .trusted_peers
+            .iter()
+            .any(|net| net.contains(&from.addr.ip()));
+        if !trusted {
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                403,
+                "untrusted_source",
+                "Untrusted source",
+            );
+        }
+        if let Some(Ok(0)) = request.headers.max_forwards() {
+            return self.refuse(now, tx, &request, 483, "too_many_hops", "Too many hops");
+        }
+        if !request.headers.contacts().is_ok_and(|c| !c.is_empty()) {
+            return self.refuse(now, tx, &request, 400, "malformed", "Missing Contact");
+        }
+        if self.calls.len() >= self.config.max_calls {
+            return self.refuse(now, tx, &request, 503, "overloaded", "Too many calls");
+        }
+        // The calling number: P-Asserted-Identity from a trusted trunk, else the From user.
+        let asserted = request
+            .headers
+            .p_asserted_identity()
+            .and_then(Result::ok)
+            .and_then(|pai| pai.uri.user().map(str::to_owned));
+        let calling = asserted.or_else(|| {
+            request
+                .headers
+                .from()
+                .ok()
+                .and_then(|f| f.uri.user().map(str::to_owned))
+        });
+        let dialled = request.uri.user().map(str::to_owned);
+        let refuse_code = self.config.refuse_code;
+        let (Some(calling), Some(dialled)) = (calling, dialled) else {
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                refuse_code,
+                "no_intent",
+                "No call intent",
+            );
+        };
+        let intent = match self.control.claim(now, &calling, &dialled) {
+            Ok(intent) => intent,
+            Err(no) => {
+                let code = match no {
+                    NoIntent::None => "no_intent",
+                    NoIntent::Expired => "intent_expired",
+                    NoIntent::OtherNumber => "other_number",
+                };
+                return self.refuse(now, tx, &request, refuse_code, code, &no.to_string());
+            }
+        };
+        let span = tracing::info_span!("call", callid = %intent.callid);
+        let _entered = span.enter();
+        tracing::info!(%calling, %dialled, callee = %intent.callee, "intent matched; placing leg B");
+
+        let a_tag = ids::new_tag();
+        let fail = |engine: &mut Engine, status: u16, cause: EndCause, text: &str| {
+            engine.respond(now, tx, &request, status, Some(&a_tag), Some(text));
+            engine
+                .control
+                .record(now, &intent.callid, CallEvent::LegAFinal(status));
+            engine.control.record(
+                now,
+                &intent.callid,
+                CallEvent::Ended {
+                    by: Party::System,
+                    cause,
+                },
+            );
+            *engine
+                .stats
+                .calls_failed
+                .entry(cause_code(cause))
+                .or_default() += 1;
+        };
+        let mut media = match self.media.new_session(&intent.callid) {
+            Ok(media) => media,
+            Err(error) => {
+                tracing::warn!(%error, "no media session");
+                return fail(
+                    self,
+                    error.sip_status(),
+                    EndCause::ResourcesExhausted,
+                    &error.to_string(),
+                );
+            }
+        };
+        let body = if request.body.is_empty() {
+            request.body.clone()
+        } else {
+            match media.towards_b(&request.body) {
+                Ok(body) => body,
+                Err(error) => {
+                    return fail(
+                        self,
+                        error.sip_status(),
+                        EndCause::SignallingFailure,
+                        &error.to_string(),
+                    )
+                }
+            }
+        };
+        let trunk = self.config.trunk;
+        let b_invite = leg_b_invite(
+            &self.config.local,
+            &intent,
+            &trunk.addr.ip().to_string(),
+            trunk.addr.port(),
+            &request,
+            body,
+        );
+        let b_tx = match self.layer.send_request(now, b_invite, trunk) {
+            Ok(b_tx) => b_tx,
+            Err(error) => {
+                return fail(self, 500, EndCause::SignallingFailure, &error.to_string());
+            }
+        };
+        let Some(b_invite) = self.layer.client_request(b_tx).cloned() else {
+            return;
+        };
+        let a_dialog_id = DialogId::new(
+            request.headers.call_id().unwrap_or_default(),
+            a_tag.clone(),
+            request
+                .headers
+                .from()
+                .ok()
+                .and_then(|f| f.tag().map(str::to_owned))
+                .unwrap_or_default(),
+        );
+        let key = CallKey(self.next_key);
+        self.next_key += 1;
+        let call = Call::new(
+            key,
+            intent,
+            media,
+            LegA {
+                invite: request,
+                invite_tx: tx,
+                source: from,
+                tag: a_tag,
+                dialog_id: a_dialog_id.clone(),
+                final_sent: None,
+                dialog: None,
+            },
+            LegB {
+                invite: b_invite,
+                invite_tx: b_tx,
+                final_received: None,
+                cancelled: false,
+                dialog: None,
+                ack: None,
+            },
+        );
+        drop(_entered);
+        self.calls.insert(key, call);
+        self.own(key, TxId::Server(tx));
+        self.own(key, TxId::Client(b_tx));
+        self.dialog_owner.insert(a_dialog_id, (key, Leg::A));
+        let deadline = now + self.config.no_answer;
+        self.arm_call_timer(key, CallTimer::NoAnswer, deadline);
+    }
+
+    /// CANCEL (RFC 3261 §9.2): 200 to the CANCEL; if leg A is unanswered, 487 to it and
+    /// leg B cancelled. A CANCEL matching nothing gets 481.
+    fn on_cancel(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        cancels: Option<ServerTxId>,
+    ) {
+        let key = cancels.and_then(|invite| self.tx_owner.get(&TxId::Server(invite)).copied());
+        let Some(key) = key.filter(|key| self.calls.contains_key(key)) else {
+            self.stats.unmatched_requests += 1;
+            return self.respond(now, tx, request, 481, None, None);
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let tag = call.a.tag.clone();
+        self.own(key, TxId::Server(tx));
+        self.respond(now, tx, request, 200, Some(&tag), None);
+        self.caller_gave_up(now, key);
+    }
+
+    /// The caller abandoned an unanswered call (CANCEL, or BYE on the early dialog): 487 on
+    /// leg A, leg B cancelled.
+    pub(super) fn caller_gave_up(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.a.final_sent.is_some() {
+            return;
+        }
+        let _entered = call.span.clone().entered();
+        tracing::info!("caller cancelled");
+        self.answer_a_locally(now, key, 487, "Call cancelled by the caller");
+        self.cancel_leg_b(now, key);
+        self.end_call(now, key, Party::Caller, EndCause::Cancelled);
+    }
+}
+
+/// The snake_case code of an end cause, for the failure counters.
+pub(super) fn cause_code(cause: EndCause) -> &'static str {
+    match cause {
+        EndCause::Hangup => "hangup",
+        EndCause::Cancelled => "cancelled",
+        EndCause::CalleeRejected => "callee_rejected",
+        EndCause::NoAnswer => "no_answer",
+        EndCause::SignallingFailure => "signalling_failure",
+        EndCause::MediaTimeout => "media_timeout",
+        EndCause::MaxDuration => "max_duration",
+        EndCause::IntentExpired => "intent_expired",
+        EndCause::IntentCancelled => "intent_cancelled",
+        EndCause::IntentReplaced => "intent_replaced",
+        EndCause::ResourcesExhausted => "resources_exhausted",
+        EndCause::Shutdown => "shutdown",
+    }
+}

@@ -1,0 +1,309 @@
+//! Responses to leg B's INVITE: ringing and early media relayed to leg A, the answer bridged
+//! (ACK on B, 200 on A), failures relayed with the same code, and a 2xx that arrives after
+//! the call was abandoned ACKed and hung up.
+
+use std::time::Instant;
+
+use sip_core::dialog::{Dialog, DialogId};
+use sip_core::transaction::{ClientTxId, TxId};
+use sip_core::{HeaderName, Method, Response};
+
+use super::Engine;
+use crate::call::{CallKey, CallTimer, DeferredAck, Leg, Phase};
+use crate::outbound::relay_response_to_a;
+use crate::registry::{CallEvent, EndCause, Party};
+
+impl Engine {
+    pub(super) fn on_response(&mut self, now: Instant, tx: ClientTxId, response: Response) {
+        let Some(&key) = self.tx_owner.get(&TxId::Client(tx)) else {
+            return;
+        };
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let _entered = call.span.clone().entered();
+        if tx == call.b.invite_tx {
+            self.on_leg_b_invite_response(now, key, response);
+        } else if call.relays.contains_key(&tx) {
+            self.on_relay_response(now, key, tx, response);
+        }
+        // Anything else is the answer to a BYE we sent: nothing more to do.
+    }
+
+    fn on_leg_b_invite_response(&mut self, now: Instant, key: CallKey, response: Response) {
+        match response.status {
+            100 => {}
+            101..=199 => self.leg_b_provisional(now, key, response),
+            200..=299 => self.leg_b_answered(now, key, response),
+            _ => self.leg_b_failed(now, key, response),
+        }
+    }
+
+    /// Registers leg B's dialog (early or confirmed) the first time a tagged response shows
+    /// it; later responses update it.
+    fn track_leg_b_dialog(&mut self, key: CallKey, response: &Response) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        match &mut call.b.dialog {
+            Some(dialog) => {
+                if DialogId::for_incoming_response(response).as_ref() == Some(dialog.id()) {
+                    let _ = dialog.on_response(response);
+                }
+            }
+            None => {
+                if let Ok(dialog) = Dialog::new_uac(&call.b.invite, response) {
+                    self.dialog_owner.insert(dialog.id().clone(), (key, Leg::B));
+                    call.b.dialog = Some(dialog);
+                }
+            }
+        }
+    }
+
+    fn leg_b_provisional(&mut self, now: Instant, key: CallKey, response: Response) {
+        self.track_leg_b_dialog(key, &response);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.phase != Phase::Calling || call.a.final_sent.is_some() {
+            return;
+        }
+        let body = if response.body.is_empty() {
+            response.body.clone()
+        } else {
+            // Early media that cannot be anchored is not relayed; ringing still is.
+            call.media.towards_a(&response.body).unwrap_or_default()
+        };
+        let relayed = relay_response_to_a(
+            &self.config.local,
+            &call.a.invite,
+            &call.a.tag,
+            &call.intent.caller,
+            &response,
+            body,
+        );
+        let (tx, callid) = (call.a.invite_tx, call.intent.callid.clone());
+        self.send_response(now, tx, relayed);
+        self.control.record(now, &callid, CallEvent::Ringing);
+    }
+
+    fn leg_b_answered(&mut self, now: Instant, key: CallKey, response: Response) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let to_tag = response
+            .headers
+            .to()
+            .ok()
+            .and_then(|to| to.tag().map(str::to_owned));
+        let confirmed_tag = call
+            .b
+            .dialog
+            .as_ref()
+            .filter(|_| call.b.final_received.is_some_and(|s| s < 300))
+            .map(|d| d.id().remote_tag.clone());
+        if let Some(tag) = confirmed_tag {
+            if Some(&tag) == to_tag.as_ref() {
+                // A retransmission of the 2xx we already acknowledged.
+                if let Some(ack) = call.b.ack.clone() {
+                    let _ = self.layer.send_stateless_request(ack, self.config.trunk);
+                }
+            } else {
+                // A second fork answered: acknowledge and release it.
+                self.release_stray_answer(now, key, &response);
+            }
+            return;
+        }
+        // A 2xx from another fork than the early dialog replaces it (RFC 3261 §13.2.2.4).
+        if let Some(call) = self.calls.get_mut(&key) {
+            if call
+                .b
+                .dialog
+                .as_ref()
+                .is_some_and(|d| Some(&d.id().remote_tag) != to_tag.as_ref())
+            {
+                if let Some(old) = call.b.dialog.take() {
+                    self.dialog_owner.remove(old.id());
+                }
+            }
+            call.b.final_received = Some(response.status);
+        }
+        self.track_leg_b_dialog(key, &response);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let callid = call.intent.callid.clone();
+        self.control
+            .record(now, &callid, CallEvent::LegBFinal(response.status));
+        let cseq = response.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        if call.phase != Phase::Calling || call.a.final_sent.is_some() {
+            // The answer crossed a CANCEL or the no-answer timeout: ACK it, then BYE.
+            tracing::info!("leg B answered after the call was abandoned; hanging it up");
+            self.ack_leg_b(now, key, cseq, None);
+            self.send_bye(now, key, Leg::B, EndCause::Cancelled);
+            return;
+        }
+        let late_offer = call.a.invite.body.is_empty() && !response.body.is_empty();
+        let body = if response.body.is_empty() {
+            Ok(response.body.clone())
+        } else {
+            call.media.towards_a(&response.body)
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "leg B answered with an unusable SDP");
+                self.ack_leg_b(now, key, cseq, None);
+                self.send_bye(now, key, Leg::B, EndCause::SignallingFailure);
+                self.answer_a_locally(now, key, error.sip_status(), "Callee SDP not usable");
+                self.end_call(now, key, Party::Callee, EndCause::SignallingFailure);
+                return;
+            }
+        };
+        let answer = relay_response_to_a(
+            &self.config.local,
+            &call.a.invite,
+            &call.a.tag,
+            &call.intent.caller,
+            &response,
+            body,
+        );
+        match Dialog::new_uas(&call.a.invite, &answer) {
+            Ok(dialog) => call.a.dialog = Some(dialog),
+            Err(error) => tracing::warn!(%error, "leg A dialog not established"),
+        }
+        call.a.final_sent = Some(response.status);
+        call.phase = Phase::Answered;
+        call.timers.remove(&CallTimer::NoAnswer);
+        let a_tx = call.a.invite_tx;
+        if late_offer {
+            // Leg B made the offer in its 2xx; the answer arrives in leg A's ACK.
+            call.deferred_ack = Some(DeferredAck {
+                leg: Leg::B,
+                cseq,
+                waiting_on: a_tx,
+            });
+        } else {
+            self.ack_leg_b(now, key, cseq, None);
+        }
+        self.send_response(now, a_tx, answer);
+        self.control
+            .record(now, &callid, CallEvent::LegAFinal(response.status));
+        self.control.record(now, &callid, CallEvent::Answered);
+        self.stats.calls_bridged += 1;
+        tracing::info!("bridged");
+        if let Some(limit) = self.config.max_duration {
+            self.arm_call_timer(key, CallTimer::MaxDuration, now + limit);
+        }
+    }
+
+    /// ACK for leg B's 2xx to the INVITE with CSeq `cseq`, with `body` when leg B's 2xx
+    /// carried the offer.
+    pub(super) fn ack_leg_b(
+        &mut self,
+        _now: Instant,
+        key: CallKey,
+        cseq: u32,
+        body: Option<bytes::Bytes>,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(dialog) = &call.b.dialog else {
+            return;
+        };
+        let mut ack = dialog.create_ack(cseq);
+        if let Some(body) = body.filter(|b| !b.is_empty()) {
+            ack.headers.set(HeaderName::ContentType, "application/sdp");
+            ack.body = body;
+        }
+        if cseq == call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(0) {
+            call.b.ack = Some(ack.clone());
+        }
+        if let Err(error) = self.layer.send_stateless_request(ack, self.config.trunk) {
+            tracing::debug!(%error, "ACK not sent");
+        }
+    }
+
+    /// ACK and BYE for a 2xx of a dialog we do not want (another fork, or a retransmission
+    /// after the call is gone).
+    fn release_stray_answer(&mut self, now: Instant, key: CallKey, response: &Response) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let Ok(mut dialog) = Dialog::new_uac(&call.b.invite, response) else {
+            return;
+        };
+        let cseq = response.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        let _ = self
+            .layer
+            .send_stateless_request(dialog.create_ack(cseq), self.config.trunk);
+        let bye = dialog.create_request(Method::Bye);
+        if let Ok(tx) = self.layer.send_request(now, bye, self.config.trunk) {
+            self.own(key, TxId::Client(tx));
+        }
+    }
+
+    fn leg_b_failed(&mut self, now: Instant, key: CallKey, response: Response) {
+        self.track_leg_b_dialog(key, &response);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.b.final_received.is_some() {
+            return;
+        }
+        call.b.final_received = Some(response.status);
+        let callid = call.intent.callid.clone();
+        self.control
+            .record(now, &callid, CallEvent::LegBFinal(response.status));
+        if let Some(dialog) = call.b.dialog.take() {
+            self.dialog_owner.remove(dialog.id());
+        }
+        if call.a.final_sent.is_some() {
+            // We cancelled (or timed out) leg B; leg A already has its answer.
+            return;
+        }
+        tracing::info!(status = response.status, "callee refused");
+        call.a.final_sent = Some(response.status);
+        let mut relayed = relay_response_to_a(
+            &self.config.local,
+            &call.a.invite,
+            &call.a.tag,
+            &call.intent.caller,
+            &response,
+            bytes::Bytes::new(),
+        );
+        // The callee's reason is worth passing on; nothing else of leg B crosses.
+        for name in [HeaderName::Reason, HeaderName::parse("Retry-After")] {
+            if let Some(value) = response.headers.get(&name) {
+                relayed.headers.push(name.clone(), value);
+            }
+        }
+        let tx = call.a.invite_tx;
+        self.send_response(now, tx, relayed);
+        self.control
+            .record(now, &callid, CallEvent::LegAFinal(response.status));
+        self.end_call(now, key, Party::Callee, EndCause::CalleeRejected);
+    }
+
+    /// A response that matches no transaction: a 2xx to leg B's INVITE retransmitted after
+    /// the transaction ended gets its ACK again (RFC 3261 §13.2.2.4).
+    pub(super) fn on_stray_response(&mut self, response: Response) {
+        if response.class() != 2 {
+            return;
+        }
+        let is_invite = response
+            .headers
+            .cseq()
+            .is_ok_and(|c| c.method == Method::Invite);
+        let Some(id) = DialogId::for_incoming_response(&response).filter(|_| is_invite) else {
+            return;
+        };
+        let Some(&(key, Leg::B)) = self.dialog_owner.get(&id) else {
+            return;
+        };
+        if let Some(ack) = self.calls.get(&key).and_then(|c| c.b.ack.clone()) {
+            let _ = self.layer.send_stateless_request(ack, self.config.trunk);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The B2BUA engine, sans-IO: every call's signalling on top of one transaction layer.
+//!
+//! The engine is driven exactly like [`TransactionLayer`]: the runtime feeds it messages from
+//! the transport ([`Engine::handle_message`]), transport failures, and the time when the
+//! deadline from [`Engine::poll_timeout`] has passed; it drains [`Engine::poll_transmit`].
+//! Each transaction event is routed to the call that owns the transaction or dialog; calls
+//! keep their state in [`Call`] and the steps of each flow live in the submodules:
+//!
+//! - [`incoming`]: a new INVITE on leg A (trust, intent, leg B), CANCEL, out-of-dialog requests;
+//! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
+//! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
+//! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
+//!   has finished.
+
+mod in_dialog;
+mod incoming;
+mod leg_b;
+mod lifecycle;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use sip_core::dialog::DialogId;
+use sip_core::transaction::{
+    ServerTxId, TransactionConfig, TransactionLayer, TxError, TxEvent, TxId,
+};
+use sip_core::{Message, Peer, Request, Transmit};
+
+use crate::call::{Call, CallKey, CallTimer, Leg};
+use crate::control::CallControl;
+use crate::media::MediaFactory;
+use crate::outbound::{local_response, LocalIdentity};
+
+/// What the engine needs to know about its surroundings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub local: LocalIdentity,
+    /// Where leg B's INVITEs go (`sip.trunk`).
+    pub trunk: Peer,
+    /// Sources allowed to send INVITEs (`sip.trusted_peers`); others get 403.
+    pub trusted_peers: Vec<IpNet>,
+    /// Final status when no intent matches (`sip.refuse_code`).
+    pub refuse_code: u16,
+    /// Leg B unanswered this long: CANCEL it, 480 on leg A (`sip.no_answer_secs`).
+    pub no_answer: Duration,
+    /// Bridged calls longer than this are hung up (`sip.max_call_secs`; `None`: no limit).
+    pub max_duration: Option<Duration>,
+    /// Calls held at once; beyond it new INVITEs get 503.
+    pub max_calls: usize,
+    pub transactions: TransactionConfig,
+}
+
+/// Counters of call outcomes, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Calls answered on both legs.
+    pub calls_bridged: u64,
+    /// INVITEs refused before any leg B, by reason code (`no_intent`, `untrusted_source`, ...).
+    pub calls_refused: BTreeMap<&'static str, u64>,
+    /// Claimed calls that did not bridge, by end cause (`callee_rejected`, `no_answer`, ...).
+    pub calls_failed: BTreeMap<&'static str, u64>,
+    /// In-dialog requests that matched no dialog (answered 481).
+    pub unmatched_requests: u64,
+}
+
+/// All calls of one callbridge instance. See the module documentation.
+pub struct Engine {
+    config: EngineConfig,
+    layer: TransactionLayer,
+    control: Arc<CallControl>,
+    media: Arc<dyn MediaFactory>,
+    calls: HashMap<CallKey, Call>,
+    next_key: u64,
+    /// The call each live transaction belongs to.
+    tx_owner: HashMap<TxId, CallKey>,
+    /// The call and leg each dialog (as identified by requests arriving on it) belongs to.
+    dialog_owner: HashMap<DialogId, (CallKey, Leg)>,
+    /// Call timers, lazily deleted like the transaction layer's (see `Call::timers`).
+    timers: BinaryHeap<Reverse<(Instant, CallKey, CallTimer)>>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    pub fn new(
+        config: EngineConfig,
+        control: Arc<CallControl>,
+        media: Arc<dyn MediaFactory>,
+    ) -> Engine {
+        let layer = TransactionLayer::new(config.transactions.clone());
+        Engine {
+            config,
+            layer,
+            control,
+            media,
+            calls: HashMap::new(),
+            next_key: 1,
+            tx_owner: HashMap::new(),
+            dialog_owner: HashMap::new(),
+            timers: BinaryHeap::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn control(&self) -> &Arc<CallControl> {
+        &self.control
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    pub fn transactions(&self) -> &TransactionLayer {
+        &self.layer
+    }
+
+    /// Calls held, bridged or still finishing their last transactions.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Dialogs registered for in-dialog routing (leg A's from the start, leg B's from its
+    /// first tagged response).
+    pub fn dialog_count(&self) -> usize {
+        self.dialog_owner.len()
+    }
+
+    /// A message from the transport.
+    pub fn handle_message(&mut self, now: Instant, message: Message, from: Peer) {
+        if let Err(error) = self.layer.handle_message(now, message, from) {
+            tracing::debug!(%error, ?from, "message dropped by the transaction layer");
+        }
+        self.process_events(now);
+    }
+
+    /// The transport could not deliver to `peer`.
+    pub fn handle_transport_error(&mut self, now: Instant, peer: &Peer) {
+        self.layer.on_transport_error(peer);
+        self.process_events(now);
+    }
+
+    /// Fires transaction and call timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.layer.handle_timeout(now);
+        self.process_events(now);
+        self.fire_call_timers(now);
+        self.process_events(now);
+    }
+
+    /// The earliest deadline at which [`handle_timeout`](Self::handle_timeout) must run.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let layer = self.layer.poll_timeout();
+        let calls = self.next_call_timer();
+        match (layer, calls) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Next datagram or stream write to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.layer.poll_transmit()
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some(event) = self.layer.poll_event() {
+            self.on_event(now, event);
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, event: TxEvent) {
+        match event {
+            TxEvent::Request {
+                tx,
+                request,
+                from,
+                cancels,
+            } => self.on_request(now, tx, request, from, cancels),
+            TxEvent::Ack { tx, request, .. } => self.on_ack(now, tx, request),
+            TxEvent::Response { tx, response, .. } => self.on_response(now, tx, response),
+            TxEvent::StrayResponse { response, .. } => self.on_stray_response(response),
+            TxEvent::Timeout(id) | TxEvent::TransportError(id) => self.on_tx_failure(now, id),
+            TxEvent::Terminated(id) => self.on_terminated(id),
+        }
+    }
+
+    /// Answers `request` on server transaction `tx` with a response callbridge generates.
+    fn respond(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        status: u16,
+        tag: Option<&str>,
+        reason: Option<&str>,
+    ) {
+        let tag = tag
+            .map(str::to_owned)
+            .or_else(|| (status > 100).then(sip_core::ids::new_tag));
+        let response = local_response(&self.config.local, request, status, tag.as_deref(), reason);
+        self.send_response(now, tx, response);
+    }
+
+    fn send_response(&mut self, now: Instant, tx: ServerTxId, response: sip_core::Response) {
+        if let Err(error) = self.layer.send_response(now, tx, response) {
+            log_refused(error);
+        }
+    }
+
+    /// Registers a transaction as belonging to a call (it keeps the call alive until it ends).
+    fn own(&mut self, key: CallKey, tx: TxId) {
+        if let Some(call) = self.calls.get_mut(&key) {
+            if self.tx_owner.insert(tx, key).is_none() {
+                call.live_transactions += 1;
+            }
+        }
+    }
+}
+
+/// Where requests on a leg go: leg A back to where its INVITE came from (the trunk, or a
+/// phone behind NAT), leg B to the trunk.
+fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
+    match leg {
+        Leg::A => call.a.source,
+        Leg::B => trunk,
+    }
+}
+
+fn log_refused(error: TxError) {
+    tracing::debug!(%error, "transaction layer refused a send");
+}
