@@ -87,7 +87,7 @@ impl Method {
             "MESSAGE" => Method::Message,
             "PUBLISH" => Method::Publish,
             other => {
-                if other.is_empty() || other.len() > 32 || !other.bytes().all(params_token) {
+                if other.is_empty() || other.len() > 128 || !other.bytes().all(params_token) {
                     return Err(ParseError::InvalidStartLine(format!(
                         "bad method {:?}",
                         uri::truncate(other)
@@ -329,7 +329,9 @@ impl Headers {
     pub fn max_forwards(&self) -> Option<Result<u32, ParseError>> {
         self.get(&HeaderName::MaxForwards).map(|v| {
             let v = v.trim();
-            if v.is_empty() || v.len() > 3 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            // 1*DIGIT (RFC 3261 §25.1): leading zeros are legal ("0068" is 68, RFC 4475).
+            let significant = v.trim_start_matches('0');
+            if v.is_empty() || significant.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(ParseError::InvalidHeader(format!(
                     "bad Max-Forwards {:?}",
                     uri::truncate(v)

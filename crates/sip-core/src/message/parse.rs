@@ -74,8 +74,13 @@ fn split_head<'a>(head: &'a str, limits: &ParseLimits) -> Result<RawHead<'a>, Pa
             let (_, value) = rows.last_mut().ok_or_else(|| {
                 ParseError::InvalidHeader("continuation line before any header".into())
             })?;
-            value.push(' ');
-            value.push_str(line.trim());
+            let piece = line.trim();
+            if !piece.is_empty() {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(piece);
+            }
             continue;
         }
         let colon = line.find(':').ok_or_else(|| {
