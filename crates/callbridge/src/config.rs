@@ -53,6 +53,14 @@ pub struct SipConfig {
     pub no_answer_secs: u64,
     /// Maximum call duration after answer; 0 means unlimited.
     pub max_call_secs: u64,
+    /// Calls held at once; further INVITEs get 503.
+    pub max_calls: usize,
+    /// How long ended calls stay queryable through `GET /api/calls/{callid}`.
+    pub call_retention_secs: u64,
+    /// At most this many ended calls are kept for the API (oldest dropped first).
+    pub max_ended_calls: usize,
+    /// On SIGINT/SIGTERM, how long calls get to end cleanly before the process exits.
+    pub shutdown_grace_secs: u64,
     /// Largest SIP message accepted, in bytes.
     pub max_message_bytes: usize,
     /// Socket buffer sizes requested from the kernel.
@@ -74,6 +82,10 @@ impl Default for SipConfig {
             refuse_code: 403,
             no_answer_secs: 60,
             max_call_secs: 0,
+            max_calls: 10_000,
+            call_retention_secs: 3600,
+            max_ended_calls: 100_000,
+            shutdown_grace_secs: 5,
             max_message_bytes: 64 * 1024,
             recv_buffer_bytes: 4 * 1024 * 1024,
             send_buffer_bytes: 4 * 1024 * 1024,

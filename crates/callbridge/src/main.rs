@@ -1,13 +1,10 @@
 //! The `callbridge` binary: command line, configuration, logging, wiring and signals.
 
-mod config;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use callbridge::config::Config;
 use clap::Parser;
-
-use config::Config;
 
 /// callbridge: a SIP B2BUA with a built-in HTTP API that bridges a phone's call to the target
 /// it registered with `makecall`, showing the target only the dedicated number.
@@ -52,6 +49,67 @@ fn main() -> ExitCode {
             }
         }
     }
-    eprintln!("callbridge: configuration loaded; the server wiring lands with the transport");
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("callbridge: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let running = match callbridge::start(&config).await {
+        Ok(running) => running,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            eprintln!("callbridge: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    running.shutdown();
+    running.join().await;
     ExitCode::SUCCESS
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (what service managers and `docker stop` send).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Structured logs to stderr: `log.format = "json"` for machines, `"text"` for people;
+/// `log.filter` (or `RUST_LOG`) chooses what is logged. Every call's lines carry its callid.
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

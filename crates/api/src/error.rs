@@ -1,0 +1,108 @@
+//! [`ApiError`]: every way a request can fail, with its status and snake_case code.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::router::json_response;
+
+/// A request the API refuses. Rendered as `{"error": {"code", "message"}}` with the status of
+/// [`ApiError::status`]; the message is the `Display` text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("field `{0}` must be a string")]
+    InvalidFieldType(&'static str),
+    #[error("the request body could not be read")]
+    BodyReadFailed,
+    #[error("a valid `Authorization: Bearer <token>` header is required")]
+    Unauthenticated,
+    #[error("no such resource")]
+    NotFound,
+    #[error("no call with this callid is known (it never existed or has been pruned)")]
+    UnknownCall,
+    #[error("this resource does not support this method; allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("the body did not arrive in time")]
+    BodyTimeout,
+    #[error("the request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the request body must have `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error("field `{0}` is required")]
+    MissingField(&'static str),
+    #[error("`{field}` must be 1 to {max} digits with an optional leading `+`")]
+    InvalidNumber { field: &'static str, max: usize },
+    #[error("`caller` (the dedicated number) must differ from the telnum in the path")]
+    CallerIsTelnum,
+    #[error("`callee` must differ from `caller`")]
+    CalleeIsCaller,
+}
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::NotAnObject
+            | ApiError::InvalidFieldType(_)
+            | ApiError::BodyReadFailed => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound | ApiError::UnknownCall => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MissingField(_)
+            | ApiError::InvalidNumber { .. }
+            | ApiError::CallerIsTelnum
+            | ApiError::CalleeIsCaller => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// The stable snake_case code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::NotAnObject => "invalid_body",
+            ApiError::InvalidFieldType(_) => "invalid_field_type",
+            ApiError::BodyReadFailed => "body_read_failed",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::NotFound => "not_found",
+            ApiError::UnknownCall => "unknown_call",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::BodyTimeout => "request_timeout",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::MissingField(_) => "missing_field",
+            ApiError::InvalidNumber { .. } => "invalid_number",
+            ApiError::CallerIsTelnum => "caller_is_telnum",
+            ApiError::CalleeIsCaller => "callee_is_caller",
+        }
+    }
+
+    /// The JSON error response, with `Allow` on 405 and `WWW-Authenticate` on 401.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = json_response(self.status(), &body);
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Unauthenticated => {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,182 @@
+//! `/metrics`: the engine's snapshot, the intent table and the API's own counters in the
+//! Prometheus / OpenMetrics text format (`prometheus-client`).
+//!
+//! Metric names (all prefixed `callbridge_`):
+//! `active_calls`, `sip_dialogs`, `sip_transactions{kind="client"|"server"}`, `intents_pending`,
+//! `call_records`, `sip_serving`, `calls_bridged_total`, `calls_refused_total{reason}`,
+//! `calls_failed_total{reason}`, `sip_malformed_total{handling="answered"|"dropped"}`,
+//! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`.
+
+use std::sync::atomic::AtomicI64;
+
+use http::StatusCode;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::ApiState;
+
+/// Label set: a list of `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
+
+/// The API's own counters; they live as long as the [`ApiState`].
+#[derive(Debug)]
+pub(crate) struct ApiMetrics {
+    http_requests: Family<Labels, Counter>,
+    cti_decisions: Family<Labels, Counter>,
+}
+
+impl ApiMetrics {
+    pub(crate) fn new() -> ApiMetrics {
+        let http_requests = Family::<Labels, Counter>::default();
+        // Every class shows from the first scrape, so rate() works from zero.
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            http_requests
+                .get_or_create(&labels("class", class))
+                .inc_by(0);
+        }
+        ApiMetrics {
+            http_requests,
+            cti_decisions: Family::default(),
+        }
+    }
+
+    /// Counts one answered request by status class.
+    pub(crate) fn observe(&self, status: StatusCode) {
+        let class = match status.as_u16() / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.http_requests
+            .get_or_create(&labels("class", class))
+            .inc();
+    }
+
+    /// Counts one `/api/cti/callin` answer (`bridge` with reason `matched`, or `reject`).
+    pub(crate) fn cti_decision(&self, action: &str, reason: &str) {
+        self.cti_decisions
+            .get_or_create(&vec![
+                ("action".to_owned(), action.to_owned()),
+                ("reason".to_owned(), reason.to_owned()),
+            ])
+            .inc();
+    }
+}
+
+fn labels(name: &str, value: &str) -> Labels {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+fn gauge(value: u64) -> Gauge {
+    let gauge = Gauge::<i64, AtomicI64>::default();
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+    gauge
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    counter
+}
+
+fn family_of_gauges(label: &str, values: &[(&str, u64)]) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    for (value_label, value) in values {
+        family
+            .get_or_create(&labels(label, value_label))
+            .set(i64::try_from(*value).unwrap_or(i64::MAX));
+    }
+    family
+}
+
+fn family_of_counters(label: &str, values: &[(String, u64)]) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (value_label, value) in values {
+        family
+            .get_or_create(&labels(label, value_label))
+            .inc_by(*value);
+    }
+    family
+}
+
+/// Renders the exposition text. Engine values are copied into a registry built per scrape.
+pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
+    let engine = state.engine.snapshot();
+    let mut registry = Registry::with_prefix("callbridge");
+    registry.register(
+        "sip_serving",
+        "1 when the SIP engine is serving",
+        gauge(u64::from(engine.sip_serving)),
+    );
+    registry.register(
+        "active_calls",
+        "Calls with at least one leg up",
+        gauge(engine.active_calls),
+    );
+    registry.register("sip_dialogs", "SIP dialogs held", gauge(engine.dialogs));
+    registry.register(
+        "sip_transactions",
+        "SIP transactions alive, by kind",
+        family_of_gauges(
+            "kind",
+            &[
+                ("client", engine.client_transactions),
+                ("server", engine.server_transactions),
+            ],
+        ),
+    );
+    registry.register(
+        "intents_pending",
+        "Call intents registered and not yet used, cancelled or swept",
+        gauge(state.control.intents().len() as u64),
+    );
+    registry.register(
+        "call_records",
+        "Call records held (live and recently ended)",
+        gauge(state.control.registry().len() as u64),
+    );
+    registry.register(
+        "calls_bridged",
+        "Calls that were answered and bridged",
+        counter(engine.calls_bridged),
+    );
+    registry.register(
+        "calls_refused",
+        "Incoming calls refused, by reason",
+        family_of_counters("reason", &engine.calls_refused),
+    );
+    registry.register(
+        "calls_failed",
+        "Calls that failed after being accepted, by reason",
+        family_of_counters("reason", &engine.calls_failed),
+    );
+    registry.register(
+        "sip_malformed",
+        "Malformed SIP messages, by handling",
+        family_of_counters(
+            "handling",
+            &[
+                ("answered".to_owned(), engine.sip_malformed_answered),
+                ("dropped".to_owned(), engine.sip_malformed_dropped),
+            ],
+        ),
+    );
+    registry.register(
+        "http_requests",
+        "HTTP requests answered by the API, by status class",
+        state.metrics.http_requests.clone(),
+    );
+    registry.register(
+        "cti_decisions",
+        "Answers of /api/cti/callin, by action and reason",
+        state.metrics.cti_decisions.clone(),
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}

@@ -1,0 +1,791 @@
+//! Route tests: every route and every error, driven through [`handle`] without a socket.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use b2bua::{CallControl, CallState, EndCause};
+use http::header::{ALLOW, WWW_AUTHENTICATE};
+use http_body::Frame;
+
+use super::*;
+use crate::{ApiConfig, EngineSnapshot, EngineStatus, ManualClock, NoEngine};
+
+const TTL: Duration = Duration::from_secs(120);
+const TOKEN: &str = "t0ken-secret";
+
+struct FixedEngine(EngineSnapshot);
+
+impl EngineStatus for FixedEngine {
+    fn snapshot(&self) -> EngineSnapshot {
+        self.0.clone()
+    }
+}
+
+struct Harness {
+    state: ApiState,
+    clock: Arc<ManualClock>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("response body is JSON")
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("utf-8 body")
+    }
+
+    /// Asserts the error shape and status, returns nothing.
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = self.json();
+        assert_eq!(body["error"]["code"], code, "body: {body}");
+        let message = body["error"]["message"].as_str().expect("message string");
+        assert!(!message.is_empty());
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only `error`");
+    }
+}
+
+fn harness_with(config: ApiConfig, engine: Arc<dyn EngineStatus>) -> Harness {
+    let control = Arc::new(CallControl::new(TTL, Duration::from_secs(600), 1000));
+    let clock = Arc::new(ManualClock::new());
+    let state = ApiState::new(control, config, engine).with_clock(clock.clone());
+    Harness { state, clock }
+}
+
+fn harness() -> Harness {
+    harness_with(ApiConfig::default(), Arc::new(NoEngine))
+}
+
+fn request(
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("test request")
+}
+
+impl Harness {
+    async fn send<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let response = handle(&self.state, req).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("full body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Reply {
+        self.send(request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        ))
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(request(Method::GET, path, &[], "")).await
+    }
+
+    async fn make_call(&self, telnum: &str, caller: &str, callee: &str) -> String {
+        let reply = self
+            .post(
+                &format!("/api/user/{telnum}/makecall"),
+                &json!({"caller": caller, "callee": callee}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()["callid"]
+            .as_str()
+            .expect("callid string")
+            .to_owned()
+    }
+
+    async fn callin(&self, from: &str, to: &str) -> Value {
+        let reply = self
+            .post(
+                "/api/cti/callin",
+                &json!({"from": from, "to": to}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()
+    }
+}
+
+// ---- success paths -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn makecall_returns_a_callid_and_registers_the_intent() {
+    let h = harness();
+    let reply = h
+        .post(
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":"3001"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    let callid = body["callid"].as_str().expect("callid");
+    assert!(callid.bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1));
+    let intent = h.state.control.intents().get("1001").expect("intent");
+    assert_eq!(
+        (intent.caller.as_str(), intent.callee.as_str()),
+        ("2001", "3001")
+    );
+    assert_eq!(intent.callid, callid);
+}
+
+#[tokio::test]
+async fn makecall_accepts_plus_and_percent_encoded_telnum() {
+    let h = harness();
+    h.make_call("%2B1001", "+2001", "+3001").await;
+    let intent = h.state.control.intents().get("1001").expect("intent");
+    assert_eq!(
+        (intent.caller.as_str(), intent.callee.as_str()),
+        ("2001", "3001")
+    );
+    let json = h.callin("+1001", "+2001").await;
+    assert_eq!(json["action"], "bridge");
+}
+
+#[tokio::test]
+async fn latest_makecall_wins() {
+    let h = harness();
+    let first = h.make_call("1001", "2001", "3001").await;
+    let second = h.make_call("1001", "2001", "3002").await;
+    assert_ne!(first, second);
+    assert_eq!(h.state.control.intents().len(), 1);
+    let old = h.get(&format!("/api/calls/{first}")).await.json();
+    assert_eq!(old["state"], "ended");
+    assert_eq!(old["end_cause"], "intent_replaced");
+    let json = h.callin("1001", "2001").await;
+    assert_eq!(
+        json,
+        json!({"action": "bridge", "caller": "2001", "callee": "3002", "callid": second})
+    );
+}
+
+#[tokio::test]
+async fn cancelcall_says_what_was_cancelled() {
+    let h = harness();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    // Empty body without any Content-Type.
+    let reply = h
+        .send(request(Method::POST, "/api/user/1001/cancelcall", &[], ""))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"cancelled": true, "callid": callid, "caller": "2001", "callee": "3001"})
+    );
+    let record = h.get(&format!("/api/calls/{callid}")).await.json();
+    assert_eq!(record["end_cause"], "intent_cancelled");
+    // Nothing left: `{}` body says so.
+    let reply = h.post("/api/user/1001/cancelcall", "{}").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"cancelled": false}));
+}
+
+#[tokio::test]
+async fn cancel_then_callin_rejects() {
+    let h = harness();
+    h.make_call("1001", "2001", "3001").await;
+    h.post("/api/user/1001/cancelcall", "{}").await;
+    assert_eq!(
+        h.callin("1001", "2001").await,
+        json!({"action": "reject", "reason": "no_intent"})
+    );
+}
+
+#[tokio::test]
+async fn callin_bridges_once_and_consumes_the_intent() {
+    let h = harness();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    assert_eq!(
+        h.callin("1001", "2001").await,
+        json!({"action": "bridge", "caller": "2001", "callee": "3001", "callid": callid})
+    );
+    assert!(h.state.control.intents().is_empty());
+    let record = h.get(&format!("/api/calls/{callid}")).await.json();
+    assert_eq!(record["state"], "trying");
+    assert_eq!(
+        h.callin("1001", "2001").await,
+        json!({"action": "reject", "reason": "no_intent"})
+    );
+}
+
+#[tokio::test]
+async fn callin_accepts_the_callee_as_to() {
+    let h = harness();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    assert_eq!(
+        h.callin("1001", "3001").await,
+        json!({"action": "bridge", "caller": "2001", "callee": "3001", "callid": callid})
+    );
+    assert!(h.state.control.intents().is_empty());
+}
+
+#[tokio::test]
+async fn callin_to_another_number_rejects_and_keeps_the_intent() {
+    let h = harness();
+    h.make_call("1001", "2001", "3001").await;
+    assert_eq!(
+        h.callin("1001", "2999").await,
+        json!({"action": "reject", "reason": "other_number"})
+    );
+    assert_eq!(
+        h.callin("1999", "2001").await,
+        json!({"action": "reject", "reason": "no_intent"})
+    );
+    assert_eq!(h.callin("1001", "2001").await["action"], "bridge");
+}
+
+#[tokio::test]
+async fn intent_expires_on_the_controlled_clock() {
+    let h = harness();
+    h.make_call("1002", "2002", "3002").await;
+    h.clock.advance(TTL - Duration::from_secs(1));
+    assert_eq!(h.callin("1002", "2002").await["action"], "bridge");
+
+    let callid = h.make_call("1001", "2001", "3001").await;
+    h.clock.advance(TTL);
+    assert_eq!(
+        h.callin("1001", "2001").await,
+        json!({"action": "reject", "reason": "expired"})
+    );
+    let record = h.get(&format!("/api/calls/{callid}")).await.json();
+    assert_eq!(record["state"], "ended");
+    assert_eq!(record["end_cause"], "intent_expired");
+    // Swept: a later call finds nothing at all.
+    assert_eq!(
+        h.callin("1001", "2001").await,
+        json!({"action": "reject", "reason": "no_intent"})
+    );
+}
+
+#[tokio::test]
+async fn get_call_returns_the_record() {
+    let h = harness();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    let reply = h.get(&format!("/api/calls/{callid}")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let record = reply.json();
+    assert_eq!(record["callid"], callid.as_str());
+    assert_eq!(record["telnum"], "1001");
+    assert_eq!(record["caller"], "2001");
+    assert_eq!(record["callee"], "3001");
+    assert_eq!(record["state"], "intent");
+    assert!(record["created_at"].as_u64().is_some());
+    assert!(record["ended_at"].is_null());
+    let expected = h.state.control.call(&callid).expect("record");
+    assert_eq!(expected.state, CallState::Intent);
+    assert_eq!(expected.end_cause, None::<EndCause>);
+}
+
+#[tokio::test]
+async fn get_unknown_call_is_404() {
+    let h = harness();
+    h.get("/api/calls/12345")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+    h.get("/api/calls/%ZZ")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+}
+
+#[tokio::test]
+async fn healthz_follows_the_engine() {
+    let down = harness();
+    let reply = down.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        reply.json(),
+        json!({"status": "unavailable", "sip": false, "http": true})
+    );
+    let up = harness_with(
+        ApiConfig::default(),
+        Arc::new(FixedEngine(EngineSnapshot {
+            sip_serving: true,
+            ..EngineSnapshot::default()
+        })),
+    );
+    let reply = up.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"status": "ok", "sip": true, "http": true})
+    );
+    let head = up.send(request(Method::HEAD, "/healthz", &[], "")).await;
+    assert_eq!(head.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_exposes_engine_intents_and_http_counters() {
+    let engine = EngineSnapshot {
+        sip_serving: true,
+        active_calls: 7,
+        dialogs: 13,
+        client_transactions: 5,
+        server_transactions: 6,
+        calls_bridged: 42,
+        calls_refused: vec![("no_intent".into(), 3), ("untrusted_peer".into(), 2)],
+        calls_failed: vec![("callee_rejected".into(), 4)],
+        sip_malformed_answered: 8,
+        sip_malformed_dropped: 9,
+    };
+    let h = harness_with(ApiConfig::default(), Arc::new(FixedEngine(engine)));
+    h.make_call("1001", "2001", "3001").await;
+    h.make_call("1002", "2002", "3002").await;
+    h.callin("1003", "2003").await;
+    h.get("/nope").await;
+    let reply = h.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+        Some(METRICS_CONTENT_TYPE.as_bytes())
+    );
+    let text = reply.text();
+    for line in [
+        "callbridge_sip_serving 1",
+        "callbridge_active_calls 7",
+        "callbridge_sip_dialogs 13",
+        "callbridge_sip_transactions{kind=\"client\"} 5",
+        "callbridge_sip_transactions{kind=\"server\"} 6",
+        "callbridge_intents_pending 2",
+        "callbridge_call_records 2",
+        "callbridge_calls_bridged_total 42",
+        "callbridge_calls_refused_total{reason=\"no_intent\"} 3",
+        "callbridge_calls_refused_total{reason=\"untrusted_peer\"} 2",
+        "callbridge_calls_failed_total{reason=\"callee_rejected\"} 4",
+        "callbridge_sip_malformed_total{handling=\"answered\"} 8",
+        "callbridge_sip_malformed_total{handling=\"dropped\"} 9",
+        "callbridge_http_requests_total{class=\"2xx\"} 3",
+        "callbridge_http_requests_total{class=\"4xx\"} 1",
+        "callbridge_http_requests_total{class=\"5xx\"} 0",
+        "callbridge_cti_decisions_total{action=\"reject\",reason=\"no_intent\"} 1",
+        "# TYPE callbridge_calls_bridged counter",
+        "# TYPE callbridge_active_calls gauge",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
+
+// ---- errors --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unknown_paths_are_404_json() {
+    let h = harness();
+    for path in [
+        "/",
+        "/api",
+        "/api/user/1001",
+        "/api/user/1001/makecall/",
+        "/api/user//makecall",
+        "/api/calls/",
+        "/healthz/x",
+    ] {
+        h.get(path)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "not_found");
+    }
+    h.post("/api/user/1001/dial", "{}")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn wrong_method_is_405_with_allow() {
+    let h = harness();
+    for (method, path, allow) in [
+        (Method::GET, "/api/user/1001/makecall", "POST"),
+        (Method::PUT, "/api/user/1001/cancelcall", "POST"),
+        (Method::GET, "/api/cti/callin", "POST"),
+        (Method::DELETE, "/api/calls/1", "GET, HEAD"),
+        (Method::POST, "/healthz", "GET, HEAD"),
+        (Method::POST, "/metrics", "GET, HEAD"),
+    ] {
+        let reply = h.send(request(method.clone(), path, &[], "")).await;
+        reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        assert_eq!(
+            reply.headers.get(ALLOW).map(|v| v.as_bytes()),
+            Some(allow.as_bytes()),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400() {
+    let h = harness();
+    let path = "/api/user/1001/makecall";
+    h.post(path, "{\"caller\":")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "malformed_json");
+    h.post(path, "\u{1}garbage")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "malformed_json");
+    h.post(path, "[1,2]")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    h.post(path, r#"{"caller":2001,"callee":"3001"}"#)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_field_type");
+    h.post("/api/cti/callin", r#"{"from":["1001"],"to":"2001"}"#)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_field_type");
+    h.post("/api/user/1001/cancelcall", "nope")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "malformed_json");
+    assert!(h.state.control.intents().is_empty(), "nothing changed");
+}
+
+/// A body whose read fails half-way, as when a client resets the connection.
+struct BrokenBody;
+
+impl Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(Err(std::io::Error::other("connection reset"))))
+    }
+}
+
+#[tokio::test]
+async fn failed_body_read_is_400() {
+    let h = harness();
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/user/1001/makecall")
+        .header("content-type", "application/json")
+        .body(BrokenBody)
+        .expect("request");
+    h.send(req)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "body_read_failed");
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_413() {
+    let config = ApiConfig {
+        max_body_bytes: 64,
+        ..ApiConfig::default()
+    };
+    let h = harness_with(config, Arc::new(NoEngine));
+    let big = format!(
+        r#"{{"caller":"2001","callee":"3001","pad":"{}"}}"#,
+        "x".repeat(100)
+    );
+    // Declared up front.
+    let req = request(
+        Method::POST,
+        "/api/user/1001/makecall",
+        &[
+            ("content-type", "application/json"),
+            ("content-length", "200"),
+        ],
+        &big,
+    );
+    h.send(req)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    // Not declared: caught while reading.
+    h.post("/api/user/1001/makecall", &big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    // Exactly at the limit is fine.
+    let fits = r#"{"caller":"2001","callee":"3001"}"#;
+    let padded = format!("{fits}{}", " ".repeat(64 - fits.len()));
+    assert_eq!(padded.len(), 64);
+    assert_eq!(
+        h.post("/api/user/1001/makecall", &padded).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let h = harness();
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    for headers in [
+        &[("content-type", "text/plain")][..],
+        &[("content-type", "application/x-www-form-urlencoded")][..],
+        &[][..],
+    ] {
+        h.send(request(
+            Method::POST,
+            "/api/user/1001/makecall",
+            headers,
+            body,
+        ))
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    }
+    h.send(request(
+        Method::POST,
+        "/api/user/1001/cancelcall",
+        &[("content-type", "text/plain")],
+        "{}",
+    ))
+    .await
+    .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    // Parameters and case do not matter.
+    let reply = h
+        .send(request(
+            Method::POST,
+            "/api/user/1001/makecall",
+            &[("content-type", "Application/JSON; charset=utf-8")],
+            body,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn semantically_invalid_requests_are_422() {
+    let h = harness();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "/api/user/1001/makecall",
+            r#"{"callee":"3001"}"#,
+            "missing_field",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":null}"#,
+            "missing_field",
+        ),
+        ("/api/user/1001/makecall", "{}", "missing_field"),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"20a1","callee":"3001"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"","callee":"3001"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"+","callee":"3001"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":"30 01"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":"++3001"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":"٣٠٠١"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/10x1/makecall",
+            r#"{"caller":"2001","callee":"3001"}"#,
+            "invalid_number",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"+1001","callee":"3001"}"#,
+            "caller_is_telnum",
+        ),
+        (
+            "/api/user/1001/makecall",
+            r#"{"caller":"2001","callee":"+2001"}"#,
+            "callee_is_caller",
+        ),
+        ("/api/user/abc/cancelcall", "{}", "invalid_number"),
+        ("/api/cti/callin", r#"{"from":"1001"}"#, "missing_field"),
+        (
+            "/api/cti/callin",
+            r#"{"from":"x","to":"2001"}"#,
+            "invalid_number",
+        ),
+    ];
+    for (path, body, code) in cases {
+        let reply = h.post(path, body).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}"
+        );
+        reply.assert_error(StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
+    // Length: exactly max_number_len digits pass, one more fails.
+    let max = "9".repeat(32);
+    h.make_call("1001", "2001", &max).await;
+    let too_long = format!("+{max}9");
+    h.post(
+        "/api/user/1001/makecall",
+        &json!({"caller": "2001", "callee": too_long}).to_string(),
+    )
+    .await
+    .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_number");
+    assert_eq!(h.state.control.intents().len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_guard_api_but_not_health_or_metrics() {
+    let config = ApiConfig {
+        tokens: vec!["other".into(), TOKEN.into()],
+        ..ApiConfig::default()
+    };
+    let h = harness_with(config, Arc::new(NoEngine));
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    let path = "/api/user/1001/makecall";
+    let bearer = format!("Bearer {TOKEN}");
+    let wrong = format!("Bearer {TOKEN}x");
+    let basic = format!("Basic {TOKEN}");
+    for auth in [
+        None,
+        Some(wrong.as_str()),
+        Some(basic.as_str()),
+        Some("Bearer "),
+        Some(TOKEN),
+    ] {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth));
+        }
+        let reply = h.send(request(Method::POST, path, &headers, body)).await;
+        reply.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+        assert_eq!(
+            reply.headers.get(WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..])
+        );
+    }
+    assert!(h.state.control.intents().is_empty());
+    // Unknown /api paths and wrong methods answer 401 too: nothing leaks before auth.
+    h.get("/api/nothing-here")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    h.get(path)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    // The right token, any scheme case.
+    for auth in [bearer.as_str(), &format!("bearer {TOKEN}"), "Bearer other"] {
+        let reply = h
+            .send(request(
+                Method::POST,
+                path,
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", auth),
+                ],
+                body,
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{auth}");
+    }
+    // Not behind tokens.
+    assert_eq!(h.get("/metrics").await.status, StatusCode::OK);
+    assert_eq!(
+        h.get("/healthz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    h.get("/unknown")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn without_tokens_no_authorization_is_needed() {
+    let h = harness();
+    assert!(h.state.config.tokens.is_empty());
+    h.make_call("1001", "2001", "3001").await;
+    // A stray Authorization header is ignored.
+    let reply = h
+        .send(request(
+            Method::POST,
+            "/api/user/1001/cancelcall",
+            &[("authorization", "Bearer whatever")],
+            "",
+        ))
+        .await;
+    assert_eq!(reply.json()["cancelled"], true);
+}
+
+// ---- helpers -------------------------------------------------------------------------------
+
+#[test]
+fn routes_parse() {
+    assert_eq!(
+        route("/api/user/1001/makecall"),
+        Some(Route::MakeCall("1001"))
+    );
+    assert_eq!(
+        route("/api/user/1001/cancelcall"),
+        Some(Route::CancelCall("1001"))
+    );
+    assert_eq!(route("/api/cti/callin"), Some(Route::CtiCallin));
+    assert_eq!(route("/api/calls/77"), Some(Route::Call("77")));
+    assert_eq!(route("/healthz"), Some(Route::Healthz));
+    assert_eq!(route("/metrics"), Some(Route::Metrics));
+    assert_eq!(route("/api/cti/callin/x"), None);
+    assert_eq!(route("/apix/cti/callin"), None);
+}
+
+#[test]
+fn constant_time_eq_and_bearer_parsing() {
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+    assert!(!constant_time_eq(b"", b"a"));
+    assert!(constant_time_eq(b"", b""));
+    assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+    assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+    assert_eq!(bearer_token("Bearer"), None);
+    assert_eq!(bearer_token("Basic abc"), None);
+}
+
+#[test]
+fn percent_decoding() {
+    assert_eq!(percent_decode("%2B1001").as_deref(), Some("+1001"));
+    assert_eq!(percent_decode("1001").as_deref(), Some("1001"));
+    assert_eq!(percent_decode("%2"), None);
+    assert_eq!(percent_decode("%zz"), None);
+    assert_eq!(percent_decode("%FF"), None);
+}

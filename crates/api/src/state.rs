@@ -1,0 +1,126 @@
+//! [`ApiState`]: everything a request handler needs, shared by all connections.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use b2bua::CallControl;
+
+use crate::config::ApiConfig;
+use crate::engine::EngineStatus;
+use crate::metrics::ApiMetrics;
+
+/// Where handlers get "now" from, so tests can move time (intent expiry) without sleeping.
+pub trait Clock: Send + Sync {
+    /// The current monotonic instant.
+    fn now(&self) -> Instant;
+}
+
+impl<F> Clock for F
+where
+    F: Fn() -> Instant + Send + Sync,
+{
+    fn now(&self) -> Instant {
+        self()
+    }
+}
+
+/// The real clock: [`Instant::now`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that only moves when told to; for tests and simulations of intent expiry.
+#[derive(Debug)]
+pub struct ManualClock {
+    base: Instant,
+    offset_nanos: AtomicU64,
+}
+
+impl ManualClock {
+    /// Starts at the real current instant.
+    pub fn new() -> ManualClock {
+        ManualClock {
+            base: Instant::now(),
+            offset_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> ManualClock {
+        ManualClock::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// Shared state of the API: the intent table and call registry (through [`CallControl`]), the
+/// configuration, the engine's status, the clock and the API's own counters.
+pub struct ApiState {
+    pub(crate) control: Arc<CallControl>,
+    pub(crate) config: ApiConfig,
+    pub(crate) engine: Arc<dyn EngineStatus>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: ApiMetrics,
+}
+
+impl ApiState {
+    /// State over the real clock.
+    pub fn new(
+        control: Arc<CallControl>,
+        config: ApiConfig,
+        engine: Arc<dyn EngineStatus>,
+    ) -> ApiState {
+        ApiState {
+            control,
+            config,
+            engine,
+            clock: Arc::new(SystemClock),
+            metrics: ApiMetrics::new(),
+        }
+    }
+
+    /// Replaces the clock (tests drive intent expiry with a [`ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> ApiState {
+        self.clock = clock;
+        self
+    }
+
+    /// The intents and calls this API changes.
+    pub fn control(&self) -> &Arc<CallControl> {
+        &self.control
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,13 @@
+//! # callbridge
+//!
+//! The process around the libraries: configuration ([`config`]), the wiring of transport,
+//! engine, sweeper and HTTP API ([`start`]), and the status the API and tests read
+//! ([`SharedStatus`]). The `callbridge` binary is a thin `main` over this crate; `sip-tests`
+//! starts the same thing in-process.
+
+pub mod config;
+mod runtime;
+mod status;
+
+pub use runtime::{start, Running, StartError};
+pub use status::SharedStatus;

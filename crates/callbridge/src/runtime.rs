@@ -1,0 +1,286 @@
+//! Wiring: binds the SIP transport and the HTTP listener, and runs the three tasks of a
+//! callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and moves bytes
+//! and deadlines between it and tokio), the intent sweeper, and the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::ApiState;
+use b2bua::engine::{Engine, EngineConfig};
+use b2bua::media::PassThrough;
+use b2bua::outbound::LocalIdentity;
+use b2bua::CallControl;
+use sip_core::transaction::{TimerConfig, TransactionConfig};
+use sip_core::transport::{SipTransport, TransportConfig, TransportEvent, TransportHandle};
+use sip_core::{ParseLimits, Peer};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::status::SharedStatus;
+
+/// Why callbridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind SIP on {addr}: {source}")]
+    Sip {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the HTTP API on {addr}: {source}")]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("sip.trunk {0:?} does not resolve to an address")]
+    Trunk(String),
+}
+
+/// A started callbridge: its bound addresses, shared state, and the handle to stop it.
+pub struct Running {
+    /// Where SIP (UDP and TCP) listens; the real port when the configured one was 0.
+    pub sip_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub control: Arc<CallControl>,
+    pub status: Arc<SharedStatus>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Starts a clean shutdown: calls are ended (BYE, CANCEL, 503), the listeners close.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for every task to finish (after [`shutdown`](Self::shutdown)).
+    pub async fn join(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds everything and starts the tasks on the current tokio runtime.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let control = Arc::new(CallControl::new(
+        Duration::from_secs(config.intent.ttl_secs),
+        Duration::from_secs(config.sip.call_retention_secs),
+        config.sip.max_ended_calls,
+    ));
+    let status = Arc::new(SharedStatus::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let transport_config = TransportConfig {
+        bind: config.sip.listen,
+        recv_buffer_bytes: config.sip.recv_buffer_bytes,
+        send_buffer_bytes: config.sip.send_buffer_bytes,
+        limits: ParseLimits {
+            max_message_size: config.sip.max_message_bytes,
+            ..ParseLimits::default()
+        },
+        ..TransportConfig::default()
+    };
+    let (transport, events) = SipTransport::bind(transport_config)
+        .await
+        .map_err(|source| StartError::Sip {
+            addr: config.sip.listen,
+            source,
+        })?;
+    let sip_addr = transport.local_addr();
+    status.set_transport(transport.clone());
+
+    let trunk = resolve(&config.sip.trunk).await?;
+    let engine = Engine::new(
+        engine_config(config, sip_addr.port(), trunk),
+        control.clone(),
+        Arc::new(PassThrough),
+    );
+
+    let api_listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| StartError::Api {
+            addr: config.api.listen,
+            source,
+        })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| StartError::Api {
+            addr: config.api.listen,
+            source,
+        })?;
+    let api_config = api::ApiConfig {
+        listen: api_addr,
+        tokens: config.api.tokens.clone(),
+        max_body_bytes: config.api.max_body_bytes,
+        ..api::ApiConfig::default()
+    };
+    let api_state = Arc::new(ApiState::new(control.clone(), api_config, status.clone()));
+
+    status.set_serving(true);
+    tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
+    let grace = Duration::from_secs(config.sip.shutdown_grace_secs);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(sip_task(
+        engine,
+        transport,
+        events,
+        shutdown_rx.clone(),
+        status.clone(),
+        grace,
+    )));
+    tasks.push(tokio::spawn(sweeper(control.clone(), shutdown_rx.clone())));
+    let mut api_shutdown = shutdown_rx;
+    tasks.push(tokio::spawn(async move {
+        api::serve(api_listener, api_state, async move {
+            let _ = api_shutdown.wait_for(|stop| *stop).await;
+        })
+        .await;
+    }));
+    Ok(Running {
+        sip_addr,
+        api_addr,
+        control,
+        status,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+fn engine_config(config: &Config, sip_port: u16, trunk: Peer) -> EngineConfig {
+    let t1 = Duration::from_millis(config.sip.t1_ms);
+    EngineConfig {
+        local: LocalIdentity {
+            public_addr: config.sip.public_addr.clone(),
+            port: sip_port,
+            agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
+        },
+        trunk,
+        trusted_peers: config.sip.trusted_peers.clone(),
+        refuse_code: config.sip.refuse_code,
+        no_answer: Duration::from_secs(config.sip.no_answer_secs),
+        max_duration: (config.sip.max_call_secs > 0)
+            .then(|| Duration::from_secs(config.sip.max_call_secs)),
+        max_calls: config.sip.max_calls,
+        transactions: TransactionConfig {
+            timers: TimerConfig {
+                t1,
+                t2: Duration::from_millis(config.sip.t2_ms),
+                t4: Duration::from_millis(config.sip.t4_ms),
+                // 64·T1 is RFC 3261's 32 s at the default T1; shorter T1 (tests) shortens it.
+                timer_d: t1 * 64,
+                timer_c: None,
+            },
+            via_host: config.sip.public_addr.clone(),
+            via_port: Some(sip_port),
+            send_100_trying: true,
+        },
+    }
+}
+
+async fn resolve(trunk: &str) -> Result<Peer, StartError> {
+    if let Ok(addr) = trunk.parse::<SocketAddr>() {
+        return Ok(Peer::udp(addr));
+    }
+    let mut addrs = tokio::net::lookup_host(trunk)
+        .await
+        .map_err(|_| StartError::Trunk(trunk.to_owned()))?;
+    addrs
+        .next()
+        .map(Peer::udp)
+        .ok_or_else(|| StartError::Trunk(trunk.to_owned()))
+}
+
+/// Most transport events handled before timers and transmits are serviced again.
+const BATCH: usize = 64;
+
+/// The SIP task: the only owner of the engine.
+async fn sip_task(
+    mut engine: Engine,
+    transport: TransportHandle,
+    mut events: mpsc::Receiver<TransportEvent>,
+    mut shutdown: watch::Receiver<bool>,
+    status: Arc<SharedStatus>,
+    grace: Duration,
+) {
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                handle_transport_event(&mut engine, event);
+                for _ in 0..BATCH {
+                    match events.try_recv() {
+                        Ok(event) => handle_transport_event(&mut engine, event),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                engine.handle_timeout(Instant::now());
+            }
+            _ = shutdown.wait_for(|stop| *stop), if drain_until.is_none() => {
+                tracing::info!(calls = engine.call_count(), "shutting down: ending calls");
+                engine.shutdown(Instant::now());
+                drain_until = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = sleep_until(drain_until), if drain_until.is_some() => break,
+        }
+        while let Some(transmit) = engine.poll_transmit() {
+            transport.send(transmit);
+        }
+        status.publish(&engine);
+        if drain_until.is_some() && engine.call_count() == 0 {
+            break;
+        }
+    }
+    // Flush what the last step produced, then stop serving.
+    while let Some(transmit) = engine.poll_transmit() {
+        transport.send(transmit);
+    }
+    status.set_serving(false);
+    status.publish(&engine);
+    transport.shutdown();
+    tracing::info!("SIP stopped");
+}
+
+fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
+    let now = Instant::now();
+    match event {
+        TransportEvent::Message { message, from } => engine.handle_message(now, message, from),
+        TransportEvent::SendFailed { to, error } => {
+            tracing::debug!(?to, %error, "send failed");
+            engine.handle_transport_error(now, &to);
+        }
+        TransportEvent::ConnectionClosed { .. } => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Expires intents on time and prunes old call records: one task for the whole table.
+async fn sweeper(control: Arc<CallControl>, mut shutdown: watch::Receiver<bool>) {
+    const AT_MOST: Duration = Duration::from_secs(1);
+    loop {
+        let now = Instant::now();
+        let wait = control
+            .next_expiry()
+            .map_or(AT_MOST, |at| at.saturating_duration_since(now).min(AT_MOST));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let expired = control.sweep(Instant::now());
+                if expired > 0 {
+                    tracing::debug!(expired, "intents expired");
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! [`SharedStatus`]: the SIP engine's counters, published by the SIP task after each batch of
+//! work and read by the HTTP API (`/healthz`, `/metrics`) and by tests, without a lock on the
+//! engine itself (the engine is owned by one task and never shared).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use api::{EngineSnapshot, EngineStatus};
+use b2bua::Engine;
+use parking_lot::Mutex;
+use sip_core::transport::TransportHandle;
+
+/// Refusals and failures by reason code, as the API reports them.
+type Outcomes = (Vec<(String, u64)>, Vec<(String, u64)>);
+
+/// Engine and transport counters as last published.
+#[derive(Default)]
+pub struct SharedStatus {
+    serving: AtomicBool,
+    calls: AtomicU64,
+    dialogs: AtomicU64,
+    client_transactions: AtomicU64,
+    server_transactions: AtomicU64,
+    bridged: AtomicU64,
+    /// Sum of the refusal and failure counters when the maps were last copied: the maps are
+    /// copied only when it changes, not on every published batch.
+    outcomes_seen: AtomicU64,
+    outcomes: Mutex<Outcomes>,
+    transport: Mutex<Option<TransportHandle>>,
+}
+
+impl SharedStatus {
+    pub(crate) fn set_transport(&self, transport: TransportHandle) {
+        *self.transport.lock() = Some(transport);
+    }
+
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
+    /// Copies the engine's counts (called by the SIP task; cheap unless outcomes changed).
+    pub(crate) fn publish(&self, engine: &Engine) {
+        let relaxed = Ordering::Relaxed;
+        self.calls.store(engine.call_count() as u64, relaxed);
+        self.dialogs.store(engine.dialog_count() as u64, relaxed);
+        let layer = engine.transactions();
+        self.client_transactions
+            .store(layer.client_count() as u64, relaxed);
+        self.server_transactions
+            .store(layer.server_count() as u64, relaxed);
+        let stats = engine.stats();
+        self.bridged.store(stats.calls_bridged, relaxed);
+        let total: u64 =
+            stats.calls_refused.values().sum::<u64>() + stats.calls_failed.values().sum::<u64>();
+        if self.outcomes_seen.swap(total, relaxed) != total {
+            let copy = |map: &std::collections::BTreeMap<&'static str, u64>| {
+                map.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+            };
+            *self.outcomes.lock() = (copy(&stats.calls_refused), copy(&stats.calls_failed));
+        }
+    }
+
+    /// Calls, dialogs and transactions held: all zero when nothing leaked.
+    pub fn held(&self) -> (u64, u64, u64) {
+        let relaxed = Ordering::Relaxed;
+        (
+            self.calls.load(relaxed),
+            self.dialogs.load(relaxed),
+            self.client_transactions.load(relaxed) + self.server_transactions.load(relaxed),
+        )
+    }
+}
+
+impl EngineStatus for SharedStatus {
+    fn snapshot(&self) -> EngineSnapshot {
+        let relaxed = Ordering::Relaxed;
+        let (refused, failed) = self.outcomes.lock().clone();
+        let transport = self.transport.lock().as_ref().map(TransportHandle::stats);
+        EngineSnapshot {
+            sip_serving: self.serving.load(relaxed),
+            active_calls: self.calls.load(relaxed),
+            dialogs: self.dialogs.load(relaxed),
+            client_transactions: self.client_transactions.load(relaxed),
+            server_transactions: self.server_transactions.load(relaxed),
+            calls_bridged: self.bridged.load(relaxed),
+            calls_refused: refused,
+            calls_failed: failed,
+            sip_malformed_answered: transport.as_ref().map_or(0, |t| t.malformed_answered),
+            sip_malformed_dropped: transport.as_ref().map_or(0, |t| t.malformed_dropped),
+        }
+    }
+}
