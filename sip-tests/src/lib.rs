@@ -5,6 +5,8 @@
 //! no transaction handling of its own, so a test can see (and assert on) every retransmission.
 //! Failures panic with the message that was expected and what arrived instead: these are tests.
 
+pub mod bridge;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -109,6 +111,21 @@ impl TestUa {
     pub async fn send_to(&mut self, message: impl Into<Message>, to: SocketAddr) {
         let bytes = message.into().to_bytes();
         self.send_raw_to(&bytes, to).await;
+    }
+
+    /// Receives the next UDP datagram as bytes, parseable or not (for checking answers to
+    /// malformed input); `None` after `wait`. Panics on a TCP endpoint.
+    pub async fn try_recv_raw(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let Socket::Udp(socket) = &mut self.socket else {
+            panic!("try_recv_raw is for UDP endpoints");
+        };
+        let mut buf = vec![0u8; 65536];
+        let (len, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        buf.truncate(len);
+        Some(buf)
     }
 
     /// Receives the next message and its source, or `None` after `wait`.

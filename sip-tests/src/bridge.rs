@@ -1,0 +1,489 @@
+//! A callbridge instance started in-process for one test (real sockets on loopback, ephemeral
+//! ports, short SIP timers), the scripted phones and callee around it, and a tiny HTTP client
+//! for its API.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use callbridge::config::Config;
+use callbridge::Running;
+use sip_core::{ids, HeaderName, Message, Method, NameAddr, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{request, sdp, TestUa};
+
+/// How a test wants callbridge configured; everything else is the built-in default with
+/// ephemeral ports and short timers.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub intent_ttl_secs: u64,
+    pub no_answer_secs: u64,
+    pub trusted_peers: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            intent_ttl_secs: 120,
+            no_answer_secs: 30,
+            trusted_peers: vec!["127.0.0.0/8".into()],
+        }
+    }
+}
+
+/// callbridge under test plus the callee UA it sends leg B to.
+pub struct Bridge {
+    pub running: Running,
+    pub sip: SocketAddr,
+    pub api: SocketAddr,
+    /// The target's UA: callbridge's `sip.trunk` points at it.
+    pub callee: TestUa,
+}
+
+impl Bridge {
+    pub async fn start() -> Bridge {
+        Bridge::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Bridge {
+        let mut callee = TestUa::udp("127.0.0.1:9".parse().expect("addr")).await;
+        let peers = options
+            .trusted_peers
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        let overrides = [
+            "sip.listen=\"127.0.0.1:0\"".to_owned(),
+            "api.listen=\"127.0.0.1:0\"".to_owned(),
+            format!("sip.trunk=\"{}\"", callee.local_addr()),
+            format!("sip.trusted_peers=[{peers}]"),
+            format!("sip.no_answer_secs={}", options.no_answer_secs),
+            format!("intent.ttl_secs={}", options.intent_ttl_secs),
+            // Short timers: lingering transactions end within a few seconds of a call.
+            "sip.t1_ms=50".to_owned(),
+            "sip.t2_ms=200".to_owned(),
+            "sip.t4_ms=250".to_owned(),
+        ];
+        let config =
+            Config::load(None, std::iter::empty(), &overrides).expect("test configuration");
+        let running = callbridge::start(&config).await.expect("callbridge starts");
+        let sip = running.sip_addr;
+        callee.server = sip;
+        Bridge {
+            sip,
+            api: running.api_addr,
+            running,
+            callee,
+        }
+    }
+
+    /// `POST /api/user/{telnum}/makecall`; returns the callid.
+    pub async fn makecall(&self, telnum: &str, caller: &str, callee: &str) -> String {
+        let body = format!(r#"{{"caller":"{caller}","callee":"{callee}"}}"#);
+        let (status, json) = self
+            .http("POST", &format!("/api/user/{telnum}/makecall"), Some(&body))
+            .await;
+        assert_eq!(status, 200, "makecall: {json}");
+        json["callid"].as_str().expect("callid").to_owned()
+    }
+
+    pub async fn cancelcall(&self, telnum: &str) -> serde_json::Value {
+        let (status, json) = self
+            .http("POST", &format!("/api/user/{telnum}/cancelcall"), None)
+            .await;
+        assert_eq!(status, 200, "cancelcall: {json}");
+        json
+    }
+
+    /// `GET /api/calls/{callid}`.
+    pub async fn call(&self, callid: &str) -> serde_json::Value {
+        let (status, json) = self
+            .http("GET", &format!("/api/calls/{callid}"), None)
+            .await;
+        assert_eq!(status, 200, "call record: {json}");
+        json
+    }
+
+    /// Waits until the call record says `state` (the API is updated as the SIP task works).
+    pub async fn wait_call_state(&self, callid: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let record = self.call(callid).await;
+            if record["state"] == state {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "call {callid} never reached {state}: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; returns status and JSON body.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = http_raw(self.api, method, path, body).await;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    /// Asserts that callbridge holds no call, dialog or transaction any more (waiting for
+    /// lingering transactions: with the test timers they end within 64·T1 = 3.2 s).
+    pub async fn assert_drained(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let held = self.running.status.held();
+            if held == (0, 0, 0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "callbridge still holds (calls, dialogs, transactions) = {held:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A bare HTTP/1.1 exchange (`Connection: close`), enough for a JSON API under test.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the API");
+    let body = body.unwrap_or("");
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write HTTP request");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP response in time")
+        .expect("read HTTP response");
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    // A chunked body (hyper without Content-Length) would need decoding; the API always
+    // sends Content-Length.
+    (status, body)
+}
+
+/// The user's phone, calling through the trunk: keeps its side of leg A's dialog.
+pub struct Phone {
+    pub ua: TestUa,
+    pub user: String,
+    pub call_id: String,
+    pub from_tag: String,
+    pub cseq: u32,
+    /// The INVITE as last sent (for CANCEL and retransmission).
+    pub invite: Option<Request>,
+    /// callbridge's To tag and Contact on leg A, from its tagged responses.
+    pub remote_tag: Option<String>,
+    pub remote_target: Option<String>,
+}
+
+impl Phone {
+    pub async fn udp(bridge: &Bridge, user: &str) -> Phone {
+        Phone::with(TestUa::udp(bridge.sip).await, user)
+    }
+
+    pub async fn tcp(bridge: &Bridge, user: &str) -> Phone {
+        Phone::with(TestUa::tcp(bridge.sip).await, user)
+    }
+
+    fn with(ua: TestUa, user: &str) -> Phone {
+        Phone {
+            user: user.to_owned(),
+            call_id: ids::new_call_id("phone.test"),
+            from_tag: ids::new_tag(),
+            cseq: 1,
+            invite: None,
+            remote_tag: None,
+            remote_target: None,
+            ua,
+        }
+    }
+
+    fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            self.ua.transport(),
+            self.ua.local_addr()
+        )
+    }
+
+    /// The INVITE to the dedicated number `dialled`, with an SDP offer unless `late_offer`.
+    pub fn invite(&mut self, dialled: &str, late_offer: bool) -> Request {
+        let body = if late_offer {
+            String::new()
+        } else {
+            sdp(self.ua.local_addr(), 1)
+        };
+        let content_type = if late_offer {
+            ""
+        } else {
+            "Content-Type: application/sdp\n"
+        };
+        let text = format!(
+            "INVITE sip:{dialled}@{server} SIP/2.0\n\
+             Via: {via}\n\
+             Max-Forwards: 70\n\
+             From: <sip:{user}@phone.test>;tag={tag}\n\
+             To: <sip:{dialled}@{server}>\n\
+             Call-ID: {call_id}\n\
+             CSeq: {cseq} INVITE\n\
+             Contact: <sip:{user}@{local}>\n\
+             {content_type}\n{body}",
+            server = self.ua.server,
+            via = self.via(&ids::new_branch()),
+            user = self.user,
+            tag = self.from_tag,
+            call_id = self.call_id,
+            cseq = self.cseq,
+            local = self.ua.local_addr(),
+        );
+        let invite = request(&text);
+        self.invite = Some(invite.clone());
+        invite
+    }
+
+    /// Sends an INVITE to `dialled` and returns it.
+    pub async fn call(&mut self, dialled: &str) -> Request {
+        let invite = self.invite(dialled, false);
+        self.ua.send(invite.clone()).await;
+        invite
+    }
+
+    /// Remembers callbridge's tag and Contact from a response on leg A.
+    pub fn learn(&mut self, response: &Response) {
+        if let Ok(to) = response.headers.to() {
+            if let Some(tag) = to.tag() {
+                self.remote_tag = Some(tag.to_owned());
+            }
+        }
+        if let Ok(contacts) = response.headers.contacts() {
+            if let Some(contact) = contacts.first() {
+                self.remote_target = Some(contact.uri.as_str().to_owned());
+            }
+        }
+    }
+
+    /// A request inside leg A's dialog (ACK uses the INVITE's CSeq, others the next one).
+    pub fn in_dialog(&mut self, method: Method, body: Option<String>) -> Request {
+        if method != Method::Ack {
+            self.cseq += 1;
+        }
+        let target = self
+            .remote_target
+            .clone()
+            .unwrap_or_else(|| format!("sip:{}", self.ua.server));
+        let tag = self.remote_tag.clone().expect("callbridge's tag on leg A");
+        let to_user = self
+            .invite
+            .as_ref()
+            .and_then(|i| i.uri.user().map(str::to_owned))
+            .unwrap_or_default();
+        let content_type = if body.is_some() {
+            "Content-Type: application/sdp\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "{method} {target} SIP/2.0\n\
+             Via: {via}\n\
+             Max-Forwards: 70\n\
+             From: <sip:{user}@phone.test>;tag={from_tag}\n\
+             To: <sip:{to_user}@{server}>;tag={tag}\n\
+             Call-ID: {call_id}\n\
+             CSeq: {cseq} {method}\n\
+             Contact: <sip:{user}@{local}>\n\
+             {content_type}\n{body}",
+            via = self.via(&ids::new_branch()),
+            user = self.user,
+            from_tag = self.from_tag,
+            server = self.ua.server,
+            call_id = self.call_id,
+            cseq = self.cseq,
+            local = self.ua.local_addr(),
+            body = body.unwrap_or_default(),
+        );
+        request(&text)
+    }
+
+    /// The ACK for callbridge's 2xx on leg A.
+    pub async fn ack(&mut self) {
+        let ack = self.in_dialog(Method::Ack, None);
+        self.ua.send(ack).await;
+    }
+
+    /// CANCEL of the last INVITE (same branch, §9.1).
+    pub fn cancel(&self) -> Request {
+        let invite = self.invite.as_ref().expect("an INVITE to cancel");
+        let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
+        for name in [
+            HeaderName::Via,
+            HeaderName::MaxForwards,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+        ] {
+            if let Some(value) = invite.headers.get(&name) {
+                cancel.headers.push(name.clone(), value);
+            }
+        }
+        cancel
+            .headers
+            .push(HeaderName::CSeq, format!("{} CANCEL", self.cseq));
+        cancel
+    }
+
+    /// The ACK for a non-2xx final response to the INVITE (same branch, response's To).
+    pub fn ack_failure(&self, response: &Response) -> Request {
+        let invite = self.invite.as_ref().expect("the INVITE");
+        let mut ack = Request::new(Method::Ack, invite.uri.clone());
+        for (name, value) in [
+            (HeaderName::Via, invite.headers.get(&HeaderName::Via)),
+            (HeaderName::MaxForwards, Some("70")),
+            (HeaderName::From, invite.headers.get(&HeaderName::From)),
+            (HeaderName::To, response.headers.get(&HeaderName::To)),
+            (HeaderName::CallId, invite.headers.get(&HeaderName::CallId)),
+        ] {
+            if let Some(value) = value {
+                ack.headers.push(name, value);
+            }
+        }
+        ack.headers
+            .push(HeaderName::CSeq, format!("{} ACK", self.cseq));
+        ack
+    }
+}
+
+/// The callee's side of leg B: answers callbridge's INVITE and keeps the dialog.
+pub struct CalleeDialog {
+    pub invite: Request,
+    pub tag: String,
+    pub cseq: u32,
+}
+
+impl CalleeDialog {
+    pub fn new(invite: Request) -> CalleeDialog {
+        CalleeDialog {
+            invite,
+            tag: ids::new_tag(),
+            cseq: 100,
+        }
+    }
+
+    /// A response to `request` (the INVITE or any request on leg B) with our tag, Contact and
+    /// optional SDP.
+    pub fn reply(&self, request: &Request, status: u16, with_sdp: Option<SocketAddr>) -> Response {
+        let mut response = Response::to_request(request, status, None);
+        if let Ok(to) = response.headers.to() {
+            if to.tag().is_none() {
+                response
+                    .headers
+                    .set(HeaderName::To, to.with_tag(&self.tag).to_string());
+            }
+        }
+        if status > 100 && status < 300 {
+            response
+                .headers
+                .push(HeaderName::Contact, "<sip:callee@127.0.0.1>");
+        }
+        if let Some(addr) = with_sdp {
+            response
+                .headers
+                .push(HeaderName::ContentType, "application/sdp");
+            response.body = sdp(addr, 2).into();
+        }
+        response
+    }
+
+    /// A request from the callee inside leg B's dialog (BYE, re-INVITE).
+    pub fn in_dialog(
+        &mut self,
+        method: Method,
+        local: SocketAddr,
+        body: Option<String>,
+    ) -> Request {
+        self.cseq += 1;
+        let from_us = self.invite.headers.to().expect("To").with_tag(&self.tag);
+        let to_them = self.invite.headers.from().expect("From");
+        let target = self
+            .invite
+            .headers
+            .contacts()
+            .ok()
+            .and_then(|c| c.first().map(|c| c.uri.as_str().to_owned()))
+            .expect("callbridge's Contact on leg B");
+        let mut request = Request::new(method.clone(), sip_core::Uri::parse(&target).expect("uri"));
+        let h = &mut request.headers;
+        h.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP {local};branch={};rport", ids::new_branch()),
+        );
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(HeaderName::From, from_us.to_string());
+        h.push(HeaderName::To, to_them.to_string());
+        h.push(
+            HeaderName::CallId,
+            self.invite.headers.call_id().expect("Call-ID"),
+        );
+        h.push(HeaderName::CSeq, format!("{} {method}", self.cseq));
+        h.push(
+            HeaderName::Contact,
+            NameAddr::new(sip_core::Uri::parse("sip:callee@127.0.0.1").expect("uri")).to_string(),
+        );
+        if let Some(body) = body {
+            h.push(HeaderName::ContentType, "application/sdp");
+            request.body = body.into();
+        }
+        request
+    }
+}
+
+/// Receives on `ua` until a request with `method` arrives (responses to earlier requests are
+/// skipped); returns it.
+pub async fn expect_request(ua: &mut TestUa, method: Method) -> Request {
+    loop {
+        match ua.recv().await {
+            (Message::Request(request), _) if request.method == method => return request,
+            (Message::Request(request), _) => {
+                panic!(
+                    "{}: expected {method}, got {}",
+                    ua.local_addr(),
+                    request.method
+                )
+            }
+            (Message::Response(_), _) => continue,
+        }
+    }
+}
