@@ -489,3 +489,36 @@ async fn malformed_sip_gets_400_and_the_server_keeps_serving() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hangs_up_bridged_calls_on_both_legs() {
+    let mut bridge = Bridge::start().await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    let dialog = bridged_call(&mut bridge, &mut phone).await;
+    bridge.wait_call_state(&callid, "answered").await;
+    bridge.running.shutdown();
+    let bye_a = expect_request(&mut phone.ua, Method::Bye).await;
+    assert!(bye_a
+        .headers
+        .get(&HeaderName::Reason)
+        .is_some_and(|r| r.contains("shutdown")));
+    phone
+        .ua
+        .send(sip_core::Response::to_request(&bye_a, 200, None))
+        .await;
+    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
+    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    // The API closed with the shutdown; the registry itself tells how the call ended.
+    let record = bridge.running.control.call(&callid).expect("record");
+    assert_eq!(record.end_cause, Some(b2bua::EndCause::Shutdown));
+    // The SIP task stops once the calls are gone; /healthz then says SIP is not serving.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bridge.running.status.held().0 != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls left after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

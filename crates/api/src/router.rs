@@ -246,20 +246,7 @@ where
     check_number(state, "to", to)?;
     let now = state.now();
     let control = &state.control;
-    let claimed = match control.claim(now, from, to) {
-        Err(NoIntent::OtherNumber) => {
-            // The seed's example sends the target as `to`: accept the intent's callee too. The
-            // intent is looked up and then claimed by its dedicated number; the claim re-checks
-            // everything under the table's lock.
-            match control.intents().get(from) {
-                Some(intent) if intent.callee == normalize_number(to) => {
-                    control.claim(now, from, &intent.caller)
-                }
-                _ => Err(NoIntent::OtherNumber),
-            }
-        }
-        other => other,
-    };
+    let claimed = control.claim_cti(now, from, to);
     let body = match claimed {
         Ok(intent) => {
             state.metrics.cti_decision("bridge", "matched");

@@ -48,7 +48,19 @@ impl CallControl {
     /// An incoming call from `calling` to `dialled`: consumes the matching intent and moves its
     /// call to `trying`. An expired intent found on the way ends as `intent_expired`.
     pub fn claim(&self, now: Instant, calling: &str, dialled: &str) -> Result<Intent, NoIntent> {
-        match self.intents.take_matching(now, calling, dialled) {
+        let taken = self.intents.take_matching(now, calling, dialled);
+        self.claimed(now, taken)
+    }
+
+    /// The CTI decision (`POST /api/cti/callin`): like [`claim`](Self::claim), with `to`
+    /// either the dialled dedicated number or the intent's callee.
+    pub fn claim_cti(&self, now: Instant, from: &str, to: &str) -> Result<Intent, NoIntent> {
+        let taken = self.intents.take_matching_caller_or_callee(now, from, to);
+        self.claimed(now, taken)
+    }
+
+    fn claimed(&self, now: Instant, taken: Result<Intent, NoIntent>) -> Result<Intent, NoIntent> {
+        match taken {
             Ok(intent) => {
                 self.registry
                     .update(now, &intent.callid, CallEvent::Invited);

@@ -121,6 +121,32 @@ impl IntentTable {
         calling: &str,
         dialled: &str,
     ) -> Result<Intent, NoIntent> {
+        self.take_if(now, calling, |intent| {
+            intent.caller == normalize_number(dialled)
+        })
+    }
+
+    /// Like [`take_matching`](Self::take_matching), but `to` may also be the intent's callee
+    /// (the seed's CTI example sends the target as `to`). One lock: no other makecall can
+    /// slip in between the check and the take.
+    pub fn take_matching_caller_or_callee(
+        &self,
+        now: Instant,
+        calling: &str,
+        to: &str,
+    ) -> Result<Intent, NoIntent> {
+        let to = normalize_number(to);
+        self.take_if(now, calling, |intent| {
+            intent.caller == to || intent.callee == to
+        })
+    }
+
+    fn take_if(
+        &self,
+        now: Instant,
+        calling: &str,
+        matches: impl Fn(&Intent) -> bool,
+    ) -> Result<Intent, NoIntent> {
         let mut state = self.state.lock();
         let telnum = normalize_number(calling);
         let intent = state.by_telnum.get(telnum).ok_or(NoIntent::None)?;
@@ -128,7 +154,7 @@ impl IntentTable {
             // Left for `purge_expired`, which reports what it removes.
             return Err(NoIntent::Expired);
         }
-        if intent.caller != normalize_number(dialled) {
+        if !matches(intent) {
             return Err(NoIntent::OtherNumber);
         }
         let intent = state.by_telnum.remove(telnum).ok_or(NoIntent::None)?;

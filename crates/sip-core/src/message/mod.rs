@@ -3,7 +3,7 @@
 //! rsip 0.4 is the URI grammar underneath ([`Uri`]); the message framing, header model and typed
 //! headers are sip-core's own, because rsip 0.4 ignores compact header names, does not frame by
 //! `Content-Length`, writes bodies through a lossy UTF-8 conversion, rejects folded lines and
-//! whitespace before `:`, and reads only one value of a multi-value header. See [`parse`].
+//! whitespace before `:`, and reads only one value of a multi-value header. See `parse.rs`.
 
 mod header;
 mod params;

@@ -20,7 +20,7 @@
 //! - matching per §17.1.3/§17.2.3, with the RFC 2543 fallback, CANCEL → the INVITE it cancels,
 //!   and the ACK for a 2xx → the INVITE transaction retransmitting that 2xx;
 //! - CANCEL generation per §9.1, deferred until the first provisional response;
-//! - one timer heap for all transactions (see [`timer`]).
+//! - one timer heap for all transactions (see `timer.rs`).
 
 mod key;
 mod timer;
