@@ -232,6 +232,7 @@ impl Engine {
             },
         );
         drop(_entered);
+        self.by_callid.insert(call.intent.callid.clone(), key);
         self.calls.insert(key, call);
         self.own(key, TxId::Server(tx));
         self.own(key, TxId::Client(b_tx));

@@ -264,6 +264,7 @@ impl Engine {
             return;
         }
         if let Some(call) = self.calls.remove(&key) {
+            self.by_callid.remove(&call.intent.callid);
             self.dialog_owner.remove(&call.a.dialog_id);
             if let Some(dialog) = &call.b.dialog {
                 self.dialog_owner.remove(dialog.id());

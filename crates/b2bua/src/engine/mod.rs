@@ -79,6 +79,8 @@ pub struct Engine {
     next_key: u64,
     /// The call each live transaction belongs to.
     tx_owner: HashMap<TxId, CallKey>,
+    /// Calls by the intent's callid (the key media notices and the API use).
+    by_callid: HashMap<String, CallKey>,
     /// The call and leg each dialog (as identified by requests arriving on it) belongs to.
     dialog_owner: HashMap<DialogId, (CallKey, Leg)>,
     /// Call timers, lazily deleted like the transaction layer's (see `Call::timers`).
@@ -102,6 +104,7 @@ impl Engine {
             next_key: 1,
             tx_owner: HashMap::new(),
             dialog_owner: HashMap::new(),
+            by_callid: HashMap::new(),
             timers: BinaryHeap::new(),
             stats: EngineStats::default(),
         }
@@ -141,6 +144,25 @@ impl Engine {
     /// The transport could not deliver to `peer`.
     pub fn handle_transport_error(&mut self, now: Instant, peer: &Peer) {
         self.layer.on_transport_error(peer);
+        self.process_events(now);
+    }
+
+    /// The media relay saw no RTP in either direction for the inactivity timeout: both legs
+    /// are hung up with a `Reason`, and the call ends as `media_timeout`.
+    pub fn handle_media_timeout(&mut self, now: Instant, callid: &str) {
+        let Some(&key) = self.by_callid.get(callid) else {
+            return;
+        };
+        if let Some(call) = self.calls.get(&key) {
+            let _entered = call.span.clone().entered();
+            tracing::info!("no media in either direction; hanging up");
+        }
+        self.hang_up(
+            now,
+            key,
+            crate::registry::Party::System,
+            crate::registry::EndCause::MediaTimeout,
+        );
         self.process_events(now);
     }
 

@@ -607,3 +607,33 @@ fn leg_b_timeout_answers_408() {
     );
     h.assert_drained();
 }
+
+#[test]
+fn media_timeout_hangs_up_both_legs() {
+    let mut h = Harness::new();
+    let (callid, b_invite) = start_call(&mut h, SDP_A);
+    h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
+    let a_tag = our_a_tag(&h.sent());
+    h.feed(
+        &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack5", ""),
+        phone(),
+    );
+    h.engine.handle_media_timeout(h.now, &callid);
+    let sent = h.sent();
+    assert_eq!(methods(&sent, phone()), ["BYE"]);
+    assert_eq!(methods(&sent, trunk()), ["BYE"]);
+    let bye = find_request(&sent, "BYE");
+    assert!(bye
+        .headers
+        .get(&HeaderName::Reason)
+        .is_some_and(|r| r.contains("media_timeout")));
+    let record = h.control.call(&callid).unwrap();
+    assert_eq!(record.end_cause, Some(EndCause::MediaTimeout));
+    assert_eq!(record.ended_by, Some(Party::System));
+    for (to, message) in sent {
+        let request = request_of(&message).clone();
+        let tag = if to == phone() { "atag" } else { "btag" };
+        h.feed(&answer(&request, 200, tag, ""), to);
+    }
+    h.assert_drained();
+}
