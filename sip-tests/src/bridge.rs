@@ -19,6 +19,11 @@ pub struct Options {
     pub intent_ttl_secs: u64,
     pub no_answer_secs: u64,
     pub trusted_peers: Vec<String>,
+    /// `media.inactivity_secs` (0: off).
+    pub media_inactivity_secs: u64,
+    /// Relay ports; by default each bridge of the test process gets its own slice of
+    /// 20000-39999, so parallel tests never compete for a port.
+    pub rtp_ports: Option<(u16, u16)>,
 }
 
 impl Default for Options {
@@ -27,6 +32,8 @@ impl Default for Options {
             intent_ttl_secs: 120,
             no_answer_secs: 30,
             trusted_peers: vec!["127.0.0.0/8".into()],
+            media_inactivity_secs: 60,
+            rtp_ports: None,
         }
     }
 }
@@ -38,6 +45,17 @@ pub struct Bridge {
     pub api: SocketAddr,
     /// The target's UA: callbridge's `sip.trunk` points at it.
     pub callee: TestUa,
+    /// The relay port range of this instance.
+    pub rtp_ports: (u16, u16),
+}
+
+/// Hands each bridge started by this test process its own 400-port slice of 20000-39999.
+fn next_port_slice() -> (u16, u16) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slice = NEXT.fetch_add(1, Ordering::Relaxed) % 50;
+    let first = 20000 + slice * 400;
+    (first, first + 399)
 }
 
 impl Bridge {
@@ -47,6 +65,7 @@ impl Bridge {
 
     pub async fn start_with(options: Options) -> Bridge {
         let mut callee = TestUa::udp("127.0.0.1:9".parse().expect("addr")).await;
+        let rtp_ports = options.rtp_ports.unwrap_or_else(next_port_slice);
         let peers = options
             .trusted_peers
             .iter()
@@ -64,10 +83,14 @@ impl Bridge {
             "sip.t1_ms=50".to_owned(),
             "sip.t2_ms=200".to_owned(),
             "sip.t4_ms=250".to_owned(),
+            format!("media.inactivity_secs={}", options.media_inactivity_secs),
+            format!("media.rtp_ports=\"{}-{}\"", rtp_ports.0, rtp_ports.1),
+            "media.bind_ip=\"127.0.0.1\"".to_owned(),
         ];
         let config =
             Config::load(None, std::iter::empty(), &overrides).expect("test configuration");
         let running = callbridge::start(&config).await.expect("callbridge starts");
+        let rtp_ports_range = rtp_ports;
         let sip = running.sip_addr;
         callee.server = sip;
         Bridge {
@@ -75,6 +98,23 @@ impl Bridge {
             api: running.api_addr,
             running,
             callee,
+            rtp_ports: rtp_ports_range,
+        }
+    }
+
+    /// Asserts that every port of this bridge's relay range can be bound again (no call
+    /// kept a relay socket), waiting briefly for relays that are still closing.
+    pub async fn assert_ports_free(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        'retry: loop {
+            for port in self.rtp_ports.0..=self.rtp_ports.1 {
+                if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                    assert!(Instant::now() < deadline, "relay port {port} still bound");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue 'retry;
+                }
+            }
+            return;
         }
     }
 
@@ -271,6 +311,14 @@ impl Phone {
             local = self.ua.local_addr(),
         );
         let invite = request(&text);
+        self.invite = Some(invite.clone());
+        invite
+    }
+
+    /// An INVITE whose SDP offer points at `media` (a test RTP socket).
+    pub fn invite_with_media(&mut self, dialled: &str, media: SocketAddr) -> Request {
+        let mut invite = self.invite(dialled, false);
+        invite.body = sdp(media, 1).into();
         self.invite = Some(invite.clone());
         invite
     }
@@ -486,4 +534,34 @@ pub async fn expect_request(ua: &mut TestUa, method: Method) -> Request {
             (Message::Response(_), _) => continue,
         }
     }
+}
+
+/// The RTP port of the first `m=` line of an SDP body.
+pub fn media_port(body: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(body);
+    text.lines()
+        .find_map(|line| line.strip_prefix("m="))
+        .and_then(|m| m.split_whitespace().nth(1))
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no m= line in:\n{text}"))
+}
+
+/// Asserts that callbridge anchored an SDP body: `c=` is its address, the `m=` port is one of
+/// its relay ports, codecs and direction are what the sender offered.
+pub fn assert_anchored(body: &[u8], range: (u16, u16), direction: &str) {
+    let text = String::from_utf8_lossy(body);
+    let port = media_port(body);
+    assert!(
+        (range.0..=range.1).contains(&port),
+        "m= port {port} is not a relay port:\n{text}"
+    );
+    assert!(text.contains("c=IN IP4 127.0.0.1"), "{text}");
+    assert!(
+        text.contains("a=rtpmap:0 PCMU/8000"),
+        "codecs changed:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("a={direction}")),
+        "direction changed:\n{text}"
+    );
 }

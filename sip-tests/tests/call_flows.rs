@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sip_core::{HeaderName, Message, Method};
-use sip_tests::bridge::{expect_request, Bridge, CalleeDialog, Options, Phone};
+use sip_tests::bridge::{assert_anchored, expect_request, Bridge, CalleeDialog, Options, Phone};
 use sip_tests::{message, sdp};
 
 /// Leg A INVITE → leg B INVITE at the callee, answered with 180 then 200; leg A sees both,
@@ -25,7 +25,9 @@ async fn bridged_call(bridge: &mut Bridge, phone: &mut Phone) -> CalleeDialog {
         .await;
     let ok = phone.ua.expect_response(200).await;
     phone.learn(&ok);
-    assert_eq!(ok.body, sdp(callee_media, 2).as_bytes());
+    // Media anchored: the phone is told to send to callbridge, not to the callee.
+    assert_anchored(&ok.body, bridge.rtp_ports, "sendrecv");
+    assert_anchored(&invite.body, bridge.rtp_ports, "sendrecv");
     // callbridge ACKs leg B's 200.
     let ack = expect_request(&mut bridge.callee, Method::Ack).await;
     assert_eq!(ack.headers.call_id(), invite.headers.call_id());
@@ -75,6 +77,7 @@ async fn bridge_and_caller_hangs_up() {
         assert!(record[stamp].is_u64(), "{stamp} missing: {record}");
     }
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,6 +98,7 @@ async fn bridge_and_callee_hangs_up() {
     let record = bridge.wait_call_state(&callid, "ended").await;
     assert_eq!(record["ended_by"], "callee");
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 /// Sends an INVITE for 1001 → 2001 and expects the refusal, with a Reason, and no leg B.
@@ -115,6 +119,7 @@ async fn expect_refused(bridge: &mut Bridge, phone: &mut Phone, status: u16) {
         .expect_silence(Duration::from_millis(300))
         .await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +194,7 @@ async fn latest_makecall_wins() {
     let ack = phone.ack_failure(&busy);
     phone.ua.send(ack).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +218,7 @@ async fn busy_is_relayed_and_acked_on_both_legs() {
     // Our 486 is not retransmitted once ACKed.
     phone.ua.expect_silence(Duration::from_millis(300)).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,6 +247,7 @@ async fn caller_cancel_while_ringing() {
     assert_eq!(record["end_cause"], "cancelled");
     assert_eq!(record["ended_by"], "caller");
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,6 +273,7 @@ async fn no_answer_timeout_cancels_leg_b() {
     expect_request(&mut bridge.callee, Method::Ack).await;
     assert_eq!(bridge.call(&callid).await["end_cause"], "no_answer");
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,6 +309,7 @@ async fn invite_retransmissions_create_one_leg_b() {
     let ack = phone.ack_failure(&declined);
     phone.ua.send(ack).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,6 +340,7 @@ async fn answer_crossing_the_cancel_is_acked_and_hung_up() {
     let bye = expect_request(&mut bridge.callee, Method::Bye).await;
     bridge.callee.send(dialog.reply(&bye, 200, None)).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +355,7 @@ async fn reinvite_is_relayed_both_ways() {
     let reinvite = phone.in_dialog(Method::Invite, Some(hold.clone()));
     phone.ua.send(reinvite).await;
     let relayed = expect_request(&mut bridge.callee, Method::Invite).await;
-    assert_eq!(relayed.body, hold.as_bytes());
+    assert_anchored(&relayed.body, bridge.rtp_ports, "sendonly");
     assert_eq!(relayed.headers.call_id(), dialog.invite.headers.call_id());
     let media = bridge.callee.local_addr();
     bridge
@@ -377,6 +388,7 @@ async fn reinvite_is_relayed_both_ways() {
     let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
     bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +428,7 @@ async fn compact_headers_are_understood() {
     );
     phone.ua.send(message(&text)).await;
     let invite = expect_request(&mut bridge.callee, Method::Invite).await;
-    assert_eq!(invite.body, body.as_bytes());
+    assert_anchored(&invite.body, bridge.rtp_ports, "sendrecv");
     let dialog = CalleeDialog::new(invite.clone());
     bridge.callee.send(dialog.reply(&invite, 480, None)).await;
     let response = phone.ua.expect_response(480).await;
@@ -436,6 +448,7 @@ async fn compact_headers_are_understood() {
     }
     phone.ua.send(ack).await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,6 +465,7 @@ async fn leg_a_over_tcp() {
     bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
     bridge.wait_call_state(&callid, "ended").await;
     bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

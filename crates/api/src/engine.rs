@@ -30,6 +30,13 @@ pub struct EngineSnapshot {
     pub sip_malformed_answered: u64,
     /// Malformed SIP messages dropped without an answer.
     pub sip_malformed_dropped: u64,
+    /// RTP/RTCP packets relayed between the legs (both directions).
+    pub media_packets_relayed: u64,
+    /// Packets dropped by the relay (not RTP/RTCP, wrong source after latching).
+    pub media_packets_dropped: u64,
+    /// Relay ports held by calls, and the size of the configured range.
+    pub media_ports_in_use: u64,
+    pub media_ports_capacity: u64,
 }
 
 /// An engine that is not there: `sip_serving` is false and every counter zero. For tests and

@@ -167,6 +167,26 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         ),
     );
     registry.register(
+        "media_packets_relayed",
+        "RTP and RTCP packets relayed between the legs",
+        counter(engine.media_packets_relayed),
+    );
+    registry.register(
+        "media_packets_dropped",
+        "Packets dropped by the media relay (not RTP/RTCP, or from a stray source)",
+        counter(engine.media_packets_dropped),
+    );
+    registry.register(
+        "media_ports_in_use",
+        "UDP ports of media.rtp_ports held by calls",
+        gauge(engine.media_ports_in_use),
+    );
+    registry.register(
+        "media_ports_capacity",
+        "UDP ports in media.rtp_ports",
+        gauge(engine.media_ports_capacity),
+    );
+    registry.register(
         "http_requests",
         "HTTP requests answered by the API, by status class",
         state.metrics.http_requests.clone(),

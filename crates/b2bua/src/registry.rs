@@ -95,6 +95,9 @@ pub struct CallRecord {
     pub leg_b_code: Option<u16>,
     pub ended_by: Option<Party>,
     pub end_cause: Option<EndCause>,
+    /// RTP/RTCP relayed for this call (packets and bytes each way, latched addresses);
+    /// refreshed about once a second while the call lasts, final when it ended.
+    pub media: Option<crate::media::MediaStats>,
 }
 
 /// One step of a call, applied with [`CallRegistry::update`].
@@ -150,6 +153,7 @@ impl CallRegistry {
             leg_b_code: None,
             ended_by: None,
             end_cause: None,
+            media: None,
         };
         self.inner.lock().records.insert(callid.to_owned(), record);
     }
@@ -195,6 +199,13 @@ impl CallRegistry {
         }
         drop(inner);
         self.prune(now);
+    }
+
+    /// Stores the latest media counters of a call.
+    pub fn set_media(&self, callid: &str, stats: crate::media::MediaStats) {
+        if let Some(record) = self.inner.lock().records.get_mut(callid) {
+            record.media = Some(stats);
+        }
     }
 
     pub fn get(&self, callid: &str) -> Option<CallRecord> {

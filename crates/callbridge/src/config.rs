@@ -109,6 +109,8 @@ pub struct MediaConfig {
     /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP.
     pub rtp_ports: String,
     pub inactivity_secs: u64,
+    /// Local address the relay sockets bind (default: all addresses).
+    pub bind_ip: IpAddr,
 }
 
 impl Default for MediaConfig {
@@ -117,6 +119,7 @@ impl Default for MediaConfig {
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtp_ports: "20000-29999".into(),
             inactivity_secs: 60,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         }
     }
 }

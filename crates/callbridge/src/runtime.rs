@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use api::ApiState;
 use b2bua::engine::{Engine, EngineConfig};
-use b2bua::media::PassThrough;
+use b2bua::media::{AnchoredMedia, MediaConfig, MediaNotice};
 use b2bua::outbound::LocalIdentity;
 use b2bua::CallControl;
 use sip_core::transaction::{TimerConfig, TransactionConfig};
@@ -35,6 +35,8 @@ pub enum StartError {
     },
     #[error("sip.trunk {0:?} does not resolve to an address")]
     Trunk(String),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A started callbridge: its bound addresses, shared state, and the handle to stop it.
@@ -92,10 +94,23 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     status.set_transport(transport.clone());
 
     let trunk = resolve(&config.sip.trunk).await?;
+    let (first_port, last_port) = config.media.port_range()?;
+    let (media_notices, media_events) = mpsc::unbounded_channel();
+    let media = AnchoredMedia::new(
+        MediaConfig {
+            public_ip: config.media.public_ip,
+            bind_ip: config.media.bind_ip,
+            first_port,
+            last_port,
+            inactivity: Duration::from_secs(config.media.inactivity_secs),
+        },
+        media_notices,
+    );
+    status.set_media_pool(media.pool().clone());
     let engine = Engine::new(
         engine_config(config, sip_addr.port(), trunk),
         control.clone(),
-        Arc::new(PassThrough),
+        Arc::new(media),
     );
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -126,6 +141,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine,
         transport,
         events,
+        media_events,
         shutdown_rx.clone(),
         status.clone(),
         grace,
@@ -200,11 +216,15 @@ async fn sip_task(
     mut engine: Engine,
     transport: TransportHandle,
     mut events: mpsc::Receiver<TransportEvent>,
+    mut media_events: mpsc::UnboundedReceiver<MediaNotice>,
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
     grace: Duration,
 ) {
     let mut drain_until: Option<tokio::time::Instant> = None;
+    // Media counters go to the call records and metrics once a second, not per packet.
+    let mut media_tick = tokio::time::interval(Duration::from_secs(1));
+    media_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -220,6 +240,13 @@ async fn sip_task(
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 engine.handle_timeout(Instant::now());
+            }
+            Some(notice) = media_events.recv() => {
+                engine.handle_media_timeout(Instant::now(), &notice.callid);
+            }
+            _ = media_tick.tick() => {
+                engine.publish_media_stats();
+                status.publish_media(&engine);
             }
             _ = shutdown.wait_for(|stop| *stop), if drain_until.is_none() => {
                 tracing::info!(calls = engine.call_count(), "shutting down: ending calls");

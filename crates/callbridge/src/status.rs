@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use api::{EngineSnapshot, EngineStatus};
+use b2bua::media::PortPool;
 use b2bua::Engine;
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
@@ -26,11 +29,25 @@ pub struct SharedStatus {
     outcomes_seen: AtomicU64,
     outcomes: Mutex<Outcomes>,
     transport: Mutex<Option<TransportHandle>>,
+    media_pool: Mutex<Option<Arc<PortPool>>>,
+    media_relayed: AtomicU64,
+    media_dropped: AtomicU64,
 }
 
 impl SharedStatus {
     pub(crate) fn set_transport(&self, transport: TransportHandle) {
         *self.transport.lock() = Some(transport);
+    }
+
+    pub(crate) fn set_media_pool(&self, pool: Arc<PortPool>) {
+        *self.media_pool.lock() = Some(pool);
+    }
+
+    /// Media totals, published by the SIP task about once a second.
+    pub(crate) fn publish_media(&self, engine: &Engine) {
+        let totals = engine.media_totals();
+        self.media_relayed.store(totals.packets, Ordering::Relaxed);
+        self.media_dropped.store(totals.dropped, Ordering::Relaxed);
     }
 
     pub(crate) fn set_serving(&self, serving: bool) {
@@ -75,6 +92,7 @@ impl EngineStatus for SharedStatus {
         let relaxed = Ordering::Relaxed;
         let (refused, failed) = self.outcomes.lock().clone();
         let transport = self.transport.lock().as_ref().map(TransportHandle::stats);
+        let pool = self.media_pool.lock().clone();
         EngineSnapshot {
             sip_serving: self.serving.load(relaxed),
             active_calls: self.calls.load(relaxed),
@@ -86,6 +104,12 @@ impl EngineStatus for SharedStatus {
             calls_failed: failed,
             sip_malformed_answered: transport.as_ref().map_or(0, |t| t.malformed_answered),
             sip_malformed_dropped: transport.as_ref().map_or(0, |t| t.malformed_dropped),
+            media_packets_relayed: self.media_relayed.load(relaxed),
+            media_packets_dropped: self.media_dropped.load(relaxed),
+            media_ports_in_use: pool
+                .as_ref()
+                .map_or(0, |p| 2 * (p.capacity() - p.available()) as u64),
+            media_ports_capacity: pool.as_ref().map_or(0, |p| 2 * p.capacity() as u64),
         }
     }
 }

@@ -361,6 +361,10 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         calls_failed: vec![("callee_rejected".into(), 4)],
         sip_malformed_answered: 8,
         sip_malformed_dropped: 9,
+        media_packets_relayed: 1000,
+        media_packets_dropped: 3,
+        media_ports_in_use: 8,
+        media_ports_capacity: 10000,
     };
     let h = harness_with(ApiConfig::default(), Arc::new(FixedEngine(engine)));
     h.make_call("1001", "2001", "3001").await;
@@ -378,6 +382,10 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         "callbridge_sip_serving 1",
         "callbridge_active_calls 7",
         "callbridge_sip_dialogs 13",
+        "callbridge_media_packets_relayed_total 1000",
+        "callbridge_media_packets_dropped_total 3",
+        "callbridge_media_ports_in_use 8",
+        "callbridge_media_ports_capacity 10000",
         "callbridge_sip_transactions{kind=\"client\"} 5",
         "callbridge_sip_transactions{kind=\"server\"} 6",
         "callbridge_intents_pending 2",

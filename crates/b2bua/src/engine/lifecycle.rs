@@ -264,6 +264,13 @@ impl Engine {
             return;
         }
         if let Some(call) = self.calls.remove(&key) {
+            let media = call.media.stats();
+            if media.streams > 0 {
+                super::add_media(&mut self.stats.media_ended, &media);
+                self.control
+                    .registry()
+                    .set_media(&call.intent.callid, media);
+            }
             self.by_callid.remove(&call.intent.callid);
             self.dialog_owner.remove(&call.a.dialog_id);
             if let Some(dialog) = &call.b.dialog {

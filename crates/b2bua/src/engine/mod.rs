@@ -67,6 +67,9 @@ pub struct EngineStats {
     pub calls_failed: BTreeMap<&'static str, u64>,
     /// In-dialog requests that matched no dialog (answered 481).
     pub unmatched_requests: u64,
+    /// RTP/RTCP packets relayed and dropped by calls that have ended (live calls are added
+    /// by [`Engine::media_totals`]).
+    pub media_ended: crate::media::DirectionStats,
 }
 
 /// All calls of one callbridge instance. See the module documentation.
@@ -166,6 +169,29 @@ impl Engine {
         self.process_events(now);
     }
 
+    /// Copies every live call's media counters into its call record (for the API). The
+    /// runtime calls this about once a second.
+    pub fn publish_media_stats(&self) {
+        for call in self.calls.values() {
+            let stats = call.media.stats();
+            if stats.streams > 0 {
+                self.control
+                    .registry()
+                    .set_media(&call.intent.callid, stats);
+            }
+        }
+    }
+
+    /// Packets and bytes relayed (both directions together) and dropped, ended calls and
+    /// live ones.
+    pub fn media_totals(&self) -> crate::media::DirectionStats {
+        let mut total = self.stats.media_ended;
+        for call in self.calls.values() {
+            add_media(&mut total, &call.media.stats());
+        }
+        total
+    }
+
     /// Fires transaction and call timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
@@ -250,6 +276,18 @@ fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
     match leg {
         Leg::A => call.a.source,
         Leg::B => trunk,
+    }
+}
+
+/// Adds a call's media counters (both directions) to `total`.
+pub(crate) fn add_media(
+    total: &mut crate::media::DirectionStats,
+    stats: &crate::media::MediaStats,
+) {
+    for part in [stats.a_to_b, stats.b_to_a] {
+        total.packets += part.packets;
+        total.bytes += part.bytes;
+        total.dropped += part.dropped;
     }
 }
 

@@ -5,8 +5,24 @@
 //! Today's implementation, [`PassThrough`], forwards bodies unchanged (the media then flows
 //! end to end). Media anchoring replaces it with a session that allocates relay ports and
 //! rewrites `c=`/`m=` lines; the call state machine does not change.
+//!
+//! Media anchoring is [`AnchoredMedia`]: [`ports`] (the relay port range), [`sdp`] (parsing and
+//! rewriting), [`relay`] (the RTP/RTCP forwarding tasks, latching and counters) and [`anchored`]
+//! (the factory and session tying them to the call).
+
+pub mod anchored;
+pub mod ports;
+pub mod relay;
+pub mod sdp;
+
+use std::net::SocketAddr;
 
 use bytes::Bytes;
+use serde::Serialize;
+
+pub use anchored::{AnchoredMedia, AnchoredSession, MediaConfig};
+pub use ports::{PortPair, PortPool};
+pub use relay::{MediaLeg, MediaNotice, MediaNoticeKind};
 
 /// Why an SDP body cannot be forwarded; the call answers with the SIP code given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +52,40 @@ pub trait MediaSession: Send {
     fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError>;
     /// An SDP body from leg B, about to be sent on leg A.
     fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError>;
+    /// What the media of this call did so far; nothing for sessions that relay nothing.
+    fn stats(&self) -> MediaStats {
+        MediaStats::default()
+    }
+}
+
+/// Packets relayed in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionStats {
+    /// Packets (RTP and RTCP) forwarded.
+    pub packets: u64,
+    /// Bytes of those packets (UDP payload).
+    pub bytes: u64,
+    /// Packets received and not forwarded: not RTP/RTCP, from a source other than the latched
+    /// one, with nowhere to go yet, or refused by the kernel on send.
+    pub dropped: u64,
+}
+
+/// The media counters of one call, shown by the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MediaStats {
+    /// From leg A (received on A-facing sockets) towards leg B.
+    pub a_to_b: DirectionStats,
+    /// From leg B towards leg A.
+    pub b_to_a: DirectionStats,
+    /// The address leg A's RTP was latched to (first stream that latched).
+    pub latched_a: Option<SocketAddr>,
+    /// The address leg B's RTP was latched to (first stream that latched).
+    pub latched_b: Option<SocketAddr>,
+    /// How many streams (`m=` lines) have relay ports.
+    pub streams: usize,
+    /// Milliseconds since the last valid packet in either direction (or since both legs had
+    /// sent SDP, when no packet came yet); `None` before either.
+    pub idle_ms: Option<u64>,
 }
 
 /// Creates a [`MediaSession`] for each new call.
