@@ -22,7 +22,7 @@ pub struct Options {
     /// `media.inactivity_secs` (0: off).
     pub media_inactivity_secs: u64,
     /// Relay ports; by default each bridge of the test process gets its own slice of
-    /// 20000-39999, so parallel tests never compete for a port.
+    /// 20000-31999, so parallel tests never compete for a port.
     pub rtp_ports: Option<(u16, u16)>,
 }
 
@@ -49,13 +49,15 @@ pub struct Bridge {
     pub rtp_ports: (u16, u16),
 }
 
-/// Hands each bridge started by this test process its own 400-port slice of 20000-39999.
+/// Hands each bridge started by this test process its own 200-port slice of 20000-31999:
+/// below Linux's ephemeral range (32768-60999), so no test socket bound to port 0 can sit
+/// on a relay port.
 fn next_port_slice() -> (u16, u16) {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slice = NEXT.fetch_add(1, Ordering::Relaxed) % 50;
-    let first = 20000 + slice * 400;
-    (first, first + 399)
+    let slice = NEXT.fetch_add(1, Ordering::Relaxed) % 60;
+    let first = 20000 + slice * 200;
+    (first, first + 199)
 }
 
 impl Bridge {
