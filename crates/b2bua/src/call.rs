@@ -140,14 +140,15 @@ pub struct Call {
 }
 
 impl Call {
+    /// `span` is the call's tracing span (`call{callid=…}`), created when the intent matched.
     pub fn new(
         key: CallKey,
         intent: Intent,
+        span: tracing::Span,
         media: Box<dyn MediaSession>,
         a: LegA,
         b: LegB,
     ) -> Call {
-        let span = tracing::info_span!("call", callid = %intent.callid);
         Call {
             key,
             intent,

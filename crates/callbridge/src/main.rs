@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         }
     }
     init_logging(&config);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +96,15 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Every relay port is a socket: raise the soft open-file limit to the hard one so that the
+/// whole `media.rtp_ports` range fits (1024, the usual soft default, would stop at ~250 calls).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open-file limit"),
+    }
+}
+
 /// Structured logs to stderr: `log.format = "json"` for machines, `"text"` for people;
 /// `log.filter` (or `RUST_LOG`) chooses what is logged. Every call's lines carry its callid.
 fn init_logging(config: &Config) {
@@ -104,8 +114,10 @@ fn init_logging(config: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();

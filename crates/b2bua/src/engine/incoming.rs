@@ -10,6 +10,7 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
 use crate::intent::NoIntent;
+use crate::media::MediaError;
 use crate::outbound::{leg_b_invite, local_response, ALLOW};
 use crate::registry::{CallEvent, EndCause, Party};
 
@@ -170,12 +171,14 @@ impl Engine {
             match media.towards_b(&request.body) {
                 Ok(body) => body,
                 Err(error) => {
-                    return fail(
-                        self,
-                        error.sip_status(),
-                        EndCause::SignallingFailure,
-                        &error.to_string(),
-                    )
+                    let cause = match error {
+                        MediaError::Exhausted => {
+                            self.log_media_exhausted(now);
+                            EndCause::ResourcesExhausted
+                        }
+                        MediaError::Malformed(_) => EndCause::SignallingFailure,
+                    };
+                    return fail(self, error.sip_status(), cause, &error.to_string());
                 }
             }
         };
@@ -212,6 +215,7 @@ impl Engine {
         let call = Call::new(
             key,
             intent,
+            span.clone(),
             media,
             LegA {
                 invite: request,
@@ -273,11 +277,29 @@ impl Engine {
         if call.a.final_sent.is_some() {
             return;
         }
-        let _entered = call.span.clone().entered();
-        tracing::info!("caller cancelled");
+        tracing::info!(parent: &call.span, "caller cancelled");
         self.answer_a_locally(now, key, 487, "Call cancelled by the caller");
         self.cancel_leg_b(now, key);
         self.end_call(now, key, Party::Caller, EndCause::Cancelled);
+    }
+}
+
+impl Engine {
+    /// Relay ports ran out: warn once per burst (at most every 10 s) with how many calls
+    /// were refused since the last warning, instead of once per refused call.
+    fn log_media_exhausted(&mut self, now: Instant) {
+        self.exhausted_since_log += 1;
+        let due = self
+            .exhausted_logged_at
+            .is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 10);
+        if due {
+            tracing::warn!(
+                refused = self.exhausted_since_log,
+                "media ports exhausted (media.rtp_ports); refusing calls with 503"
+            );
+            self.exhausted_logged_at = Some(now);
+            self.exhausted_since_log = 0;
+        }
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Engine {
     /// Call timers, lazily deleted like the transaction layer's (see `Call::timers`).
     timers: BinaryHeap<Reverse<(Instant, CallKey, CallTimer)>>,
     stats: EngineStats,
+    /// Rate limit of the "media ports exhausted" warning.
+    exhausted_logged_at: Option<Instant>,
+    exhausted_since_log: u64,
 }
 
 impl Engine {
@@ -110,6 +113,8 @@ impl Engine {
             by_callid: HashMap::new(),
             timers: BinaryHeap::new(),
             stats: EngineStats::default(),
+            exhausted_logged_at: None,
+            exhausted_since_log: 0,
         }
     }
 

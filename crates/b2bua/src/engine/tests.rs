@@ -34,6 +34,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_media(Arc::new(PassThrough))
+    }
+
+    fn with_media(media: Arc<dyn crate::media::MediaFactory>) -> Harness {
         let control = Arc::new(CallControl::new(
             Duration::from_secs(120),
             Duration::from_secs(300),
@@ -58,7 +62,7 @@ impl Harness {
             },
         };
         Harness {
-            engine: Engine::new(config, control.clone(), Arc::new(PassThrough)),
+            engine: Engine::new(config, control.clone(), media),
             control,
             now: Instant::now(),
         }
@@ -635,5 +639,46 @@ fn media_timeout_hangs_up_both_legs() {
         let tag = if to == phone() { "atag" } else { "btag" };
         h.feed(&answer(&request, 200, tag, ""), to);
     }
+    h.assert_drained();
+}
+
+/// Media that has no ports left.
+struct NoPorts;
+
+impl crate::media::MediaSession for NoPorts {
+    fn towards_b(&mut self, _: &Bytes) -> Result<Bytes, crate::media::MediaError> {
+        Err(crate::media::MediaError::Exhausted)
+    }
+
+    fn towards_a(&mut self, _: &Bytes) -> Result<Bytes, crate::media::MediaError> {
+        Err(crate::media::MediaError::Exhausted)
+    }
+}
+
+impl crate::media::MediaFactory for NoPorts {
+    fn new_session(
+        &self,
+        _: &str,
+    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
+        Ok(Box::new(NoPorts))
+    }
+}
+
+#[test]
+fn media_exhaustion_answers_503_without_leg_b() {
+    let mut h = Harness::with_media(Arc::new(NoPorts));
+    let intent = h.control.make_call(h.now, "1001", "2001", "3001");
+    h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx1", SDP_A), phone());
+    let sent = h.sent();
+    assert_eq!(statuses(&sent, phone()), [100, 503]);
+    assert!(methods(&sent, trunk()).is_empty());
+    assert_eq!(
+        h.control.call(&intent.callid).unwrap().end_cause,
+        Some(EndCause::ResourcesExhausted)
+    );
+    assert_eq!(
+        h.engine.stats().calls_failed.get("resources_exhausted"),
+        Some(&1)
+    );
     h.assert_drained();
 }

@@ -104,11 +104,21 @@ impl PortPool {
     }
 }
 
+/// Receive and send buffer asked of the kernel for each relay socket: room for ~1 s of
+/// 50 packet/s audio bursts many times over, so a scheduling hiccup of the relay task does
+/// not drop packets. (The kernel may grant less; it is a ceiling, not an allocation.)
+const RELAY_SOCKET_BUFFER: usize = 256 * 1024;
+
 fn bind_pair(ip: IpAddr, rtp: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
     let rtp_socket = UdpSocket::bind(SocketAddr::new(ip, rtp))?;
     let rtcp_socket = UdpSocket::bind(SocketAddr::new(ip, rtp + 1))?;
-    rtp_socket.set_nonblocking(true)?;
-    rtcp_socket.set_nonblocking(true)?;
+    for socket in [&rtp_socket, &rtcp_socket] {
+        socket.set_nonblocking(true)?;
+        let raw = socket2::SockRef::from(socket);
+        // Best effort: a smaller buffer still works, it only drops earlier under bursts.
+        let _ = raw.set_recv_buffer_size(RELAY_SOCKET_BUFFER);
+        let _ = raw.set_send_buffer_size(RELAY_SOCKET_BUFFER);
+    }
     Ok((rtp_socket, rtcp_socket))
 }
 
