@@ -8,18 +8,28 @@
 #      that nothing the callee receives names a caller's real number;
 #   5. sends calls with no intent with refused_uac.xml and requires every one to get 403;
 #   6. checks every call record (GET /api/calls/{callid}), /metrics counters, and that
-#      callbridge drains back to no calls, dialogs, transactions or intents.
+#      callbridge drains back to no calls, dialogs, transactions, intents or media ports;
+#   7. media: a few more calls with RTP. The caller (trunk_uac_rtp.xml) plays the RTP of
+#      g711a.pcap after the ACK, the callee (callee_uas_rtp.xml, run with -rtp_echo) echoes it;
+#      each call's record must show packets relayed both ways and both legs latched to SIPp's
+#      media ports, /metrics must count them, and callbridge must drain again (no media ports).
 # Exits non-zero, with the reason and the tails of the logs, on any failure.
 #
-# Usage: sipp-scenarios/run.sh            (needs sipp, from Debian/Ubuntu package sip-tester, and curl)
+# Usage: sipp-scenarios/run.sh            (needs sipp, from Debian/Ubuntu package sip-tester, and curl;
+#                                          the media phase needs root or CAP_NET_RAW: SIPp plays pcaps
+#                                          through a raw socket)
 # Environment (all optional):
 #   SKIP_SIPP=1             skip the whole run (exit 0 with a message)
 #   SIPP_CALLS=300          bridged calls;      SIPP_RATE=50 calls per second
 #   SIPP_REFUSED_CALLS=5    calls with no intent (expects 403)
 #   SIPP_HOLD_MS=500        how long each bridged call stays up
+#   SIPP_MEDIA_CALLS=6      calls with RTP (0 skips the media phase); SIPP_MEDIA_RATE=2 calls per second
+#   SIPP_MEDIA_HOLD_MS=3000 how long each call with RTP stays up (and plays audio)
+#   SIPP_MEDIA_PCAP=/usr/share/sip-tester/g711a.pcap   RTP the callers play (PCMA, as offered)
 #   SIPP_CALLER_TRANSPORT=u1   SIPp transport of the callers (trunk side): u1 = UDP, t1 = TCP
 #   SIPP_SIP_PORT=15060  SIPP_CALLEE_PORT=15080  SIPP_CALLER_PORT=15062  SIPP_API_PORT=18080
-#   SIPP_MEDIA_PORT=16000   SIPp's own media ports (callee, caller = +100, refused = +200)
+#   SIPP_MEDIA_PORT=16000   SIPp's own media ports (callee, caller = +100, refused = +200;
+#                           the media phase reuses the callee's and the caller's)
 #                           ports left unset are shifted together by 100s until all are free
 #   SIPP_RTP_PORTS=30000-31999   callbridge's media.rtp_ports
 #   SIPP_DRAIN_SECS=20      how long callbridge gets to forget calls/transactions at the end
@@ -52,10 +62,40 @@ CALLS=${SIPP_CALLS:-300}
 RATE=${SIPP_RATE:-50}
 REFUSED=${SIPP_REFUSED_CALLS:-5}
 HOLD_MS=${SIPP_HOLD_MS:-500}
+MEDIA_CALLS=${SIPP_MEDIA_CALLS:-6}
+MEDIA_RATE=${SIPP_MEDIA_RATE:-2}
+MEDIA_HOLD_MS=${SIPP_MEDIA_HOLD_MS:-3000}
 DRAIN_SECS=${SIPP_DRAIN_SECS:-20}
 RTP_PORTS=${SIPP_RTP_PORTS:-30000-31999}
 CALLER_TRANSPORT=${SIPP_CALLER_TRANSPORT:-u1}
 HOST=127.0.0.1
+
+# The media phase: SIPp plays the RTP of a pcap, which takes a raw socket.
+if ((MEDIA_CALLS > 0)); then
+    pcap=${SIPP_MEDIA_PCAP:-}
+    if [[ -z $pcap ]]; then
+        for f in /usr/share/sip-tester/g711a.pcap /usr/share/doc/sip-tester/examples/pcap/g711a.pcap \
+            /usr/local/share/sipp/pcap/g711a.pcap; do
+            [[ -r $f ]] && { pcap=$f; break; }
+        done
+    fi
+    if [[ -z $pcap || ! -r $pcap ]]; then
+        echo "sipp-scenarios/run.sh: no RTP pcap to play (g711a.pcap of package sip-tester, or SIPP_MEDIA_PCAP);" >&2
+        echo "  set SIPP_MEDIA_PCAP, or SIPP_MEDIA_CALLS=0 to skip the media phase" >&2
+        exit 1
+    fi
+    # CAP_NET_RAW is bit 13 of the effective capabilities (root has it unless dropped).
+    cap_eff=$(awk '$1 == "CapEff:" { print $2 }' /proc/self/status 2>/dev/null || true)
+    if [[ -n $cap_eff ]] && (((0x$cap_eff >> 13) & 1)); then
+        :
+    elif command -v getcap >/dev/null 2>&1 && getcap "$(command -v sipp)" 2>/dev/null | grep -q cap_net_raw; then
+        :
+    else
+        echo "sipp-scenarios/run.sh: the media phase needs CAP_NET_RAW (SIPp plays pcaps through a raw socket):" >&2
+        echo "  run as root, or setcap cap_net_raw+ep $(command -v sipp), or set SIPP_MEDIA_CALLS=0" >&2
+        exit 1
+    fi
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Ports: explicit values are used as given; the defaults move together in steps of 100 until
@@ -190,7 +230,7 @@ sipp_opts() {
     printf '%s\n' -nostdin -trace_stat -stf "$work/$name.stat.csv" -fd 1 \
         -trace_err -error_file "$work/$name.errors.log" \
         -trace_screen -screen_file "$work/$name.screen.log"
-    if [[ "${SIPP_TRACE:-0}" == 1 || $name == callee ]]; then
+    if [[ "${SIPP_TRACE:-0}" == 1 || $name == *callee ]]; then
         printf '%s\n' -trace_msg -message_file "$work/$name.messages.log"
     fi
 }
@@ -220,22 +260,108 @@ metric_sum() { # family name -> sum over all label sets
 }
 scrape() { curl -sS --max-time 5 -o "$work/metrics.txt" "$api/metrics" || fail "GET /metrics failed"; }
 
+# Starts the callee (the target phone behind the trunk, on the trunk port) for run $1 with
+# scenario $2, exiting after $3 calls or $4 seconds; further arguments go to SIPp.
+start_callee() {
+    local name=$1 scenario=$2 calls=$3 budget=$4
+    shift 4
+    log "starting $(basename "$scenario") on $HOST:$CALLEE_PORT"
+    mapfile -t opts < <(sipp_opts "$name")
+    sipp -sf "$scenario" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_PORT" -t u1 \
+        -m "$calls" -recv_timeout 15000 -timeout "${budget}s" -timeout_error \
+        "$@" "${opts[@]}" >"$work/$name.out" 2>&1 &
+    callee_pid=$!
+    for _ in $(seq 50); do
+        port_busy "$CALLEE_PORT" && break
+        kill -0 "$callee_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$callee_pid" 2>/dev/null || { show_tail "$work/$name.out"; fail "the callee SIPp ($name) did not start"; }
+    command -v ss >/dev/null 2>&1 || sleep 1
+}
+# The callee of run $1 exits by itself once it has seen $2 calls through (4 s timewait each).
+# Then checks what the target saw: every B-leg INVITE dialled a callee number (3xxxxx), and
+# nothing it received names a user's real number (telnums are 1xxxxx; dedicated 2xxxxx).
+finish_callee() {
+    local name=$1 calls=$2 rc=0 invites leak
+    log "waiting for the callee SIPp ($name) to finish its calls"
+    for _ in $(seq 300); do
+        kill -0 "$callee_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$callee_pid" 2>/dev/null; then
+        fail "the callee SIPp ($name) is still running 30 s after the callers finished: $(stat_summary "$work/$name.stat.csv")"
+    fi
+    wait "$callee_pid" || rc=$?
+    callee_pid=""
+    check_sipp "$name" "$rc" "$calls"
+    invites=$(grep -cE '^INVITE sip:3[0-9]{5}@' "$work/$name.messages.log" || true)
+    [[ $invites -ge $calls ]] || fail "the callee ($name) received $invites INVITEs for 3xxxxx numbers, expected $calls"
+    if leak=$(grep -nE '(sip:|tel:|[<:;= ])1[0-9]{5}@' "$work/$name.messages.log" | head -n 5) && [[ -n $leak ]]; then
+        fail "leg B reveals a caller's real number (telnum): $leak"
+    fi
+}
+
+# Registers one intent per row of SIPp CSV $1 ("telnum;dedicated;callee", $3 rows) with
+# POST /api/user/{telnum}/makecall, and writes the callids, in order, to $2.
+# One curl process, one kept-alive connection, one POST per user; each answer is followed by
+# a line "@@<status>".
+make_intents() {
+    local csv=$1 ids=$2 n=$3
+    log "registering $n intents"
+    {
+        sep=""
+        tail -n +2 "$csv" | while IFS=';' read -r tel ded tgt; do
+            printf '%s' "$sep"
+            sep=$'next\n'
+            printf 'url = "%s/api/user/%s/makecall"\nrequest = "POST"\n' "$api" "$tel"
+            printf 'header = "content-type: application/json"\nmax-time = 5\n'
+            printf 'data = "{\\"caller\\":\\"%s\\",\\"callee\\":\\"%s\\"}"\n' "$ded" "$tgt"
+            printf 'write-out = "\\n@@%%{http_code}\\n"\n'
+        done
+    } >"$work/makecall.curl"
+    curl -sS -K "$work/makecall.curl" >"$work/makecall.out" || fail "makecall: curl failed"
+    rm -f "$ids"
+    awk -v want="$n" -v ids="$ids" '
+        /^@@[0-9]+$/ {
+            n++
+            if ($0 != "@@200") { printf "makecall #%d answered %s: %s\n", n, substr($0, 3), body; bad = 1; exit }
+            id = body; sub(/.*"callid"[ \t]*:[ \t]*"/, "", id); sub(/".*/, "", id)
+            if (id == "" || id == body) { printf "makecall #%d: no callid in %s\n", n, body; bad = 1; exit }
+            print id > ids
+            body = ""; next
+        }
+        { body = body $0 }
+        END { if (!bad && n != want) { printf "%d makecall answers, expected %d\n", n, want; bad = 1 } exit bad }
+    ' "$work/makecall.out" >"$work/makecall.check" || fail "$(cat "$work/makecall.check")"
+    scrape
+    [[ $(metric callbridge_intents_pending) == "$n" ]] ||
+        fail "callbridge_intents_pending is $(metric callbridge_intents_pending) after $n makecalls"
+}
+
+# What callbridge still holds, from the last scrape; and waiting until it holds nothing.
+held() {
+    printf 'active_calls=%s dialogs=%s transactions(client)=%s transactions(server)=%s intents=%s media_ports=%s' \
+        "$(metric callbridge_active_calls)" "$(metric callbridge_sip_dialogs)" \
+        "$(metric 'callbridge_sip_transactions{kind="client"}')" \
+        "$(metric 'callbridge_sip_transactions{kind="server"}')" \
+        "$(metric callbridge_intents_pending)" "$(metric callbridge_media_ports_in_use)"
+}
+drained="active_calls=0 dialogs=0 transactions(client)=0 transactions(server)=0 intents=0 media_ports=0"
+wait_drained() {
+    local t0=$SECONDS
+    for _ in $(seq $((DRAIN_SECS * 2))); do
+        scrape
+        [[ $(held) == "$drained" ]] && break
+        sleep 0.5
+    done
+    [[ $(held) == "$drained" ]] || fail "callbridge still holds state ${DRAIN_SECS} s after the last call: $(held)"
+    log "callbridge drained in $((SECONDS - t0)) s: $(held)"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The callee (target phone behind the trunk): answers every B-leg INVITE, exits after CALLS calls.
-callee_budget=$((CALLS / RATE + HOLD_MS / 1000 + 60))
-log "starting callee_uas.xml on $HOST:$CALLEE_PORT"
-mapfile -t opts < <(sipp_opts callee)
-sipp -sf "$here/callee_uas.xml" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_PORT" -t u1 \
-    -m "$CALLS" -recv_timeout 15000 -timeout "${callee_budget}s" -timeout_error \
-    "${opts[@]}" >"$work/callee.out" 2>&1 &
-callee_pid=$!
-for _ in $(seq 50); do
-    port_busy "$CALLEE_PORT" && break
-    kill -0 "$callee_pid" 2>/dev/null || break
-    sleep 0.1
-done
-kill -0 "$callee_pid" 2>/dev/null || { show_tail "$work/callee.out"; fail "the callee SIPp did not start"; }
-command -v ss >/dev/null 2>&1 || sleep 1
+start_callee callee "$here/callee_uas.xml" "$CALLS" $((CALLS / RATE + HOLD_MS / 1000 + 60))
 
 # ---------------------------------------------------------------------------------------------
 # Intents: one per user. telnum 100000+i dials dedicated 200000+i to reach 300000+i.
@@ -245,36 +371,7 @@ echo SEQUENTIAL >"$csv"
 for ((i = 0; i < CALLS; i++)); do
     echo "$((100000 + i));$((200000 + i));$((300000 + i))" >>"$csv"
 done
-# One curl process, one kept-alive connection, one POST per user; each answer is followed by
-# a line "@@<status>".
-log "registering $CALLS intents"
-{
-    sep=""
-    tail -n +2 "$csv" | while IFS=';' read -r tel ded tgt; do
-        printf '%s' "$sep"
-        sep=$'next\n'
-        printf 'url = "%s/api/user/%s/makecall"\nrequest = "POST"\n' "$api" "$tel"
-        printf 'header = "content-type: application/json"\nmax-time = 5\n'
-        printf 'data = "{\\"caller\\":\\"%s\\",\\"callee\\":\\"%s\\"}"\n' "$ded" "$tgt"
-        printf 'write-out = "\\n@@%%{http_code}\\n"\n'
-    done
-} >"$work/makecall.curl"
-curl -sS -K "$work/makecall.curl" >"$work/makecall.out" || fail "makecall: curl failed"
-awk -v want="$CALLS" -v ids="$ids" '
-    /^@@[0-9]+$/ {
-        n++
-        if ($0 != "@@200") { printf "makecall #%d answered %s: %s\n", n, substr($0, 3), body; bad = 1; exit }
-        id = body; sub(/.*"callid"[ \t]*:[ \t]*"/, "", id); sub(/".*/, "", id)
-        if (id == "" || id == body) { printf "makecall #%d: no callid in %s\n", n, body; bad = 1; exit }
-        print id > ids
-        body = ""; next
-    }
-    { body = body $0 }
-    END { if (!bad && n != want) { printf "%d makecall answers, expected %d\n", n, want; bad = 1 } exit bad }
-' "$work/makecall.out" >"$work/makecall.check" || fail "$(cat "$work/makecall.check")"
-scrape
-[[ $(metric callbridge_intents_pending) == "$CALLS" ]] ||
-    fail "callbridge_intents_pending is $(metric callbridge_intents_pending) after $CALLS makecalls"
+make_intents "$csv" "$ids" "$CALLS"
 
 # ---------------------------------------------------------------------------------------------
 # The bridged calls.
@@ -288,27 +385,7 @@ sipp "$HOST:$SIP_PORT" -sf "$here/trunk_uac.xml" -inf "$csv" -i "$HOST" -p "$CAL
     "${opts[@]}" >"$work/caller.out" 2>&1 || rc=$?
 check_sipp caller "$rc" "$CALLS"
 
-# The callee exits by itself once it has seen CALLS calls through (4 s timewait each).
-log "waiting for the callee SIPp to finish its calls"
-for _ in $(seq 300); do
-    kill -0 "$callee_pid" 2>/dev/null || break
-    sleep 0.1
-done
-if kill -0 "$callee_pid" 2>/dev/null; then
-    fail "the callee SIPp is still running 30 s after the callers finished: $(stat_summary "$work/callee.stat.csv")"
-fi
-rc=0
-wait "$callee_pid" || rc=$?
-callee_pid=""
-check_sipp callee "$rc" "$CALLS"
-
-# What the target saw: every B-leg INVITE dialled the callee number, and nothing it received
-# names a user's real number (telnums are 1xxxxx; dedicated 2xxxxx; callees 3xxxxx).
-invites=$(grep -cE '^INVITE sip:3[0-9]{5}@' "$work/callee.messages.log" || true)
-[[ $invites -ge $CALLS ]] || fail "the callee received $invites INVITEs for 3xxxxx numbers, expected $CALLS"
-if leak=$(grep -nE '(sip:|tel:|[<:;= ])1[0-9]{5}@' "$work/callee.messages.log" | head -n 5) && [[ -n $leak ]]; then
-    fail "leg B reveals a caller's real number (telnum): $leak"
-fi
+finish_callee callee "$CALLS"
 
 # ---------------------------------------------------------------------------------------------
 # Calls with no intent: one whose intent was already used, the rest never registered.
@@ -361,22 +438,114 @@ log "metrics: bridged=$bridged refused=$refused failed=$failed"
 [[ $refused == "$REFUSED" ]] || fail "callbridge_calls_refused_total sums to $refused, expected $REFUSED"
 [[ $failed == 0 ]] || fail "callbridge_calls_failed_total sums to $failed, expected 0"
 
-held() {
-    printf 'active_calls=%s dialogs=%s transactions(client)=%s transactions(server)=%s intents=%s' \
-        "$(metric callbridge_active_calls)" "$(metric callbridge_sip_dialogs)" \
-        "$(metric 'callbridge_sip_transactions{kind="client"}')" \
-        "$(metric 'callbridge_sip_transactions{kind="server"}')" \
-        "$(metric callbridge_intents_pending)"
-}
-drained="active_calls=0 dialogs=0 transactions(client)=0 transactions(server)=0 intents=0"
-for _ in $(seq $((DRAIN_SECS * 2))); do
+wait_drained
+
+# ---------------------------------------------------------------------------------------------
+# Media: calls with RTP through callbridge's relay. The caller plays g711a.pcap (PCMA, 30 ms
+# packets) from its media port to the relay port in callbridge's 200; the callee (-rtp_echo)
+# sends every packet back to the relay port it came from. Each call's record must count packets
+# both ways and show both legs latched to SIPp's media ports.
+media_summary=""
+if ((MEDIA_CALLS > 0)); then
+    # trunk_uac_rtp.xml plays "g711a.pcap": SIPp 3.6 looks for it next to the scenario, older
+    # versions in the working directory. The work dir is both.
+    ln -sf "$pcap" "$work/g711a.pcap"
+    cp "$here/trunk_uac_rtp.xml" "$work/trunk_uac_rtp.xml"
+    mcsv=$work/media_calls.csv
+    mids=$work/media_callids.txt
+    echo SEQUENTIAL >"$mcsv"
+    for ((i = CALLS; i < CALLS + MEDIA_CALLS; i++)); do
+        echo "$((100000 + i));$((200000 + i));$((300000 + i))" >>"$mcsv"
+    done
+    start_callee media_callee "$here/callee_uas_rtp.xml" "$MEDIA_CALLS" \
+        $((MEDIA_CALLS / MEDIA_RATE + MEDIA_HOLD_MS / 1000 + 60)) -rtp_echo
+    make_intents "$mcsv" "$mids" "$MEDIA_CALLS"
+
+    media_budget=$((MEDIA_CALLS / MEDIA_RATE + MEDIA_HOLD_MS / 1000 + 45))
+    log "trunk_uac_rtp.xml: $MEDIA_CALLS calls with RTP at $MEDIA_RATE/s, held ${MEDIA_HOLD_MS} ms, playing $pcap"
+    mapfile -t opts < <(sipp_opts media_caller)
+    rc=0
+    (cd "$work" && exec sipp "$HOST:$SIP_PORT" -sf "$work/trunk_uac_rtp.xml" -inf "$mcsv" -i "$HOST" \
+        -p "$CALLER_PORT" -mp "$((MEDIA_PORT + 100))" -t "$CALLER_TRANSPORT" -m "$MEDIA_CALLS" \
+        -r "$MEDIA_RATE" -d "$MEDIA_HOLD_MS" -l "$MEDIA_CALLS" \
+        -recv_timeout 15000 -timeout "${media_budget}s" -timeout_error \
+        "${opts[@]}" >"$work/media_caller.out" 2>&1) || rc=$?
+    check_sipp media_caller "$rc" "$MEDIA_CALLS"
+    finish_callee media_callee "$MEDIA_CALLS"
+    # Calls publish their media counters about once a second, and the final ones when they are
+    # forgotten: once callbridge has drained, the records hold the final counts.
+    wait_drained
+
+    # Every call: ended normally, packets relayed both ways, leg A latched to the caller's media
+    # port and leg B to the callee's. Prints "callid a_to_b b_to_a dropped_a dropped_b" per call.
+    sed "s|^|url = \"$api/api/calls/|; s|\$|\"|" "$mids" >"$work/media_records.curl"
+    check_media_records() {
+        curl -sS --max-time 10 -w '\n@@%{http_code}\n' -K "$work/media_records.curl" \
+            >"$work/media_records.out" || { echo "GET /api/calls/{callid}: curl failed"; return 1; }
+        awk -v want="$MEDIA_CALLS" -v la="$HOST:$((MEDIA_PORT + 100))" -v lb="$HOST:$MEDIA_PORT" '
+            function obj(rec, key) { # the flat JSON object that is the value of key, or ""
+                return match(rec, "\"" key "\":[{][^{}]*[}]") ? substr(rec, RSTART, RLENGTH) : ""
+            }
+            function val(rec, key) { # a number, string or null value of key, without quotes
+                if (!match(rec, "\"" key "\":(\"[^\"]*\"|[0-9]+|null)")) return ""
+                v = substr(rec, RSTART + length(key) + 3, RLENGTH - length(key) - 3)
+                gsub(/"/, "", v)
+                return v
+            }
+            /^@@[0-9]+$/ {
+                n++; rec = body; body = ""
+                gsub(/[ \t]/, "", rec)
+                a = obj(rec, "a_to_b"); b = obj(rec, "b_to_a")
+                why = ""
+                if ($0 != "@@200") why = "status " substr($0, 3)
+                else if (rec !~ /"state":"ended"/) why = "state is not ended"
+                else if (rec !~ /"leg_a_code":200[,}]/) why = "leg_a_code is not 200"
+                else if (a == "" || b == "") why = "no media counters (media.a_to_b, media.b_to_a)"
+                else if (val(a, "packets") + 0 <= 0) why = "no packets relayed from leg A to leg B"
+                else if (val(b, "packets") + 0 <= 0) why = "no packets relayed from leg B to leg A (echo)"
+                else if (val(rec, "latched_a") != la) why = "leg A latched to " val(rec, "latched_a") ", expected " la
+                else if (val(rec, "latched_b") != lb) why = "leg B latched to " val(rec, "latched_b") ", expected " lb
+                if (why != "") { printf "media call record #%d: %s: %s\n", n, why, rec; bad = 1; exit }
+                printf "%s %d %d %d %d\n", val(rec, "callid"), val(a, "packets"), val(b, "packets"),
+                    val(a, "dropped"), val(b, "dropped")
+                next
+            }
+            { body = body $0 }
+            END { if (!bad && n != want) { printf "%d media call records, expected %d\n", n, want; bad = 1 } exit bad }
+        ' "$work/media_records.out"
+    }
+    log "checking the media of $MEDIA_CALLS call records"
+    for _ in $(seq 20); do
+        check_media_records >"$work/media_records.check" && break
+        sleep 0.5
+    done
+    check_media_records >"$work/media_records.check" || fail "$(tail -n 1 "$work/media_records.check")"
+    while read -r id a_b b_a drop_a drop_b; do
+        log "  call $id: A->B $a_b packets, B->A $b_a packets (dropped $drop_a / $drop_b)"
+    done <"$work/media_records.check"
+    log "sample media record: $(head -n 1 "$mids" | xargs -I{} curl -sS --max-time 5 "$api/api/calls/{}" | tr -d '\n')"
+    media_sum=$(awk '{ s += $2 + $3 } END { print s + 0 }' "$work/media_records.check")
+
     scrape
-    [[ $(held) == "$drained" ]] && break
-    sleep 0.5
-done
-[[ $(held) == "$drained" ]] || fail "callbridge still holds state ${DRAIN_SECS} s after the last call: $(held)"
-log "callbridge drained: $(held)"
+    relayed=$(metric callbridge_media_packets_relayed_total)
+    log "metrics: media_packets_relayed=$relayed (the records sum to $media_sum)" \
+        "media_packets_dropped=$(metric callbridge_media_packets_dropped_total)" \
+        "media_ports_in_use=$(metric callbridge_media_ports_in_use)" \
+        "bridged=$(metric callbridge_calls_bridged_total)"
+    [[ $relayed =~ ^[0-9]+$ && $relayed -gt 0 ]] ||
+        fail "callbridge_media_packets_relayed_total is $relayed after $MEDIA_CALLS calls with RTP"
+    # Only these calls carried RTP, and their records are final: the two counts must agree.
+    [[ $relayed == "$media_sum" ]] ||
+        fail "callbridge_media_packets_relayed_total is $relayed, but the media call records sum to $media_sum"
+    [[ $(metric callbridge_media_ports_in_use) == 0 ]] ||
+        fail "callbridge_media_ports_in_use is $(metric callbridge_media_ports_in_use) after the calls ended"
+    [[ $(metric callbridge_calls_bridged_total) == $((CALLS + MEDIA_CALLS)) ]] ||
+        fail "callbridge_calls_bridged_total is $(metric callbridge_calls_bridged_total), expected $((CALLS + MEDIA_CALLS))"
+    [[ $(metric_sum callbridge_calls_failed_total) == 0 ]] ||
+        fail "callbridge_calls_failed_total sums to $(metric_sum callbridge_calls_failed_total), expected 0"
+    media_summary=", $MEDIA_CALLS with RTP ($relayed packets relayed)"
+fi
 
 kill -0 "$cb_pid" 2>/dev/null || fail "callbridge is no longer running"
 ok=1
-log "PASS: $CALLS bridged, $REFUSED refused, in $((SECONDS - started)) s"
+log "PASS: $CALLS bridged, $REFUSED refused$media_summary, in $((SECONDS - started)) s"
