@@ -12,6 +12,11 @@
 //!     --callbridge target/release/callbridge --calls 200 --seconds 10 --pps 50
 //! ```
 //!
+//! With `--rtpengine PATH` instead of `--callbridge PATH`, the same streams go through
+//! rtpengine (userspace forwarding, `--table=-1`), set up over its `ng` control protocol with an
+//! offer and an answer per call, so both relays are measured by the same generator in the same
+//! conditions (the reference of the benchmark issue).
+//!
 //! Self-contained on purpose (no sip-tests dependency): SIP is written as text and read back with
 //! `sip_core::Message::parse`; HTTP is a bare HTTP/1.1 exchange over a TcpStream.
 
@@ -40,6 +45,9 @@ const DRAIN: Duration = Duration::from_millis(1000);
 #[derive(Clone, Debug)]
 struct Args {
     callbridge: String,
+    /// rtpengine binary: measure it instead of callbridge.
+    rtpengine: String,
+    ng_port: u16,
     calls: usize,
     seconds: f64,
     pps: u32,
@@ -56,7 +64,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: media_load --callbridge PATH [--calls N=50] [--seconds S=10] [--pps P=50]\n\
+        "usage: media_load (--callbridge PATH | --rtpengine PATH [--ng-port 22222]) [--calls N=50] [--seconds S=10] [--pps P=50]\n\
          \x20      [--sip-port 25060] [--api-port 28080] [--rtp-ports 12000-19999]\n\
          \x20      [--slots 10] [--threads 2] [--log /tmp/media_load-callbridge.log]\n\
          \x20      [--log-filter info]"
@@ -67,6 +75,8 @@ fn usage() -> ! {
 fn parse_args() -> Args {
     let mut args = Args {
         callbridge: String::new(),
+        rtpengine: String::new(),
+        ng_port: 22222,
         calls: 50,
         seconds: 10.0,
         pps: 50,
@@ -90,6 +100,8 @@ fn parse_args() -> Args {
         };
         match flag.as_str() {
             "--callbridge" => args.callbridge = value(),
+            "--rtpengine" => args.rtpengine = value(),
+            "--ng-port" => args.ng_port = value().parse().unwrap_or_else(|_| bad(&flag)),
             "--calls" => args.calls = value().parse().unwrap_or_else(|_| bad(&flag)),
             "--seconds" => args.seconds = value().parse().unwrap_or_else(|_| bad(&flag)),
             "--pps" => args.pps = value().parse().unwrap_or_else(|_| bad(&flag)),
@@ -107,7 +119,11 @@ fn parse_args() -> Args {
             }
         }
     }
-    if args.callbridge.is_empty() || args.calls == 0 || args.pps == 0 || args.slots == 0 {
+    if args.callbridge.is_empty() == args.rtpengine.is_empty()
+        || args.calls == 0
+        || args.pps == 0
+        || args.slots == 0
+    {
         usage()
     }
     args
@@ -496,6 +512,172 @@ async fn setup_call(
     Ok(call)
 }
 
+/// Streams RTP both ways through the relay for every call and prints loss, latency and the
+/// relay process's CPU per packet. `pid` is the relay's process.
+async fn stream(args: &Args, calls: &[Call], pid: &str, server: &str) -> Result<(), String> {
+    // Streaming.
+    let base = Instant::now();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let per_socket = (args.seconds * f64::from(args.pps)) as usize + 16;
+    let mut receivers = Vec::with_capacity(calls.len() * 2);
+    for call in calls {
+        receivers.push(tokio::spawn(receive(
+            call.callee_rtp.clone(),
+            0,
+            base,
+            stop_rx.clone(),
+            per_socket,
+        )));
+        receivers.push(tokio::spawn(receive(
+            call.phone_rtp.clone(),
+            1,
+            base,
+            stop_rx.clone(),
+            per_socket,
+        )));
+    }
+    let targets: Vec<(Arc<UdpSocket>, SocketAddr, Arc<UdpSocket>, SocketAddr)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.phone_rtp.clone(),
+                c.relay_for_phone,
+                c.callee_rtp.clone(),
+                c.relay_for_callee,
+            )
+        })
+        .collect();
+    let slots = args.slots as usize;
+    let tick = Duration::from_secs_f64(1.0 / (f64::from(args.pps) * f64::from(args.slots)));
+    let total_ticks = (args.seconds * f64::from(args.pps)) as u64 * u64::from(args.slots);
+
+    let cpu_cb0 = cpu_seconds(pid)?;
+    let cpu_tool0 = cpu_seconds("self")?;
+    let load0 = loadavg();
+    let wall0 = Instant::now();
+    let sender = tokio::spawn(async move {
+        let mut sent = [0u64; 2];
+        let mut send_errors = 0u64;
+        let mut late_ticks = 0u64;
+        let mut packet = [0u8; RTP_HEADER + PAYLOAD];
+        for (i, b) in packet[RTP_HEADER..].iter_mut().enumerate() {
+            *b = 0xFF ^ (i as u8);
+        }
+        let mut interval = tokio::time::interval(tick);
+        // Burst: a late tick is caught up, so the offered rate stays pps on average.
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        for k in 0..total_ticks {
+            let scheduled = interval.tick().await;
+            if scheduled.elapsed() > tick {
+                late_ticks += 1;
+            }
+            let slot = (k % slots as u64) as usize;
+            let seq = (k / slots as u64) as u16;
+            for (i, (phone_rtp, to_a, callee_rtp, to_b)) in
+                targets.iter().enumerate().skip(slot).step_by(slots)
+            {
+                let now = base.elapsed().as_nanos() as u64;
+                fill_rtp(&mut packet, seq, (i as u32) << 1, now);
+                match phone_rtp.try_send_to(&packet, *to_a) {
+                    Ok(_) => sent[0] += 1,
+                    Err(_) => send_errors += 1,
+                }
+                let now = base.elapsed().as_nanos() as u64;
+                fill_rtp(&mut packet, seq, ((i as u32) << 1) | 1, now);
+                match callee_rtp.try_send_to(&packet, *to_b) {
+                    Ok(_) => sent[1] += 1,
+                    Err(_) => send_errors += 1,
+                }
+            }
+        }
+        (sent, send_errors, late_ticks)
+    });
+    let (sent, send_errors, late_ticks) = sender.await.map_err(|e| e.to_string())?;
+    let send_wall = wall0.elapsed();
+    tokio::time::sleep(DRAIN).await;
+    let _ = stop.send(true);
+    let cpu_cb1 = cpu_seconds(pid)?;
+    let cpu_tool1 = cpu_seconds("self")?;
+    let wall = wall0.elapsed();
+    let load1 = loadavg();
+
+    let mut received = [0u64; 2];
+    let mut out_of_order = [0u64; 2];
+    let mut latencies: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    for r in receivers {
+        let s = r.await.map_err(|e| e.to_string())?;
+        received[s.direction] += s.received;
+        out_of_order[s.direction] += s.out_of_order;
+        latencies[s.direction].extend_from_slice(&s.latencies_us);
+    }
+
+    let cb_cpu = cpu_cb1 - cpu_cb0;
+    let tool_cpu = cpu_tool1 - cpu_tool0;
+    let total_sent = sent[0] + sent[1];
+    let total_received = received[0] + received[1];
+    let mut all: Vec<u32> = latencies.iter().flatten().copied().collect();
+    all.sort_unstable();
+    for l in &mut latencies {
+        l.sort_unstable();
+    }
+
+    println!();
+    println!(
+        "calls {}  pps/direction/call {}  seconds {:.1} (sending took {:.2?}; late ticks {}/{})",
+        calls.len(),
+        args.pps,
+        args.seconds,
+        send_wall,
+        late_ticks,
+        total_ticks
+    );
+    for (d, name) in ["phone->callee", "callee->phone"].iter().enumerate() {
+        let lost = sent[d].saturating_sub(received[d]);
+        println!(
+            "  {name}: sent {}  received {}  lost {} ({:.3} %)  out-of-order {}  latency p50 {} us  p99 {} us  max {} us",
+            sent[d],
+            received[d],
+            lost,
+            100.0 * lost as f64 / sent[d].max(1) as f64,
+            out_of_order[d],
+            percentile(&latencies[d], 0.50),
+            percentile(&latencies[d], 0.99),
+            latencies[d].last().copied().unwrap_or(0),
+        );
+    }
+    println!("  send errors (tool side): {send_errors}");
+    println!(
+        "packets sent {}  relayed (received) {}  lost {} ({:.3} %)",
+        total_sent,
+        total_received,
+        total_sent.saturating_sub(total_received),
+        100.0 * total_sent.saturating_sub(total_received) as f64 / total_sent.max(1) as f64
+    );
+    println!(
+        "latency (both directions) p50 {} us  p99 {} us  p99.9 {} us  max {} us",
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+        percentile(&all, 0.999),
+        all.last().copied().unwrap_or(0)
+    );
+    println!(
+        "{server} CPU {:.2} s over {:.2?} wall ({:.0} % of one core)",
+        cb_cpu,
+        wall,
+        100.0 * cb_cpu / wall.as_secs_f64()
+    );
+    println!(
+        "{server}: PACKETS RELAYED PER CPU-SECOND: {:.0}",
+        total_received as f64 / cb_cpu.max(0.01)
+    );
+    println!(
+        "tool CPU {:.2} s ({:.0} % of one core); loadavg before [{load0}] after [{load1}]",
+        tool_cpu,
+        100.0 * tool_cpu / wall.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// A request from the phone inside leg A's dialog.
 fn in_dialog_a(
     call: &Call,
@@ -640,6 +822,9 @@ async fn media_metrics(api: SocketAddr) -> Vec<String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if !args.rtpengine.is_empty() {
+        return run_rtpengine(args).await;
+    }
     let sip: SocketAddr = format!("127.0.0.1:{}", args.sip_port)
         .parse()
         .map_err(|e| format!("{e}"))?;
@@ -729,167 +914,10 @@ async fn run(args: Args) -> Result<(), String> {
     // Let setup stragglers (retransmission timers, logs) settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Streaming.
-    let base = Instant::now();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let per_socket = (args.seconds * f64::from(args.pps)) as usize + 16;
-    let mut receivers = Vec::with_capacity(calls.len() * 2);
-    for call in &calls {
-        receivers.push(tokio::spawn(receive(
-            call.callee_rtp.clone(),
-            0,
-            base,
-            stop_rx.clone(),
-            per_socket,
-        )));
-        receivers.push(tokio::spawn(receive(
-            call.phone_rtp.clone(),
-            1,
-            base,
-            stop_rx.clone(),
-            per_socket,
-        )));
-    }
-    let targets: Vec<(Arc<UdpSocket>, SocketAddr, Arc<UdpSocket>, SocketAddr)> = calls
-        .iter()
-        .map(|c| {
-            (
-                c.phone_rtp.clone(),
-                c.relay_for_phone,
-                c.callee_rtp.clone(),
-                c.relay_for_callee,
-            )
-        })
-        .collect();
-    let slots = args.slots as usize;
-    let tick = Duration::from_secs_f64(1.0 / (f64::from(args.pps) * f64::from(args.slots)));
-    let total_ticks = (args.seconds * f64::from(args.pps)) as u64 * u64::from(args.slots);
-
     let cpu_cb0 = cpu_seconds(&pid)?;
-    let cpu_tool0 = cpu_seconds("self")?;
-    let load0 = loadavg();
-    let wall0 = Instant::now();
-    let sender = tokio::spawn(async move {
-        let mut sent = [0u64; 2];
-        let mut send_errors = 0u64;
-        let mut late_ticks = 0u64;
-        let mut packet = [0u8; RTP_HEADER + PAYLOAD];
-        for (i, b) in packet[RTP_HEADER..].iter_mut().enumerate() {
-            *b = 0xFF ^ (i as u8);
-        }
-        let mut interval = tokio::time::interval(tick);
-        // Burst: a late tick is caught up, so the offered rate stays pps on average.
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for k in 0..total_ticks {
-            let scheduled = interval.tick().await;
-            if scheduled.elapsed() > tick {
-                late_ticks += 1;
-            }
-            let slot = (k % slots as u64) as usize;
-            let seq = (k / slots as u64) as u16;
-            for (i, (phone_rtp, to_a, callee_rtp, to_b)) in
-                targets.iter().enumerate().skip(slot).step_by(slots)
-            {
-                let now = base.elapsed().as_nanos() as u64;
-                fill_rtp(&mut packet, seq, (i as u32) << 1, now);
-                match phone_rtp.try_send_to(&packet, *to_a) {
-                    Ok(_) => sent[0] += 1,
-                    Err(_) => send_errors += 1,
-                }
-                let now = base.elapsed().as_nanos() as u64;
-                fill_rtp(&mut packet, seq, ((i as u32) << 1) | 1, now);
-                match callee_rtp.try_send_to(&packet, *to_b) {
-                    Ok(_) => sent[1] += 1,
-                    Err(_) => send_errors += 1,
-                }
-            }
-        }
-        (sent, send_errors, late_ticks)
-    });
-    let (sent, send_errors, late_ticks) = sender.await.map_err(|e| e.to_string())?;
-    let send_wall = wall0.elapsed();
-    tokio::time::sleep(DRAIN).await;
-    let _ = stop.send(true);
-    let cpu_cb1 = cpu_seconds(&pid)?;
-    let cpu_tool1 = cpu_seconds("self")?;
-    let wall = wall0.elapsed();
-    let load1 = loadavg();
-
-    let mut received = [0u64; 2];
-    let mut out_of_order = [0u64; 2];
-    let mut latencies: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
-    for r in receivers {
-        let s = r.await.map_err(|e| e.to_string())?;
-        received[s.direction] += s.received;
-        out_of_order[s.direction] += s.out_of_order;
-        latencies[s.direction].extend_from_slice(&s.latencies_us);
-    }
+    let report = stream(&args, &calls, &pid, "callbridge").await?;
+    let _ = cpu_cb0;
     let metrics_after = media_metrics(api).await;
-
-    let cb_cpu = cpu_cb1 - cpu_cb0;
-    let tool_cpu = cpu_tool1 - cpu_tool0;
-    let total_sent = sent[0] + sent[1];
-    let total_received = received[0] + received[1];
-    let mut all: Vec<u32> = latencies.iter().flatten().copied().collect();
-    all.sort_unstable();
-    for l in &mut latencies {
-        l.sort_unstable();
-    }
-
-    println!();
-    println!(
-        "calls {}  pps/direction/call {}  seconds {:.1} (sending took {:.2?}; late ticks {}/{})",
-        calls.len(),
-        args.pps,
-        args.seconds,
-        send_wall,
-        late_ticks,
-        total_ticks
-    );
-    for (d, name) in ["phone->callee", "callee->phone"].iter().enumerate() {
-        let lost = sent[d].saturating_sub(received[d]);
-        println!(
-            "  {name}: sent {}  received {}  lost {} ({:.3} %)  out-of-order {}  latency p50 {} us  p99 {} us  max {} us",
-            sent[d],
-            received[d],
-            lost,
-            100.0 * lost as f64 / sent[d].max(1) as f64,
-            out_of_order[d],
-            percentile(&latencies[d], 0.50),
-            percentile(&latencies[d], 0.99),
-            latencies[d].last().copied().unwrap_or(0),
-        );
-    }
-    println!("  send errors (tool side): {send_errors}");
-    println!(
-        "packets sent {}  relayed (received) {}  lost {} ({:.3} %)",
-        total_sent,
-        total_received,
-        total_sent.saturating_sub(total_received),
-        100.0 * total_sent.saturating_sub(total_received) as f64 / total_sent.max(1) as f64
-    );
-    println!(
-        "latency (both directions) p50 {} us  p99 {} us  p99.9 {} us  max {} us",
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
-        all.last().copied().unwrap_or(0)
-    );
-    println!(
-        "callbridge CPU {:.2} s over {:.2?} wall ({:.0} % of one core)",
-        cb_cpu,
-        wall,
-        100.0 * cb_cpu / wall.as_secs_f64()
-    );
-    println!(
-        "PACKETS RELAYED PER CPU-SECOND: {:.0}",
-        total_received as f64 / cb_cpu.max(0.01)
-    );
-    println!(
-        "tool CPU {:.2} s ({:.0} % of one core); loadavg before [{load0}] after [{load1}]",
-        tool_cpu,
-        100.0 * tool_cpu / wall.as_secs_f64()
-    );
     println!(
         "callbridge media metrics before: {}",
         metrics_before.join("; ")
@@ -898,6 +926,7 @@ async fn run(args: Args) -> Result<(), String> {
         "callbridge media metrics after:  {}",
         metrics_after.join("; ")
     );
+    let _ = report;
 
     // Hang up.
     let hangup_start = Instant::now();
@@ -935,6 +964,221 @@ async fn run(args: Args) -> Result<(), String> {
     );
     for line in notable.iter().take(5) {
         println!("  {line}");
+    }
+    Ok(())
+}
+
+// ----- rtpengine (the reference relay) ---------------------------------------------------------
+
+/// A bencoded `ng` request: `cookie d<key><value>...e` with string values.
+fn ng_request(cookie: &str, pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = format!("{cookie} d").into_bytes();
+    for (key, value) in pairs {
+        out.extend_from_slice(format!("{}:{key}{}:", key.len(), value.len()).as_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.push(b'e');
+    out
+}
+
+/// The string value of `key` in a bencoded `ng` reply (flat dictionaries of strings are all
+/// this tool reads: `result`, `sdp`, `error-reason`).
+fn ng_value(reply: &[u8], key: &str) -> Option<String> {
+    let needle = format!("{}:{key}", key.len());
+    let text = String::from_utf8_lossy(reply);
+    let at = text.find(&needle)? + needle.len();
+    let rest = &text[at..];
+    let colon = rest.find(':')?;
+    let len: usize = rest[..colon].parse().ok()?;
+    rest.get(colon + 1..colon + 1 + len).map(str::to_owned)
+}
+
+async fn ng(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    cookie: &str,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<u8>, String> {
+    socket
+        .send_to(&ng_request(cookie, pairs), to)
+        .await
+        .map_err(|e| format!("ng send: {e}"))?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (len, _) = tokio::time::timeout(SIP_WAIT, socket.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("no ng reply to {cookie}"))?
+            .map_err(|e| format!("ng recv: {e}"))?;
+        let reply = &buf[..len];
+        if reply.starts_with(format!("{cookie} ").as_bytes()) {
+            if ng_value(reply, "result").as_deref() != Some("ok") {
+                return Err(format!("ng {cookie}: {}", String::from_utf8_lossy(reply)));
+            }
+            return Ok(reply.to_vec());
+        }
+    }
+}
+
+/// One call through rtpengine: offer from the phone, answer from the callee; the rewritten
+/// SDPs tell each side where to send.
+async fn setup_rtpengine_call(
+    n: usize,
+    ng_socket: &UdpSocket,
+    ng_addr: SocketAddr,
+) -> Result<Call, String> {
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind phone RTP: {e}"))?;
+    let callee_rtp = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind callee RTP: {e}"))?;
+    let call_id = new_token("rtpe", n);
+    let from_tag = new_token("pt", n);
+    let to_tag = new_token("ct", n);
+    let offer = sdp(
+        phone_rtp.local_addr().map_err(|e| e.to_string())?,
+        n as u64 + 1,
+    );
+    let reply = ng(
+        ng_socket,
+        ng_addr,
+        &format!("o{n}"),
+        &[
+            ("command", "offer"),
+            ("call-id", &call_id),
+            ("from-tag", &from_tag),
+            ("sdp", &offer),
+        ],
+    )
+    .await?;
+    let to_callee = ng_value(&reply, "sdp").ok_or("no sdp in offer reply")?;
+    let relay_for_callee = sdp_media_addr(to_callee.as_bytes())?;
+    let answer = sdp(
+        callee_rtp.local_addr().map_err(|e| e.to_string())?,
+        n as u64 + 1_000_000,
+    );
+    let reply = ng(
+        ng_socket,
+        ng_addr,
+        &format!("a{n}"),
+        &[
+            ("command", "answer"),
+            ("call-id", &call_id),
+            ("from-tag", &from_tag),
+            ("to-tag", &to_tag),
+            ("sdp", &answer),
+        ],
+    )
+    .await?;
+    let to_phone = ng_value(&reply, "sdp").ok_or("no sdp in answer reply")?;
+    let relay_for_phone = sdp_media_addr(to_phone.as_bytes())?;
+    Ok(Call {
+        telnum: String::new(),
+        call_id,
+        from_tag,
+        remote_tag: to_tag,
+        remote_target: String::new(),
+        phone_rtp: Arc::new(phone_rtp),
+        callee_rtp: Arc::new(callee_rtp),
+        relay_for_phone,
+        relay_for_callee,
+    })
+}
+
+/// The same measurement with rtpengine as the relay.
+async fn run_rtpengine(args: Args) -> Result<(), String> {
+    let ng_addr: SocketAddr = format!("127.0.0.1:{}", args.ng_port)
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let (first, last) = args
+        .rtp_ports
+        .split_once('-')
+        .ok_or("--rtp-ports must be FIRST-LAST")?;
+    let log = File::create(&args.log).map_err(|e| format!("create {}: {e}", args.log))?;
+    // Userspace forwarding only (`--table=-1`): no kernel module on these machines, and the
+    // comparison is between two userspace relays. Two threads, as there are two cores.
+    let child = Command::new(&args.rtpengine)
+        .args([
+            "--config-file=none",
+            "--interface=127.0.0.1",
+            &format!("--listen-ng={ng_addr}"),
+            &format!("--port-min={first}"),
+            &format!("--port-max={last}"),
+            "--table=-1",
+            "--foreground",
+            "--log-stderr",
+            "--log-level=4",
+            "--num-threads=2",
+            "--delete-delay=0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", args.rtpengine))?;
+    let mut child = ChildGuard(child);
+    let pid = child.0.id().to_string();
+    let ng_socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind ng socket: {e}"))?;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            return Err(format!(
+                "rtpengine exited during startup ({status}); see {}",
+                args.log
+            ));
+        }
+        let ping = ng_request("ping", &[("command", "ping")]);
+        let _ = ng_socket.send_to(&ping, ng_addr).await;
+        let mut buf = [0u8; 256];
+        if let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(200), ng_socket.recv_from(&mut buf)).await
+        {
+            if ng_value(&buf[..len], "result").as_deref() == Some("pong") {
+                break;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("rtpengine did not answer ping within 10 s".into());
+        }
+    }
+    println!(
+        "rtpengine pid {pid} up after {:.2?}; ng {ng_addr}, ports {}",
+        started.elapsed(),
+        args.rtp_ports
+    );
+    let setup_start = Instant::now();
+    let mut calls = Vec::with_capacity(args.calls);
+    for n in 0..args.calls {
+        calls.push(
+            setup_rtpengine_call(n, &ng_socket, ng_addr)
+                .await
+                .map_err(|e| format!("call {n}: {e}"))?,
+        );
+    }
+    println!(
+        "{} calls set up in {:.2?}",
+        calls.len(),
+        setup_start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream(&args, &calls, &pid, "rtpengine").await?;
+    for (n, call) in calls.iter().enumerate() {
+        let _ = ng(
+            &ng_socket,
+            ng_addr,
+            &format!("d{n}"),
+            &[
+                ("command", "delete"),
+                ("call-id", &call.call_id),
+                ("from-tag", &call.from_tag),
+            ],
+        )
+        .await;
+    }
+    if let Ok(Some(status)) = child.0.try_wait() {
+        println!("rtpengine exited early: {status}");
     }
     Ok(())
 }
