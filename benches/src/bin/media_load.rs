@@ -914,9 +914,7 @@ async fn run(args: Args) -> Result<(), String> {
     // Let setup stragglers (retransmission timers, logs) settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let cpu_cb0 = cpu_seconds(&pid)?;
-    let report = stream(&args, &calls, &pid, "callbridge").await?;
-    let _ = cpu_cb0;
+    stream(&args, &calls, &pid, "callbridge").await?;
     let metrics_after = media_metrics(api).await;
     println!(
         "callbridge media metrics before: {}",
@@ -926,7 +924,6 @@ async fn run(args: Args) -> Result<(), String> {
         "callbridge media metrics after:  {}",
         metrics_after.join("; ")
     );
-    let _ = report;
 
     // Hang up.
     let hangup_start = Instant::now();
