@@ -19,3 +19,9 @@ cargo test --workspace --locked
 step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
 ./scripts/ensure-tools.sh
 ./sipp-scenarios/run.sh
+
+step "media relay quick check: 20 calls × 3 s of RTP both ways, any lost packet fails"
+cargo build --release --locked -p callbridge -p callbridge-benches --bin callbridge --bin media_load
+target_dir=${CARGO_TARGET_DIR:-target}
+"$target_dir/release/media_load" --callbridge "$target_dir/release/callbridge" \
+    --calls 20 --seconds 3 --rtp-ports 42000-43999 --fail-on-loss

@@ -60,6 +60,8 @@ struct Args {
     threads: usize,
     log: String,
     log_filter: String,
+    /// Exit non-zero when any packet is lost or cannot be sent (CI quick mode).
+    fail_on_loss: bool,
 }
 
 fn usage() -> ! {
@@ -67,7 +69,7 @@ fn usage() -> ! {
         "usage: media_load (--callbridge PATH | --rtpengine PATH [--ng-port 22222]) [--calls N=50] [--seconds S=10] [--pps P=50]\n\
          \x20      [--sip-port 25060] [--api-port 28080] [--rtp-ports 12000-19999]\n\
          \x20      [--slots 10] [--threads 2] [--log /tmp/media_load-callbridge.log]\n\
-         \x20      [--log-filter info]"
+         \x20      [--log-filter info] [--fail-on-loss]"
     );
     std::process::exit(2)
 }
@@ -90,6 +92,7 @@ fn parse_args() -> Args {
         threads: 2,
         log: "/tmp/media_load-callbridge.log".into(),
         log_filter: "info".into(),
+        fail_on_loss: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -112,6 +115,7 @@ fn parse_args() -> Args {
             "--threads" => args.threads = value().parse().unwrap_or_else(|_| bad(&flag)),
             "--log" => args.log = value(),
             "--log-filter" => args.log_filter = value(),
+            "--fail-on-loss" => args.fail_on_loss = true,
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("media_load: unknown flag {flag}");
@@ -646,6 +650,12 @@ async fn stream(args: &Args, calls: &[Call], pid: &str, server: &str) -> Result<
         );
     }
     println!("  send errors (tool side): {send_errors}");
+    let lost = total_sent.saturating_sub(total_received);
+    if args.fail_on_loss && (lost > 0 || send_errors > 0) {
+        return Err(format!(
+            "{lost} packets lost and {send_errors} not sent through {server} (--fail-on-loss)"
+        ));
+    }
     println!(
         "packets sent {}  relayed (received) {}  lost {} ({:.3} %)",
         total_sent,
@@ -944,6 +954,12 @@ async fn run(args: Args) -> Result<(), String> {
     );
     if let Ok(Some(status)) = child.0.try_wait() {
         println!("callbridge exited early: {status}");
+        if args.fail_on_loss {
+            return Err(format!("callbridge exited early: {status}"));
+        }
+    }
+    if args.fail_on_loss && hangup_errors > 0 {
+        return Err(format!("{hangup_errors} calls could not be hung up"));
     }
     drop(child);
 
