@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# HTTP API load benchmark: callbridge's POST /api/user/{telnum}/makecall against a minimal hyper
+# hello-world (benches/src/bin/hello.rs: same hyper/hyper-util, same tokio multi-thread runtime,
+# same http1::Builder settings, answers {"callid":"1"} to any POST) as the ceiling, both driven
+# by wrk over loopback HTTP/1.1 keep-alive connections.
+#
+# Every request is a makecall with a fresh telnum (1000000 + a per-thread counter, from a wrk Lua
+# script) and body {"caller":"2001","callee":"3001"}; hello gets the same requests. So callbridge
+# does its full work per request: routing, JSON parsing and number checks, a new intent in the
+# intent table, a new call record in the registry, metrics, and one info log line (written to a
+# log file, as in service with the default log.filter=info). A third server,
+# "callbridge-warn", is the same with log.filter=warn, to show what the per-request log costs.
+#
+# For each connection count, each server is started fresh (nothing pinned to a CPU, same
+# conditions), warmed up (WARMUP seconds of the same load, discarded), measured for DURATION
+# seconds, and stopped; the whole sequence is repeated ROUNDS times, servers interleaved, and the
+# table reports every run plus the mean per server and connection count. Recorded per run:
+# requests/s, latency p50/p99 (wrk's own histogram, i.e. closed-loop latency: wrk sends the next
+# request on a connection when the previous answer arrives), the server's CPU use
+# (utime + stime from /proc/<pid>/stat over the measured window) and requests per server
+# CPU-second, and any error wrk saw.
+#
+# wrk runs with ONE thread (THREADS=1): this machine has few cores and wrk competes with the
+# server for them; more wrk threads would mostly steal CPU from the server. The ratio
+# callbridge / hello is therefore "on this shared machine, with the load generator on the same
+# cores", for both sides alike.
+#
+# Unless SKIP_MICRO=1, the full run then runs the criterion micro-benchmarks intent_table and
+# sdp_rewrite with short settings (-- --warm-up-time 1 --measurement-time 3) and adds their
+# point estimates (from target/criterion/*/new/estimates.json) to the results.
+#
+# Usage:  benches/load/api.sh            (as root it installs wrk with apt-get if missing;
+#                                         builds callbridge and hello in release; writes
+#                                         benches/results/api.md)
+#         QUICK=1 benches/load/api.sh    (smoke test: 3 s per server, 16 connections, one round,
+#                                         no micro-benchmarks; writes to a temporary file, not
+#                                         benches/results/api.md. Exits non-zero only on HTTP
+#                                         errors -- any non-2xx response, a socket error, or no
+#                                         response at all -- never on timing)
+# Environment (all optional):
+#   CONNS="16 64"  DURATION=10  WARMUP=3  ROUNDS=2  THREADS=1
+#   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
+#                   intent and the intent table stays at N entries; 0: a new telnum every request)
+#   SERVERS="hello callbridge callbridge-warn"
+#   API_PORT=28280 (callbridge HTTP)  SIP_PORT=25260 (callbridge SIP)  HELLO_PORT=28281
+#   CARGO_TARGET_DIR (default: ./target)   OUT=benches/results/api.md
+#   SKIP_BUILD=1 (use the binaries already built)   SKIP_MICRO=1
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+
+# Overrides given in the environment, repeated in the report's command line.
+ENV_GIVEN=
+for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO; do
+    [[ -n ${!v+x} ]] && ENV_GIVEN+="$v=\"${!v}\" "
+done
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    CONNS=${CONNS:-16}
+    DURATION=${DURATION:-3}
+    WARMUP=${WARMUP:-1}
+    ROUNDS=${ROUNDS:-1}
+    SERVERS=${SERVERS:-"hello callbridge"}
+    SKIP_MICRO=1
+    OUT=${OUT:-$(mktemp /tmp/callbridge-api-quick.XXXXXX.md)}
+else
+    CONNS=${CONNS:-"16 64"}
+    DURATION=${DURATION:-10}
+    WARMUP=${WARMUP:-3}
+    ROUNDS=${ROUNDS:-2}
+    SERVERS=${SERVERS:-"hello callbridge callbridge-warn"}
+    SKIP_MICRO=${SKIP_MICRO:-0}
+    OUT=${OUT:-$ROOT/benches/results/api.md}
+fi
+THREADS=${THREADS:-1}
+TELNUM_POOL=${TELNUM_POOL:-0}
+API_PORT=${API_PORT:-28280}
+SIP_PORT=${SIP_PORT:-25260}
+HELLO_PORT=${HELLO_PORT:-28281}
+HOST=127.0.0.1
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+BODY='{"caller":"2001","callee":"3001"}'
+
+die() {
+    echo "api.sh: $*" >&2
+    exit 1
+}
+log() { echo "api.sh: $*" >&2; }
+
+# --- tools -------------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing wrk"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null ||
+            { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null; } ||
+            die "cannot install wrk"
+    else
+        die "wrk not found (install it, e.g. apt-get install wrk)"
+    fi
+fi
+command -v curl >/dev/null || die "curl not found"
+command -v python3 >/dev/null || die "python3 not found (used to read criterion's estimates)"
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building callbridge and hello (release, target dir $TARGET)"
+    CARGO_TARGET_DIR=$TARGET cargo build --release --quiet -p callbridge --bin callbridge
+    CARGO_TARGET_DIR=$TARGET cargo build --release --quiet -p callbridge-benches --bin hello
+fi
+CALLBRIDGE=$TARGET/release/callbridge
+HELLO=$TARGET/release/hello
+[[ -x $CALLBRIDGE && -x $HELLO ]] || die "binaries missing under $TARGET/release"
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+for p in $API_PORT $HELLO_PORT; do
+    port_open "$p" && die "port $p is already in use (set API_PORT / HELLO_PORT)"
+done
+
+WORK=$(mktemp -d /tmp/callbridge-api-bench.XXXXXX)
+log "server logs and raw figures in $WORK"
+SERVER_PID=
+cleanup() {
+    if [[ -n $SERVER_PID ]]; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+# --- the wrk script ----------------------------------------------------------------------------
+# One Lua state per wrk thread: each thread numbers its own telnums from its own base. done()
+# prints one machine-readable line; latency is in microseconds.
+LUA=$WORK/makecall.lua
+cat >"$LUA" <<'EOF'
+local threads = {}
+function setup(thread)
+    thread:set("id", #threads)
+    table.insert(threads, thread)
+end
+function init(args)
+    -- args[1]: offset, so the warm-up and the measured run use different telnums.
+    -- args[2]: telnum pool size; 0 = a new telnum for every request.
+    base = 1000000 + (tonumber(args[1]) or 0) + id * 100000000
+    pool = tonumber(args[2]) or 0
+    counter = 0
+    bad = 0
+    headers = { ["Content-Type"] = "application/json" }
+    body = '{"caller":"2001","callee":"3001"}'
+end
+function request()
+    counter = counter + 1
+    local n = counter
+    if pool > 0 then n = counter % pool end
+    return wrk.format("POST", "/api/user/" .. (base + n) .. "/makecall", headers, body)
+end
+function done(summary, latency, requests)
+    local bad_total = 0
+    for _, t in ipairs(threads) do bad_total = bad_total + (t:get("bad") or 0) end
+    local e = summary.errors
+    io.write(string.format(
+        "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d mean_us=%.1f max_us=%d " ..
+        "status_errors=%d non2xx=%d connect=%d read=%d write=%d timeout=%d\n",
+        summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+        latency.mean, latency.max, e.status, bad_total, e.connect, e.read, e.write, e.timeout))
+end
+EOF
+# QUICK=1 checks every status (a response() callback makes wrk parse every response into Lua,
+# which slows it; the full run relies on wrk's own count of status >= 400 instead).
+if [[ $QUICK == 1 ]]; then
+    cat >>"$LUA" <<'EOF'
+function response(status, headers, body)
+    if status < 200 or status > 299 then bad = bad + 1 end
+end
+EOF
+fi
+
+# --- servers -----------------------------------------------------------------------------------
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+start_server() { # name -> sets SERVER_PID, URL
+    local name=$1
+    case $name in
+    hello)
+        "$HELLO" "$HOST:$HELLO_PORT" >"$WORK/hello.log" 2>&1 &
+        SERVER_PID=$!
+        URL=http://$HOST:$HELLO_PORT
+        ;;
+    callbridge | callbridge-warn)
+        local filter=info
+        [[ $name == callbridge-warn ]] && filter=warn
+        "$CALLBRIDGE" --set "api.listen=$HOST:$API_PORT" --set "sip.listen=$HOST:$SIP_PORT" \
+            --set "log.filter=$filter" >"$WORK/$name.log" 2>&1 &
+        SERVER_PID=$!
+        URL=http://$HOST:$API_PORT
+        ;;
+    *) die "unknown server $name" ;;
+    esac
+    local i
+    for i in $(seq 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || die "$name exited at start: $(tail -5 "$WORK/$name.log")"
+        port_open "${URL##*:}" && break
+        sleep 0.1
+    done
+    # One request by hand: the answer must be 200 with a callid.
+    local answer
+    answer=$(curl -s -o - -w ' %{http_code}' -X POST -H 'Content-Type: application/json' \
+        -d "$BODY" "$URL/api/user/999999/makecall") || die "$name: curl failed"
+    [[ $answer == *'"callid":'*' 200' ]] || die "$name: unexpected answer to makecall: $answer"
+}
+
+stop_server() {
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+
+field() { # line key -> value
+    local kv
+    for kv in $1; do [[ ${kv%%=*} == "$2" ]] && { echo "${kv#*=}"; return; }; done
+    echo ""
+}
+
+RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors
+: >"$RUNS"
+FAILED=0
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
+
+for round in $(seq "$ROUNDS"); do
+    for conns in $CONNS; do
+        for server in $SERVERS; do
+            start_server "$server"
+            wrk_args=(-t "$THREADS" -c "$conns" --latency -s "$LUA")
+            wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL" >/dev/null
+            t0=$(cpu_ticks "$SERVER_PID")
+            out=$(wrk "${wrk_args[@]}" -d "${DURATION}s" "$URL" -- 50000000 "$TELNUM_POOL")
+            t1=$(cpu_ticks "$SERVER_PID")
+            stop_server
+            line=$(grep '^RESULT ' <<<"$out") || die "no RESULT line from wrk: $out"
+            requests=$(field "$line" requests)
+            dur=$(field "$line" duration_us)
+            errors=""
+            for k in status_errors non2xx connect read write timeout; do
+                v=$(field "$line" "$k")
+                [[ $v != 0 ]] && errors+="$k=$v "
+            done
+            if [[ $requests == 0 ]] || [[ $(field "$line" status_errors) != 0 ]] ||
+                [[ $(field "$line" non2xx) != 0 ]] || [[ $(field "$line" connect) != 0 ]] ||
+                [[ $(field "$line" read) != 0 ]] || [[ $(field "$line" write) != 0 ]]; then
+                FAILED=1
+                log "HTTP errors: $server c=$conns: requests=$requests ${errors:-}"
+            fi
+            read -r rps cpu_pct per_cpu < <(awk -v r="$requests" -v d="$dur" -v a="$t0" -v b="$t1" \
+                -v hz="$CLK_TCK" 'BEGIN {
+                    s = d / 1e6; cpu = (b - a) / hz;
+                    printf "%.0f %.0f %.0f\n", r / s, 100 * cpu / s, (cpu > 0 ? r / cpu : 0) }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$conns" "$round" "$rps" \
+                "$(field "$line" p50_us)" "$(field "$line" p99_us)" "$cpu_pct" "$per_cpu" \
+                "${errors:-none}" >>"$RUNS"
+            log "$server c=$conns round $round: $rps req/s, p50 $(field "$line" p50_us) us," \
+                "p99 $(field "$line" p99_us) us, server CPU $cpu_pct %, errors: ${errors:-none}"
+        done
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- micro-benchmarks --------------------------------------------------------------------------
+MICRO=$WORK/micro.tsv
+: >"$MICRO"
+if [[ $SKIP_MICRO != 1 ]]; then
+    for bench in intent_table sdp_rewrite; do
+        log "criterion: $bench"
+        CARGO_TARGET_DIR=$TARGET cargo bench --quiet -p callbridge-benches --bench "$bench" -- \
+            --warm-up-time 1 --measurement-time 3 >"$WORK/$bench.txt" 2>&1 ||
+            die "cargo bench $bench failed: $(tail -20 "$WORK/$bench.txt")"
+    done
+    python3 - "$TARGET/criterion" >"$MICRO" <<'EOF'
+import json, os, sys
+root = sys.argv[1]
+rows = []
+for group in ("intent_table", "sdp"):
+    gdir = os.path.join(root, group)
+    if not os.path.isdir(gdir):
+        continue
+    for dirpath, _, files in os.walk(gdir):
+        if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
+            continue
+        est = json.load(open(os.path.join(dirpath, "estimates.json")))
+        bench = json.load(open(os.path.join(dirpath, "benchmark.json")))
+        e = est.get("slope") or est["mean"]
+        ci = e["confidence_interval"]
+        tp = bench.get("throughput") or {}
+        rows.append((bench["full_id"], ci["lower_bound"], e["point_estimate"],
+                     ci["upper_bound"], tp.get("Bytes", "")))
+for r in sorted(rows):
+    print("\t".join(str(x) for x in r))
+EOF
+fi
+
+# --- report ------------------------------------------------------------------------------------
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- crates 2>/dev/null || REV="$REV + uncommitted changes under crates/"
+RUSTC=$(rustc --version 2>/dev/null || echo unknown)
+WRK=$( (wrk --version 2>&1 || true) | head -1 | cut -d' ' -f1-2)
+CMD="${ENV_GIVEN}benches/load/api.sh"
+
+python3 - "$RUNS" "$MICRO" >"$WORK/tables.md" <<'EOF'
+import sys
+from collections import defaultdict
+runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+micro = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
+acc = defaultdict(list)
+order = []
+for server, conns, rnd, rps, p50, p99, cpu, per_cpu, errors in runs:
+    key = (int(conns), server)
+    if key not in acc:
+        order.append(key)
+    acc[key].append((float(rps), float(p50), float(p99), float(cpu), float(per_cpu), errors))
+mean = lambda xs: sum(xs) / len(xs)
+def ms(us):
+    return f"{us / 1000:.2f}"
+print("| connections | server | runs | requests/s (mean) | each run | p50 ms | p99 ms | server CPU | requests per server CPU-s | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+summary = {}
+for conns, server in sorted(order, key=lambda k: (k[0], order.index(k))):
+    xs = acc[(conns, server)]
+    rps = mean([x[0] for x in xs])
+    summary[(conns, server)] = (rps, mean([x[4] for x in xs]))
+    each = " / ".join(f"{x[0]:.0f}" for x in xs)
+    errs = ", ".join(sorted({x[5] for x in xs}))
+    print(f"| {conns} | {server} | {len(xs)} | **{rps:.0f}** | {each} | "
+          f"{ms(mean([x[1] for x in xs]))} | {ms(mean([x[2] for x in xs]))} | "
+          f"{mean([x[3] for x in xs]):.0f} % | {mean([x[4] for x in xs]):.0f} | {errs} |")
+print()
+print("| connections | server | callbridge / hello, requests/s | callbridge / hello, requests per CPU-s | ≥ 0.8× target |")
+print("|---|---|---|---|---|")
+verdicts = []
+for conns in sorted({k[0] for k in summary}):
+    if (conns, "hello") not in summary:
+        continue
+    h_rps, h_cpu = summary[(conns, "hello")]
+    for server in ("callbridge", "callbridge-warn"):
+        if (conns, server) not in summary:
+            continue
+        rps, per_cpu = summary[(conns, server)]
+        r = rps / h_rps
+        c = per_cpu / h_cpu if h_cpu else 0
+        met = r >= 0.8
+        if server == "callbridge":
+            verdicts.append(met)
+        print(f"| {conns} | {server} | **{r:.2f}×** | {c:.2f}× | {'met' if met else 'NOT met'} |")
+print()
+if verdicts:
+    print("VERDICT:" + ("met" if all(verdicts) else ("not met" if not any(verdicts) else "partly met")))
+if micro:
+    print("MICRO")
+    def t(ns):
+        ns = float(ns)
+        return f"{ns:.1f} ns" if ns < 1000 else f"{ns / 1000:.2f} µs"
+    print("| benchmark | time per operation [lower, **estimate**, upper] | throughput |")
+    print("|---|---|---|")
+    for bid, lo, pt, hi, nbytes in micro:
+        tp = ""
+        if nbytes:
+            tp = f"{float(nbytes) / (float(pt) * 1e-9) / 2**20:.0f} MiB/s ({nbytes} B in)"
+        print(f"| `{bid}` | {t(lo)} / **{t(pt)}** / {t(hi)} | {tp} |")
+EOF
+
+VERDICT=$(grep '^VERDICT:' "$WORK/tables.md" | cut -d: -f2 || true)
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# HTTP API: makecall vs plain hyper"
+    echo
+    echo "Generated by \`$CMD\` — do not edit by hand; rerun the script."
+    echo
+    echo "- Date: $STARTED"
+    echo "- Machine: $(nproc) CPUs ($CPU_MODEL), $(uname -sr); shared with other work, load average"
+    echo "  $LOAD_BEFORE before the runs and $LOAD_AFTER after (1/5/15 min). wrk runs on the same"
+    echo "  CPUs as the server with $THREADS thread(s) and competes with it; nothing is pinned."
+    echo "- Build: callbridge $REV, \`$RUSTC\`, release profile; $WRK."
+    echo "- Servers: \`hello\` = \`benches/src/bin/hello.rs\` (hyper 1 http1, tokio multi-thread,"
+    echo "  same builder settings as crates/api, answers \`{\"callid\":\"1\"}\`); \`callbridge\` ="
+    echo "  defaults plus \`--set api.listen=$HOST:$API_PORT --set sip.listen=$HOST:$SIP_PORT"
+    echo "  --set log.filter=info\` (one info line per makecall, to a file); \`callbridge-warn\` ="
+    echo "  the same with \`log.filter=warn\`."
+    echo "- Load: per run a fresh server, ${WARMUP} s warm-up (discarded), then"
+    echo "  \`wrk -t $THREADS -c CONNS -d ${DURATION}s --latency -s makecall.lua URL\`, CONNS in {$CONNS},"
+    echo "  $ROUNDS round(s), servers interleaved. makecall.lua (in api.sh) POSTs"
+    if [[ $TELNUM_POOL == 0 ]]; then
+        echo "  \`/api/user/{1000000+n}/makecall\` with \`$BODY\`, a new telnum per request."
+    else
+        echo "  \`/api/user/{1000000+(n mod $TELNUM_POOL)}/makecall\` with \`$BODY\` (TELNUM_POOL=$TELNUM_POOL)."
+    fi
+    echo "  Latency is wrk's closed-loop latency. Server CPU = utime + stime of the server process"
+    echo "  over the measured window (100 % = one core)."
+    echo "- Commands:"
+    echo
+    echo '  ```sh'
+    echo "  CARGO_TARGET_DIR=$TARGET $CMD"
+    echo '  ```'
+    echo
+    echo "## Results"
+    echo
+    sed -n '/^VERDICT:/q;p' "$WORK/tables.md"
+    echo "Target (callbridge ≥ 0.8× plain hyper's requests per second, default configuration):"
+    echo "**${VERDICT:-n/a}**."
+    if [[ -s $MICRO ]]; then
+        echo
+        echo "## Micro (criterion)"
+        echo
+        echo "\`CARGO_TARGET_DIR=$TARGET cargo bench -p callbridge-benches --bench intent_table -- --warm-up-time 1 --measurement-time 3\`"
+        echo "and the same for \`--bench sdp_rewrite\` (short settings: figures are indicative;"
+        echo "the estimate is criterion's slope, or mean where it has no slope)."
+        echo
+        echo "- \`intent_table/OP/N\`: one operation on an \`IntentTable\` holding N intents, one"
+        echo "  thread (see \`benches/benches/intent_table.rs\`)."
+        echo "- \`sdp/*\`: a 12-line audio offer (PCMU, PCMA, telephone-event + fmtp, ptime)"
+        echo "  parsed, and rewritten to the relay's address and port and written back."
+        echo
+        sed -n '/^MICRO$/,$p' "$WORK/tables.md" | tail -n +2
+    fi
+} >"$OUT"
+log "wrote $OUT"
+cat "$OUT"
+
+if [[ $FAILED == 1 ]]; then
+    die "HTTP errors during the runs (see above)"
+fi
