@@ -60,7 +60,7 @@ fn held(i: usize) -> String {
 fn table(size: usize, clock: &Clock) -> IntentTable {
     let table = IntentTable::new(TTL);
     for i in 0..size {
-        table.register(clock.now(), &held(i), CALLER, CALLEE);
+        table.register(clock.now(), &held(i), CALLER, CALLEE).ok();
     }
     assert_eq!(table.len(), size);
     table
@@ -123,7 +123,7 @@ fn intent_table(c: &mut Criterion) {
                     }
                     elapsed += start.elapsed();
                     for telnum in &spread[..n] {
-                        table.register(clock.now(), telnum, CALLER, CALLEE);
+                        table.register(clock.now(), telnum, CALLER, CALLEE).ok();
                     }
                     done += n as u64;
                 }

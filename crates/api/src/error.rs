@@ -42,6 +42,8 @@ pub enum ApiError {
     CallerIsTelnum,
     #[error("`callee` must differ from `caller`")]
     CalleeIsCaller,
+    #[error("{0}; retry later")]
+    IntentTableFull(#[from] b2bua::IntentTableFull),
 }
 
 impl ApiError {
@@ -62,6 +64,7 @@ impl ApiError {
             | ApiError::InvalidNumber { .. }
             | ApiError::CallerIsTelnum
             | ApiError::CalleeIsCaller => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IntentTableFull(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::InvalidNumber { .. } => "invalid_number",
             ApiError::CallerIsTelnum => "caller_is_telnum",
             ApiError::CalleeIsCaller => "callee_is_caller",
+            ApiError::IntentTableFull(_) => "intent_table_full",
         }
     }
 

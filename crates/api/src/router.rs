@@ -201,7 +201,7 @@ where
     }
     let intent = state
         .control
-        .make_call(state.now(), &telnum, caller, callee);
+        .make_call(state.now(), &telnum, caller, callee)?;
     tracing::info!(callid = %intent.callid, telnum = %intent.telnum, caller = %intent.caller,
         callee = %intent.callee, "makecall: intent registered");
     Ok(json_response(

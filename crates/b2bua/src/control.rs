@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::intent::{Intent, IntentTable, NoIntent};
+use crate::intent::{Intent, IntentTable, IntentTableFull, NoIntent};
 use crate::registry::{CallEvent, CallRecord, CallRegistry, EndCause, Party};
 
 /// Intents and call records, updated together.
@@ -17,15 +17,36 @@ impl CallControl {
     /// `intent_ttl`: how long an intent waits for its call; `retention`/`max_ended`: how long
     /// and how many ended calls stay queryable.
     pub fn new(intent_ttl: Duration, retention: Duration, max_ended: usize) -> CallControl {
+        CallControl::with_max_intents(
+            intent_ttl,
+            crate::intent::DEFAULT_MAX_PENDING,
+            retention,
+            max_ended,
+        )
+    }
+
+    /// Like [`new`](Self::new), with at most `max_intents` pending intents.
+    pub fn with_max_intents(
+        intent_ttl: Duration,
+        max_intents: usize,
+        retention: Duration,
+        max_ended: usize,
+    ) -> CallControl {
         CallControl {
-            intents: IntentTable::new(intent_ttl),
+            intents: IntentTable::with_limit(intent_ttl, max_intents),
             registry: CallRegistry::new(retention, max_ended),
         }
     }
 
     /// makecall: registers the intent; a replaced intent's call ends as `intent_replaced`.
-    pub fn make_call(&self, now: Instant, telnum: &str, caller: &str, callee: &str) -> Intent {
-        let (intent, replaced) = self.intents.register(now, telnum, caller, callee);
+    pub fn make_call(
+        &self,
+        now: Instant,
+        telnum: &str,
+        caller: &str,
+        callee: &str,
+    ) -> Result<Intent, IntentTableFull> {
+        let (intent, replaced) = self.intents.register(now, telnum, caller, callee)?;
         self.registry.create(
             &intent.callid,
             &intent.telnum,
@@ -35,7 +56,7 @@ impl CallControl {
         if let Some(old) = replaced {
             self.end(now, &old.callid, EndCause::IntentReplaced);
         }
-        intent
+        Ok(intent)
     }
 
     /// cancelcall: removes the pending intent, if any; its call ends as `intent_cancelled`.
@@ -132,8 +153,8 @@ mod tests {
     fn replaced_cancelled_and_expired_intents_end_their_calls() {
         let c = control();
         let t0 = Instant::now();
-        let first = c.make_call(t0, "1001", "2001", "3001");
-        let second = c.make_call(t0, "1001", "2001", "3002");
+        let first = c.make_call(t0, "1001", "2001", "3001").unwrap();
+        let second = c.make_call(t0, "1001", "2001", "3002").unwrap();
         assert_eq!(
             c.call(&first.callid).unwrap().end_cause,
             Some(EndCause::IntentReplaced)
@@ -144,7 +165,7 @@ mod tests {
             c.call(&second.callid).unwrap().end_cause,
             Some(EndCause::IntentCancelled)
         );
-        let third = c.make_call(t0, "1002", "2002", "3003");
+        let third = c.make_call(t0, "1002", "2002", "3003").unwrap();
         assert_eq!(c.sweep(t0 + Duration::from_secs(120)), 1);
         assert_eq!(
             c.call(&third.callid).unwrap().end_cause,
@@ -158,7 +179,7 @@ mod tests {
     fn claim_moves_the_call_to_trying() {
         let c = control();
         let t0 = Instant::now();
-        let intent = c.make_call(t0, "+1001", "2001", "3001");
+        let intent = c.make_call(t0, "+1001", "2001", "3001").unwrap();
         assert_eq!(c.claim(t0, "1001", "2001").unwrap().callid, intent.callid);
         assert_eq!(c.call(&intent.callid).unwrap().state, CallState::Trying);
         assert_eq!(c.claim(t0, "1001", "2001"), Err(NoIntent::None));
@@ -168,7 +189,7 @@ mod tests {
     fn claiming_an_expired_intent_records_the_expiry() {
         let c = control();
         let t0 = Instant::now();
-        let intent = c.make_call(t0, "1001", "2001", "3001");
+        let intent = c.make_call(t0, "1001", "2001", "3001").unwrap();
         assert_eq!(
             c.claim(t0 + Duration::from_secs(121), "1001", "2001"),
             Err(NoIntent::Expired)

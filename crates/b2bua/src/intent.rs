@@ -38,10 +38,22 @@ pub enum NoIntent {
     OtherNumber,
 }
 
+/// makecall refused: the table already holds its maximum of pending intents (a flood of
+/// makecalls with distinct numbers must not grow memory without bound).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{max} call intents are pending; no room for another")]
+pub struct IntentTableFull {
+    pub max: usize,
+}
+
+/// Default of `intent.max_pending`.
+pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
+
 /// Shared table of pending intents; clone the `Arc` around it to share with the API.
 #[derive(Debug)]
 pub struct IntentTable {
     ttl: Duration,
+    max_pending: usize,
     ids: CallIdGenerator,
     state: Mutex<State>,
 }
@@ -61,8 +73,15 @@ pub fn normalize_number(number: &str) -> &str {
 
 impl IntentTable {
     pub fn new(ttl: Duration) -> IntentTable {
+        IntentTable::with_limit(ttl, DEFAULT_MAX_PENDING)
+    }
+
+    /// A table that refuses new telnums once `max_pending` intents are held (replacing an
+    /// intent of a telnum already held is always allowed).
+    pub fn with_limit(ttl: Duration, max_pending: usize) -> IntentTable {
         IntentTable {
             ttl,
+            max_pending,
             ids: CallIdGenerator::new(),
             state: Mutex::new(State::default()),
         }
@@ -73,14 +92,15 @@ impl IntentTable {
     }
 
     /// Registers an intent, replacing any earlier one of the same telnum. Returns the new
-    /// intent and the one it replaced.
+    /// intent and the one it replaced, or [`IntentTableFull`] for a new telnum when the table
+    /// is at its limit.
     pub fn register(
         &self,
         now: Instant,
         telnum: &str,
         caller: &str,
         callee: &str,
-    ) -> (Intent, Option<Intent>) {
+    ) -> Result<(Intent, Option<Intent>), IntentTableFull> {
         let intent = Intent {
             callid: self.ids.next(),
             telnum: normalize_number(telnum).to_owned(),
@@ -90,6 +110,13 @@ impl IntentTable {
             expires: now + self.ttl,
         };
         let mut state = self.state.lock();
+        if state.by_telnum.len() >= self.max_pending
+            && !state.by_telnum.contains_key(&intent.telnum)
+        {
+            return Err(IntentTableFull {
+                max: self.max_pending,
+            });
+        }
         state.expiries.insert(
             (intent.expires, intent.callid.clone()),
             intent.telnum.clone(),
@@ -100,7 +127,7 @@ impl IntentTable {
         if let Some(old) = &replaced {
             state.expiries.remove(&(old.expires, old.callid.clone()));
         }
-        (intent, replaced)
+        Ok((intent, replaced))
     }
 
     /// Removes the pending intent of `telnum`, if any.
@@ -247,7 +274,7 @@ mod tests {
     fn register_then_consume_once() {
         let table = IntentTable::new(TTL);
         let t0 = Instant::now();
-        let (intent, replaced) = table.register(t0, "+1001", "2001", "3001");
+        let (intent, replaced) = table.register(t0, "+1001", "2001", "3001").unwrap();
         assert!(replaced.is_none());
         assert_eq!(intent.telnum, "1001");
         assert!(intent.callid.bytes().all(|b| b.is_ascii_digit()));
@@ -267,9 +294,10 @@ mod tests {
     fn latest_intent_wins_and_old_expiry_entry_goes() {
         let table = IntentTable::new(TTL);
         let t0 = Instant::now();
-        let (first, _) = table.register(t0, "1001", "2001", "3001");
-        let (second, replaced) =
-            table.register(t0 + Duration::from_secs(10), "1001", "2001", "3002");
+        let (first, _) = table.register(t0, "1001", "2001", "3001").unwrap();
+        let (second, replaced) = table
+            .register(t0 + Duration::from_secs(10), "1001", "2001", "3002")
+            .unwrap();
         assert_eq!(replaced, Some(first.clone()));
         assert_ne!(first.callid, second.callid);
         assert_eq!(table.len(), 1);
@@ -284,8 +312,10 @@ mod tests {
     fn expiry_by_sweep_and_by_lookup() {
         let table = IntentTable::new(TTL);
         let t0 = Instant::now();
-        table.register(t0, "1001", "2001", "3001");
-        table.register(t0 + Duration::from_secs(60), "1002", "2002", "3002");
+        table.register(t0, "1001", "2001", "3001").unwrap();
+        table
+            .register(t0 + Duration::from_secs(60), "1002", "2002", "3002")
+            .unwrap();
         assert!(table
             .purge_expired(t0 + TTL - Duration::from_millis(1))
             .is_empty());
@@ -309,7 +339,7 @@ mod tests {
     fn cancel_and_wrong_number() {
         let table = IntentTable::new(TTL);
         let t0 = Instant::now();
-        table.register(t0, "1001", "2001", "3001");
+        table.register(t0, "1001", "2001", "3001").unwrap();
         assert_eq!(
             table.take_matching(t0, "1001", "2999"),
             Err(NoIntent::OtherNumber)
@@ -327,8 +357,30 @@ mod tests {
         let t0 = Instant::now();
         let mut seen = std::collections::HashSet::new();
         for i in 0..1000 {
-            let (intent, _) = table.register(t0, &format!("{i}"), "2001", "3001");
+            let (intent, _) = table.register(t0, &format!("{i}"), "2001", "3001").unwrap();
             assert!(seen.insert(intent.callid));
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_table_refuses_new_numbers_but_accepts_replacements() {
+        let table = IntentTable::with_limit(Duration::from_secs(120), 2);
+        let t0 = Instant::now();
+        table.register(t0, "1001", "2001", "3001").unwrap();
+        table.register(t0, "1002", "2002", "3002").unwrap();
+        assert_eq!(
+            table.register(t0, "1003", "2003", "3003"),
+            Err(IntentTableFull { max: 2 })
+        );
+        let (_, replaced) = table.register(t0, "+1002", "2002", "3999").unwrap();
+        assert!(replaced.is_some());
+        table.cancel("1001");
+        table.register(t0, "1003", "2003", "3003").unwrap();
+        assert_eq!(table.len(), 2);
     }
 }

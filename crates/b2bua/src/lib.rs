@@ -18,6 +18,6 @@ pub mod registry;
 
 pub use control::CallControl;
 pub use engine::{Engine, EngineConfig, EngineStats};
-pub use intent::{normalize_number, Intent, IntentTable, NoIntent};
+pub use intent::{normalize_number, Intent, IntentTable, IntentTableFull, NoIntent};
 pub use registry::{CallEvent, CallRecord, CallRegistry, CallState, EndCause, Party};
 pub use sip_core;

@@ -172,11 +172,16 @@ impl Default for ApiConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct IntentConfig {
     pub ttl_secs: u64,
+    /// Most intents pending at once; makecall for a new number beyond it gets 503.
+    pub max_pending: usize,
 }
 
 impl Default for IntentConfig {
     fn default() -> Self {
-        IntentConfig { ttl_secs: 120 }
+        IntentConfig {
+            ttl_secs: 120,
+            max_pending: 1_000_000,
+        }
     }
 }
 

@@ -49,7 +49,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    init_logging(&config);
+    // Held until main returns: dropping it flushes the log lines still queued.
+    let _log_flush = init_logging(&config);
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,7 +108,10 @@ fn raise_open_file_limit() {
 
 /// Structured logs to stderr: `log.format = "json"` for machines, `"text"` for people;
 /// `log.filter` (or `RUST_LOG`) chooses what is logged. Every call's lines carry its callid.
-fn init_logging(config: &Config) {
+/// Log lines are written by a background thread (tracing-appender), so a burst of calls never
+/// waits on stderr; if the writer falls 128k lines behind, further lines are dropped rather
+/// than slowing calls down.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -115,13 +119,15 @@ fn init_logging(config: &Config) {
         .or_else(|| EnvFilter::try_new(&config.log.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     use std::io::IsTerminal;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if config.log.format == "json" {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }

@@ -66,8 +66,9 @@ impl Running {
 
 /// Binds everything and starts the tasks on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let control = Arc::new(CallControl::new(
+    let control = Arc::new(CallControl::with_max_intents(
         Duration::from_secs(config.intent.ttl_secs),
+        config.intent.max_pending,
         Duration::from_secs(config.sip.call_retention_secs),
         config.sip.max_ended_calls,
     ));

@@ -797,3 +797,30 @@ fn percent_decoding() {
     assert_eq!(percent_decode("%zz"), None);
     assert_eq!(percent_decode("%FF"), None);
 }
+
+#[tokio::test]
+async fn makecall_beyond_the_intent_limit_is_503() {
+    let control = Arc::new(CallControl::with_max_intents(
+        TTL,
+        1,
+        Duration::from_secs(600),
+        1000,
+    ));
+    let h = Harness {
+        state: ApiState::new(control, ApiConfig::default(), Arc::new(NoEngine)),
+        clock: Arc::new(ManualClock::new()),
+    };
+    h.make_call("1001", "2001", "3001").await;
+    let reply = h
+        .send(request(
+            Method::POST,
+            "/api/user/1002/makecall",
+            &[("content-type", "application/json")],
+            r#"{"caller":"2002","callee":"3002"}"#,
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["error"]["code"], "intent_table_full");
+    // The number already holding an intent may still replace it.
+    h.make_call("1001", "2001", "3009").await;
+}

@@ -262,7 +262,7 @@ fn in_dialog_from_b(
 /// Sets up a matched call: intent, leg A INVITE, leg B INVITE out. Returns the intent's
 /// callid and leg B's INVITE.
 fn start_call(h: &mut Harness, body: &str) -> (String, Request) {
-    let intent = h.control.make_call(h.now, "1001", "2001", "3001");
+    let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKa1", body), phone());
     let sent = h.sent();
     assert_eq!(statuses(&sent, phone()), [100]);
@@ -301,7 +301,7 @@ fn refused_without_intent_and_no_leg_b() {
 #[test]
 fn untrusted_source_is_refused_before_the_intent_table() {
     let mut h = Harness::new();
-    h.control.make_call(h.now, "1001", "2001", "3001");
+    h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     let stranger = Peer::udp("10.1.1.1:5060".parse().unwrap());
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKu1", SDP_A), stranger);
     assert_eq!(statuses(&h.sent(), stranger), [100, 403]);
@@ -667,7 +667,7 @@ impl crate::media::MediaFactory for NoPorts {
 #[test]
 fn media_exhaustion_answers_503_without_leg_b() {
     let mut h = Harness::with_media(Arc::new(NoPorts));
-    let intent = h.control.make_call(h.now, "1001", "2001", "3001");
+    let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx1", SDP_A), phone());
     let sent = h.sent();
     assert_eq!(statuses(&sent, phone()), [100, 503]);
