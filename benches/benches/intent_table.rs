@@ -89,7 +89,7 @@ fn intent_table(c: &mut Criterion) {
                     let n = (iters - done).min(CHUNK) as usize;
                     let start = Instant::now();
                     for telnum in &fresh[..n] {
-                        black_box(table.register(clock.now(), telnum, CALLER, CALLEE));
+                        let _ = black_box(table.register(clock.now(), telnum, CALLER, CALLEE));
                     }
                     elapsed += start.elapsed();
                     for telnum in &fresh[..n] {
