@@ -11,6 +11,7 @@ use sip_core::{HeaderName, Method};
 use super::incoming::cause_code;
 use super::{destination, Engine};
 use crate::call::{CallKey, CallTimer, Leg, Phase};
+use crate::media::PassThrough;
 use crate::outbound::{local_response, reason_header};
 use crate::registry::{CallEvent, EndCause, Party};
 
@@ -124,6 +125,17 @@ impl Engine {
         let was_answered = call.phase == Phase::Answered;
         call.phase = Phase::Ending;
         call.timers.clear();
+        // The relay goes now, not when the last transaction of the call has lingered out
+        // (up to 64·T1 later): its ports are free for the next call at once.
+        let media = std::mem::replace(&mut call.media, Box::new(PassThrough));
+        let media_stats = media.stats();
+        drop(media);
+        if media_stats.streams > 0 {
+            super::add_media(&mut self.stats.media_ended, &media_stats);
+            self.control
+                .registry()
+                .set_media(&call.intent.callid, media_stats);
+        }
         if call.recorded_end {
             return;
         }
@@ -253,8 +265,8 @@ impl Engine {
         self.reap_if_done(key);
     }
 
-    /// Forgets an ended call once none of its transactions is alive: its dialogs, media
-    /// session and table entries go with it.
+    /// Forgets an ended call once none of its transactions is alive: its dialogs and table
+    /// entries go with it (its media went when it ended).
     pub(super) fn reap_if_done(&mut self, key: CallKey) {
         let done = self
             .calls
@@ -264,13 +276,6 @@ impl Engine {
             return;
         }
         if let Some(call) = self.calls.remove(&key) {
-            let media = call.media.stats();
-            if media.streams > 0 {
-                super::add_media(&mut self.stats.media_ended, &media);
-                self.control
-                    .registry()
-                    .set_media(&call.intent.callid, media);
-            }
             self.by_callid.remove(&call.intent.callid);
             self.dialog_owner.remove(&call.a.dialog_id);
             if let Some(dialog) = &call.b.dialog {

@@ -682,3 +682,62 @@ fn media_exhaustion_answers_503_without_leg_b() {
     );
     h.assert_drained();
 }
+
+/// Media whose sessions report when they are dropped (their ports released).
+#[derive(Default)]
+struct CountedMedia {
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct CountedSession(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CountedSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::media::MediaSession for CountedSession {
+    fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
+        Ok(sdp.clone())
+    }
+
+    fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
+        Ok(sdp.clone())
+    }
+}
+
+impl crate::media::MediaFactory for CountedMedia {
+    fn new_session(
+        &self,
+        _: &str,
+    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(CountedSession(self.live.clone())))
+    }
+}
+
+#[test]
+fn media_is_released_when_the_call_ends_not_when_its_transactions_linger() {
+    let media = Arc::new(CountedMedia::default());
+    let live = media.live.clone();
+    let mut h = Harness::with_media(media);
+    let (_, b_invite) = start_call(&mut h, SDP_A);
+    h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
+    let a_tag = our_a_tag(&h.sent());
+    h.feed(
+        &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack6", ""),
+        phone(),
+    );
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 1);
+    h.feed(
+        &in_dialog_from_a("BYE", &a_tag, 2, "z9hG4bKbye6", ""),
+        phone(),
+    );
+    // The call is still held (its BYE transactions linger) but its media is gone.
+    assert_eq!(h.engine.call_count(), 1);
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let bye = find_request(&h.sent(), "BYE");
+    h.feed(&answer(&bye, 200, "btag", ""), trunk());
+    h.assert_drained();
+}

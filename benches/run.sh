@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one command that reproduces BENCHMARKS.md: installs the references (SIPp, Kamailio,
+# rtpengine, wrk) from Debian if missing, runs every part of the harness, and writes
+# BENCHMARKS.md from the parts' results (benches/results/*.md).
+#
+#   benches/run.sh            everything (about 20-30 minutes on 2 cores)
+#   QUICK=1 benches/run.sh    the CI quick mode: 100 calls/s of signalling, 20 RTP calls and a
+#                             short API run through callbridge; fails on any failed call, lost
+#                             packet or HTTP error, never on timing; BENCHMARKS.md untouched
+#   PARTS="micro media"       run only some parts (micro media signalling api)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+cd "$repo"
+parts=${PARTS:-micro media signalling api}
+quick=${QUICK:-0}
+
+for part in $parts; do
+    printf '\n==> benchmark part: %s%s\n' "$part" "$([[ $quick == 1 ]] && echo ' (quick)')"
+    case $part in
+        micro) [[ $quick == 1 ]] || benches/load/micro.sh ;;
+        media) QUICK=$quick benches/load/media.sh ;;
+        signalling) QUICK=$quick benches/load/signalling.sh ;;
+        api) QUICK=$quick benches/load/api.sh ;;
+        *) echo "unknown part $part" >&2; exit 2 ;;
+    esac
+done
+[[ $quick == 1 ]] && exit 0
+
+{
+    cat <<'HEAD'
+# Benchmarks
+
+Written by `benches/run.sh` (one command; it installs SIPp, Kamailio, rtpengine and wrk from
+Debian when missing). Every comparison runs callbridge and its reference in the same run on
+the same machine: a 2-core virtual machine shared with other work, where the load generator
+competes with the server for the same cores. Read the ratios and the CPU per unit of work; the
+absolute numbers are noise-prone. Each part's section says how it was measured and which
+target it is held to.
+
+HEAD
+    for part in micro signalling media api; do
+        if [[ -f benches/results/$part.md ]]; then
+            # Each part is a section of this page: its title becomes a level-2 heading.
+            awk 'NR == 1 && /^# / { sub(/^# /, "## ") } { print }' "benches/results/$part.md"
+            echo
+        fi
+    done
+} >BENCHMARKS.md
+echo "wrote BENCHMARKS.md"
