@@ -40,10 +40,9 @@
 #   DURATION=15              seconds of new calls per rate (QUICK=1: 10)
 #   HOLD_MS=1000             call hold time (SIPp -d)
 #   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>.
-#                            callbridge keeps a call's relay ports until the call is forgotten,
-#                            once its last transaction ends (64*T1 = 32 s after the BYE with the
-#                            default T1 of 500 ms): at a sustained rate the port range, not the
-#                            signalling, is then the limit; a shorter T1 frees them sooner.
+#                            (Before 0ee0d5f callbridge kept a call's relay ports until its last
+#                            transaction ended, 64*T1 after the BYE, and the port range limited
+#                            the sustained rate; the ports are now freed when the call ends.)
 #   KAMAILIO_CHILDREN=2      Kamailio UDP workers;  KAMAILIO_SHM_MB=512  KAMAILIO_PKG_MB=16
 #   CALLBRIDGE_BIN=path      use this binary instead of building one (CARGO_TARGET_DIR honoured)
 #   OUT=file                 results markdown (default benches/results/signalling.md; QUICK=1:

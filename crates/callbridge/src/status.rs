@@ -20,6 +20,7 @@ type Outcomes = (Vec<(String, u64)>, Vec<(String, u64)>);
 pub struct SharedStatus {
     serving: AtomicBool,
     calls: AtomicU64,
+    active_calls: AtomicU64,
     dialogs: AtomicU64,
     client_transactions: AtomicU64,
     server_transactions: AtomicU64,
@@ -58,6 +59,8 @@ impl SharedStatus {
     pub(crate) fn publish(&self, engine: &Engine) {
         let relaxed = Ordering::Relaxed;
         self.calls.store(engine.call_count() as u64, relaxed);
+        self.active_calls
+            .store(engine.active_call_count() as u64, relaxed);
         self.dialogs.store(engine.dialog_count() as u64, relaxed);
         let layer = engine.transactions();
         self.client_transactions
@@ -95,7 +98,7 @@ impl EngineStatus for SharedStatus {
         let pool = self.media_pool.lock().clone();
         EngineSnapshot {
             sip_serving: self.serving.load(relaxed),
-            active_calls: self.calls.load(relaxed),
+            active_calls: self.active_calls.load(relaxed),
             dialogs: self.dialogs.load(relaxed),
             client_transactions: self.client_transactions.load(relaxed),
             server_transactions: self.server_transactions.load(relaxed),

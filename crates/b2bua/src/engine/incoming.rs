@@ -90,7 +90,7 @@ impl Engine {
         if !request.headers.contacts().is_ok_and(|c| !c.is_empty()) {
             return self.refuse(now, tx, &request, 400, "malformed", "Missing Contact");
         }
-        if self.calls.len() >= self.config.max_calls {
+        if self.active_call_count() >= self.config.max_calls {
             return self.refuse(now, tx, &request, 503, "overloaded", "Too many calls");
         }
         // The calling number: P-Asserted-Identity from a trusted trunk, else the From user.

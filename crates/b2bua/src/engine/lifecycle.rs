@@ -123,6 +123,9 @@ impl Engine {
             return;
         };
         let was_answered = call.phase == Phase::Answered;
+        if call.phase != Phase::Ending {
+            self.ending += 1;
+        }
         call.phase = Phase::Ending;
         call.timers.clear();
         // The relay goes now, not when the last transaction of the call has lingered out
@@ -276,6 +279,7 @@ impl Engine {
             return;
         }
         if let Some(call) = self.calls.remove(&key) {
+            self.ending = self.ending.saturating_sub(1);
             self.by_callid.remove(&call.intent.callid);
             self.dialog_owner.remove(&call.a.dialog_id);
             if let Some(dialog) = &call.b.dialog {

@@ -89,6 +89,9 @@ pub struct Engine {
     /// Call timers, lazily deleted like the transaction layer's (see `Call::timers`).
     timers: BinaryHeap<Reverse<(Instant, CallKey, CallTimer)>>,
     stats: EngineStats,
+    /// Calls in `Ending` (outcome decided, last transactions lingering): they do not count
+    /// against `max_calls`.
+    ending: usize,
     /// Rate limit of the "media ports exhausted" warning.
     exhausted_logged_at: Option<Instant>,
     exhausted_since_log: u64,
@@ -113,6 +116,7 @@ impl Engine {
             by_callid: HashMap::new(),
             timers: BinaryHeap::new(),
             stats: EngineStats::default(),
+            ending: 0,
             exhausted_logged_at: None,
             exhausted_since_log: 0,
         }
@@ -133,6 +137,11 @@ impl Engine {
     /// Calls held, bridged or still finishing their last transactions.
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Calls whose outcome is not decided yet (ringing or bridged): what `max_calls` limits.
+    pub fn active_call_count(&self) -> usize {
+        self.calls.len() - self.ending
     }
 
     /// Dialogs registered for in-dialog routing (leg A's from the start, leg B's from its

@@ -38,6 +38,10 @@ impl Harness {
     }
 
     fn with_media(media: Arc<dyn crate::media::MediaFactory>) -> Harness {
+        Harness::with(media, 100)
+    }
+
+    fn with(media: Arc<dyn crate::media::MediaFactory>, max_calls: usize) -> Harness {
         let control = Arc::new(CallControl::new(
             Duration::from_secs(120),
             Duration::from_secs(300),
@@ -54,7 +58,7 @@ impl Harness {
             refuse_code: 403,
             no_answer: Duration::from_secs(60),
             max_duration: None,
-            max_calls: 100,
+            max_calls,
             transactions: TransactionConfig {
                 via_host: "127.0.0.1".into(),
                 via_port: Some(5060),
@@ -740,4 +744,31 @@ fn media_is_released_when_the_call_ends_not_when_its_transactions_linger() {
     let bye = find_request(&h.sent(), "BYE");
     h.feed(&answer(&bye, 200, "btag", ""), trunk());
     h.assert_drained();
+}
+
+#[test]
+fn max_calls_counts_live_calls_not_ended_ones_still_lingering() {
+    let mut h = Harness::with(Arc::new(PassThrough), 1);
+    let (_, b_invite) = start_call(&mut h, SDP_A);
+    // While the first call is live, a second one is refused with 503.
+    h.control.make_call(h.now, "1002", "2002", "3002").unwrap();
+    let mut second = leg_a_invite("1002", "2002", "z9hG4bKsecond", SDP_A);
+    if let Message::Request(r) = &mut second {
+        r.headers.set(HeaderName::CallId, "second@10.9.9.9");
+    }
+    h.feed(&second, phone());
+    assert_eq!(statuses(&h.sent(), phone()), [100, 503]);
+    // The first call fails; its transactions linger (Timer D) but it no longer counts.
+    h.feed(&answer(&b_invite, 486, "btag", ""), trunk());
+    h.sent();
+    assert_eq!(h.engine.call_count(), 1);
+    assert_eq!(h.engine.active_call_count(), 0);
+    h.control.make_call(h.now, "1003", "2003", "3003").unwrap();
+    let mut third = leg_a_invite("1003", "2003", "z9hG4bKthird", SDP_A);
+    if let Message::Request(r) = &mut third {
+        r.headers.set(HeaderName::CallId, "third@10.9.9.9");
+    }
+    h.feed(&third, phone());
+    let sent = h.sent();
+    assert_eq!(methods(&sent, trunk()), ["INVITE"]);
 }
