@@ -41,8 +41,12 @@ target it is held to.
 HEAD
     for part in micro signalling media api; do
         if [[ -f benches/results/$part.md ]]; then
-            # Each part is a section of this page: its title becomes a level-2 heading.
-            awk 'NR == 1 && /^# / { sub(/^# /, "## ") } { print }' "benches/results/$part.md"
+            # Each part is a section of this page: its headings move one level down when its
+            # title is a level-1 heading (outside code blocks).
+            awk 'NR == 1 { demote = /^# / }
+                 /^```/ { fence = !fence }
+                 demote && !fence && /^#+ / { $0 = "#" $0 }
+                 { print }' "benches/results/$part.md"
             echo
         fi
     done
