@@ -416,3 +416,63 @@ async fn two_hundred_concurrent_calls_relay_without_loss() {
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_free_ports_refuses_with_503_and_keeps_the_intent() {
+    // Four ports: two pairs, exactly one call's media.
+    let mut bridge = Bridge::start_with(Options {
+        rtp_ports: Some((9000, 9003)),
+        ..Options::default()
+    })
+    .await;
+    let (phone_rtp, callee_rtp) = (socket().await, socket().await);
+    let mut first = bridged(
+        &mut bridge,
+        "1001",
+        sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv"),
+        sdp_with(callee_rtp.local_addr().unwrap(), None, "sendrecv"),
+    )
+    .await;
+    let second_callid = bridge.makecall("1002", "2001", "3001").await;
+    let mut second = Phone::udp(&bridge, "1002").await;
+    let invite = second.invite_with_media("2001", phone_rtp.local_addr().unwrap());
+    second.ua.send(invite).await;
+    let refusal = second.ua.expect_response(503).await;
+    let ack = second.ack_failure(&refusal);
+    second.ua.send(ack).await;
+    bridge
+        .callee
+        .expect_silence(Duration::from_millis(300))
+        .await;
+    assert_eq!(bridge.call(&second_callid).await["state"], "intent");
+    // Once the first call ends its ports are free, and the same intent still works.
+    hang_up(&mut bridge, &mut first).await;
+    // The relay of the first call closes asynchronously; wait until its ports are back.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = bridge.http("GET", "/metrics", None).await;
+        if metrics
+            .as_str()
+            .is_some_and(|m| m.contains("callbridge_media_ports_in_use 0"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ports never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut again = Phone::udp(&bridge, "1002").await;
+    let invite = again.invite_with_media("2001", phone_rtp.local_addr().unwrap());
+    again.ua.send(invite).await;
+    let leg_b = expect_request(&mut bridge.callee, Method::Invite).await;
+    let dialog = CalleeDialog::new(leg_b.clone());
+    bridge.callee.send(dialog.reply(&leg_b, 486, None)).await;
+    expect_request(&mut bridge.callee, Method::Ack).await;
+    let busy = again.ua.expect_response(486).await;
+    let ack = again.ack_failure(&busy);
+    again.ua.send(ack).await;
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}

@@ -93,6 +93,18 @@ impl Engine {
         if self.active_call_count() >= self.config.max_calls {
             return self.refuse(now, tx, &request, 503, "overloaded", "Too many calls");
         }
+        if !self.media.has_capacity() {
+            // Refused before the intent is claimed: the user can simply dial again.
+            self.log_media_exhausted(now);
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                503,
+                "media_exhausted",
+                "No media ports available",
+            );
+        }
         // The calling number: P-Asserted-Identity from a trusted trunk, else the From user.
         let asserted = request
             .headers

@@ -660,6 +660,10 @@ impl crate::media::MediaSession for NoPorts {
 }
 
 impl crate::media::MediaFactory for NoPorts {
+    fn has_capacity(&self) -> bool {
+        false
+    }
+
     fn new_session(
         &self,
         _: &str,
@@ -669,13 +673,44 @@ impl crate::media::MediaFactory for NoPorts {
 }
 
 #[test]
-fn media_exhaustion_answers_503_without_leg_b() {
+fn media_exhaustion_answers_503_without_leg_b_and_keeps_the_intent() {
     let mut h = Harness::with_media(Arc::new(NoPorts));
     let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx1", SDP_A), phone());
     let sent = h.sent();
     assert_eq!(statuses(&sent, phone()), [100, 503]);
     assert!(methods(&sent, trunk()).is_empty());
+    // Refused before the claim: the user may dial again once ports are free.
+    assert_eq!(h.control.intents().len(), 1);
+    assert_eq!(
+        h.control.call(&intent.callid).unwrap().state,
+        CallState::Intent
+    );
+    assert_eq!(
+        h.engine.stats().calls_refused.get("media_exhausted"),
+        Some(&1)
+    );
+    h.assert_drained();
+}
+
+/// Ports that run out between the capacity check and the allocation (a second stream, say).
+struct PortsRunOut;
+
+impl crate::media::MediaFactory for PortsRunOut {
+    fn new_session(
+        &self,
+        _: &str,
+    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
+        Ok(Box::new(NoPorts))
+    }
+}
+
+#[test]
+fn media_allocation_failure_after_the_claim_ends_the_call_as_resources_exhausted() {
+    let mut h = Harness::with_media(Arc::new(PortsRunOut));
+    let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
+    h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx2", SDP_A), phone());
+    assert_eq!(statuses(&h.sent(), phone()), [100, 503]);
     assert_eq!(
         h.control.call(&intent.callid).unwrap().end_cause,
         Some(EndCause::ResourcesExhausted)

@@ -92,6 +92,11 @@ impl AnchoredMedia {
 }
 
 impl MediaFactory for AnchoredMedia {
+    /// One audio stream needs two port pairs (leg A facing and leg B facing).
+    fn has_capacity(&self) -> bool {
+        self.shared.pool.available() >= 2
+    }
+
     fn new_session(&self, callid: &str) -> Result<Box<dyn MediaSession>, MediaError> {
         Ok(Box::new(AnchoredSession {
             callid: callid.to_owned(),

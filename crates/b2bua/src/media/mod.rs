@@ -91,6 +91,13 @@ pub struct MediaStats {
 /// Creates a [`MediaSession`] for each new call.
 pub trait MediaFactory: Send + Sync {
     fn new_session(&self, callid: &str) -> Result<Box<dyn MediaSession>, MediaError>;
+
+    /// Whether a new call's media (one audio stream, both legs) can be anchored now. Checked
+    /// before an intent is consumed, so that a call refused for lack of ports leaves the
+    /// user's intent in place for a retry.
+    fn has_capacity(&self) -> bool {
+        true
+    }
 }
 
 /// Forwards SDP untouched: the state before media anchoring exists.
