@@ -102,8 +102,7 @@ proptest! {
     #[test]
     fn random_traffic_never_panics_and_never_leaks(ops in proptest::collection::vec(op(), 1..60)) {
         let mut layer = TransactionLayer::new(TransactionConfig::default());
-        let start = Instant::now();
-        let mut now = start;
+        let mut now = Instant::now();
         let limits = ParseLimits::default();
         let mut open_servers = BTreeSet::new();
         let mut server_requests = std::collections::HashMap::new();
@@ -199,6 +198,5 @@ proptest! {
         prop_assert_eq!(layer.client_count(), 0);
         prop_assert_eq!(layer.server_count(), 0);
         prop_assert_eq!(layer.timer_entries(), 0);
-        let _ = start;
     }
 }

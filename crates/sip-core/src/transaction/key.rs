@@ -1,6 +1,6 @@
 //! Transaction matching keys (RFC 3261 §17.1.3 and §17.2.3).
 
-use crate::message::{Method, Request, Response, Via};
+use crate::message::{Headers, Method, Request, Response, Via};
 
 /// Matches a response to the client transaction that sent its request (§17.1.3): the branch
 /// of the top Via and the CSeq method (a CANCEL shares its INVITE's branch).
@@ -53,15 +53,17 @@ pub(crate) enum ServerKey {
 pub(crate) struct Unkeyable;
 
 impl ServerKey {
-    /// The key of the transaction `request` belongs to. ACK is keyed as the INVITE it
+    /// The key of the transaction `request` belongs to, and its parsed top Via (which the
+    /// caller needs too: parsed once per message). ACK is keyed as the INVITE it
     /// acknowledges.
-    pub(crate) fn for_request(request: &Request) -> Result<ServerKey, Unkeyable> {
+    pub(crate) fn for_request(request: &Request) -> Result<(ServerKey, Via), Unkeyable> {
         let via = request.headers.top_via().map_err(|_| Unkeyable)?;
         let method = match request.method {
             Method::Ack => Method::Invite,
             ref other => other.clone(),
         };
-        Self::with_method(request, &via, method)
+        let key = Self::with_method(request, &via, method)?;
+        Ok((key, via))
     }
 
     /// The key of the INVITE transaction a CANCEL cancels (§9.2: same key, method INVITE).
@@ -112,11 +114,13 @@ pub(crate) struct AckKey {
 }
 
 impl AckKey {
-    pub(crate) fn for_request(request: &Request) -> Option<AckKey> {
-        let from = request.headers.from().ok()?;
+    /// From an ACK, or from the 2xx it acknowledges (which copied these headers from the
+    /// INVITE): Call-ID, CSeq number and From tag are the same in all three.
+    pub(crate) fn from_headers(headers: &Headers) -> Option<AckKey> {
+        let from = headers.from().ok()?;
         Some(AckKey {
-            call_id: request.headers.call_id()?.into(),
-            cseq: request.headers.cseq().ok()?.seq,
+            call_id: headers.call_id()?.into(),
+            cseq: headers.cseq().ok()?.seq,
             from_tag: from.tag().unwrap_or_default().into(),
         })
     }

@@ -469,15 +469,6 @@ impl TransactionLayer {
         Ok(())
     }
 
-    /// Sends a response outside any transaction (e.g. a 400 to a request that could not be
-    /// given a transaction).
-    pub fn send_stateless_response(&mut self, response: &Response, to: Peer) {
-        self.transmits.push_back(Transmit {
-            to,
-            bytes: response.to_bytes(),
-        });
-    }
-
     /// Cancels an INVITE client transaction (§9.1). The CANCEL goes out at once when a
     /// provisional response has arrived, or as soon as one does; nothing is sent when the
     /// INVITE already has a final response. Either way the INVITE transaction now ends at the
@@ -722,8 +713,8 @@ impl TransactionLayer {
         request: Request,
         from: Peer,
     ) -> Result<(), TxError> {
-        let key = match ServerKey::for_request(&request) {
-            Ok(key) => key,
+        let (key, top_via) = match ServerKey::for_request(&request) {
+            Ok(keyed) => keyed,
             Err(_) => {
                 self.stats.unmatchable += 1;
                 return Err(TxError::Unmatchable("request without usable Via"));
@@ -746,10 +737,6 @@ impl TransactionLayer {
             }
             return Ok(());
         }
-        let Ok(top_via) = request.headers.top_via() else {
-            self.stats.unmatchable += 1;
-            return Err(TxError::Unmatchable("request without usable Via"));
-        };
         let destination = response_destination(&top_via, from);
         let invite = request.method == Method::Invite;
         let cancels = if request.method == Method::Cancel {
@@ -835,7 +822,7 @@ impl TransactionLayer {
                 }
             }
         }
-        if let Some(&id) = AckKey::for_request(&request)
+        if let Some(&id) = AckKey::from_headers(&request.headers)
             .as_ref()
             .and_then(|k| self.accepted_by_dialog.get(k))
         {
@@ -903,7 +890,7 @@ impl TransactionLayer {
                     self.timers
                         .arm(&mut t.armed, tx_id, Slot::Timeout, now + timers.timeout());
                     // The ACK for a 2xx comes with a new branch; find us by dialog instead.
-                    let ack_key = t.ack_key_for(&response);
+                    let ack_key = AckKey::from_headers(&response.headers);
                     if let Some(k) = &ack_key {
                         self.accepted_by_dialog.insert(k.clone(), tx);
                     }
@@ -1057,20 +1044,6 @@ impl TransactionLayer {
                 .push_back(TxEvent::TransportError(TxId::Server(id)));
             self.terminate_server(id);
         }
-    }
-}
-
-impl ServerTx {
-    fn ack_key_for(&self, response: &Response) -> Option<AckKey> {
-        // The ACK repeats the INVITE's Call-ID, CSeq number and From tag, which the response
-        // copied from the INVITE.
-        let mut probe = Request::new(Method::Ack, crate::message::Uri::sip(None, "x", None));
-        for name in [HeaderName::CallId, HeaderName::CSeq, HeaderName::From] {
-            probe
-                .headers
-                .push(name.clone(), response.headers.get(&name)?);
-        }
-        AckKey::for_request(&probe)
     }
 }
 

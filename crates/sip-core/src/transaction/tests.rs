@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::message::{ParseLimits, Uri};
+use crate::message::ParseLimits;
 use crate::peer::ConnectionId;
 
 const T4: Duration = Duration::from_secs(5);
@@ -980,5 +980,4 @@ fn thousands_of_transactions_end_and_leave_no_timer_behind() {
     h.events();
     h.assert_empty();
     assert_eq!(h.layer.timer_entries(), 0);
-    let _ = Uri::sip(None, "unused", None);
 }
