@@ -332,10 +332,9 @@ async fn no_media_ends_both_legs() {
     })
     .await;
     let (phone_rtp, callee_rtp) = (socket().await, socket().await);
-    let callid_probe = "1001";
     let mut call = bridged(
         &mut bridge,
-        callid_probe,
+        "1001",
         sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv"),
         sdp_with(callee_rtp.local_addr().unwrap(), None, "sendrecv"),
     )

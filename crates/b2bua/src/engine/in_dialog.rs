@@ -14,6 +14,9 @@ use crate::call::{CallKey, DeferredAck, Leg, Phase, Relay};
 use crate::outbound::tag_to;
 use crate::registry::{EndCause, Party};
 
+/// In-dialog requests of one call relayed and not yet answered by the other leg.
+const MAX_UNANSWERED_RELAYS: usize = 16;
+
 impl Engine {
     pub(super) fn on_in_dialog(&mut self, now: Instant, tx: ServerTxId, request: Request) {
         let owner = DialogId::for_incoming_request(&request)
@@ -108,6 +111,19 @@ impl Engine {
         let ready = call.phase == Phase::Answered && call.dialog(to_leg).is_some();
         if !ready {
             return self.respond(now, tx, &request, 481, Some(our_tag), None);
+        }
+        // A peer flooding a call with in-dialog requests must not grow its relay table (and
+        // the other leg's load) without bound.
+        let unanswered = call.relays.values().filter(|r| !r.answered).count();
+        if unanswered >= MAX_UNANSWERED_RELAYS {
+            return self.respond(
+                now,
+                tx,
+                &request,
+                503,
+                Some(our_tag),
+                Some("Too many requests"),
+            );
         }
         let carries_sdp = !request.body.is_empty()
             && request
@@ -305,7 +321,7 @@ impl Engine {
 
     /// An ACK for a 2xx we sent. It completes a late-offer exchange when the other leg's
     /// ACK was waiting for the SDP answer it carries.
-    pub(super) fn on_ack(&mut self, now: Instant, tx: Option<ServerTxId>, request: Request) {
+    pub(super) fn on_ack(&mut self, tx: Option<ServerTxId>, request: Request) {
         let Some(tx) = tx else {
             return;
         };
@@ -329,7 +345,7 @@ impl Engine {
             converted.ok()
         };
         if deferred.leg == Leg::B && tx == call.a.invite_tx {
-            self.ack_leg_b(now, key, deferred.cseq, body);
+            self.ack_leg_b(key, deferred.cseq, body);
             return;
         }
         let relay = call

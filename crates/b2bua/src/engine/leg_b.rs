@@ -139,7 +139,7 @@ impl Engine {
         if call.phase != Phase::Calling || call.a.final_sent.is_some() {
             // The answer crossed a CANCEL or the no-answer timeout: ACK it, then BYE.
             tracing::info!("leg B answered after the call was abandoned; hanging it up");
-            self.ack_leg_b(now, key, cseq, None);
+            self.ack_leg_b(key, cseq, None);
             self.send_bye(now, key, Leg::B, EndCause::Cancelled);
             return;
         }
@@ -153,7 +153,7 @@ impl Engine {
             Ok(body) => body,
             Err(error) => {
                 tracing::warn!(%error, "leg B answered with an unusable SDP");
-                self.ack_leg_b(now, key, cseq, None);
+                self.ack_leg_b(key, cseq, None);
                 self.send_bye(now, key, Leg::B, EndCause::SignallingFailure);
                 self.answer_a_locally(now, key, error.sip_status(), "Callee SDP not usable");
                 self.end_call(now, key, Party::Callee, EndCause::SignallingFailure);
@@ -184,7 +184,7 @@ impl Engine {
                 waiting_on: a_tx,
             });
         } else {
-            self.ack_leg_b(now, key, cseq, None);
+            self.ack_leg_b(key, cseq, None);
         }
         self.send_response(now, a_tx, answer);
         self.control
@@ -199,13 +199,7 @@ impl Engine {
 
     /// ACK for leg B's 2xx to the INVITE with CSeq `cseq`, with `body` when leg B's 2xx
     /// carried the offer.
-    pub(super) fn ack_leg_b(
-        &mut self,
-        _now: Instant,
-        key: CallKey,
-        cseq: u32,
-        body: Option<bytes::Bytes>,
-    ) {
+    pub(super) fn ack_leg_b(&mut self, key: CallKey, cseq: u32, body: Option<bytes::Bytes>) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };

@@ -243,7 +243,7 @@ impl Engine {
                 from,
                 cancels,
             } => self.on_request(now, tx, request, from, cancels),
-            TxEvent::Ack { tx, request, .. } => self.on_ack(now, tx, request),
+            TxEvent::Ack { tx, request, .. } => self.on_ack(tx, request),
             TxEvent::Response { tx, response, .. } => self.on_response(now, tx, response),
             TxEvent::StrayResponse { response, .. } => self.on_stray_response(response),
             TxEvent::Timeout(id) | TxEvent::TransportError(id) => self.on_tx_failure(now, id),

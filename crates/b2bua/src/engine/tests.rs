@@ -807,3 +807,26 @@ fn max_calls_counts_live_calls_not_ended_ones_still_lingering() {
     let sent = h.sent();
     assert_eq!(methods(&sent, trunk()), ["INVITE"]);
 }
+
+#[test]
+fn a_flood_of_in_dialog_requests_is_bounded_per_call() {
+    let mut h = Harness::new();
+    let (_, b_invite) = start_call(&mut h, SDP_A);
+    h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
+    let a_tag = our_a_tag(&h.sent());
+    h.feed(
+        &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack7", ""),
+        phone(),
+    );
+    // The callee never answers: 16 INFOs are relayed, the 17th is refused.
+    for n in 0..17u32 {
+        let branch = format!("z9hG4bKinfo{n}");
+        h.feed(
+            &in_dialog_from_a("INFO", &a_tag, 2 + n, &branch, ""),
+            phone(),
+        );
+    }
+    let sent = h.sent();
+    assert_eq!(methods(&sent, trunk()).len(), 16);
+    assert_eq!(statuses(&sent, phone()), [503]);
+}
