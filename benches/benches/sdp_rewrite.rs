@@ -17,18 +17,7 @@ use std::net::IpAddr;
 use b2bua::media::sdp::{RelayPorts, SessionDescription};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
-const OFFER: &str = "v=0\r\n\
-o=alice 2890844526 2890844526 IN IP4 client.atlanta.example.com\r\n\
-s=-\r\n\
-c=IN IP4 192.0.2.101\r\n\
-t=0 0\r\n\
-m=audio 49172 RTP/AVP 0 8 101\r\n\
-a=rtpmap:0 PCMU/8000\r\n\
-a=rtpmap:8 PCMA/8000\r\n\
-a=rtpmap:101 telephone-event/8000\r\n\
-a=fmtp:101 0-15\r\n\
-a=ptime:20\r\n\
-a=sendrecv\r\n";
+use callbridge_benches::TYPICAL_SDP as OFFER;
 
 fn sdp_rewrite(c: &mut Criterion) {
     let body = OFFER.as_bytes();

@@ -1,9 +1,8 @@
 //! Shared fixtures for the benchmarks.
 
-/// A typical INVITE with an SDP offer as a B2BUA receives it from a proxy (RFC 3665 §3.1 F4
-/// style: two Via rows, Record-Route, compact and long header names), about 900 bytes.
-pub fn typical_invite() -> Vec<u8> {
-    let sdp = "v=0\r\n\
+/// A typical audio SDP offer (PCMU, PCMA, telephone-event), 255 bytes: the body of
+/// [`typical_invite`] and the input of the SDP rewrite bench.
+pub const TYPICAL_SDP: &str = "v=0\r\n\
 o=alice 2890844526 2890844526 IN IP4 client.atlanta.example.com\r\n\
 s=-\r\n\
 c=IN IP4 192.0.2.101\r\n\
@@ -15,6 +14,11 @@ a=rtpmap:101 telephone-event/8000\r\n\
 a=fmtp:101 0-15\r\n\
 a=ptime:20\r\n\
 a=sendrecv\r\n";
+
+/// A typical INVITE with an SDP offer as a B2BUA receives it from a proxy (RFC 3665 §3.1 F4
+/// style: two Via rows, Record-Route, compact and long header names), about 900 bytes.
+pub fn typical_invite() -> Vec<u8> {
+    let sdp = TYPICAL_SDP;
     let head = "INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP ss1.example.com:5060;branch=z9hG4bK2d4790.1;rport\r\n\
 Via: SIP/2.0/UDP client.atlanta.example.com:5060;branch=z9hG4bK74bf9;received=192.0.2.101;rport=5060\r\n\
