@@ -39,6 +39,8 @@ const RTP_HEADER: usize = 12;
 const PAYLOAD: usize = 160;
 /// How long a SIP step may take before the run is abandoned.
 const SIP_WAIT: Duration = Duration::from_secs(5);
+/// `--memory`: how long after the setup transactions end the memory is measured.
+const MEMORY_SETTLE: Duration = Duration::from_secs(5);
 /// After the last packet is sent, how long receivers keep listening for stragglers.
 const DRAIN: Duration = Duration::from_millis(1000);
 
@@ -62,6 +64,9 @@ struct Args {
     log_filter: String,
     /// Exit non-zero when any packet is lost or cannot be sent (CI quick mode).
     fail_on_loss: bool,
+    /// Before streaming, wait until the calls' setup transactions have ended and report the
+    /// server's memory (PSS) per active call.
+    memory: bool,
 }
 
 fn usage() -> ! {
@@ -93,6 +98,7 @@ fn parse_args() -> Args {
         log: "/tmp/media_load-callbridge.log".into(),
         log_filter: "info".into(),
         fail_on_loss: false,
+        memory: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -116,6 +122,7 @@ fn parse_args() -> Args {
             "--log" => args.log = value(),
             "--log-filter" => args.log_filter = value(),
             "--fail-on-loss" => args.fail_on_loss = true,
+            "--memory" => args.memory = true,
             "-h" | "--help" => usage(),
             _ => {
                 eprintln!("media_load: unknown flag {flag}");
@@ -176,6 +183,34 @@ fn cpu_seconds(pid: &str) -> Result<f64, String> {
         .and_then(|v| v.parse().ok())
         .ok_or("no stime")?;
     Ok((utime + stime) / CLK_TCK)
+}
+
+/// Proportional set size of a process, in KiB (`/proc/<pid>/smaps_rollup`): its resident
+/// memory with shared pages divided among their users. Kernel socket buffers are not in it.
+fn pss_kib(pid: &str) -> Result<u64, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .map_err(|e| format!("/proc/{pid}/smaps_rollup: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no Pss line in smaps_rollup".to_owned())
+}
+
+/// A gauge's value from the `/metrics` text (the sum over its label sets).
+async fn metric_sum(api: SocketAddr, name: &str) -> Result<f64, String> {
+    let (status, text) = http(api, "GET", "/metrics", None).await?;
+    if status != 200 {
+        return Err(format!("/metrics: {status}"));
+    }
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum())
 }
 
 fn loadavg() -> String {
@@ -831,6 +866,47 @@ async fn media_metrics(api: SocketAddr) -> Vec<String> {
     }
 }
 
+/// Waits until the server holds no transaction (the calls' setup is over: 64·T1 after the last
+/// 2xx), then prints its PSS growth since before the calls divided by the calls up.
+async fn memory_per_call(
+    api: SocketAddr,
+    pid: &str,
+    pss_base: u64,
+    calls: usize,
+) -> Result<(), String> {
+    let waited = Instant::now();
+    loop {
+        let transactions = metric_sum(api, "callbridge_sip_transactions").await?;
+        if transactions == 0.0 {
+            break;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "{transactions} transactions still alive after 60 s"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let active = metric_sum(api, "callbridge_active_calls").await?;
+    let pss_setup_over = pss_kib(pid)?;
+    let setup_over_after = waited.elapsed();
+    // Freed setup memory goes back to the kernel over the allocator's decay period (callbridge's
+    // jemalloc: 1 s, by its background thread); the figure is taken once it has.
+    tokio::time::sleep(MEMORY_SETTLE).await;
+    let pss = pss_kib(pid)?;
+    let per_call = |pss: u64| pss.saturating_sub(pss_base) as f64 / calls.max(1) as f64;
+    println!(
+        "memory: PSS {pss_base} KiB before the calls; with {calls} calls up ({active} active): \
+         {pss_setup_over} KiB when the last setup transaction ended ({:.1?}), {pss} KiB {} s later: \
+         MEMORY PER ACTIVE CALL: {:.1} KiB (at the end of setup: {:.1} KiB)",
+        setup_over_after,
+        MEMORY_SETTLE.as_secs(),
+        per_call(pss),
+        per_call(pss_setup_over),
+    );
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<(), String> {
     if !args.rtpengine.is_empty() {
         return run_rtpengine(args).await;
@@ -899,6 +975,7 @@ async fn run(args: Args) -> Result<(), String> {
         args.rtp_ports
     );
 
+    let pss_base = pss_kib(&pid)?;
     // Calls, one after the other.
     let setup_start = Instant::now();
     let cpu_cb_setup0 = cpu_seconds(&pid)?;
@@ -920,6 +997,9 @@ async fn run(args: Args) -> Result<(), String> {
         phone.skipped,
         callee.skipped,
     );
+    if args.memory {
+        memory_per_call(api, &pid, pss_base, calls.len()).await?;
+    }
     let metrics_before = media_metrics(api).await;
     // Let setup stragglers (retransmission timers, logs) settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;

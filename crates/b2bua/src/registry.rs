@@ -224,6 +224,7 @@ impl CallRegistry {
                 inner.records.remove(&callid);
             }
         }
+        sip_core::capacity::shrink_map(&mut inner.records);
     }
 
     /// Records of calls not yet ended (intent included).

@@ -28,7 +28,16 @@ struct Cli {
     print_config: bool,
 }
 
+/// See the comment on the dependency in Cargo.toml: memory freed after a burst goes back to the
+/// kernel instead of staying resident as fragments of glibc's heap.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
+    // Purging of freed pages happens in jemalloc's own thread, on time, rather than only when
+    // some thread next allocates (a bridged call's relay allocates nothing, so a quiet process
+    // would otherwise keep the pages of a past burst).
+    let purge_thread = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.overrides) {
         Ok(config) => config,
@@ -51,6 +60,9 @@ fn main() -> ExitCode {
     }
     // Held until main returns: dropping it flushes the log lines still queued.
     let _log_flush = init_logging(&config);
+    if let Err(error) = purge_thread {
+        tracing::warn!(%error, "jemalloc background thread not started; freed memory is returned later");
+    }
     raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

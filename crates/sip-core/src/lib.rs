@@ -22,6 +22,7 @@
 //! [`StreamFramer`]: transport::StreamFramer
 //! [`TransactionLayer`]: transaction::TransactionLayer
 
+pub mod capacity;
 pub mod dialog;
 pub mod ids;
 pub mod message;

@@ -249,7 +249,7 @@ impl Engine {
         );
         drop(_entered);
         self.by_callid.insert(call.intent.callid.clone(), key);
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.own(key, TxId::Server(tx));
         self.own(key, TxId::Client(b_tx));
         self.dialog_owner.insert(a_dialog_id, (key, Leg::A));

@@ -1,6 +1,7 @@
 //! How calls end: call timers (no answer, maximum duration), transaction failures, hanging up
 //! both legs, recording the outcome once, and forgetting a call when its last transaction ends.
 
+use sip_core::capacity::shrink_map;
 use std::cmp::Reverse;
 use std::time::Instant;
 
@@ -46,6 +47,7 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            sip_core::capacity::shrink_heap(&mut self.timers);
             if !self.call_timer_armed(at, key, timer) {
                 continue;
             }
@@ -259,11 +261,13 @@ impl Engine {
         let Some(key) = self.tx_owner.remove(&id) else {
             return;
         };
+        shrink_map(&mut self.tx_owner);
         if let Some(call) = self.calls.get_mut(&key) {
             call.live_transactions = call.live_transactions.saturating_sub(1);
             if let TxId::Client(tx) = id {
                 call.relays.remove(&tx);
             }
+            call.on_transaction_over(id);
         }
         self.reap_if_done(key);
     }
@@ -285,6 +289,9 @@ impl Engine {
             if let Some(dialog) = &call.b.dialog {
                 self.dialog_owner.remove(dialog.id());
             }
+            shrink_map(&mut self.calls);
+            shrink_map(&mut self.by_callid);
+            shrink_map(&mut self.dialog_owner);
             let _entered = call.span.clone().entered();
             tracing::debug!("call forgotten");
         }

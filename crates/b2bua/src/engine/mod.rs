@@ -78,7 +78,9 @@ pub struct Engine {
     layer: TransactionLayer,
     control: Arc<CallControl>,
     media: Arc<dyn MediaFactory>,
-    calls: HashMap<CallKey, Call>,
+    /// Boxed: a `Call` is a few KiB, and a map of inline values keeps up to twice its
+    /// capacity of them allocated (hashbrown grows by doubling and never shrinks).
+    calls: HashMap<CallKey, Box<Call>>,
     next_key: u64,
     /// The call each live transaction belongs to.
     tx_owner: HashMap<TxId, CallKey>,

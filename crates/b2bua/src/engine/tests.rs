@@ -830,3 +830,43 @@ fn a_flood_of_in_dialog_requests_is_bounded_per_call() {
     assert_eq!(methods(&sent, trunk()).len(), 16);
     assert_eq!(statuses(&sent, phone()), [503]);
 }
+
+#[test]
+fn established_call_sheds_its_invites_and_still_acks_and_hangs_up() {
+    let mut h = Harness::new();
+    let (callid, b_invite) = start_call(&mut h, SDP_A);
+    h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
+    let a_tag = our_a_tag(&h.sent());
+    h.feed(
+        &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack1", ""),
+        phone(),
+    );
+    let call = h.engine.calls.values().next().expect("the call");
+    assert!(!call.a.invite.body.is_empty() && !call.b.invite.body.is_empty());
+
+    // Past 64·T1 both INVITE transactions are over: only the dialog fields stay.
+    h.advance(Duration::from_secs(40));
+    assert!(h.sent().is_empty());
+    let call = h.engine.calls.values().next().expect("the call");
+    for invite in [&call.a.invite, &call.b.invite] {
+        assert!(invite.body.is_empty());
+        assert!(invite.headers.len() <= 6, "{:?}", invite.headers);
+        assert!(invite.headers.call_id().is_some() && invite.headers.cseq().is_ok());
+    }
+
+    // A very late retransmission of leg B's 2xx still gets its ACK.
+    h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
+    assert_eq!(methods(&h.sent(), trunk()), ["ACK"]);
+
+    h.feed(
+        &in_dialog_from_b(&b_invite, "btag", "BYE", 1, "z9hG4bKbyeb", ""),
+        trunk(),
+    );
+    let sent = h.sent();
+    assert_eq!(statuses(&sent, trunk()), [200]);
+    assert_eq!(methods(&sent, phone()), ["BYE"]);
+    let bye = find_request(&sent, "BYE");
+    h.feed(&answer(&bye, 200, &a_tag, ""), phone());
+    assert_eq!(h.control.call(&callid).unwrap().state, CallState::Ended);
+    h.assert_drained();
+}

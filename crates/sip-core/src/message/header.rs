@@ -233,6 +233,11 @@ impl Headers {
     }
 
     /// Keeps only the rows the predicate accepts.
+    /// Releases the spare capacity of the rows (for messages kept long after parsing).
+    pub fn shrink_to_fit(&mut self) {
+        self.rows.shrink_to_fit();
+    }
+
     pub fn retain(&mut self, keep: impl FnMut(&Header) -> bool) {
         self.rows.retain(keep);
     }

@@ -308,6 +308,7 @@ impl TransactionLayer {
                 break;
             }
             self.timers.pop();
+            self.timers.shrink_if_sparse();
             if self.armed(tx, slot) != Some(at) {
                 continue;
             }
@@ -699,6 +700,8 @@ impl TransactionLayer {
     fn terminate_client(&mut self, id: ClientTxId) {
         if let Some(t) = self.clients.remove(&id) {
             self.client_keys.remove(&t.key);
+            crate::capacity::shrink_map(&mut self.clients);
+            crate::capacity::shrink_map(&mut self.client_keys);
             if !t.internal {
                 self.events.push_back(TxEvent::Terminated(TxId::Client(id)));
             }
@@ -1009,7 +1012,10 @@ impl TransactionLayer {
             self.server_keys.remove(&t.key);
             if let Some(k) = &t.ack_key {
                 self.accepted_by_dialog.remove(k);
+                crate::capacity::shrink_map(&mut self.accepted_by_dialog);
             }
+            crate::capacity::shrink_map(&mut self.servers);
+            crate::capacity::shrink_map(&mut self.server_keys);
             self.events.push_back(TxEvent::Terminated(TxId::Server(id)));
         }
     }

@@ -115,6 +115,11 @@ impl TimerQueue {
         self.heap.len()
     }
 
+    /// Gives back the capacity of a past burst (see [`crate::capacity`]).
+    pub(crate) fn shrink_if_sparse(&mut self) {
+        crate::capacity::shrink_heap(&mut self.heap);
+    }
+
     pub(crate) fn clear(&mut self) {
         self.heap.clear();
     }
