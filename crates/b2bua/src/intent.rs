@@ -1,16 +1,24 @@
 //! The intent table: "telnum will dial dedicated number `caller` to reach `callee`", one per
 //! telnum, the latest wins, each valid for a TTL.
 //!
-//! Shaped like mini-redis's `db.rs`: a `HashMap` for O(1) lookup by telnum plus a `BTreeMap`
-//! ordered by expiry that one sweeper walks from the front; both behind one short
-//! `parking_lot::Mutex` that is never held across an `.await`. Time is always an argument, so
-//! tests drive expiry with a fake clock.
+//! Shaped like mini-redis's `db.rs`: a `HashMap` for O(1) lookup by telnum plus a queue ordered
+//! by expiry that one sweeper walks from the front; both behind one short `parking_lot::Mutex`
+//! that is never held across an `.await`. Time is always an argument, so tests drive expiry with
+//! a fake clock.
+//!
+//! Every intent lives for the same TTL, so expiries arrive in registration order and the queue
+//! is a FIFO rather than a sorted tree: registering pushes at the back, and an intent that is
+//! replaced, cancelled or consumed leaves its queue entry behind, recognised as stale by its
+//! callid when the sweeper reaches it (or dropped by a compaction when stale entries pile up).
+//! Intents are boxed in the map so that growing it moves pointers, not intents: with a new
+//! telnum on every makecall the map doubles under the lock, and that move was the API's p99.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use sip_core::capacity::shrink_map;
 
 /// A registered call intent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,11 +68,46 @@ pub struct IntentTable {
 
 #[derive(Debug, Default)]
 struct State {
-    by_telnum: HashMap<String, Intent>,
-    /// `(expiry, callid)` → telnum; the callid makes keys unique and tells a replaced intent's
-    /// stale entry from the live one.
-    expiries: BTreeMap<(Instant, String), String>,
+    by_telnum: HashMap<String, Box<Intent>, foldhash::fast::RandomState>,
+    /// Registrations in expiry order (see the module documentation), live or stale.
+    expiries: VecDeque<Expiry>,
 }
+
+/// One registration in the expiry queue; it is live while `by_telnum[telnum]` has its callid.
+#[derive(Debug)]
+struct Expiry {
+    at: Instant,
+    callid: String,
+    telnum: String,
+}
+
+impl State {
+    fn is_live(&self, entry: &Expiry) -> bool {
+        self.by_telnum
+            .get(&entry.telnum)
+            .is_some_and(|i| i.callid == entry.callid)
+    }
+
+    /// Queues a registration. Past twice the live intents (and a floor, so small tables do
+    /// not compact on every call) the stale entries are dropped: a flood of makecalls for one
+    /// number must not grow the queue for a whole TTL.
+    fn queue_expiry(&mut self, intent: &Intent) {
+        self.expiries.push_back(Expiry {
+            at: intent.expires,
+            callid: intent.callid.clone(),
+            telnum: intent.telnum.clone(),
+        });
+        if self.expiries.len() > COMPACT_FLOOR.max(2 * self.by_telnum.len()) {
+            let mut queue = std::mem::take(&mut self.expiries);
+            queue.retain(|e| self.is_live(e));
+            self.expiries = queue;
+            self.expiries.shrink_to(self.expiries.len() * 2);
+        }
+    }
+}
+
+/// Stale expiry entries tolerated before a compaction, whatever the table's size.
+const COMPACT_FLOOR: usize = 4096;
 
 /// Strips the leading `+` that SPEC.md says is ignored when comparing numbers.
 pub fn normalize_number(number: &str) -> &str {
@@ -117,27 +160,18 @@ impl IntentTable {
                 max: self.max_pending,
             });
         }
-        state.expiries.insert(
-            (intent.expires, intent.callid.clone()),
-            intent.telnum.clone(),
-        );
         let replaced = state
             .by_telnum
-            .insert(intent.telnum.clone(), intent.clone());
-        if let Some(old) = &replaced {
-            state.expiries.remove(&(old.expires, old.callid.clone()));
-        }
-        Ok((intent, replaced))
+            .insert(intent.telnum.clone(), Box::new(intent.clone()));
+        state.queue_expiry(&intent);
+        Ok((intent, replaced.map(|old| *old)))
     }
 
     /// Removes the pending intent of `telnum`, if any.
     pub fn cancel(&self, telnum: &str) -> Option<Intent> {
         let mut state = self.state.lock();
-        let intent = state.by_telnum.remove(normalize_number(telnum))?;
-        state
-            .expiries
-            .remove(&(intent.expires, intent.callid.clone()));
-        Some(intent)
+        // Its expiry entry goes stale and is dropped by the sweeper.
+        state.by_telnum.remove(normalize_number(telnum)).map(|i| *i)
     }
 
     /// Consumes the intent of `calling` if it is for the dialled dedicated number and still
@@ -185,41 +219,40 @@ impl IntentTable {
             return Err(NoIntent::OtherNumber);
         }
         let intent = state.by_telnum.remove(telnum).ok_or(NoIntent::None)?;
-        state
-            .expiries
-            .remove(&(intent.expires, intent.callid.clone()));
-        Ok(intent)
+        Ok(*intent)
     }
 
     /// Removes every intent whose expiry is at or before `now` and returns them.
     pub fn purge_expired(&self, now: Instant) -> Vec<Intent> {
         let mut state = self.state.lock();
         let mut purged = Vec::new();
-        while let Some(entry) = state.expiries.first_entry() {
-            if entry.key().0 > now {
+        while state.expiries.front().is_some_and(|e| e.at <= now) {
+            let Some(entry) = state.expiries.pop_front() else {
                 break;
-            }
-            let ((_, callid), telnum) = entry.remove_entry();
-            if state
-                .by_telnum
-                .get(&telnum)
-                .is_some_and(|i| i.callid == callid)
-            {
-                if let Some(intent) = state.by_telnum.remove(&telnum) {
-                    purged.push(intent);
+            };
+            if state.is_live(&entry) {
+                if let Some(intent) = state.by_telnum.remove(&entry.telnum) {
+                    purged.push(*intent);
                 }
             }
         }
+        shrink_map(&mut state.by_telnum);
         purged
     }
 
     /// When the sweeper should next run.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.state
-            .lock()
-            .expiries
-            .first_key_value()
-            .map(|((at, _), _)| *at)
+        let mut state = self.state.lock();
+        loop {
+            let front = state.expiries.front().map(|e| (state.is_live(e), e.at));
+            match front {
+                Some((true, at)) => return Some(at),
+                Some((false, _)) => {
+                    state.expiries.pop_front();
+                }
+                None => return None,
+            }
+        }
     }
 
     /// Number of pending intents.
@@ -237,7 +270,7 @@ impl IntentTable {
             .lock()
             .by_telnum
             .get(normalize_number(telnum))
-            .cloned()
+            .map(|i| (**i).clone())
     }
 }
 
@@ -366,6 +399,24 @@ mod tests {
 #[cfg(test)]
 mod limit_tests {
     use super::*;
+
+    #[test]
+    fn a_makecall_flood_for_one_number_keeps_the_expiry_queue_bounded() {
+        let table = IntentTable::new(Duration::from_secs(120));
+        let now = Instant::now();
+        for _ in 0..20_000 {
+            table.register(now, "1001", "2001", "3001").unwrap();
+        }
+        let queued = table.state.lock().expiries.len();
+        assert!(
+            queued <= COMPACT_FLOOR + 1,
+            "{queued} expiry entries for one intent"
+        );
+        assert_eq!(table.len(), 1);
+        // The live entry survived the compactions: the intent still expires.
+        assert_eq!(table.purge_expired(now + Duration::from_secs(121)).len(), 1);
+        assert!(table.is_empty() && table.next_expiry().is_none());
+    }
 
     #[test]
     fn a_full_table_refuses_new_numbers_but_accepts_replacements() {

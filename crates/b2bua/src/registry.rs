@@ -121,7 +121,8 @@ pub struct CallRegistry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: HashMap<String, CallRecord>,
+    /// Boxed, so that growing the map under the lock moves pointers rather than records.
+    records: HashMap<String, Box<CallRecord>, foldhash::fast::RandomState>,
     /// Ended calls in the order they ended, with the monotonic instant they ended at.
     ended: VecDeque<(Instant, String)>,
 }
@@ -155,7 +156,10 @@ impl CallRegistry {
             end_cause: None,
             media: None,
         };
-        self.inner.lock().records.insert(callid.to_owned(), record);
+        self.inner
+            .lock()
+            .records
+            .insert(callid.to_owned(), Box::new(record));
     }
 
     /// Applies one event. Events after the end are ignored, except final codes that arrive
@@ -209,7 +213,7 @@ impl CallRegistry {
     }
 
     pub fn get(&self, callid: &str) -> Option<CallRecord> {
-        self.inner.lock().records.get(callid).cloned()
+        self.inner.lock().records.get(callid).map(|r| (**r).clone())
     }
 
     /// Drops ended records older than the retention period or beyond the cap.
