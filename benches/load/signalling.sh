@@ -36,7 +36,7 @@
 #         QUICK=1 benches/load/signalling.sh    (one rate, 100 calls/s for 10 s; exits non-zero
 #                                                on any failed call through callbridge)
 # Environment (all optional):
-#   RATES="100 200 400 800"  calls per second (QUICK=1: 100)
+#   RATES="100 200 400 800 1600"  calls per second (QUICK=1: 100)
 #   DURATION=15              seconds of new calls per rate (QUICK=1: 10)
 #   HOLD_MS=1000             call hold time (SIPp -d)
 #   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>.
@@ -71,7 +71,7 @@ if [[ $QUICK == 1 ]]; then
     RATES=${RATES:-100}
     DURATION=${DURATION:-10}
 else
-    RATES=${RATES:-100 200 400 800}
+    RATES=${RATES:-100 200 400 800 1600}
     DURATION=${DURATION:-15}
 fi
 HOLD_MS=${HOLD_MS:-1000}
