@@ -10,6 +10,10 @@
 //! The buffer is bounded: when stderr cannot keep up and [`MAX_BUFFERED_BYTES`] are waiting,
 //! further lines are dropped (and counted, and the count is reported in the log) rather than
 //! slowing calls down or growing memory.
+//!
+//! Lines still waiting are written when the [`FlushGuard`] drops (normal exit, SIGTERM) and by
+//! [`BufferedLog::flush_now`], which the binary's panic hook calls; a process killed outright
+//! (SIGKILL, OOM killer) loses at most the last [`FLUSH_INTERVAL`] of lines.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,6 +151,19 @@ impl Drop for EventWriter {
     }
 }
 
+impl BufferedLog {
+    /// Writes the lines waiting in the buffer to stderr from the calling thread, now (for a
+    /// panic hook: the lines just before a panic are the ones worth having).
+    pub fn flush_now(&self) {
+        let waiting = std::mem::take(&mut self.shared.pending.lock().bytes);
+        if !waiting.is_empty() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = stderr.write_all(&waiting);
+            let _ = stderr.flush();
+        }
+    }
+}
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedLog {
     type Writer = EventWriter;
 
@@ -215,12 +232,35 @@ mod tests {
     }
 
     #[test]
+    fn flush_now_empties_the_buffer_from_the_calling_thread() {
+        // No writer thread: only flush_now can take the line.
+        let log = BufferedLog {
+            shared: Arc::new(Shared {
+                pending: Mutex::new(Pending::default()),
+                wake: Condvar::new(),
+                dropped: AtomicU64::new(0),
+            }),
+        };
+        line(
+            &log,
+            "log_writer test: a line written by flush_now (expected output)",
+        );
+        assert!(!log.shared.pending.lock().bytes.is_empty());
+        log.flush_now();
+        assert!(log.shared.pending.lock().bytes.is_empty());
+    }
+
+    #[test]
     fn a_full_buffer_drops_lines_and_says_so() {
-        // A writer that never finishes its first write holds the buffer full.
-        struct Stuck(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+        /// Blocks in its first write until released, telling the test when it got there.
+        struct Stuck {
+            entered: std::sync::mpsc::Sender<()>,
+            release: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        }
         impl Write for Stuck {
             fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                let (released, cv) = &*self.0;
+                let _ = self.entered.send(());
+                let (released, cv) = &*self.release;
                 let mut released = released.lock().unwrap();
                 while !*released {
                     released = cv.wait(released).unwrap();
@@ -231,18 +271,28 @@ mod tests {
                 Ok(())
             }
         }
-        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let (log, guard) = spawn(Stuck(gate.clone()));
-        // The writer takes at most a batch or two before it blocks for good; 20 MiB of lines
-        // cannot all fit in the 16 MiB that may wait.
+        let (entered, writer_blocked) = std::sync::mpsc::channel();
+        let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (log, guard) = spawn(Stuck {
+            entered,
+            release: release.clone(),
+        });
+        line(&log, "first");
+        // The writer holds "first" and is blocked: nothing more leaves the buffer.
+        writer_blocked.recv().unwrap();
         let big = "x".repeat(1024 * 1024);
         for _ in 0..20 {
             line(&log, &big);
         }
-        assert!(log.shared.dropped.load(Ordering::Relaxed) >= 1);
-        assert!(log.shared.pending.lock().bytes.len() <= MAX_BUFFERED_BYTES);
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        let dropped = log.shared.dropped.load(Ordering::Relaxed);
+        let waiting = log.shared.pending.lock().bytes.len();
+        // Released before asserting, so that a failed assertion cannot leave the guard's drop
+        // waiting for a blocked writer.
+        *release.0.lock().unwrap() = true;
+        release.1.notify_all();
         drop(guard);
+        // 15 lines of 1 MiB + 1 fit under 16 MiB; the other 5 are dropped.
+        assert_eq!(dropped, 5);
+        assert!(waiting <= MAX_BUFFERED_BYTES);
     }
 }

@@ -134,6 +134,12 @@ fn init_logging(config: &Config) -> log_writer::FlushGuard {
         .unwrap_or_else(|| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let (writer, guard) = log_writer::spawn(std::io::stderr());
+    let on_panic = writer.clone();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        on_panic.flush_now();
+        default_hook(info);
+    }));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
