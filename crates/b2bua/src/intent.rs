@@ -12,9 +12,13 @@
 //! callid when the sweeper reaches it (or dropped by a compaction when stale entries pile up).
 //! Intents are boxed in the map so that growing it moves pointers, not intents: with a new
 //! telnum on every makecall the map doubles under the lock, and that move was the API's p99.
+//! For the same reason, and so that API workers rarely wait for each other, the table is
+//! [`SHARDS`] independent maps and queues chosen by a hash of the telnum; the intent count that
+//! `intent.max_pending` bounds is kept across them in one atomic.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -63,8 +67,15 @@ pub struct IntentTable {
     ttl: Duration,
     max_pending: usize,
     ids: CallIdGenerator,
-    state: Mutex<State>,
+    /// Intents held, over all shards (what `max_pending` bounds).
+    pending: AtomicUsize,
+    shards: Box<[Mutex<State>]>,
+    /// Chooses a telnum's shard.
+    shard_hasher: foldhash::fast::RandomState,
 }
+
+/// Independent parts of the table (see the module documentation).
+pub const SHARDS: usize = 16;
 
 #[derive(Debug, Default)]
 struct State {
@@ -82,6 +93,20 @@ struct Expiry {
 }
 
 impl State {
+    /// The expiry of the oldest live intent, dropping the stale entries in front of it.
+    fn next_live_expiry(&mut self) -> Option<Instant> {
+        loop {
+            let front = self.expiries.front().map(|e| (self.is_live(e), e.at));
+            match front {
+                Some((true, at)) => return Some(at),
+                Some((false, _)) => {
+                    self.expiries.pop_front();
+                }
+                None => return None,
+            }
+        }
+    }
+
     fn is_live(&self, entry: &Expiry) -> bool {
         self.by_telnum
             .get(&entry.telnum)
@@ -106,8 +131,8 @@ impl State {
     }
 }
 
-/// Stale expiry entries tolerated before a compaction, whatever the table's size.
-const COMPACT_FLOOR: usize = 4096;
+/// Stale expiry entries a shard tolerates before a compaction, whatever its size.
+const COMPACT_FLOOR: usize = 1024;
 
 /// Strips the leading `+` that SPEC.md says is ignored when comparing numbers.
 pub fn normalize_number(number: &str) -> &str {
@@ -126,8 +151,21 @@ impl IntentTable {
             ttl,
             max_pending,
             ids: CallIdGenerator::new(),
-            state: Mutex::new(State::default()),
+            pending: AtomicUsize::new(0),
+            shards: (0..SHARDS).map(|_| Mutex::new(State::default())).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// The shard holding `telnum` (already normalized).
+    fn shard(&self, telnum: &str) -> &Mutex<State> {
+        let index = self.shard_hasher.hash_one(telnum) as usize % SHARDS;
+        &self.shards[index]
+    }
+
+    /// Counts an intent that left the table.
+    fn forget_one(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
     pub fn ttl(&self) -> Duration {
@@ -152,10 +190,13 @@ impl IntentTable {
             created: now,
             expires: now + self.ttl,
         };
-        let mut state = self.state.lock();
-        if state.by_telnum.len() >= self.max_pending
-            && !state.by_telnum.contains_key(&intent.telnum)
+        let mut state = self.shard(&intent.telnum).lock();
+        // A new telnum reserves its place in the count first, so that concurrent makecalls on
+        // other shards cannot overshoot `max_pending` together.
+        if !state.by_telnum.contains_key(&intent.telnum)
+            && self.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending
         {
+            self.forget_one();
             return Err(IntentTableFull {
                 max: self.max_pending,
             });
@@ -169,9 +210,11 @@ impl IntentTable {
 
     /// Removes the pending intent of `telnum`, if any.
     pub fn cancel(&self, telnum: &str) -> Option<Intent> {
-        let mut state = self.state.lock();
+        let telnum = normalize_number(telnum);
         // Its expiry entry goes stale and is dropped by the sweeper.
-        state.by_telnum.remove(normalize_number(telnum)).map(|i| *i)
+        let intent = self.shard(telnum).lock().by_telnum.remove(telnum)?;
+        self.forget_one();
+        Some(*intent)
     }
 
     /// Consumes the intent of `calling` if it is for the dialled dedicated number and still
@@ -208,8 +251,8 @@ impl IntentTable {
         calling: &str,
         matches: impl Fn(&Intent) -> bool,
     ) -> Result<Intent, NoIntent> {
-        let mut state = self.state.lock();
         let telnum = normalize_number(calling);
+        let mut state = self.shard(telnum).lock();
         let intent = state.by_telnum.get(telnum).ok_or(NoIntent::None)?;
         if intent.expires <= now {
             // Left for `purge_expired`, which reports what it removes.
@@ -219,45 +262,42 @@ impl IntentTable {
             return Err(NoIntent::OtherNumber);
         }
         let intent = state.by_telnum.remove(telnum).ok_or(NoIntent::None)?;
+        self.forget_one();
         Ok(*intent)
     }
 
     /// Removes every intent whose expiry is at or before `now` and returns them.
     pub fn purge_expired(&self, now: Instant) -> Vec<Intent> {
-        let mut state = self.state.lock();
         let mut purged = Vec::new();
-        while state.expiries.front().is_some_and(|e| e.at <= now) {
-            let Some(entry) = state.expiries.pop_front() else {
-                break;
-            };
-            if state.is_live(&entry) {
-                if let Some(intent) = state.by_telnum.remove(&entry.telnum) {
-                    purged.push(*intent);
+        for shard in self.shards.iter() {
+            let mut state = shard.lock();
+            while state.expiries.front().is_some_and(|e| e.at <= now) {
+                let Some(entry) = state.expiries.pop_front() else {
+                    break;
+                };
+                if state.is_live(&entry) {
+                    if let Some(intent) = state.by_telnum.remove(&entry.telnum) {
+                        self.forget_one();
+                        purged.push(*intent);
+                    }
                 }
             }
+            shrink_map(&mut state.by_telnum);
         }
-        shrink_map(&mut state.by_telnum);
         purged
     }
 
     /// When the sweeper should next run.
     pub fn next_expiry(&self) -> Option<Instant> {
-        let mut state = self.state.lock();
-        loop {
-            let front = state.expiries.front().map(|e| (state.is_live(e), e.at));
-            match front {
-                Some((true, at)) => return Some(at),
-                Some((false, _)) => {
-                    state.expiries.pop_front();
-                }
-                None => return None,
-            }
-        }
+        self.shards
+            .iter()
+            .filter_map(|shard| shard.lock().next_live_expiry())
+            .min()
     }
 
     /// Number of pending intents.
     pub fn len(&self) -> usize {
-        self.state.lock().by_telnum.len()
+        self.pending.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -266,10 +306,11 @@ impl IntentTable {
 
     /// The pending intent of `telnum`, without consuming it.
     pub fn get(&self, telnum: &str) -> Option<Intent> {
-        self.state
+        let telnum = normalize_number(telnum);
+        self.shard(telnum)
             .lock()
             .by_telnum
-            .get(normalize_number(telnum))
+            .get(telnum)
             .map(|i| (**i).clone())
     }
 }
@@ -407,7 +448,7 @@ mod limit_tests {
         for _ in 0..20_000 {
             table.register(now, "1001", "2001", "3001").unwrap();
         }
-        let queued = table.state.lock().expiries.len();
+        let queued: usize = table.shards.iter().map(|s| s.lock().expiries.len()).sum();
         assert!(
             queued <= COMPACT_FLOOR + 1,
             "{queued} expiry entries for one intent"
@@ -416,6 +457,46 @@ mod limit_tests {
         // The live entry survived the compactions: the intent still expires.
         assert_eq!(table.purge_expired(now + Duration::from_secs(121)).len(), 1);
         assert!(table.is_empty() && table.next_expiry().is_none());
+    }
+
+    #[test]
+    fn the_limit_holds_across_shards_under_concurrent_makecalls() {
+        let table = std::sync::Arc::new(IntentTable::with_limit(Duration::from_secs(120), 1000));
+        let now = Instant::now();
+        let accepted: usize = (0..4)
+            .map(|t| {
+                let table = table.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .filter(|i| {
+                            table
+                                .register(
+                                    now,
+                                    &format!("{}", 100_000 + t * 1000 + i),
+                                    "2001",
+                                    "3001",
+                                )
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|thread| thread.join().unwrap())
+            .sum();
+        assert_eq!((accepted, table.len()), (1000, 1000));
+        let spread = table
+            .shards
+            .iter()
+            .filter(|s| !s.lock().by_telnum.is_empty())
+            .count();
+        assert!(spread > SHARDS / 2, "telnums spread over {spread} shards");
+        assert_eq!(
+            table.purge_expired(now + Duration::from_secs(121)).len(),
+            1000
+        );
+        assert!(table.is_empty());
     }
 
     #[test]
