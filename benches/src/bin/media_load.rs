@@ -163,6 +163,26 @@ impl Drop for ChildGuard {
     }
 }
 
+impl ChildGuard {
+    /// Stops callbridge as a service manager would (SIGTERM), so that it drains and writes its
+    /// last log lines; killed after 10 s if it has not exited.
+    fn terminate(mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Dropping kills it.
+    }
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: &str) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -1041,7 +1061,7 @@ async fn run(args: Args) -> Result<(), String> {
     if args.fail_on_loss && hangup_errors > 0 {
         return Err(format!("{hangup_errors} calls could not be hung up"));
     }
-    drop(child);
+    child.terminate();
 
     // What callbridge logged beyond info.
     let log_text = std::fs::read_to_string(&args.log).unwrap_or_default();
