@@ -135,17 +135,8 @@ cb_log=$work/callbridge.log
 cb_pid=""
 callee_pid=""
 ok=0
-stop_pid() {
-    local pid=$1
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=../scripts/proc.sh
+source "$repo/scripts/proc.sh"
 cleanup() {
     stop_pid "$callee_pid"
     stop_pid "$cb_pid"

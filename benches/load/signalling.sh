@@ -156,17 +156,8 @@ results=$work/results.tsv
 # ---------------------------------------------------------------------------------------------
 # Processes: the server, the callee SIPp, the memory sampler. Stopped by pid on exit.
 srv_pid="" callee_pid="" sampler_pid=""
-stop_pid() {
-    local pid=$1
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=../../scripts/proc.sh
+source "$repo/scripts/proc.sh"
 cleanup() {
     stop_pid "$sampler_pid"
     stop_pid "$callee_pid"
