@@ -413,6 +413,30 @@ async fn media_dropping_the_session_releases_the_ports() {
 }
 
 #[tokio::test]
+async fn media_too_many_streams_is_488_and_takes_no_port() {
+    let (factory, _notices) = factory(100, Duration::ZERO);
+    let pool = factory.pool().clone();
+    let a = Phone::new().await;
+    let one = String::from_utf8(a.sdp(1).to_vec()).unwrap();
+    let audio = &one[one.find("m=").unwrap()..];
+    let with_streams = |n: usize| Bytes::from(format!("{one}{}", audio.repeat(n - 1)));
+    let mut session = factory.new_session("many").unwrap();
+    let error = session
+        .towards_b(&with_streams(b2bua::media::anchored::MAX_STREAMS + 1))
+        .unwrap_err();
+    assert!(matches!(error, MediaError::Malformed(_)) && error.sip_status() == 488);
+    assert_eq!(pool.available(), pool.capacity());
+    // The limit itself is relayed.
+    session
+        .towards_b(&with_streams(b2bua::media::anchored::MAX_STREAMS))
+        .unwrap();
+    assert_eq!(
+        pool.available(),
+        pool.capacity() - 2 * b2bua::media::anchored::MAX_STREAMS
+    );
+}
+
+#[tokio::test]
 async fn media_exhaustion_gives_exhausted_and_leaves_nothing_allocated() {
     // Three pairs: one call's stream takes two.
     let (factory, _notices) = factory(6, Duration::ZERO);

@@ -20,6 +20,10 @@ use super::relay::{spawn_watchdog, Activity, MediaLeg, MediaNotice, StreamRelay,
 use super::sdp::{RelayPorts, SessionDescription};
 use super::{MediaError, MediaFactory, MediaSession, MediaStats};
 
+/// Streams (`m=` lines) one session description may carry; more is answered 488. Audio and
+/// video with room to spare: each relayed stream holds two port pairs and four sockets.
+pub const MAX_STREAMS: usize = 8;
+
 /// What anchoring needs from the configuration (`media.*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MediaConfig {
@@ -140,6 +144,14 @@ impl AnchoredSession {
     fn forward(&mut self, from: MediaLeg, body: &Bytes) -> Result<Bytes, MediaError> {
         let mut sdp = SessionDescription::parse(body)?;
         let streams = sdp.streams();
+        // Each stream holds two port pairs for the whole call: one SDP must not be able to
+        // take the pool (a 64 KiB INVITE fits thousands of `m=` lines).
+        if streams.len() > MAX_STREAMS {
+            return Err(MediaError::Malformed(format!(
+                "{} media streams; at most {MAX_STREAMS} are relayed",
+                streams.len()
+            )));
+        }
 
         // Allocate every new stream's ports first, so that a failure leaves nothing behind.
         let mut fresh: Vec<(usize, BoundPair, BoundPair)> = Vec::new();

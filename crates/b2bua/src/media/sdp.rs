@@ -192,11 +192,19 @@ impl SessionDescription {
                     .filter(|ip| !ip.is_unspecified());
                 let (rtp, rtcp) = match ip {
                     Some(ip) if media.port != 0 => {
+                        // RTCP on the next port (RFC 3550), which an RTP port of 65535 lacks;
+                        // an `a=rtcp:` port of 0 is no address either.
                         let rtcp = match media.rtcp {
-                            Some((port, address)) => SocketAddr::new(address.unwrap_or(ip), port),
-                            None => SocketAddr::new(ip, media.port.wrapping_add(1)),
-                        };
-                        (Some(SocketAddr::new(ip, media.port)), Some(rtcp))
+                            Some((port, address)) => {
+                                Some(SocketAddr::new(address.unwrap_or(ip), port))
+                            }
+                            None => media
+                                .port
+                                .checked_add(1)
+                                .map(|port| SocketAddr::new(ip, port)),
+                        }
+                        .filter(|rtcp| rtcp.port() != 0);
+                        (Some(SocketAddr::new(ip, media.port)), rtcp)
                     }
                     _ => (None, None),
                 };
@@ -246,12 +254,13 @@ impl SessionDescription {
             };
             if media.port != ports.rtp {
                 // m=<media> <port>[/<count>] <proto> <fmt>...: one relay pair, so no /count.
+                // Split as `parse` does (any run of blanks), so that odd spacing cannot shift
+                // the port into another field; written back with single spaces.
                 let line = &media.lines[0];
-                let value = &line[2..];
-                let mut fields = value.splitn(3, ' ');
+                let mut fields = line[2..].split_ascii_whitespace();
                 let kind = fields.next().unwrap_or_default();
                 let _port = fields.next();
-                let rest = fields.next().unwrap_or_default();
+                let rest = fields.collect::<Vec<_>>().join(" ");
                 media.lines[0] = format!("m={kind} {} {rest}", ports.rtp);
                 media.port = ports.rtp;
                 changed = true;
@@ -378,6 +387,35 @@ a=x-unknown:keep me\r\n";
         let back = SessionDescription::parse(out.as_bytes()).unwrap().streams();
         assert_eq!(back[1].rtp, sa("203.0.113.5:20002"));
         assert_eq!(back[1].rtcp, sa("203.0.113.5:20003"));
+    }
+
+    #[test]
+    fn odd_spacing_in_the_m_line_cannot_keep_the_peers_port() {
+        for m in ["m=audio  49170 RTP/AVP 0", "m=audio\t49170\tRTP/AVP\t0"] {
+            let body =
+                format!("v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n{m}\n");
+            let mut sdp = SessionDescription::parse(body.as_bytes()).unwrap();
+            assert_eq!(sdp.streams()[0].rtp, sa("192.0.2.1:49170"));
+            sdp.rewrite(ip("203.0.113.5"), &relay(&[(20000, 20001)]));
+            let out = String::from_utf8(sdp.to_bytes().to_vec()).unwrap();
+            assert!(
+                out.contains("\r\nm=audio 20000 RTP/AVP 0\r\n"),
+                "{m:?} became {out:?}"
+            );
+            assert!(!out.contains("49170"), "{out:?}");
+        }
+    }
+
+    #[test]
+    fn rtp_port_65535_has_no_implied_rtcp_port_and_rtcp_port_0_is_none() {
+        let body = "v=0\no=- 1 1 IN IP4 192.0.2.1\ns=-\nc=IN IP4 192.0.2.1\nt=0 0\n\
+m=audio 65535 RTP/AVP 0\nm=audio 4000 RTP/AVP 0\na=rtcp:0\n";
+        let streams = SessionDescription::parse(body.as_bytes())
+            .unwrap()
+            .streams();
+        assert_eq!(streams[0].rtp, sa("192.0.2.1:65535"));
+        assert_eq!(streams[0].rtcp, None);
+        assert_eq!(streams[1].rtcp, None);
     }
 
     #[test]
