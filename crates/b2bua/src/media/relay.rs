@@ -461,22 +461,23 @@ impl Relay {
                     continue;
                 }
             };
-            let packet = &buffer[..len];
-            // On the RTP socket RTCP may be multiplexed (RFC 5761); only RTP latches there.
-            let latches = if kind == RTCP {
-                is_rtcp(packet)
-            } else if is_rtcp(packet) {
-                false
-            } else if is_rtp(packet) {
-                true
-            } else {
-                dropped += 1;
-                continue;
-            };
-            if len == buffer.len() || (kind == RTCP && !latches) {
+            // A datagram that filled the buffer may have been cut short.
+            if len == buffer.len() {
                 dropped += 1;
                 continue;
             }
+            let packet = &buffer[..len];
+            // The RTCP socket takes RTCP; the RTP socket takes RTP and multiplexed RTCP
+            // (RFC 5761), and only RTP latches there.
+            let latches = match (kind, is_rtcp(packet)) {
+                (RTCP, true) => true,
+                (RTP, true) => false,
+                (RTP, false) if is_rtp(packet) => true,
+                _ => {
+                    dropped += 1;
+                    continue;
+                }
+            };
             let latch = &mut self.latches[from][kind];
             match latch.latched {
                 Some(latched) if latched != source => {
