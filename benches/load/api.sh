@@ -42,7 +42,8 @@
 #   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
 #                   intent and the intent table stays at N entries; 0: a new telnum every request)
 #   SERVERS="hello callbridge callbridge-warn"
-#   API_PORT=28280 (callbridge HTTP)  SIP_PORT=25260 (callbridge SIP)  HELLO_PORT=28281
+#   API_PORT (callbridge HTTP)  SIP_PORT (callbridge SIP)  HELLO_PORT: each chosen free at run
+#                   time below the ephemeral range unless given (scripts/ports.sh)
 #   CARGO_TARGET_DIR (default: ./target)   OUT=benches/results/api.md
 #   SKIP_BUILD=1 (use the binaries already built)   SKIP_MICRO=1
 set -euo pipefail
@@ -75,9 +76,11 @@ else
 fi
 THREADS=${THREADS:-1}
 TELNUM_POOL=${TELNUM_POOL:-0}
-API_PORT=${API_PORT:-28280}
-SIP_PORT=${SIP_PORT:-25260}
-HELLO_PORT=${HELLO_PORT:-28281}
+# shellcheck source=../../scripts/ports.sh
+source "$ROOT/scripts/ports.sh"
+[[ -n ${API_PORT:-} ]] || free_port API_PORT
+[[ -n ${SIP_PORT:-} ]] || free_port SIP_PORT
+[[ -n ${HELLO_PORT:-} ]] || free_port HELLO_PORT
 HOST=127.0.0.1
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)

@@ -6,7 +6,8 @@
 #                                         callbridge's memory per active call measured too
 #   QUICK=1 benches/load/media.sh         20 calls × 3 s through callbridge only; fails on any
 #                                         lost packet (never on timing)
-# Environment: SIZES="50 200 500 1000" SECONDS_PER_RUN=10 PPS=50 RTP_PORTS=42000-49999 OUT=file
+# Environment: SIZES="50 200 500 1000" SECONDS_PER_RUN=10 PPS=50 OUT=file
+#   RTP_PORTS=first-last (default: 8000 ports chosen free at run time below the ephemeral range)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -16,7 +17,9 @@ quick=${QUICK:-0}
 sizes=${SIZES:-50 200 500 1000}
 secs=${SECONDS_PER_RUN:-10}
 pps=${PPS:-50}
-ports=${RTP_PORTS:-42000-49999}
+# shellcheck source=../../scripts/ports.sh
+source "$repo/scripts/ports.sh"
+if [[ -n ${RTP_PORTS:-} ]]; then ports=$RTP_PORTS; else free_port_range ports 8000; fi
 out=${OUT:-$repo/benches/results/media.md}
 
 if [[ $quick != 1 ]] && ! command -v rtpengine >/dev/null 2>&1; then

@@ -50,7 +50,8 @@
 #   WORKDIR=dir              logs and SIPp statistics (default: a fresh temp dir, kept)
 #   BASE_PORT=35060          server SIP port; caller +2, callee +20, Kamailio +10, API +3000,
 #                            SIPp media +1000/+1100; moved by 100s until all are free
-#   RTP_PORTS=50000-65499    callbridge's media.rtp_ports (7750 pairs, 2 per call)
+#   RTP_PORTS=first-last     callbridge's media.rtp_ports (default: 15500 ports, 7750 pairs at 2 per
+#                            call, chosen free at run time below the ephemeral range)
 #   NO_INSTALL=1             do not try apt-get
 set -euo pipefail
 
@@ -79,7 +80,9 @@ SERVERS=${SERVERS:-callbridge kamailio}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-2}
 KAMAILIO_SHM_MB=${KAMAILIO_SHM_MB:-512}
 KAMAILIO_PKG_MB=${KAMAILIO_PKG_MB:-16}
-RTP_PORTS=${RTP_PORTS:-50000-65499}
+# shellcheck source=../../scripts/ports.sh
+source "$repo/scripts/ports.sh"
+[[ -n ${RTP_PORTS:-} ]] || free_port_range RTP_PORTS 15500
 HOST=127.0.0.1
 CLK_TCK=$(getconf CLK_TCK)
 
