@@ -11,8 +11,9 @@
 #      callbridge drains back to no calls, dialogs, transactions, intents or media ports;
 #   7. media: a few more calls with RTP. The caller (trunk_uac_rtp.xml) plays the RTP of
 #      g711a.pcap after the ACK, the callee (callee_uas_rtp.xml, run with -rtp_echo) echoes it;
-#      each call's record must show packets relayed both ways and both legs latched to SIPp's
-#      media ports, /metrics must count them, and callbridge must drain again (no media ports).
+#      each call is held longer than the pcap plays, so its record must show every packet of the
+#      pcap relayed each way with none dropped, and both legs latched to SIPp's media ports;
+#      /metrics must count them, and callbridge must drain again (no media ports).
 # Exits non-zero, with the reason and the tails of the logs, on any failure.
 #
 # Usage: sipp-scenarios/run.sh            (needs sipp, from Debian/Ubuntu package sip-tester, and curl;
@@ -24,7 +25,8 @@
 #   SIPP_REFUSED_CALLS=5    calls with no intent (expects 403)
 #   SIPP_HOLD_MS=500        how long each bridged call stays up
 #   SIPP_MEDIA_CALLS=6      calls with RTP (0 skips the media phase); SIPP_MEDIA_RATE=2 calls per second
-#   SIPP_MEDIA_HOLD_MS=3000 how long each call with RTP stays up (and plays audio)
+#   SIPP_MEDIA_HOLD_MS      how long each call with RTP stays up; default and minimum: the pcap's
+#                           playing time + 2 s (so that every packet is played and echoed)
 #   SIPP_MEDIA_PCAP=/usr/share/sip-tester/g711a.pcap   RTP the callers play (PCMA, as offered)
 #   SIPP_CALLER_TRANSPORT=u1   SIPp transport of the callers (trunk side): u1 = UDP, t1 = TCP
 #   SIPP_SIP_PORT=15060  SIPP_CALLEE_PORT=15080  SIPP_CALLER_PORT=15062  SIPP_API_PORT=18080
@@ -64,7 +66,6 @@ REFUSED=${SIPP_REFUSED_CALLS:-5}
 HOLD_MS=${SIPP_HOLD_MS:-500}
 MEDIA_CALLS=${SIPP_MEDIA_CALLS:-6}
 MEDIA_RATE=${SIPP_MEDIA_RATE:-2}
-MEDIA_HOLD_MS=${SIPP_MEDIA_HOLD_MS:-3000}
 DRAIN_SECS=${SIPP_DRAIN_SECS:-20}
 RTP_PORTS=${SIPP_RTP_PORTS:-30000-31999}
 CALLER_TRANSPORT=${SIPP_CALLER_TRANSPORT:-u1}
@@ -82,6 +83,32 @@ if ((MEDIA_CALLS > 0)); then
     if [[ -z $pcap || ! -r $pcap ]]; then
         echo "sipp-scenarios/run.sh: no RTP pcap to play (g711a.pcap of package sip-tester, or SIPP_MEDIA_PCAP);" >&2
         echo "  set SIPP_MEDIA_PCAP, or SIPP_MEDIA_CALLS=0 to skip the media phase" >&2
+        exit 1
+    fi
+    # What the caller will play: the pcap's UDP packets and its playing time. Every one of them
+    # must be relayed to the callee and, echoed, back to the caller: "some packets" is not enough.
+    read -r PCAP_PACKETS PCAP_MS < <(python3 - "$pcap" <<'PY'
+import struct, sys
+data = open(sys.argv[1], "rb").read()
+endian = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">"}.get(data[:4])
+if endian is None or len(data) < 24:
+    sys.exit("not a classic pcap file")
+off, count, first, last = 24, 0, None, 0.0
+while off + 16 <= len(data):
+    sec, usec, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
+    off += 16 + incl
+    count += 1
+    at = sec + usec / 1e6
+    first = at if first is None else first
+    last = at
+print(count, int((last - (first or 0)) * 1000) + 1)
+PY
+    ) || { echo "sipp-scenarios/run.sh: cannot read $pcap (python3 reads its packet count)" >&2; exit 1; }
+    min_hold=$((PCAP_MS + 2000))
+    MEDIA_HOLD_MS=${SIPP_MEDIA_HOLD_MS:-$min_hold}
+    if ((MEDIA_HOLD_MS < min_hold)); then
+        echo "sipp-scenarios/run.sh: SIPP_MEDIA_HOLD_MS=$MEDIA_HOLD_MS is shorter than $pcap plays" >&2
+        echo "  (${PCAP_MS} ms) + 2 s: calls would end mid-playback and lost packets could not be told apart" >&2
         exit 1
     fi
     # CAP_NET_RAW is bit 13 of the effective capabilities (root has it unless dropped).
@@ -434,8 +461,9 @@ wait_drained
 # ---------------------------------------------------------------------------------------------
 # Media: calls with RTP through callbridge's relay. The caller plays g711a.pcap (PCMA, 30 ms
 # packets) from its media port to the relay port in callbridge's 200; the callee (-rtp_echo)
-# sends every packet back to the relay port it came from. Each call's record must count packets
-# both ways and show both legs latched to SIPp's media ports.
+# sends every packet back to the relay port it came from. Each call is held until the whole pcap
+# has played, so each record must count exactly the pcap's packets each way, none dropped, and
+# show both legs latched to SIPp's media ports.
 media_summary=""
 if ((MEDIA_CALLS > 0)); then
     # trunk_uac_rtp.xml plays "g711a.pcap": SIPp 3.6 looks for it next to the scenario, older
@@ -453,7 +481,7 @@ if ((MEDIA_CALLS > 0)); then
     make_intents "$mcsv" "$mids" "$MEDIA_CALLS"
 
     media_budget=$((MEDIA_CALLS / MEDIA_RATE + MEDIA_HOLD_MS / 1000 + 45))
-    log "trunk_uac_rtp.xml: $MEDIA_CALLS calls with RTP at $MEDIA_RATE/s, held ${MEDIA_HOLD_MS} ms, playing $pcap"
+    log "trunk_uac_rtp.xml: $MEDIA_CALLS calls with RTP at $MEDIA_RATE/s, held ${MEDIA_HOLD_MS} ms, playing $pcap ($PCAP_PACKETS packets, $PCAP_MS ms)"
     mapfile -t opts < <(sipp_opts media_caller)
     rc=0
     (cd "$work" && exec sipp "$HOST:$SIP_PORT" -sf "$work/trunk_uac_rtp.xml" -inf "$mcsv" -i "$HOST" \
@@ -473,7 +501,7 @@ if ((MEDIA_CALLS > 0)); then
     check_media_records() {
         curl -sS --max-time 10 -w '\n@@%{http_code}\n' -K "$work/media_records.curl" \
             >"$work/media_records.out" || { echo "GET /api/calls/{callid}: curl failed"; return 1; }
-        awk -v want="$MEDIA_CALLS" -v la="$HOST:$((MEDIA_PORT + 100))" -v lb="$HOST:$MEDIA_PORT" '
+        awk -v want="$MEDIA_CALLS" -v packets="$PCAP_PACKETS" -v la="$HOST:$((MEDIA_PORT + 100))" -v lb="$HOST:$MEDIA_PORT" '
             function obj(rec, key) { # the flat JSON object that is the value of key, or ""
                 return match(rec, "\"" key "\":[{][^{}]*[}]") ? substr(rec, RSTART, RLENGTH) : ""
             }
@@ -492,8 +520,10 @@ if ((MEDIA_CALLS > 0)); then
                 else if (rec !~ /"state":"ended"/) why = "state is not ended"
                 else if (rec !~ /"leg_a_code":200[,}]/) why = "leg_a_code is not 200"
                 else if (a == "" || b == "") why = "no media counters (media.a_to_b, media.b_to_a)"
-                else if (val(a, "packets") + 0 <= 0) why = "no packets relayed from leg A to leg B"
-                else if (val(b, "packets") + 0 <= 0) why = "no packets relayed from leg B to leg A (echo)"
+                else if (val(a, "packets") + 0 != packets) why = val(a, "packets") + 0 " packets relayed from leg A to leg B, the caller played " packets
+                else if (val(b, "packets") + 0 != packets) why = val(b, "packets") + 0 " packets relayed from leg B to leg A (the echo), the caller played " packets
+                else if (val(a, "dropped") + 0 != 0) why = val(a, "dropped") " packets from leg A dropped"
+                else if (val(b, "dropped") + 0 != 0) why = val(b, "dropped") " packets from leg B dropped"
                 else if (val(rec, "latched_a") != la) why = "leg A latched to " val(rec, "latched_a") ", expected " la
                 else if (val(rec, "latched_b") != lb) why = "leg B latched to " val(rec, "latched_b") ", expected " lb
                 if (why != "") { printf "media call record #%d: %s: %s\n", n, why, rec; bad = 1; exit }
