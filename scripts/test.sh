@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The one command that runs every check of callbridge: formatting, lints, all test suites
-# (unit, property, end-to-end over loopback sockets) and the SIPp run through the real binary
-# (SIPp is installed first if missing; SKIP_SIPP=1 leaves that run out). CI runs exactly this.
+# The one command that runs every check of callbridge: formatting, lints, the rust-version
+# claim, all test suites (unit, property, end-to-end over loopback sockets), the SIPp run through
+# the real binary (SIPp is installed first if missing; SKIP_SIPP=1 leaves that run out), a media
+# relay check and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1 leaves it out;
+# FUZZ_SECONDS sets its length). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "rust-version is the real minimum (dependencies; clippy checked our own code)"
+./scripts/check-msrv.sh
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 
@@ -23,5 +28,16 @@ step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
 step "media relay quick check: 20 calls × 3 s of RTP both ways, any lost packet fails"
 cargo build --release --locked -p callbridge -p callbridge-benches --bin callbridge --bin media_load
 target_dir=${CARGO_TARGET_DIR:-target}
+# shellcheck source=ports.sh
+source scripts/ports.sh
+free_port_range rtp_ports 400
+free_port sip_port
+free_port api_port
 "$target_dir/release/media_load" --callbridge "$target_dir/release/callbridge" \
-    --calls 20 --seconds 3 --rtp-ports 42000-43999 --fail-on-loss
+    --calls 20 --seconds 3 --rtp-ports "$rtp_ports" --sip-port "$sip_port" --api-port "$api_port" \
+    --fail-on-loss
+
+if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
+    step "fuzzing: every target in fuzz/ built and run ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh)"
+    ./scripts/fuzz.sh
+fi
