@@ -51,7 +51,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts a clean shutdown: calls are ended (BYE, CANCEL, 503), the listeners close.
+    /// Starts a clean shutdown: calls are ended (BYE, CANCEL, 503); SIP keeps serving until
+    /// no call or transaction is left (at most `sip.shutdown_grace_secs`), then closes.
+    /// `/healthz` says 503 from the start of the drain; the API closes once SIP has stopped.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -137,8 +139,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     status.set_serving(true);
     tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
     let grace = Duration::from_secs(config.sip.shutdown_grace_secs);
+    // Dropped when the SIP task ends (however it ends): the API stays up through the drain,
+    // so that /healthz answers `503` while calls are being hung up (SPEC: "at once"), and
+    // closes only once SIP has stopped.
+    let (sip_stopped_tx, sip_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(sip_task(
+    let sip = sip_task(
         engine,
         transport,
         events,
@@ -146,12 +152,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown_rx.clone(),
         status.clone(),
         grace,
-    )));
+    );
+    tasks.push(tokio::spawn(async move {
+        sip.await;
+        drop(sip_stopped_tx);
+    }));
     tasks.push(tokio::spawn(sweeper(control.clone(), shutdown_rx.clone())));
-    let mut api_shutdown = shutdown_rx;
     tasks.push(tokio::spawn(async move {
         api::serve(api_listener, api_state, async move {
-            let _ = api_shutdown.wait_for(|stop| *stop).await;
+            let _ = sip_stopped.await;
         })
         .await;
     }));
@@ -251,6 +260,9 @@ async fn sip_task(
             }
             _ = shutdown.wait_for(|stop| *stop), if drain_until.is_none() => {
                 tracing::info!(calls = engine.call_count(), "shutting down: ending calls");
+                // /healthz turns 503 now, before the drain, so that load balancers stop
+                // sending calls while the live ones are hung up.
+                status.set_serving(false);
                 engine.shutdown(Instant::now());
                 drain_until = Some(tokio::time::Instant::now() + grace);
             }
@@ -260,7 +272,7 @@ async fn sip_task(
             transport.send(transmit);
         }
         status.publish(&engine);
-        if drain_until.is_some() && engine.call_count() == 0 {
+        if drain_until.is_some() && drained(&engine) {
             break;
         }
     }
@@ -272,6 +284,15 @@ async fn sip_task(
     status.publish(&engine);
     transport.shutdown();
     tracing::info!("SIP stopped");
+}
+
+/// Nothing left to finish: no call, and no transaction either. A call is forgotten once its
+/// own transactions end, but a transaction can outlive every call (an OPTIONS answered during
+/// the drain, a refusal waiting for its ACK): stopping then would leave the peer without the
+/// retransmission or the answer it is owed. The grace period still bounds the wait.
+fn drained(engine: &Engine) -> bool {
+    let layer = engine.transactions();
+    engine.call_count() == 0 && layer.client_count() == 0 && layer.server_count() == 0
 }
 
 fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
