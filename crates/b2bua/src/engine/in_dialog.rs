@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::dialog::DialogId;
+use sip_core::dialog::{DialogId, DialogState};
 use sip_core::transaction::{ClientTxId, ServerTxId, TxId};
 use sip_core::{HeaderName, Method, NameAddr, Request, Response};
 
@@ -89,6 +89,9 @@ impl Engine {
         }
         if !answered && a_final.is_none() {
             self.answer_a_locally(now, key, 480, "Callee hung up");
+            // Its INVITE is still unanswered: without a CANCEL, a callee that never sends
+            // the final response would hold the call (and its transaction) forever.
+            self.cancel_leg_b(now, key);
         }
         self.send_bye(now, key, leg.other(), EndCause::Hangup);
         self.end_call(now, key, by, EndCause::Hangup);
@@ -108,7 +111,15 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let ready = call.phase == Phase::Answered && call.dialog(to_leg).is_some();
+        // Before the answer only UPDATE may cross (RFC 3311 §5.1), on the early dialogs both
+        // legs have once leg B's tagged provisional was relayed to leg A.
+        let ready = match call.phase {
+            Phase::Answered => true,
+            Phase::Calling => request.method == Method::Update,
+            Phase::Ending => false,
+        } && call
+            .dialog(to_leg)
+            .is_some_and(|d| d.state() != DialogState::Terminated);
         if !ready {
             return self.respond(now, tx, &request, 481, Some(our_tag), None);
         }

@@ -82,6 +82,14 @@ impl Engine {
             &response,
             body,
         );
+        if call.a.dialog.is_none() {
+            // Leg A's early dialog (RFC 3261 §12.1.1): an UPDATE before the answer
+            // (RFC 3311) is relayed on it, and the answer confirms it rather than starting
+            // another, so callbridge's CSeq numbers on leg A keep increasing.
+            if let Ok(dialog) = Dialog::new_uas(&call.a.invite, &relayed) {
+                call.a.dialog = Some(dialog);
+            }
+        }
         let (tx, callid) = (call.a.invite_tx, call.intent.callid.clone());
         self.send_response(now, tx, relayed);
         self.control.record(now, &callid, CallEvent::Ringing);
@@ -168,9 +176,14 @@ impl Engine {
             &response,
             body,
         );
-        match Dialog::new_uas(&call.a.invite, &answer) {
-            Ok(dialog) => call.a.dialog = Some(dialog),
-            Err(error) => tracing::warn!(%error, "leg A dialog not established"),
+        let confirmed = match call.a.dialog.as_mut() {
+            Some(early) => early.on_response_sent(&answer),
+            None => Dialog::new_uas(&call.a.invite, &answer).map(|dialog| {
+                call.a.dialog = Some(dialog);
+            }),
+        };
+        if let Err(error) = confirmed {
+            tracing::warn!(%error, "leg A dialog not established");
         }
         call.a.final_sent = Some(response.status);
         call.phase = Phase::Answered;
