@@ -21,9 +21,15 @@ pub struct Options {
     pub trusted_peers: Vec<String>,
     /// `media.inactivity_secs` (0: off).
     pub media_inactivity_secs: u64,
-    /// Relay ports; by default each bridge of the test process gets its own slice of
-    /// 20000-31999, so parallel tests never compete for a port.
+    /// Relay ports; by default each bridge gets 200 ports chosen free at run time
+    /// ([`crate::ports::free_range`]), so parallel tests never compete for a port.
     pub rtp_ports: Option<(u16, u16)>,
+    /// `sip.max_call_secs` (0: unlimited).
+    pub max_call_secs: u64,
+    /// `sip.max_calls`: live calls held at once.
+    pub max_calls: usize,
+    /// Further `section.key=value` overrides, applied last.
+    pub extra: Vec<String>,
 }
 
 impl Default for Options {
@@ -34,6 +40,9 @@ impl Default for Options {
             trusted_peers: vec!["127.0.0.0/8".into()],
             media_inactivity_secs: 60,
             rtp_ports: None,
+            max_call_secs: 0,
+            max_calls: 10000,
+            extra: Vec::new(),
         }
     }
 }
@@ -49,17 +58,6 @@ pub struct Bridge {
     pub rtp_ports: (u16, u16),
 }
 
-/// Hands each bridge started by this test process its own 200-port slice of 20000-31999:
-/// below Linux's ephemeral range (32768-60999), so no test socket bound to port 0 can sit
-/// on a relay port.
-fn next_port_slice() -> (u16, u16) {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let slice = NEXT.fetch_add(1, Ordering::Relaxed) % 60;
-    let first = 20000 + slice * 200;
-    (first, first + 199)
-}
-
 impl Bridge {
     pub async fn start() -> Bridge {
         Bridge::start_with(Options::default()).await
@@ -67,14 +65,16 @@ impl Bridge {
 
     pub async fn start_with(options: Options) -> Bridge {
         let mut callee = TestUa::udp("127.0.0.1:9".parse().expect("addr")).await;
-        let rtp_ports = options.rtp_ports.unwrap_or_else(next_port_slice);
+        let rtp_ports = options
+            .rtp_ports
+            .unwrap_or_else(|| crate::ports::free_range(200));
         let peers = options
             .trusted_peers
             .iter()
             .map(|p| format!("\"{p}\""))
             .collect::<Vec<_>>()
             .join(",");
-        let overrides = [
+        let mut overrides = vec![
             "sip.listen=\"127.0.0.1:0\"".to_owned(),
             "api.listen=\"127.0.0.1:0\"".to_owned(),
             format!("sip.trunk=\"{}\"", callee.local_addr()),
@@ -88,7 +88,10 @@ impl Bridge {
             format!("media.inactivity_secs={}", options.media_inactivity_secs),
             format!("media.rtp_ports=\"{}-{}\"", rtp_ports.0, rtp_ports.1),
             "media.bind_ip=\"127.0.0.1\"".to_owned(),
+            format!("sip.max_call_secs={}", options.max_call_secs),
+            format!("sip.max_calls={}", options.max_calls),
         ];
+        overrides.extend(options.extra.iter().cloned());
         let config =
             Config::load(None, std::iter::empty(), &overrides).expect("test configuration");
         let running = callbridge::start(&config).await.expect("callbridge starts");
@@ -176,13 +179,22 @@ impl Bridge {
     }
 
     /// Asserts that callbridge holds no call, dialog or transaction any more (waiting for
-    /// lingering transactions: with the test timers they end within 64·T1 = 3.2 s).
+    /// lingering transactions: with the test timers they end within 64·T1 = 3.2 s), and no
+    /// pending intent: a test that dialled used its intent, one that did not cancelled it or
+    /// let it expire. A test that leaves an intent on purpose says how many with
+    /// [`assert_drained_with_intents`](Self::assert_drained_with_intents).
     pub async fn assert_drained(&self) {
+        self.assert_drained_with_intents(0).await;
+    }
+
+    /// Like [`assert_drained`](Self::assert_drained), with exactly `pending` intents still
+    /// waiting for their phone call.
+    pub async fn assert_drained_with_intents(&self, pending: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let held = self.running.status.held();
             if held == (0, 0, 0) {
-                return;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
@@ -190,6 +202,30 @@ impl Bridge {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Intents change only by API calls, INVITEs and the sweeper, never as a transaction
+        // lingers out: no wait needed.
+        assert_eq!(
+            self.running.control.intents().len(),
+            pending,
+            "pending intents"
+        );
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let (status, text) = http_raw(self.api, "GET", "/metrics", None).await;
+        assert_eq!(status, 200, "metrics: {text}");
+        text
+    }
+
+    /// The `callbridge_calls_refused_total` counter for `reason` (0 when never counted).
+    pub async fn refused(&self, reason: &str) -> u64 {
+        let text = self.metrics().await;
+        let prefix = format!("callbridge_calls_refused_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map(|value| value.trim().parse().expect("counter value"))
+            .unwrap_or(0)
     }
 }
 

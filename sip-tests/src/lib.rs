@@ -6,6 +6,7 @@
 //! Failures panic with the message that was expected and what arrived instead: these are tests.
 
 pub mod bridge;
+pub mod ports;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -194,15 +195,32 @@ impl TestUa {
         }
     }
 
+    /// The next SIP message. Anything the server sends that does not parse fails the test
+    /// on the spot, bytes shown: a broken message must not pass as silence or as a missing
+    /// response further on. (Tests that expect malformed answers read them with
+    /// [`try_recv_raw`](Self::try_recv_raw).)
     async fn recv_inner(&mut self) -> (Message, SocketAddr) {
         let limits = ParseLimits::default();
+        let local = self.local;
+        let server = self.server;
         match &mut self.socket {
             Socket::Udp(socket) => {
                 let mut buf = vec![0u8; 65536];
                 loop {
                     let (len, from) = socket.recv_from(&mut buf).await.expect("UDP recv");
-                    if let Ok(message) = Message::parse(&buf[..len], &limits) {
-                        return (message, from);
+                    let datagram = &buf[..len];
+                    match Message::parse(datagram, &limits) {
+                        Ok(message) => return (message, from),
+                        // A CRLF keep-alive (RFC 5626 §4.4.1) is not a message.
+                        Err(_) if datagram.iter().all(|b| matches!(b, b'\r' | b'\n')) => {}
+                        // RTP/RTCP (version 2) from a relay port, sent to an SDP address
+                        // that names this socket, is not SIP either.
+                        Err(_)
+                            if from != server && datagram.first().is_some_and(|b| b >> 6 == 2) => {}
+                        Err(error) => panic!(
+                            "{local}: unparseable datagram from {from} ({error}):\n{}",
+                            String::from_utf8_lossy(datagram)
+                        ),
                     }
                 }
             }
@@ -210,10 +228,13 @@ impl TestUa {
                 let peer = stream.peer_addr().expect("peer addr");
                 loop {
                     if let Some(frame) = take_frame(buffer) {
-                        if let Ok(message) = Message::parse(&frame, &limits) {
-                            return (message, peer);
+                        match Message::parse(&frame, &limits) {
+                            Ok(message) => return (message, peer),
+                            Err(error) => panic!(
+                                "{local}: unparseable frame from {peer} ({error}):\n{}",
+                                String::from_utf8_lossy(&frame)
+                            ),
                         }
-                        continue;
                     }
                     let mut chunk = [0u8; 8192];
                     let n = stream.read(&mut chunk).await.expect("TCP read");

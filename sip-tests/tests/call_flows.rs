@@ -1,12 +1,41 @@
 //! The seed's call flow end to end: callbridge started in-process on loopback, a scripted
 //! phone on leg A, a scripted callee on leg B, intents created over the HTTP API. Every test
-//! ends by asserting that callbridge holds no call, dialog or transaction any more.
+//! ends by asserting that callbridge holds no call, dialog, transaction or pending intent any
+//! more.
 
 use std::time::Duration;
 
-use sip_core::{HeaderName, Message, Method};
+use sip_core::{HeaderName, Message, Method, Request, Response};
 use sip_tests::bridge::{assert_anchored, expect_request, Bridge, CalleeDialog, Options, Phone};
 use sip_tests::{message, sdp};
+
+/// An SDP offer or answer for `addr` whose direction attribute is `direction`: each relayed
+/// SDP in a test carries its own direction, so the one that arrives shows which it was.
+fn sdp_directed(addr: std::net::SocketAddr, session_id: u64, direction: &str) -> String {
+    sdp(addr, session_id).replace("a=sendrecv", &format!("a={direction}"))
+}
+
+/// `response` with `body` as its SDP.
+fn with_sdp(mut response: Response, body: String) -> Response {
+    response
+        .headers
+        .set(HeaderName::ContentType, "application/sdp");
+    response.body = body.into();
+    response
+}
+
+/// The phone's answer to a request callbridge sent it on leg A (Contact, optional SDP).
+fn phone_reply(phone: &Phone, request: &Request, status: u16, body: Option<String>) -> Response {
+    let mut response = Response::to_request(request, status, None);
+    response.headers.push(
+        HeaderName::Contact,
+        format!("<sip:{}@{}>", phone.user, phone.ua.local_addr()),
+    );
+    match body {
+        Some(body) => with_sdp(response, body),
+        None => response,
+    }
+}
 
 /// Leg A INVITE → leg B INVITE at the callee, answered with 180 then 200; leg A sees both,
 /// ACKs. Returns the phone and the callee's dialog.
@@ -101,8 +130,14 @@ async fn bridge_and_callee_hangs_up() {
     bridge.assert_ports_free().await;
 }
 
-/// Sends an INVITE for 1001 → 2001 and expects the refusal, with a Reason, and no leg B.
-async fn expect_refused(bridge: &mut Bridge, phone: &mut Phone, status: u16) {
+/// Sends an INVITE for `phone.user` → 2001 and expects the refusal, with a Reason, and no
+/// leg B; then callbridge drained with `pending_intents` intents left untouched.
+async fn expect_refused_keeping(
+    bridge: &mut Bridge,
+    phone: &mut Phone,
+    status: u16,
+    pending_intents: usize,
+) {
     phone.call("2001").await;
     let refusal = phone.ua.expect_response(status).await;
     assert!(
@@ -118,8 +153,13 @@ async fn expect_refused(bridge: &mut Bridge, phone: &mut Phone, status: u16) {
         .callee
         .expect_silence(Duration::from_millis(300))
         .await;
-    bridge.assert_drained().await;
+    bridge.assert_drained_with_intents(pending_intents).await;
     bridge.assert_ports_free().await;
+}
+
+/// [`expect_refused_keeping`] for a refusal that leaves no intent behind.
+async fn expect_refused(bridge: &mut Bridge, phone: &mut Phone, status: u16) {
+    expect_refused_keeping(bridge, phone, status, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,12 +167,7 @@ async fn refused_without_intent() {
     let mut bridge = Bridge::start().await;
     let mut phone = Phone::udp(&bridge, "1001").await;
     expect_refused(&mut bridge, &mut phone, 403).await;
-    let (_, metrics) = bridge.http("GET", "/metrics", None).await;
-    let text = metrics.as_str().unwrap_or_default().to_owned();
-    assert!(
-        text.contains("callbridge_calls_refused_total{reason=\"no_intent\"} 1"),
-        "{text}"
-    );
+    assert_eq!(bridge.refused("no_intent").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +298,10 @@ async fn no_answer_timeout_cancels_leg_b() {
     let invite = expect_request(&mut bridge.callee, Method::Invite).await;
     let dialog = CalleeDialog::new(invite.clone());
     bridge.callee.send(dialog.reply(&invite, 180, None)).await;
-    phone.ua.expect_response(180).await;
+    // The 1 s timer runs from leg B's INVITE; on a loaded machine it may fire before this
+    // 180 reaches callbridge, which then rightly relays nothing. So the 180 at the phone is
+    // optional (expect_response skips provisionals), while what the timeout must do is not:
+    // 480 to the phone, CANCEL to the callee (sent once leg B rang, whichever came first).
     let unavailable = phone.ua.expect_response(480).await;
     let ack = phone.ack_failure(&unavailable);
     phone.ua.send(ack).await;
@@ -271,7 +309,13 @@ async fn no_answer_timeout_cancels_leg_b() {
     bridge.callee.send(dialog.reply(&cancel_b, 200, None)).await;
     bridge.callee.send(dialog.reply(&invite, 487, None)).await;
     expect_request(&mut bridge.callee, Method::Ack).await;
-    assert_eq!(bridge.call(&callid).await["end_cause"], "no_answer");
+    let record = bridge.wait_call_state(&callid, "ended").await;
+    assert_eq!(record["end_cause"], "no_answer");
+    assert_eq!(record["ended_by"], "system");
+    assert_eq!(record["leg_a_code"], 480);
+    assert_eq!(record["leg_b_code"], 487);
+    // The 480 is ACKed: not retransmitted (T1 = 50 ms, so 600 ms spans several intervals).
+    phone.ua.expect_silence(Duration::from_millis(600)).await;
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
@@ -315,7 +359,7 @@ async fn invite_retransmissions_create_one_leg_b() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answer_crossing_the_cancel_is_acked_and_hung_up() {
     let mut bridge = Bridge::start().await;
-    bridge.makecall("1001", "2001", "3001").await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
     let mut phone = Phone::udp(&bridge, "1001").await;
     phone.call("2001").await;
     let invite = expect_request(&mut bridge.callee, Method::Invite).await;
@@ -339,6 +383,18 @@ async fn answer_crossing_the_cancel_is_acked_and_hung_up() {
     expect_request(&mut bridge.callee, Method::Ack).await;
     let bye = expect_request(&mut bridge.callee, Method::Bye).await;
     bridge.callee.send(dialog.reply(&bye, 200, None)).await;
+    // The record tells what each leg really got: the phone 487 (it cancelled), the callee's
+    // answer 200 (then hung up by callbridge); the call was never bridged.
+    let record = bridge.wait_call_state(&callid, "ended").await;
+    assert_eq!(record["leg_a_code"], 487);
+    assert_eq!(record["leg_b_code"], 200);
+    assert_eq!(record["end_cause"], "cancelled");
+    assert_eq!(record["ended_by"], "caller");
+    assert!(record["answered_at"].is_null(), "{record}");
+    // The phone's side ended with its 487: no retransmission of it once ACKed, and nothing
+    // of leg B's late answer (no 200, no BYE) reaches it. 600 ms spans several T1 = 50 ms
+    // retransmission intervals, and the socket also still holds anything sent before.
+    phone.ua.expect_silence(Duration::from_millis(600)).await;
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
@@ -358,28 +414,33 @@ async fn reinvite_is_relayed_both_ways() {
     assert_anchored(&relayed.body, bridge.rtp_ports, "sendonly");
     assert_eq!(relayed.headers.call_id(), dialog.invite.headers.call_id());
     let media = bridge.callee.local_addr();
-    bridge
-        .callee
-        .send(dialog.reply(&relayed, 200, Some(media)))
-        .await;
-    phone.ua.expect_response(200).await;
+    let held = with_sdp(
+        dialog.reply(&relayed, 200, None),
+        sdp_directed(media, 2, "recvonly"),
+    );
+    bridge.callee.send(held).await;
+    let ok = phone.ua.expect_response(200).await;
+    assert_anchored(&ok.body, bridge.rtp_ports, "recvonly");
     expect_request(&mut bridge.callee, Method::Ack).await;
     phone.ack().await;
 
-    // Callee re-INVITEs: relayed to the phone on leg A's dialog.
-    let reinvite = dialog.in_dialog(Method::Invite, media, Some(sdp(media, 3)));
+    // Callee re-INVITEs (puts the phone on hold): relayed to the phone on leg A's dialog,
+    // its SDP anchored (callbridge's address, a relay port) with the callee's direction.
+    let reinvite = dialog.in_dialog(
+        Method::Invite,
+        media,
+        Some(sdp_directed(media, 3, "sendonly")),
+    );
     bridge.callee.send(reinvite).await;
     let to_phone = expect_request(&mut phone.ua, Method::Invite).await;
     assert_eq!(to_phone.headers.call_id(), Some(phone.call_id.as_str()));
-    let mut ok = sip_core::Response::to_request(&to_phone, 200, None);
-    ok.headers.push(
-        HeaderName::Contact,
-        format!("<sip:1001@{}>", phone.ua.local_addr()),
-    );
-    ok.headers.push(HeaderName::ContentType, "application/sdp");
-    ok.body = sdp(phone.ua.local_addr(), 1).into();
+    assert_anchored(&to_phone.body, bridge.rtp_ports, "sendonly");
+    // The phone's answer goes back to the callee anchored too.
+    let answer = sdp_directed(phone.ua.local_addr(), 1, "recvonly");
+    let ok = phone_reply(&phone, &to_phone, 200, Some(answer));
     phone.ua.send(ok).await;
-    bridge.callee.expect_response(200).await;
+    let ok_b = bridge.callee.expect_response(200).await;
+    assert_anchored(&ok_b.body, bridge.rtp_ports, "recvonly");
     expect_request(&mut phone.ua, Method::Ack).await;
 
     let bye = phone.in_dialog(Method::Bye, None);
@@ -400,9 +461,13 @@ async fn untrusted_source_is_refused_without_touching_the_intent() {
     .await;
     let callid = bridge.makecall("1001", "2001", "3001").await;
     let mut phone = Phone::udp(&bridge, "1001").await;
-    expect_refused(&mut bridge, &mut phone, 403).await;
-    // The intent was never consumed.
+    // The intent was never consumed: still pending, its record still an intent.
+    expect_refused_keeping(&mut bridge, &mut phone, 403, 1).await;
     assert_eq!(bridge.call(&callid).await["state"], "intent");
+    // Counted under the reason the engine gives (an operator's alert keys on it), and under
+    // that one only.
+    assert_eq!(bridge.refused("untrusted_source").await, 1);
+    assert_eq!(bridge.refused("no_intent").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,7 +571,13 @@ async fn malformed_sip_gets_400_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_hangs_up_bridged_calls_on_both_legs() {
-    let mut bridge = Bridge::start().await;
+    let mut bridge = Bridge::start_with(Options {
+        // Room for the drain below (its last transaction ends 64·T1 = 3.2 s after it began)
+        // on a loaded machine; the drain ends as soon as nothing is left, not at the grace.
+        extra: vec!["sip.shutdown_grace_secs=20".into()],
+        ..Options::default()
+    })
+    .await;
     let callid = bridge.makecall("1001", "2001", "3001").await;
     let mut phone = Phone::udp(&bridge, "1001").await;
     let dialog = bridged_call(&mut bridge, &mut phone).await;
@@ -517,22 +588,252 @@ async fn shutdown_hangs_up_bridged_calls_on_both_legs() {
         .headers
         .get(&HeaderName::Reason)
         .is_some_and(|r| r.contains("shutdown")));
+    // Draining: the API still answers, and /healthz already says SIP is not serving, so a
+    // load balancer stops sending calls while these are hung up.
+    let (status, health) = bridge.http("GET", "/healthz", None).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["sip"], false, "{health}");
     phone
         .ua
         .send(sip_core::Response::to_request(&bye_a, 200, None))
         .await;
     let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
+    assert!(bye_b
+        .headers
+        .get(&HeaderName::Reason)
+        .is_some_and(|r| r.contains("shutdown")));
     bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
-    // The API closed with the shutdown; the registry itself tells how the call ended.
+    // The trunk's keep-alive during the drain is answered; its transaction belongs to no
+    // call and outlives this one (it began later), so SIP must keep serving past the last
+    // call until it ends.
+    let trunk = bridge.callee.local_addr();
+    let options = sip_tests::request(&format!(
+        "OPTIONS sip:{sip} SIP/2.0\n\
+         Via: SIP/2.0/UDP {trunk};branch={branch};rport\n\
+         Max-Forwards: 70\n\
+         From: <sip:trunk@{trunk}>;tag={tag}\n\
+         To: <sip:{sip}>\n\
+         Call-ID: {call_id}\n\
+         CSeq: 1 OPTIONS\n\n",
+        sip = bridge.sip,
+        branch = sip_core::ids::new_branch(),
+        tag = sip_core::ids::new_tag(),
+        call_id = sip_core::ids::new_call_id("trunk.test"),
+    ));
+    bridge.callee.send(options).await;
+    bridge.callee.expect_response(200).await;
     let record = bridge.running.control.call(&callid).expect("record");
     assert_eq!(record.end_cause, Some(b2bua::EndCause::Shutdown));
-    // The SIP task stops once the calls are gone; /healthz then says SIP is not serving.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while bridge.running.status.held().0 != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "calls left after shutdown"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(record.ended_by, Some(b2bua::Party::System));
+    // Relay ports go with the calls, before SIP stops.
+    bridge.assert_ports_free().await;
+
+    // SIP stops (within the grace period) once no call and no transaction is left; the API
+    // closes after it. What SIP held when it stopped is what it published last.
+    let Bridge { running, api, .. } = bridge;
+    let status = running.status.clone();
+    let control = running.control.clone();
+    tokio::time::timeout(Duration::from_secs(30), running.join())
+        .await
+        .expect("callbridge stops (bounded by its 20 s grace period)");
+    assert_eq!(
+        status.held(),
+        (0, 0, 0),
+        "(calls, dialogs, transactions) left when SIP stopped"
+    );
+    assert_eq!(control.intents().len(), 0);
+    assert!(
+        tokio::net::TcpStream::connect(api).await.is_err(),
+        "the API still accepts connections after the shutdown"
+    );
+}
+
+/// The phone hangs up a bridged call: its BYE is answered and relayed, the callee answers.
+async fn phone_hangs_up(bridge: &mut Bridge, phone: &mut Phone, dialog: &CalleeDialog) {
+    let bye = phone.in_dialog(Method::Bye, None);
+    phone.ua.send(bye).await;
+    phone.ua.expect_response(200).await;
+    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
+    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+}
+
+/// Sends an UPDATE with an SDP offer from the phone; the callee receives it anchored and
+/// answers; the phone receives the answer anchored (RFC 3311, in whatever dialog state the
+/// legs are in).
+async fn phone_updates(bridge: &mut Bridge, phone: &mut Phone, dialog: &CalleeDialog) {
+    let offer = sdp_directed(phone.ua.local_addr(), 4, "sendonly");
+    let update = phone.in_dialog(Method::Update, Some(offer));
+    phone.ua.send(update).await;
+    let relayed = expect_request(&mut bridge.callee, Method::Update).await;
+    assert_eq!(relayed.headers.call_id(), dialog.invite.headers.call_id());
+    assert_anchored(&relayed.body, bridge.rtp_ports, "sendonly");
+    let media = bridge.callee.local_addr();
+    let answer = with_sdp(
+        dialog.reply(&relayed, 200, None),
+        sdp_directed(media, 5, "recvonly"),
+    );
+    bridge.callee.send(answer).await;
+    let ok = phone.ua.expect_response(200).await;
+    assert_eq!(ok.headers.cseq().unwrap().method, Method::Update);
+    assert_anchored(&ok.body, bridge.rtp_ports, "recvonly");
+}
+
+/// Sends an UPDATE with an SDP offer from the callee; the phone receives it anchored on leg
+/// A's dialog and answers; the callee receives the answer anchored. Returns the UPDATE as
+/// the phone got it.
+async fn callee_updates(
+    bridge: &mut Bridge,
+    phone: &mut Phone,
+    dialog: &mut CalleeDialog,
+) -> Request {
+    let media = bridge.callee.local_addr();
+    let update = dialog.in_dialog(
+        Method::Update,
+        media,
+        Some(sdp_directed(media, 6, "inactive")),
+    );
+    bridge.callee.send(update).await;
+    let to_phone = expect_request(&mut phone.ua, Method::Update).await;
+    assert_eq!(to_phone.headers.call_id(), Some(phone.call_id.as_str()));
+    assert_anchored(&to_phone.body, bridge.rtp_ports, "inactive");
+    let answer = sdp_directed(phone.ua.local_addr(), 7, "inactive");
+    let ok = phone_reply(phone, &to_phone, 200, Some(answer));
+    phone.ua.send(ok).await;
+    let ok_b = bridge.callee.expect_response(200).await;
+    assert_eq!(ok_b.headers.cseq().unwrap().method, Method::Update);
+    assert_anchored(&ok_b.body, bridge.rtp_ports, "inactive");
+    to_phone
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_is_relayed_both_ways_in_the_confirmed_dialog() {
+    let mut bridge = Bridge::start().await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    let mut dialog = bridged_call(&mut bridge, &mut phone).await;
+    phone_updates(&mut bridge, &mut phone, &dialog).await;
+    callee_updates(&mut bridge, &mut phone, &mut dialog).await;
+    // Still one call: the UPDATEs changed the session, not the call.
+    assert_eq!(bridge.call(&callid).await["state"], "answered");
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
+    bridge.wait_call_state(&callid, "ended").await;
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_is_relayed_both_ways_in_the_early_dialog() {
+    let mut bridge = Bridge::start().await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    phone.call("2001").await;
+    let invite = expect_request(&mut bridge.callee, Method::Invite).await;
+    let mut dialog = CalleeDialog::new(invite.clone());
+    // 183 with an SDP answer: the early dialogs exist on both legs (tags, Contacts) and the
+    // initial offer has its answer, so either side may now UPDATE (RFC 3311 §5.1).
+    let media = bridge.callee.local_addr();
+    bridge
+        .callee
+        .send(dialog.reply(&invite, 183, Some(media)))
+        .await;
+    let progress = phone.ua.expect_response(183).await;
+    assert_anchored(&progress.body, bridge.rtp_ports, "sendrecv");
+    phone.learn(&progress);
+
+    let update_a = callee_updates(&mut bridge, &mut phone, &mut dialog).await;
+    phone_updates(&mut bridge, &mut phone, &dialog).await;
+    assert_eq!(bridge.call(&callid).await["state"], "ringing");
+
+    // The answer confirms the same dialogs the UPDATEs used.
+    bridge
+        .callee
+        .send(dialog.reply(&invite, 200, Some(media)))
+        .await;
+    let ok = phone.ua.expect_response(200).await;
+    phone.learn(&ok);
+    assert_anchored(&ok.body, bridge.rtp_ports, "sendrecv");
+    expect_request(&mut bridge.callee, Method::Ack).await;
+    phone.ack().await;
+    bridge.wait_call_state(&callid, "answered").await;
+
+    // The callee hangs up: callbridge's BYE on leg A continues the CSeq numbering of the
+    // early dialog's UPDATE (RFC 3261 §12.2.1.1), else the phone would refuse it.
+    let local = bridge.callee.local_addr();
+    let bye = dialog.in_dialog(Method::Bye, local, None);
+    bridge.callee.send(bye).await;
+    bridge.callee.expect_response(200).await;
+    let bye_a = expect_request(&mut phone.ua, Method::Bye).await;
+    let (update_seq, bye_seq) = (
+        update_a.headers.cseq().unwrap().seq,
+        bye_a.headers.cseq().unwrap().seq,
+    );
+    assert!(
+        bye_seq > update_seq,
+        "BYE CSeq {bye_seq} after UPDATE CSeq {update_seq}"
+    );
+    phone.ua.send(phone_reply(&phone, &bye_a, 200, None)).await;
+    let record = bridge.wait_call_state(&callid, "ended").await;
+    assert_eq!(record["ended_by"], "callee");
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_calls_refuses_with_503_and_keeps_the_intent() {
+    let mut bridge = Bridge::start_with(Options {
+        max_calls: 1,
+        ..Options::default()
+    })
+    .await;
+    let first_callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut first = Phone::udp(&bridge, "1001").await;
+    let first_dialog = bridged_call(&mut bridge, &mut first).await;
+    bridge.wait_call_state(&first_callid, "answered").await;
+
+    // A second user, with an intent of their own, while the one call allowed is up.
+    let second_callid = bridge.makecall("1002", "2001", "3002").await;
+    let mut second = Phone::udp(&bridge, "1002").await;
+    second.call("2001").await;
+    let refusal = second.ua.expect_response(503).await;
+    assert!(
+        refusal
+            .headers
+            .get(&HeaderName::Reason)
+            .is_some_and(|r| r.contains("cause=503")),
+        "503 without Reason: {refusal:?}"
+    );
+    let ack = second.ack_failure(&refusal);
+    second.ua.send(ack).await;
+    // No leg B for it, its intent still waiting, the refusal counted as overload.
+    bridge
+        .callee
+        .expect_silence(Duration::from_millis(300))
+        .await;
+    assert_eq!(bridge.call(&second_callid).await["state"], "intent");
+    assert_eq!(bridge.running.control.intents().len(), 1);
+    assert_eq!(bridge.refused("overloaded").await, 1);
+
+    // Once the first call ended, the same intent bridges the second user's call.
+    phone_hangs_up(&mut bridge, &mut first, &first_dialog).await;
+    bridge.wait_call_state(&first_callid, "ended").await;
+    let mut again = Phone::udp(&bridge, "1002").await;
+    again.call("2001").await;
+    let invite = expect_request(&mut bridge.callee, Method::Invite).await;
+    assert_eq!(invite.uri.user(), Some("3002"));
+    let dialog = CalleeDialog::new(invite.clone());
+    let media = bridge.callee.local_addr();
+    bridge
+        .callee
+        .send(dialog.reply(&invite, 200, Some(media)))
+        .await;
+    let ok = again.ua.expect_response(200).await;
+    again.learn(&ok);
+    expect_request(&mut bridge.callee, Method::Ack).await;
+    again.ack().await;
+    bridge.wait_call_state(&second_callid, "answered").await;
+    phone_hangs_up(&mut bridge, &mut again, &dialog).await;
+    bridge.wait_call_state(&second_callid, "ended").await;
+    assert_eq!(bridge.refused("overloaded").await, 1);
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
 }

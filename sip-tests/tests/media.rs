@@ -2,13 +2,16 @@
 //! callbridge's relay, over real loopback UDP sockets. Every test ends with every relay port
 //! of the range bindable again.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sip_core::{HeaderName, Method, Request, Response};
+use sip_core::{HeaderName, Message, Method, Request, Response};
 use sip_tests::bridge::{
     assert_anchored, expect_request, media_port, Bridge, CalleeDialog, Options, Phone,
 };
+use sip_tests::ports::free_range;
+use sip_tests::TestUa;
 use tokio::net::UdpSocket;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -59,6 +62,8 @@ async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 /// Where each side must send its media, learned from the SDP callbridge gave it.
 struct Call {
+    /// The intent's callid (the call record in the API).
+    callid: String,
     phone: Phone,
     dialog: CalleeDialog,
     /// The relay port the phone sends to (from callbridge's 200 on leg A).
@@ -82,7 +87,7 @@ fn with_body(mut response: Response, body: String) -> Response {
 /// Sets up a bridged call whose media the phone offers at `phone_media` and the callee
 /// answers at `callee_media`.
 async fn bridged(bridge: &mut Bridge, telnum: &str, phone_sdp: String, callee_sdp: String) -> Call {
-    bridge.makecall(telnum, "2001", "3001").await;
+    let callid = bridge.makecall(telnum, "2001", "3001").await;
     let mut phone = Phone::udp(bridge, telnum).await;
     let mut invite = phone.invite("2001", false);
     invite.body = phone_sdp.into();
@@ -99,6 +104,7 @@ async fn bridged(bridge: &mut Bridge, telnum: &str, phone_sdp: String, callee_sd
     expect_request(&mut bridge.callee, Method::Ack).await;
     phone.ack().await;
     Call {
+        callid,
         to_relay_from_phone: relay_addr(&answer.body),
         to_relay_from_callee: relay_addr(&leg_b.body),
         phone,
@@ -366,8 +372,8 @@ async fn two_hundred_concurrent_calls_relay_without_loss() {
     const CALLS: usize = 200;
     const ROUNDS: u16 = 10;
     let mut bridge = Bridge::start_with(Options {
-        // Below the ephemeral range and apart from the other tests' slices.
-        rtp_ports: Some((10000, 11999)),
+        // Chosen free at run time; twice the 4 ports per call the test holds at once.
+        rtp_ports: Some(free_range(CALLS as u16 * 4 * 2)),
         ..Options::default()
     })
     .await;
@@ -420,7 +426,7 @@ async fn two_hundred_concurrent_calls_relay_without_loss() {
 async fn no_free_ports_refuses_with_503_and_keeps_the_intent() {
     // Four ports: two pairs, exactly one call's media.
     let mut bridge = Bridge::start_with(Options {
-        rtp_ports: Some((9000, 9003)),
+        rtp_ports: Some(free_range(4)),
         ..Options::default()
     })
     .await;
@@ -472,6 +478,396 @@ async fn no_free_ports_refuses_with_503_and_keeps_the_intent() {
     let busy = again.ua.expect_response(486).await;
     let ack = again.ack_failure(&busy);
     again.ua.send(ack).await;
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}
+
+/// The next request `ua` receives before `deadline`, skipping responses (late copies of a 2xx,
+/// provisionals); panics naming `what` when none comes in time.
+async fn next_request(ua: &mut TestUa, deadline: Instant, what: &str) -> Request {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ua.try_recv(left).await {
+            Some((Message::Request(request), _)) => return request,
+            Some((Message::Response(_), _)) => continue,
+            None => panic!("{}: no {what} in time", ua.local_addr()),
+        }
+    }
+}
+
+/// Panics if callbridge has sent `ua` a request (on a quiet call: the BYE that ends it);
+/// responses (late copies of a 2xx) are skipped. Reads until `wait` passes without a message.
+async fn assert_no_request(ua: &mut TestUa, wait: Duration, context: &str) {
+    while let Some((message, _)) = ua.try_recv(wait).await {
+        if let Message::Request(request) = message {
+            panic!(
+                "{context}: callbridge sent {} to {} (Reason: {:?})",
+                request.method,
+                ua.local_addr(),
+                request.headers.get(&HeaderName::Reason)
+            );
+        }
+    }
+}
+
+fn reason(request: &Request) -> String {
+    request
+        .headers
+        .get(&HeaderName::Reason)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One side talks, the other is silent: RTP from `from` to the relay address `to` every 20 ms
+/// (a phone's packetisation) for `span`, each packet checked on arrival at `at`, both legs'
+/// signalling watched for a BYE all along. Returns how many packets were relayed.
+async fn talk_one_way(
+    (from, to, at): (&UdpSocket, SocketAddr, &UdpSocket),
+    ssrc: u32,
+    span: Duration,
+    phone: &mut TestUa,
+    callee: &mut TestUa,
+) -> u64 {
+    let start = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut seq = 0u16;
+    while start.elapsed() < span {
+        pace.tick().await;
+        let packet = rtp(seq, ssrc);
+        let context = format!(
+            "after {:?} of RTP from SSRC {ssrc:#x} only",
+            start.elapsed()
+        );
+        from.send_to(&packet, to).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let received = tokio::time::timeout(WAIT, at.recv_from(&mut buf)).await;
+        // A BYE explains a relay that went quiet better than the missing packet does.
+        let wait = if received.is_ok() {
+            Duration::ZERO
+        } else {
+            WAIT
+        };
+        assert_no_request(phone, wait, &context).await;
+        assert_no_request(callee, wait, &context).await;
+        let (len, _) = received
+            .unwrap_or_else(|_| panic!("{context}: packet {seq} not relayed"))
+            .unwrap();
+        assert_eq!(&buf[..len], &packet[..], "packet {seq} of SSRC {ssrc:#x}");
+        seq += 1;
+    }
+    u64::from(seq)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_in_either_direction_alone_keeps_the_call_past_the_inactivity_timeout() {
+    // The timeout is "no media in either direction": one side on mute or hold (the other
+    // still sending) must not end the call. `no_media_ends_both_legs` is the contrast: the same
+    // watchdog with no RTP at all hangs up.
+    const INACTIVITY_SECS: u64 = 2;
+    let mut bridge = Bridge::start_with(Options {
+        media_inactivity_secs: INACTIVITY_SECS,
+        ..Options::default()
+    })
+    .await;
+    let (phone_rtp, callee_rtp) = (socket().await, socket().await);
+    let mut call = bridged(
+        &mut bridge,
+        "1001",
+        sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv"),
+        sdp_with(callee_rtp.local_addr().unwrap(), None, "sendrecv"),
+    )
+    .await;
+    // Each direction alone for 1.5 times the timeout (3 in all): a watchdog that counted only
+    // one direction, or none, would hang up inside one of the two spans.
+    let span = Duration::from_secs(INACTIVITY_SECS) * 3 / 2;
+    let phone_to_callee = (&phone_rtp, call.to_relay_from_phone, &callee_rtp);
+    let sent_a = talk_one_way(
+        phone_to_callee,
+        0xA,
+        span,
+        &mut call.phone.ua,
+        &mut bridge.callee,
+    )
+    .await;
+    assert_eq!(bridge.call(&call.callid).await["state"], "answered");
+    let callee_to_phone = (&callee_rtp, call.to_relay_from_callee, &phone_rtp);
+    let sent_b = talk_one_way(
+        callee_to_phone,
+        0xB,
+        span,
+        &mut call.phone.ua,
+        &mut bridge.callee,
+    )
+    .await;
+    let record = bridge.call(&call.callid).await;
+    assert_eq!(record["state"], "answered", "{record}");
+    assert!(record["end_cause"].is_null(), "{record}");
+    for ua in [&mut call.phone.ua, &mut bridge.callee] {
+        assert_no_request(ua, Duration::from_millis(200), "after both spans").await;
+    }
+
+    // Still a normal call: the caller hangs up, and the record counts what was relayed.
+    hang_up(&mut bridge, &mut call).await;
+    let record = bridge.wait_call_state(&call.callid, "ended").await;
+    assert_eq!(record["end_cause"], "hangup", "{record}");
+    assert_eq!(record["ended_by"], "caller", "{record}");
+    assert_eq!(record["media"]["a_to_b"]["packets"], sent_a, "{record}");
+    assert_eq!(record["media"]["b_to_a"]["packets"], sent_b, "{record}");
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_call_secs_hangs_up_both_legs_as_max_duration() {
+    // 1 s would do too; 2 s leaves room to tell "at the limit" from "at once".
+    const LIMIT_SECS: u64 = 2;
+    let mut bridge = Bridge::start_with(Options {
+        max_call_secs: LIMIT_SECS,
+        ..Options::default()
+    })
+    .await;
+    let (phone_rtp, callee_rtp) = (socket().await, socket().await);
+    let mut call = bridged(
+        &mut bridge,
+        "1001",
+        sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv"),
+        sdp_with(callee_rtp.local_addr().unwrap(), None, "sendrecv"),
+    )
+    .await;
+    // Nobody hangs up: callbridge does, on both legs, saying why.
+    let deadline = Instant::now() + Duration::from_secs(LIMIT_SECS + 10);
+    let bye_a = next_request(&mut call.phone.ua, deadline, "BYE on leg A").await;
+    assert_eq!(bye_a.method, Method::Bye);
+    assert!(reason(&bye_a).contains("max_duration"), "{bye_a:?}");
+    call.phone
+        .ua
+        .send(Response::to_request(&bye_a, 200, None))
+        .await;
+    let bye_b = next_request(&mut bridge.callee, deadline, "BYE on leg B").await;
+    assert_eq!(bye_b.method, Method::Bye);
+    assert!(reason(&bye_b).contains("max_duration"), "{bye_b:?}");
+    bridge
+        .callee
+        .send(call.dialog.reply(&bye_b, 200, None))
+        .await;
+
+    let record = bridge.wait_call_state(&call.callid, "ended").await;
+    assert_eq!(record["end_cause"], "max_duration", "{record}");
+    assert_eq!(record["ended_by"], "system", "{record}");
+    assert_eq!(record["leg_a_code"], 200, "{record}");
+    let answered = record["answered_at"].as_u64().expect("answered_at");
+    let ended = record["ended_at"].as_u64().expect("ended_at");
+    let talked_ms = ended.saturating_sub(answered);
+    // Both stamps are wall-clock milliseconds taken as the engine handled each event: a few ms
+    // of rounding and scheduling between them, nothing like the limit itself.
+    assert!(
+        talked_ms + 50 >= LIMIT_SECS * 1000,
+        "ended {talked_ms} ms after the answer, before the {LIMIT_SECS} s limit"
+    );
+    assert!(
+        talked_ms <= (LIMIT_SECS + 8) * 1000,
+        "ended {talked_ms} ms after the answer, far past the {LIMIT_SECS} s limit"
+    );
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}
+
+/// One of the concurrent calls: its phone, its media sockets, and what leg B told us.
+struct Concurrent {
+    callid: String,
+    phone: Phone,
+    phone_rtp: UdpSocket,
+    callee_rtp: UdpSocket,
+    to_relay_from_phone: SocketAddr,
+    to_relay_from_callee: SocketAddr,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_calls_set_up_at_once_relay_media_and_hang_up_at_once() {
+    const CALLS: usize = 50;
+    const ROUNDS: u16 = 5;
+    // Generous for a loaded 2-core machine; every collecting loop below is bounded by it.
+    const PHASE: Duration = Duration::from_secs(30);
+    let mut bridge = Bridge::start_with(Options {
+        rtp_ports: Some(free_range(CALLS as u16 * 4 * 2)),
+        ..Options::default()
+    })
+    .await;
+    // Every call has its own target, so leg B (whose From and To are otherwise alike) names
+    // its call in the Request-URI.
+    let target = |n: usize| format!("{}", 300_000 + n);
+    let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut calls = Vec::new();
+    for n in 0..CALLS {
+        let telnum = format!("{}", 100_000 + n);
+        let callid = bridge.makecall(&telnum, "2001", &target(n)).await;
+        let mut phone = Phone::udp(&bridge, &telnum).await;
+        let (phone_rtp, callee_rtp) = (socket().await, socket().await);
+        let mut invite = phone.invite("2001", false);
+        invite.body = sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv").into();
+        phone.invite = Some(invite);
+        calls.push(Concurrent {
+            callid,
+            phone,
+            phone_rtp,
+            callee_rtp,
+            to_relay_from_phone: unset,
+            to_relay_from_callee: unset,
+        });
+    }
+
+    // Every leg A INVITE goes out before callbridge gets any answer on leg B.
+    for call in &mut calls {
+        let invite = call.phone.invite.clone().unwrap();
+        call.phone.ua.send(invite).await;
+    }
+    // The leg B INVITEs all reach the one callee UA, in any order. A 180 to each (copies
+    // included) stops its retransmissions, with T1 at 50 ms here, without answering it.
+    let mut leg_b: HashMap<usize, (Request, CalleeDialog)> = HashMap::new();
+    let mut call_of: HashMap<String, usize> = HashMap::new();
+    let until = Instant::now() + PHASE;
+    while leg_b.len() < CALLS {
+        let invite = next_request(&mut bridge.callee, until, "leg B INVITE").await;
+        assert_eq!(invite.method, Method::Invite);
+        let user = invite.uri.user().unwrap_or_default().to_owned();
+        let n = (0..CALLS)
+            .find(|&n| target(n) == user)
+            .unwrap_or_else(|| panic!("leg B to an unknown target {user}"));
+        let call_id = invite.headers.call_id().expect("Call-ID").to_owned();
+        // A copy has its call's Call-ID; a new Call-ID would be a second leg B for one call,
+        // and a known one for another target two calls mixed up.
+        assert_eq!(
+            *call_of.entry(call_id).or_insert(n),
+            n,
+            "leg B Call-IDs mixed"
+        );
+        let (first, dialog) = leg_b
+            .entry(n)
+            .or_insert_with(|| (invite.clone(), CalleeDialog::new(invite.clone())));
+        assert_eq!(
+            first.headers.call_id(),
+            invite.headers.call_id(),
+            "two leg Bs for call {n}"
+        );
+        bridge.callee.send(dialog.reply(&invite, 180, None)).await;
+    }
+    assert_eq!(call_of.len(), CALLS, "one Call-ID per leg B");
+    for call in &calls {
+        bridge.wait_call_state(&call.callid, "ringing").await;
+    }
+
+    // All answered, each with its own media address.
+    for (&n, (invite, dialog)) in &leg_b {
+        assert_anchored(&invite.body, bridge.rtp_ports, "sendrecv");
+        calls[n].to_relay_from_callee = relay_addr(&invite.body);
+        let media = calls[n].callee_rtp.local_addr().unwrap();
+        let ok = with_body(
+            dialog.reply(invite, 200, None),
+            sdp_with(media, None, "sendrecv"),
+        );
+        bridge.callee.send(ok).await;
+    }
+    for call in &mut calls {
+        let answer = call.phone.ua.expect_response(200).await;
+        call.phone.learn(&answer);
+        assert_anchored(&answer.body, bridge.rtp_ports, "sendrecv");
+        call.to_relay_from_phone = relay_addr(&answer.body);
+        call.phone.ack().await;
+    }
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < CALLS {
+        let request = next_request(&mut bridge.callee, until, "ACK on leg B").await;
+        let call_id = request.headers.call_id().unwrap_or_default().to_owned();
+        assert!(call_of.contains_key(&call_id), "{request:?}");
+        match request.method {
+            Method::Ack => {
+                acked.insert(call_id);
+            }
+            // A copy of the INVITE that was already on its way when the 180 went out.
+            Method::Invite => {}
+            other => panic!("expected ACK on leg B, got {other}"),
+        }
+    }
+    for call in &calls {
+        bridge.wait_call_state(&call.callid, "answered").await;
+    }
+    let relay_ports: std::collections::HashSet<_> = calls
+        .iter()
+        .flat_map(|c| [c.to_relay_from_phone, c.to_relay_from_callee])
+        .collect();
+    assert_eq!(relay_ports.len(), CALLS * 2, "two calls share a relay port");
+    let (_, metrics) = bridge.http("GET", "/metrics", None).await;
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    let in_use = format!("callbridge_media_ports_in_use {}", CALLS * 4);
+    assert!(text.lines().any(|line| line == in_use), "{text}");
+
+    // Media both ways on every call at once. The SSRC names the call, so a packet relayed to
+    // the wrong call fails the payload check.
+    for seq in 0..ROUNDS {
+        for (n, call) in calls.iter().enumerate() {
+            let n = n as u32;
+            call.phone_rtp
+                .send_to(&rtp(seq, 0xA000 + n), call.to_relay_from_phone)
+                .await
+                .unwrap();
+            call.callee_rtp
+                .send_to(&rtp(seq, 0xB000 + n), call.to_relay_from_callee)
+                .await
+                .unwrap();
+        }
+        for (n, call) in calls.iter().enumerate() {
+            let (got, from) = recv(&call.callee_rtp).await;
+            assert_eq!(
+                got,
+                rtp(seq, 0xA000 + n as u32),
+                "call {n}, phone → callee {seq}"
+            );
+            assert_eq!(from, call.to_relay_from_callee, "call {n}");
+            let (got, from) = recv(&call.phone_rtp).await;
+            assert_eq!(
+                got,
+                rtp(seq, 0xB000 + n as u32),
+                "call {n}, callee → phone {seq}"
+            );
+            assert_eq!(from, call.to_relay_from_phone, "call {n}");
+        }
+    }
+
+    // Every caller hangs up at once: all BYEs out before any answer is read.
+    for call in &mut calls {
+        let bye = call.phone.in_dialog(Method::Bye, None);
+        call.phone.ua.send(bye).await;
+    }
+    let until = Instant::now() + PHASE;
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < CALLS {
+        let bye = next_request(&mut bridge.callee, until, "BYE on leg B").await;
+        assert_eq!(bye.method, Method::Bye, "{bye:?}");
+        let call_id = bye.headers.call_id().unwrap_or_default();
+        let n = *call_of.get(call_id).expect("BYE for a known leg B");
+        // Copies of a BYE are answered too: each is a retransmission waiting for its 200.
+        bridge.callee.send(leg_b[&n].1.reply(&bye, 200, None)).await;
+        ended.insert(n);
+    }
+    for (n, call) in calls.iter_mut().enumerate() {
+        // Late copies of the INVITE's 200 may still be queued ahead of the BYE's.
+        loop {
+            let response = call.phone.ua.recv_response().await;
+            if response
+                .headers
+                .cseq()
+                .is_ok_and(|c| c.method == Method::Bye)
+            {
+                assert_eq!(response.status, 200, "call {n}: BYE answered {response:?}");
+                break;
+            }
+        }
+    }
+    for call in &calls {
+        let record = bridge.wait_call_state(&call.callid, "ended").await;
+        assert_eq!(record["end_cause"], "hangup", "{record}");
+        assert_eq!(record["ended_by"], "caller", "{record}");
+    }
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
