@@ -1011,7 +1011,12 @@ impl TransactionLayer {
         if let Some(t) = self.servers.remove(&id) {
             self.server_keys.remove(&t.key);
             if let Some(k) = &t.ack_key {
-                self.accepted_by_dialog.remove(k);
+                // Only our own entry: a later Accepted transaction with the same dialog fields
+                // (a merged request answered twice) took the key over, and its ACK must still
+                // find it.
+                if self.accepted_by_dialog.get(k) == Some(&id) {
+                    self.accepted_by_dialog.remove(k);
+                }
                 crate::capacity::shrink_map(&mut self.accepted_by_dialog);
             }
             crate::capacity::shrink_map(&mut self.servers);

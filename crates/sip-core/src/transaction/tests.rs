@@ -113,10 +113,14 @@ impl Harness {
     fn run_until(&mut self, at: Duration) -> Vec<(Duration, Transmit)> {
         let end = self.start + at;
         let mut sent = self.drain_transmits();
+        // A layer that keeps asking for a deadline it does not consume must fail, not hang.
+        let mut steps = 0;
         while let Some(deadline) = self.layer.poll_timeout() {
             if deadline > end {
                 break;
             }
+            steps += 1;
+            assert!(steps <= 100_000, "deadline {deadline:?} is never consumed");
             self.now = deadline;
             self.layer.handle_timeout(deadline);
             sent.extend(self.drain_transmits());
@@ -235,6 +239,12 @@ fn client_invite_adds_via_with_fresh_branch_and_rport() {
         .unwrap();
     assert!(via.has_rfc3261_branch());
     assert_eq!(via.sent_by(), "10.0.0.1:5060");
+    // That sent-by is the configured one, as the layer reports it.
+    let config = h.layer.config();
+    assert_eq!(
+        (config.via_host.as_str(), config.via_port),
+        ("10.0.0.1", Some(5060))
+    );
     assert_eq!(via.rport(), Some(None));
     let other = h.send(outgoing("INVITE"), udp_peer());
     let via2 = h
@@ -389,6 +399,32 @@ fn client_invite_timer_c_reports_and_ends_after_64_t1_more() {
             TxEvent::Terminated(TxId::Client(tx))
         ]
     );
+    // Both Timer C and the give-up after it count as timeouts in the metrics.
+    assert_eq!(h.layer.stats().timeouts, 2);
+    h.assert_empty();
+}
+
+#[test]
+fn timer_c_leaves_timers_b_and_f_alone() {
+    // Timer C concerns an INVITE in Proceeding only: with it configured, an INVITE that never
+    // got a provisional and a non-INVITE still end at 64·T1 (B and F), in one step.
+    let mut h = Harness::with(TimerConfig {
+        timer_c: Some(Duration::from_secs(10)),
+        ..TimerConfig::default()
+    });
+    let invite = h.send(outgoing("INVITE"), udp_peer());
+    let options = h.send(outgoing("OPTIONS"), udp_peer());
+    h.run_until(ms(31_999));
+    assert!(h.events().is_empty());
+    h.run_until(ms(32_000));
+    let events = h.events();
+    for tx in [TxId::Client(invite), TxId::Client(options)] {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, TxEvent::Timeout(t) | TxEvent::Terminated(t) if *t == tx))
+            .collect();
+        assert_eq!(mine, [&TxEvent::Timeout(tx), &TxEvent::Terminated(tx)]);
+    }
     h.assert_empty();
 }
 
@@ -746,10 +782,25 @@ fn server_invite_refuses_responses_out_of_state() {
     h.layer
         .send_response(h.now, tx, final_to(&invite, 486))
         .unwrap();
-    assert!(matches!(
+    // The error names the state, so the log says why the user's response was refused.
+    assert_eq!(
         h.layer.send_response(h.now, tx, final_to(&invite, 200)),
-        Err(TxError::InvalidState { status: 200, .. })
-    ));
+        Err(TxError::InvalidState {
+            status: 200,
+            state: "Completed"
+        })
+    );
+    h.feed(
+        Message::Request(ack_for(&invite, "z9hG4bKinv7")),
+        udp_peer(),
+    );
+    assert_eq!(
+        h.layer.send_response(h.now, tx, final_to(&invite, 180)),
+        Err(TxError::InvalidState {
+            status: 180,
+            state: "Confirmed"
+        })
+    );
     assert_eq!(
         h.layer
             .send_response(h.now, ServerTxId(999), final_to(&invite, 200)),
@@ -854,7 +905,8 @@ fn server_non_invite_unanswered_gets_500_after_64_t1() {
     let mut h = Harness::new();
     let tx = h.receive(incoming("INFO", "z9hG4bKinfo1", 3), udp_peer());
     let sent = h.run_until(ms(32_000));
-    assert_eq!(sent.len(), 1);
+    // The user has the whole 64·T1 to answer: the 500 goes out then, and not before.
+    assert_eq!(times(&sent), [ms(32_000)]);
     let response = Message::parse(&sent[0].1.bytes, &ParseLimits::default()).unwrap();
     assert_eq!(status_of(&response), 500);
     assert_eq!(
@@ -976,8 +1028,238 @@ fn thousands_of_transactions_end_and_leave_no_timer_behind() {
         h.events();
     }
     assert_eq!(h.layer.server_count(), 2_000);
+    // Every answered INVITE holds a retransmission and a timeout deadline.
+    assert!(
+        h.layer.timer_entries() >= 4_000,
+        "{}",
+        h.layer.timer_entries()
+    );
     h.run_until(ms(100_000));
     h.events();
     h.assert_empty();
     assert_eq!(h.layer.timer_entries(), 0);
+}
+
+#[test]
+fn client_stats_count_retransmissions_absorbed_finals_timeouts_strays_and_unmatchables() {
+    let mut h = Harness::new();
+    let options = h.send(outgoing("OPTIONS"), udp_peer());
+    let options_request = h.layer.client_request(options).unwrap().clone();
+    let bye = h.send(outgoing("BYE"), tcp_peer());
+    // Timer E at 500 and 1500 ms; nothing is re-sent over TCP.
+    h.run_until(ms(1_600));
+    h.feed(reply(&options_request, 200, Some("b1")), udp_peer());
+    // A retransmitted final of a non-INVITE is absorbed.
+    h.feed(reply(&options_request, 200, Some("b1")), udp_peer());
+    let invite = h.send(outgoing("INVITE"), udp_peer());
+    let invite_request = h.layer.client_request(invite).unwrap().clone();
+    h.feed(reply(&invite_request, 486, Some("b1")), udp_peer());
+    // In Completed, a 486 copy (ACKed again) and a late provisional are both absorbed.
+    h.feed(reply(&invite_request, 486, Some("b1")), udp_peer());
+    h.feed(reply(&invite_request, 180, Some("b1")), udp_peer());
+    // A response to nothing we sent, and messages that cannot be keyed.
+    h.feed(
+        reply(&incoming("OPTIONS", "z9hG4bKnobody", 1), 200, None),
+        udp_peer(),
+    );
+    let mut no_branch = Response::to_request(&options_request, 200, None);
+    no_branch
+        .headers
+        .set(HeaderName::Via, "SIP/2.0/UDP 10.0.0.1:5060");
+    let mut bad_via = incoming("OPTIONS", "z9hG4bKx", 1);
+    bad_via.headers.set(HeaderName::Via, "garbage");
+    for message in [Message::Response(no_branch), Message::Request(bad_via)] {
+        assert!(h.layer.handle_message(h.now, message, udp_peer()).is_err());
+    }
+    // The BYE over TCP gets no answer: Timer F.
+    h.run_until(ms(40_000));
+    assert!(h.events().contains(&TxEvent::Timeout(TxId::Client(bye))));
+    assert_eq!(
+        h.layer.stats(),
+        &TransactionStats {
+            retransmissions: 2,
+            absorbed: 3,
+            timeouts: 1,
+            stray_responses: 1,
+            stray_acks: 0,
+            unmatchable: 2,
+        }
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn server_stats_count_retransmissions_absorbed_copies_timeouts_and_stray_acks() {
+    let mut h = Harness::new();
+    // Rejected, then ACKed after one Timer G retransmission; the ACK is retransmitted.
+    let rejected = incoming("INVITE", "z9hG4bKst1", 1);
+    let rejected_tx = h.receive(rejected.clone(), udp_peer());
+    h.feed(Message::Request(rejected.clone()), udp_peer());
+    h.layer
+        .send_response(h.now, rejected_tx, final_to(&rejected, 486))
+        .unwrap();
+    // Accepted, then ACKed after one 2xx retransmission; the ACK is retransmitted.
+    let mut accepted = incoming("INVITE", "z9hG4bKst2", 1);
+    accepted
+        .headers
+        .set(HeaderName::CallId, "accepted@10.0.0.2");
+    let accepted_tx = h.receive(accepted.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, accepted_tx, final_to(&accepted, 200))
+        .unwrap();
+    // Rejected over TCP and never ACKed: Timer H.
+    let mut unacked = incoming("INVITE", "z9hG4bKst3", 1);
+    unacked.headers.set(
+        HeaderName::Via,
+        "SIP/2.0/TCP 10.0.0.2:40000;branch=z9hG4bKst3",
+    );
+    let unacked_tx = h.receive(unacked.clone(), tcp_peer());
+    h.layer
+        .send_response(h.now, unacked_tx, final_to(&unacked, 486))
+        .unwrap();
+    // Accepted and never ACKed: ten 2xx retransmissions, then Timer L reports it.
+    let mut lost = incoming("INVITE", "z9hG4bKst4", 2);
+    lost.headers.set(HeaderName::CallId, "lost@10.0.0.2");
+    let lost_tx = h.receive(lost.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, lost_tx, final_to(&lost, 200))
+        .unwrap();
+    // Never answered by the user: the 500 guard.
+    h.receive(incoming("INFO", "z9hG4bKst5", 3), udp_peer());
+    // An ACK for no transaction at all.
+    let mut stray = ack_for(&accepted, "z9hG4bKst6");
+    stray.headers.set(HeaderName::CallId, "nobody@10.0.0.2");
+    h.feed(Message::Request(stray), udp_peer());
+
+    h.run_until(ms(600));
+    for _ in 0..2 {
+        h.feed(
+            Message::Request(ack_for(&rejected, "z9hG4bKst1")),
+            udp_peer(),
+        );
+        h.feed(
+            Message::Request(ack_for(&accepted, "z9hG4bKst2ack")),
+            udp_peer(),
+        );
+    }
+    h.run_until(ms(40_000));
+    assert_eq!(
+        h.layer.stats(),
+        &TransactionStats {
+            // G once, the accepted 2xx once, the lost 2xx at 0.5, 1.5, 3.5, 7.5, then every 4 s.
+            retransmissions: 12,
+            // The INVITE copy and one copy of each ACK.
+            absorbed: 3,
+            // H, L without ACK, the unanswered INFO.
+            timeouts: 3,
+            stray_responses: 0,
+            stray_acks: 1,
+            unmatchable: 0,
+        }
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn second_cancel_neither_sends_nor_postpones_the_give_up() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), tcp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&invite, 180, Some("b1")), tcp_peer());
+    h.transmits();
+    h.layer.cancel(h.now, tx).unwrap();
+    assert_eq!(
+        h.transmits().iter().map(method_of).collect::<Vec<_>>(),
+        [Some(Method::Cancel)]
+    );
+    h.run_until(ms(10_000));
+    h.layer.cancel(h.now, tx).unwrap();
+    assert!(h.transmits().is_empty());
+    h.events();
+    // Still 64·T1 after the first CANCEL.
+    h.run_until(ms(32_000));
+    assert!(h.events().contains(&TxEvent::Timeout(TxId::Client(tx))));
+    assert_eq!(h.layer.client_state(tx), None);
+}
+
+#[test]
+fn rfc2543_ack_for_2xx_matches_the_accepted_invite() {
+    // A peer without RFC 3261 branches sends the ACK for our 2xx with the INVITE's Via: it
+    // keys like the INVITE and must stop the 2xx retransmissions there.
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "oldbranch2", 1);
+    let tx = h.receive(invite.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, tx, final_to(&invite, 200))
+        .unwrap();
+    h.transmits();
+    h.feed(Message::Request(ack_for(&invite, "oldbranch2")), udp_peer());
+    assert!(matches!(&h.events()[..], [TxEvent::Ack { tx: Some(t), .. }] if *t == tx));
+    assert!(
+        h.run_until(ms(31_999)).is_empty(),
+        "2xx re-sent after its ACK"
+    );
+    h.run_until(ms(32_000));
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(tx))]);
+    h.assert_empty();
+}
+
+#[test]
+fn transport_error_is_not_reported_for_the_layers_own_cancel() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.feed(reply(&invite, 180, Some("b1")), udp_peer());
+    h.layer.cancel(h.now, tx).unwrap();
+    assert_eq!(h.layer.client_count(), 2, "the INVITE and its CANCEL");
+    h.events();
+    h.layer.on_transport_error(&udp_peer());
+    // Both end; the user hears only about the transaction it started.
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::TransportError(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    h.assert_empty();
+}
+
+#[test]
+fn ack_for_2xx_finds_the_newer_twin_after_the_older_one_ends() {
+    // Two INVITEs with the same Call-ID, From tag and CSeq but different branches (a merged
+    // request), both answered 2xx: the ACK is matched by those dialog fields, so the newer
+    // transaction owns them. When the older one's Timer L ends it, the newer one's ACK must
+    // still find it (it used to be reported stray while the 2xx ran on into Timer L).
+    let mut h = Harness::new();
+    let older = incoming("INVITE", "z9hG4bKtwin1", 1);
+    let older_tx = h.receive(older.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, older_tx, final_to(&older, 200))
+        .unwrap();
+    h.run_until(ms(1_000));
+    let newer = incoming("INVITE", "z9hG4bKtwin2", 1);
+    let newer_tx = h.receive(newer.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, newer_tx, final_to(&newer, 200))
+        .unwrap();
+    h.run_until(ms(32_000));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::Timeout(TxId::Server(older_tx)),
+            TxEvent::Terminated(TxId::Server(older_tx))
+        ]
+    );
+    h.feed(
+        Message::Request(ack_for(&newer, "z9hG4bKtwinack")),
+        udp_peer(),
+    );
+    assert!(
+        matches!(&h.events()[..], [TxEvent::Ack { tx: Some(t), .. }] if *t == newer_tx),
+        "the newer transaction's ACK went astray"
+    );
+    h.run_until(ms(33_000));
+    assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(newer_tx))]);
+    h.assert_empty();
 }
