@@ -352,6 +352,9 @@ mod tests {
         assert!(replaced.is_none());
         assert_eq!(intent.telnum, "1001");
         assert!(intent.callid.bytes().all(|b| b.is_ascii_digit()));
+        assert_eq!(table.ttl(), TTL);
+        assert_eq!(intent.expires, t0 + TTL);
+        assert_eq!((table.len(), table.is_empty()), (1, false));
         let got = table
             .take_matching(t0 + Duration::from_secs(1), "1001", "+2001")
             .unwrap();
@@ -426,6 +429,53 @@ mod tests {
     }
 
     #[test]
+    fn get_reads_the_pending_intent_without_consuming_it() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        let (intent, _) = table.register(t0, "+1001", "2001", "3001").unwrap();
+        assert_eq!(table.get("1001"), Some(intent.clone()));
+        assert_eq!(table.get("+1001"), Some(intent.clone()));
+        assert_eq!(table.get("1002"), None);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.take_matching(t0, "1001", "2001"), Ok(intent));
+        assert_eq!(table.get("1001"), None);
+    }
+
+    #[test]
+    fn cti_claim_matches_the_dedicated_number_or_the_callee() {
+        let table = IntentTable::new(TTL);
+        let t0 = Instant::now();
+        let (first, _) = table.register(t0, "1001", "2001", "3001").unwrap();
+        let (second, _) = table.register(t0, "1002", "2002", "3002").unwrap();
+        // Neither the dedicated number nor the callee: refused, and the intent stays.
+        assert_eq!(
+            table.take_matching_caller_or_callee(t0, "1001", "9999"),
+            Err(NoIntent::OtherNumber)
+        );
+        // Another intent's number is not this one's either.
+        assert_eq!(
+            table.take_matching_caller_or_callee(t0, "1001", "3002"),
+            Err(NoIntent::OtherNumber)
+        );
+        assert_eq!(table.len(), 2);
+        // `to` is the dedicated number (with the `+` SPEC.md ignores)...
+        assert_eq!(
+            table.take_matching_caller_or_callee(t0, "+1001", "+2001"),
+            Ok(first)
+        );
+        // ... or the callee, as in the seed's CTI example.
+        assert_eq!(
+            table.take_matching_caller_or_callee(t0, "1002", "3002"),
+            Ok(second)
+        );
+        assert!(table.is_empty());
+        assert_eq!(
+            table.take_matching_caller_or_callee(t0, "1002", "3002"),
+            Err(NoIntent::None)
+        );
+    }
+
+    #[test]
     fn call_ids_are_unique() {
         let table = IntentTable::new(TTL);
         let t0 = Instant::now();
@@ -440,6 +490,55 @@ mod tests {
 #[cfg(test)]
 mod limit_tests {
     use super::*;
+
+    /// `n` telnums that all land in the shard of the first (expiry queues are per shard).
+    fn telnums_in_one_shard(table: &IntentTable, n: usize) -> Vec<String> {
+        let shard = table.shard("100000");
+        let telnums: Vec<String> = (100_000..100_000 + 100 * n)
+            .map(|i| i.to_string())
+            .filter(|telnum| std::ptr::eq(table.shard(telnum), shard))
+            .take(n)
+            .collect();
+        assert_eq!(telnums.len(), n, "telnums do not spread over the shards");
+        telnums
+    }
+
+    fn queued(table: &IntentTable) -> usize {
+        table.shards.iter().map(|s| s.lock().expiries.len()).sum()
+    }
+
+    #[test]
+    fn stale_expiry_entries_wait_for_as_many_as_the_live_ones_then_go() {
+        let table = IntentTable::new(Duration::from_secs(120));
+        let now = Instant::now();
+        let telnums = telnums_in_one_shard(&table, 2000);
+        for telnum in &telnums {
+            table.register(now, telnum, "2001", "3001").unwrap();
+        }
+        // A compaction walks the whole queue under the shard's lock: with many live intents
+        // it waits until the stale entries are about as many, so a makecall pays for it
+        // O(1) amortized instead of a walk each time.
+        for _ in 0..100 {
+            table.register(now, &telnums[0], "2001", "3001").unwrap();
+        }
+        assert_eq!(queued(&table), 2100);
+        // Every intent consumed: the queue is all stale, however long it was, and goes at
+        // the next makecall rather than waiting a TTL for the sweeper.
+        for telnum in &telnums {
+            table.take_matching(now, telnum, "2001").unwrap();
+        }
+        for _ in 0..3000 {
+            table.register(now, &telnums[0], "2001", "3001").unwrap();
+        }
+        let left = queued(&table);
+        assert!(
+            left <= COMPACT_FLOOR + 1,
+            "{left} expiry entries for one intent"
+        );
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.purge_expired(now + Duration::from_secs(121)).len(), 1);
+        assert!(table.is_empty());
+    }
 
     #[test]
     fn a_makecall_flood_for_one_number_keeps_the_expiry_queue_bounded() {
