@@ -1,8 +1,9 @@
 //! Media anchoring over real loopback UDP: SDP through an `AnchoredMedia` session, then RTP and
 //! RTCP between two fake phones through the relay.
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use b2bua::media::sdp::SessionDescription;
@@ -18,16 +19,74 @@ use tokio::time::timeout;
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A range of `len` ports (even start) that nothing else in this process uses and that is free
-/// on loopback now.
+/// Lowest relay port a test uses: clear of the well-known and most registered service ports.
+const PORT_FLOOR: u32 = 10_000;
+
+/// The kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), Linux's default
+/// when it cannot be read.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// `len` consecutive relay ports (`len` even, the first even: RTP/RTCP pairs), free on
+/// loopback when checked and never handed out before in this process. They lie below the
+/// ephemeral range, where no socket bound to port 0 (in this test or any other process) can
+/// take one between the check and the relay's bind, and start at a random offset so that two
+/// test processes at once rarely probe the same ports. A small copy of
+/// `sip-tests/src/ports.rs`, which b2bua cannot depend on.
 fn port_range(len: u16) -> (u16, u16) {
-    static NEXT: AtomicU16 = AtomicU16::new(43_000);
-    loop {
-        let first = NEXT.fetch_add(len.next_multiple_of(2), Ordering::Relaxed);
-        assert!(first < 60_000, "no free port range");
-        let last = first + len - 1;
+    assert!(
+        len >= 2 && len.is_multiple_of(2),
+        "relay ranges come in RTP/RTCP pairs"
+    );
+    // Where the next range starts: 0 until the first call seeds it.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ceiling = u32::from(ephemeral_range().0);
+    let span = ceiling.saturating_sub(PORT_FLOOR);
+    let len = u32::from(len);
+    assert!(span >= len, "no room below the ephemeral range");
+    // std's hasher keys are random per process: a random number without a dependency.
+    let random = RandomState::new().hash_one(std::process::id());
+    let offset = (random % u64::from(span / 2)) as u32 * 2;
+    let _ = NEXT.compare_exchange(0, PORT_FLOOR + offset, Ordering::Relaxed, Ordering::Relaxed);
+    let mut tried = 0;
+    while tried < span {
+        let mut first = NEXT.fetch_add(len, Ordering::Relaxed);
+        if first + len > ceiling {
+            // Wrap to the floor: the ranges of this process start over from the bottom.
+            first = PORT_FLOOR;
+            NEXT.store(PORT_FLOOR + len, Ordering::Relaxed);
+        }
+        tried += len;
+        let (first, last) = (first as u16, (first + len - 1) as u16);
         if (first..=last).all(|p| StdUdpSocket::bind((LOCALHOST, p)).is_ok()) {
             return (first, last);
+        }
+    }
+    panic!("no free range of {len} UDP ports below the ephemeral range");
+}
+
+#[test]
+fn port_ranges_are_even_below_the_ephemeral_range_and_distinct() {
+    let ceiling = u32::from(ephemeral_range().0);
+    let ranges = [port_range(20), port_range(100), port_range(6)];
+    for (i, &(first, last)) in ranges.iter().enumerate() {
+        assert_eq!(first % 2, 0, "{first}-{last}");
+        assert!(
+            u32::from(first) >= PORT_FLOOR && u32::from(last) < ceiling,
+            "{first}-{last}"
+        );
+        for &(other_first, other_last) in &ranges[i + 1..] {
+            assert!(
+                last < other_first || other_last < first,
+                "{ranges:?} overlap"
+            );
         }
     }
 }
