@@ -22,7 +22,8 @@ pub struct EngineSnapshot {
     pub server_transactions: u64,
     /// Calls that reached the bridged (answered) state.
     pub calls_bridged: u64,
-    /// Incoming calls refused, by reason code (`no_intent`, `expired`, `untrusted_peer`, ...).
+    /// Incoming calls refused, by reason code (`no_intent`, `intent_expired`,
+    /// `untrusted_source`, ...).
     pub calls_refused: Vec<(String, u64)>,
     /// Calls that failed after being accepted, by reason code (`callee_rejected`, ...).
     pub calls_failed: Vec<(String, u64)>,

@@ -357,7 +357,9 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         client_transactions: 5,
         server_transactions: 6,
         calls_bridged: 42,
-        calls_refused: vec![("no_intent".into(), 3), ("untrusted_peer".into(), 2)],
+        // The reason codes the engine really counts (`b2bua::engine`'s `refuse` calls in
+        // `incoming.rs`): b2bua has no public name for them yet, hence the literals.
+        calls_refused: vec![("no_intent".into(), 3), ("untrusted_source".into(), 2)],
         calls_failed: vec![("callee_rejected".into(), 4)],
         sip_malformed_answered: 8,
         sip_malformed_dropped: 9,
@@ -392,7 +394,7 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         "callbridge_call_records 2",
         "callbridge_calls_bridged_total 42",
         "callbridge_calls_refused_total{reason=\"no_intent\"} 3",
-        "callbridge_calls_refused_total{reason=\"untrusted_peer\"} 2",
+        "callbridge_calls_refused_total{reason=\"untrusted_source\"} 2",
         "callbridge_calls_failed_total{reason=\"callee_rejected\"} 4",
         "callbridge_sip_malformed_total{handling=\"answered\"} 8",
         "callbridge_sip_malformed_total{handling=\"dropped\"} 9",
