@@ -38,9 +38,9 @@ use crate::message::{HeaderName, Message, Method, Request, Response, Via};
 use crate::peer::{response_destination, Peer, Transmit};
 
 use key::{AckKey, ClientKey, ServerKey};
-use timer::{Armed, Slot, TimerQueue};
+use timer::{Armed, Slot};
 
-pub use timer::TimerConfig;
+pub use timer::{TimerConfig, TimerQueue};
 
 /// Identifies a client transaction (a request we sent) for the lifetime of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,7 +226,7 @@ pub struct TransactionLayer {
     server_keys: HashMap<ServerKey, ServerTxId>,
     /// INVITE server transactions in Accepted, by the dialog fields their 2xx's ACK repeats.
     accepted_by_dialog: HashMap<AckKey, ServerTxId>,
-    timers: TimerQueue,
+    timers: TimerQueue<(TxId, Slot)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TxEvent>,
     stats: TransactionStats,
@@ -292,26 +292,20 @@ impl TransactionLayer {
 
     /// The earliest deadline the layer needs [`handle_timeout`](Self::handle_timeout) called at.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some((at, tx, slot)) = self.timers.peek() {
-            if self.armed(tx, slot) == Some(at) {
-                return Some(at);
-            }
-            self.timers.pop();
-        }
-        None
+        let (clients, servers) = (&self.clients, &self.servers);
+        self.timers
+            .next_armed(|at, (tx, slot)| armed_at(clients, servers, tx, slot) == Some(at))
     }
 
     /// Fires every timer due at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((at, tx, slot)) = self.timers.peek() {
-            if at > now {
+        loop {
+            let (clients, servers) = (&self.clients, &self.servers);
+            let Some((_, (tx, slot))) = self.timers.pop_due(now, |at, (tx, slot)| {
+                armed_at(clients, servers, tx, slot) == Some(at)
+            }) else {
                 break;
-            }
-            self.timers.pop();
-            self.timers.shrink_if_sparse();
-            if self.armed(tx, slot) != Some(at) {
-                continue;
-            }
+            };
             match tx {
                 TxId::Client(id) => {
                     if let Some(t) = self.clients.get_mut(&id) {
@@ -336,13 +330,6 @@ impl TransactionLayer {
     /// Timer entries held, stale ones included (bounded by the live transactions' timers).
     pub fn timer_entries(&self) -> usize {
         self.timers.len()
-    }
-
-    fn armed(&self, tx: TxId, slot: Slot) -> Option<Instant> {
-        match tx {
-            TxId::Client(id) => self.clients.get(&id)?.armed.get(slot),
-            TxId::Server(id) => self.servers.get(&id)?.armed.get(slot),
-        }
     }
 
     fn next_id(&mut self) -> u64 {
@@ -1124,4 +1111,18 @@ pub fn build_ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
         ack.headers.push(HeaderName::Route, route);
     }
     ack
+}
+
+/// The deadline `slot` of transaction `tx` has armed, if the transaction is still alive: what
+/// tells the timer queue's live entries from its stale ones.
+fn armed_at(
+    clients: &HashMap<ClientTxId, ClientTx>,
+    servers: &HashMap<ServerTxId, ServerTx>,
+    tx: TxId,
+    slot: Slot,
+) -> Option<Instant> {
+    match tx {
+        TxId::Client(id) => clients.get(&id)?.armed.get(slot),
+        TxId::Server(id) => servers.get(&id)?.armed.get(slot),
+    }
 }

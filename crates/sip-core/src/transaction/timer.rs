@@ -81,46 +81,147 @@ impl Armed {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Entry {
-    at: Instant,
-    tx: TxId,
-    slot: Slot,
+/// A min-heap of deadlines with lazy deletion: the one deadline structure of the transaction
+/// layer (keyed by transaction and [`Slot`]) and of the call engine (keyed by call and call
+/// timer).
+///
+/// The owner records, next to each keyed thing, the deadline it currently has armed; pushing a
+/// new deadline for a key leaves the old entry in the heap, and the owner's `is_armed` check
+/// recognises it as stale when it surfaces ([`next_armed`](Self::next_armed),
+/// [`pop_due`](Self::pop_due)). Arming is O(log n) and cancelling is O(1) (forget the recorded
+/// deadline); no entry is ever searched for.
+#[derive(Debug)]
+pub struct TimerQueue<K> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
-/// The single deadline structure of the transaction layer: a min-heap with lazy deletion.
-#[derive(Debug, Default)]
-pub(crate) struct TimerQueue {
-    heap: BinaryHeap<Reverse<Entry>>,
+impl<K: Ord> Default for TimerQueue<K> {
+    fn default() -> Self {
+        TimerQueue {
+            heap: BinaryHeap::new(),
+        }
+    }
 }
 
-impl TimerQueue {
-    /// Arms `slot` of `tx` at `at`, replacing whatever that slot had armed.
-    pub(crate) fn arm(&mut self, armed: &mut Armed, tx: TxId, slot: Slot, at: Instant) {
-        armed.set(slot, at);
-        self.heap.push(Reverse(Entry { at, tx, slot }));
+impl<K: Ord + Copy> TimerQueue<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a deadline for `key`; an earlier one for the same key becomes stale once the
+    /// owner's record says `at`.
+    pub fn push(&mut self, at: Instant, key: K) {
+        self.heap.push(Reverse((at, key)));
     }
 
     /// The earliest entry, whether or not it is still armed (the caller validates it).
-    pub(crate) fn peek(&self) -> Option<(Instant, TxId, Slot)> {
-        self.heap.peek().map(|Reverse(e)| (e.at, e.tx, e.slot))
+    pub fn peek(&self) -> Option<(Instant, K)> {
+        self.heap.peek().map(|Reverse(entry)| *entry)
     }
 
-    pub(crate) fn pop(&mut self) {
-        self.heap.pop();
+    pub fn pop(&mut self) -> Option<(Instant, K)> {
+        self.heap.pop().map(|Reverse(entry)| entry)
+    }
+
+    /// The earliest deadline still armed; stale entries in front of it are dropped.
+    pub fn next_armed(&mut self, mut is_armed: impl FnMut(Instant, K) -> bool) -> Option<Instant> {
+        while let Some((at, key)) = self.peek() {
+            if is_armed(at, key) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Takes the earliest entry due at or before `now` that is still armed, dropping stale
+    /// ones on the way; `None` when nothing armed is due. The caller clears its record of the
+    /// deadline before acting on it.
+    pub fn pop_due(
+        &mut self,
+        now: Instant,
+        mut is_armed: impl FnMut(Instant, K) -> bool,
+    ) -> Option<(Instant, K)> {
+        while let Some((at, key)) = self.peek() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            self.shrink_if_sparse();
+            if is_armed(at, key) {
+                return Some((at, key));
+            }
+        }
+        None
     }
 
     /// Entries in the heap, stale ones included (for tests and stats).
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// Gives back the capacity of a past burst (see [`crate::capacity`]).
-    pub(crate) fn shrink_if_sparse(&mut self) {
+    pub fn shrink_if_sparse(&mut self) {
         crate::capacity::shrink_heap(&mut self.heap);
     }
 
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.heap.clear();
+    }
+}
+
+impl TimerQueue<(TxId, Slot)> {
+    /// Arms `slot` of `tx` at `at`, replacing whatever that slot had armed.
+    pub(crate) fn arm(&mut self, armed: &mut Armed, tx: TxId, slot: Slot, at: Instant) {
+        armed.set(slot, at);
+        self.push(at, (tx, slot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_entries_are_skipped_and_due_ones_come_in_order() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut armed: std::collections::HashMap<u8, Instant> = Default::default();
+        let mut queue = TimerQueue::new();
+        for (key, at) in [(1u8, t0 + 3 * s), (2, t0 + s), (3, t0 + 2 * s)] {
+            armed.insert(key, at);
+            queue.push(at, key);
+        }
+        // Re-arm 2 later: its first entry is stale.
+        armed.insert(2, t0 + 4 * s);
+        queue.push(t0 + 4 * s, 2);
+        fn check(
+            armed: &std::collections::HashMap<u8, Instant>,
+        ) -> impl FnMut(Instant, u8) -> bool + '_ {
+            move |at, key| armed.get(&key) == Some(&at)
+        }
+        assert_eq!(queue.next_armed(check(&armed)), Some(t0 + 2 * s));
+        assert_eq!(queue.len(), 3, "the stale entry in front was dropped");
+        assert_eq!(
+            queue.pop_due(t0 + 2 * s, check(&armed)),
+            Some((t0 + 2 * s, 3))
+        );
+        armed.remove(&3);
+        assert_eq!(queue.pop_due(t0 + 2 * s, check(&armed)), None);
+        assert_eq!(
+            queue.pop_due(t0 + 10 * s, check(&armed)),
+            Some((t0 + 3 * s, 1))
+        );
+        armed.remove(&1);
+        assert_eq!(
+            queue.pop_due(t0 + 10 * s, check(&armed)),
+            Some((t0 + 4 * s, 2))
+        );
+        armed.remove(&2);
+        assert!(queue.is_empty());
     }
 }
