@@ -1,10 +1,80 @@
 //! # media
 //!
-//! callbridge's RTP/RTCP data plane (issue 9). First part: the sans-IO logic of one stream.
+//! callbridge's RTP/RTCP data plane: relay sockets, the forwarding loop, latching and counters.
+//! It knows nothing of SIP or calls. The call engine (b2bua) decides which streams exist and on
+//! which ports, and emits commands; the binary carries them out on a [`MediaDriver`] and feeds
+//! the driver's counters back to the engine.
+//!
+//! ## Inputs
+//!
+//! - [`MediaDriver::open`]`(key, a_port, b_port)`: bind the A-facing pair (`a_port` RTP,
+//!   `a_port + 1` RTCP; leg A sends there) and the B-facing pair, and start relaying.
+//! - [`MediaDriver::set_remote`]`(key, leg, rtp, rtcp)`: where a leg receives, from its latest
+//!   SDP. A changed address forgets the leg's latches.
+//! - [`MediaDriver::close`]`(key)`: stop; the four ports are free when it returns.
+//! - Datagrams, arriving on the sockets.
+//!
+//! ## Outputs
+//!
+//! - Forwarded datagrams, untouched, out of the socket of the same kind facing the other leg
+//!   (symmetric RTP), to the latched source of that leg or else its SDP address.
+//! - [`StreamCounters`] per stream ([`MediaDriver::counters`], [`MediaDriver::all_counters`]):
+//!   packets, bytes and drops per direction, the latched RTP sources, the time of the last
+//!   valid packet (the engine's media-inactivity timer runs on it).
+//!
+//! ## Parts
+//!
+//! ```text
+//!   binary ──open/set_remote/close──▶ MediaDriver ──counters──▶ binary ──▶ engine
+//!                                         │ one task per stream
+//!   leg A ──▶ A-facing RTP/RTCP ──▶ relay (tokio I/O) ──▶ B-facing RTP/RTCP ──▶ leg B
+//!   leg A ◀──        sockets     ◀──    │     ▲       ◀──       sockets     ◀── leg B
+//!                                       ▼     │ Verdict
+//!                                    StreamState (sans-IO: validate, learn, choose, count)
+//! ```
+//!
+//! - [`packet`]: RTP or RTCP, from the bytes ([`is_rtp`], [`is_rtcp`]).
+//! - [`StreamState`]: the rules of one stream as a plain state machine: told each datagram
+//!   (with `now` as an argument; no socket, no clock), it answers a [`Verdict`]. Latching
+//!   rules, RFC 5761 muxed RTCP, drops: all unit-tested there. The learning policy is one
+//!   function of it.
+//! - The relay task (private): one per stream, a hand-written future polling its four
+//!   sockets' read readiness, draining each into a per-thread buffer in batches of 64. It is
+//!   thin, so another I/O backend could replace it around the same [`StreamState`].
+//! - [`MediaDriver`]: the streams by key; binds (with raised kernel buffers), spawns, closes.
+//!
+//! ## Use
+//!
+//! ```no_run
+//! use media::{DriverConfig, Leg, MediaDriver};
+//!
+//! # async fn run() -> Result<(), media::OpenError> {
+//! let mut driver = MediaDriver::new(DriverConfig::default(), tokio::runtime::Handle::current());
+//! // The engine picked ports 30000/30001 (A-facing) and 30002/30003 (B-facing) for call 7's
+//! // first stream, and wrote them into the SDP it sent to A and to B.
+//! let key = (7u64, 0u8);
+//! driver.open(key, 30000, 30002)?;
+//! // A's offer, then B's answer.
+//! driver.set_remote(key, Leg::A, Some("192.0.2.1:4000".parse().unwrap()), None);
+//! driver.set_remote(key, Leg::B, Some("192.0.2.2:5000".parse().unwrap()), None);
+//! // Once a second, back to the engine.
+//! for (key, counters) in driver.all_counters() {
+//!     println!("{key:?}: {} packets A to B, last at {:?}", counters.a_to_b.packets,
+//!         counters.last_packet_at);
+//! }
+//! // The call ended: the ports can go back to the engine's pool at once.
+//! driver.close(key);
+//! # Ok(())
+//! # }
+//! ```
 
+mod driver;
 pub mod packet;
+mod relay;
+mod socket;
 mod stream;
 
+pub use driver::{DriverConfig, MediaDriver, OpenError};
 pub use packet::{is_rtcp, is_rtp};
 pub use stream::{
     DirectionCounters, DropReason, Leg, SocketKind, StreamCounters, StreamState, Verdict,
