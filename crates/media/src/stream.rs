@@ -227,15 +227,6 @@ impl StreamState {
         true
     }
 
-    /// Forgets `leg`'s latches, keeping its SDP addresses. (For a driver that learns of two SDP
-    /// changes at once, the last back to the first addresses, which [`StreamState::set_remote`]
-    /// would see as no change.)
-    pub fn forget_latches(&mut self, leg: Leg) {
-        for latch in &mut self.latches[leg.index()] {
-            latch.latched = None;
-        }
-    }
-
     /// A datagram of `packet.len()` bytes from `source` arrived on the `kind` socket facing
     /// `from`; `truncated` when it filled the receive buffer. Says where to forward it, or why
     /// it is dropped (and counts the drop).
@@ -612,9 +603,12 @@ mod tests {
         let a = addr("192.0.2.1:4000");
         stream.on_datagram(Instant::now(), Leg::A, SocketKind::Rtp, a, &rtp(1), false);
         assert_eq!(stream.counters().latched_a, Some(a));
-        stream.forget_latches(Leg::A);
-        assert_eq!(stream.counters().latched_a, None);
         assert!(!stream.set_remote(Leg::A, None, None));
+        assert_eq!(
+            stream.counters().latched_a,
+            Some(a),
+            "no change, latch kept"
+        );
     }
 
     #[test]
