@@ -193,12 +193,15 @@ impl Bridge {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let held = self.running.status.held();
-            if held == (0, 0, 0) {
+            // The media driver's streams are published once a second.
+            let streams = self.running.status.media_streams();
+            if held == (0, 0, 0) && streams == 0 {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "callbridge still holds (calls, dialogs, transactions) = {held:?}"
+                "callbridge still holds (calls, dialogs, transactions) = {held:?}, \
+                 {streams} media streams"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -85,7 +85,7 @@ fn route(path: &str) -> Option<Route<'_>> {
 /// * `POST /api/user/{telnum}/cancelcall`, body empty or a JSON object (fields ignored) →
 ///   `200 {"cancelled":true,"callid","caller","callee"}` or `200 {"cancelled":false}`.
 /// * `POST /api/cti/callin` `{"from","to"}` → `200 {"action":"bridge","caller","callee","callid"}`
-///   or `200 {"action":"reject","reason":"no_intent"|"expired"|"other_number"}`. A bridge
+///   or `200 {"action":"reject","reason":"no_intent"|"intent_expired"|"other_number"}`. A bridge
 ///   decision **consumes** the intent, exactly as an INVITE reaching callbridge's own SIP side
 ///   does: the external switch asks once per incoming call. `to` may be the dedicated number
 ///   (`caller` of the intent) or the intent's `callee` (the seed's example).
@@ -264,12 +264,9 @@ where
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// The reject reason is the refusal's one name ([`NoIntent::code`]), as in the metrics.
 fn reject_reason(no: NoIntent) -> &'static str {
-    match no {
-        NoIntent::None => "no_intent",
-        NoIntent::Expired => "expired",
-        NoIntent::OtherNumber => "other_number",
-    }
+    no.code()
 }
 
 fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiError> {

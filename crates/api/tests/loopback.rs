@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use api::b2bua::CallControl;
 use api::{serve, ApiConfig, ApiState, NoEngine};
@@ -46,6 +46,7 @@ async fn serves_over_loopback_survives_malformed_requests_and_shuts_down() {
         Duration::from_secs(120),
         Duration::from_secs(600),
         1000,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let config = ApiConfig {
         listen: addr,
@@ -137,6 +138,7 @@ async fn shutdown_waits_for_an_idle_keep_alive_connection_to_close() {
         Duration::from_secs(120),
         Duration::from_secs(600),
         10,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let state = Arc::new(ApiState::new(
         control,

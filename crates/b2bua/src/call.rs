@@ -12,18 +12,20 @@ use sip_core::transaction::{ClientTxId, ServerTxId, TxId};
 use sip_core::{HeaderName, Method, Peer, Request};
 
 use crate::intent::Intent;
-use crate::media::MediaSession;
+use crate::media::CallMedia;
+use crate::registry::CallState;
 
 /// A call's handle inside the engine; stable for the call's whole life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallKey(pub u64);
 
-/// One of the two legs of a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// One of the two legs of a call: the one name signalling, media and call records use for a
+/// side of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Leg {
-    /// The incoming call from the user's phone; callbridge is its UAS.
+    /// The incoming call from the user's phone (the caller); callbridge is its UAS.
     A,
-    /// The outgoing call to the target; callbridge is its UAC.
+    /// The outgoing call to the target (the callee); callbridge is its UAC.
     B,
 }
 
@@ -34,18 +36,22 @@ impl Leg {
             Leg::B => Leg::A,
         }
     }
-}
 
-/// Where a call is in its life, as far as signalling is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Leg B's INVITE is out; no final answer yet.
-    Calling,
-    /// Both legs answered: the call is bridged.
-    Answered,
-    /// The call's outcome is decided (final answer or BYE sent); the engine waits for the
-    /// last transactions of both legs to finish before forgetting it.
-    Ending,
+    /// The leg's position in per-leg arrays (`[A, B]`).
+    pub fn index(self) -> usize {
+        match self {
+            Leg::A => 0,
+            Leg::B => 1,
+        }
+    }
+
+    /// Who is on this leg, as the API names them: `caller` or `callee`.
+    pub fn party(self) -> &'static str {
+        match self {
+            Leg::A => "caller",
+            Leg::B => "callee",
+        }
+    }
 }
 
 /// Timers a call owns, beyond the transaction timers.
@@ -55,6 +61,12 @@ pub enum CallTimer {
     NoAnswer,
     /// `sip.max_call_secs` after the answer.
     MaxDuration,
+    /// `media.inactivity_secs` after the last media activity known: ask the driver for fresh
+    /// counters, then decide at [`CallTimer::MediaCheck`].
+    MediaInactivity,
+    /// Shortly after the reports asked for at [`CallTimer::MediaInactivity`]: hang up if the
+    /// counters still show no packet for the inactivity timeout, else wait again.
+    MediaCheck,
 }
 
 /// An in-dialog request relayed from one leg to the other, waiting for its answer.
@@ -122,8 +134,11 @@ pub struct Call {
     pub key: CallKey,
     pub intent: Intent,
     pub span: tracing::Span,
-    pub phase: Phase,
-    pub media: Box<dyn MediaSession>,
+    /// `Trying`/`Ringing` while leg B is unanswered, `Answered` once bridged, `Ended` once the
+    /// outcome is decided (final answer or BYE sent) while the last transactions of both
+    /// legs finish before the engine forgets it. Never `Intent`.
+    pub state: CallState,
+    pub media: CallMedia,
     pub a: LegA,
     pub b: LegB,
     /// In-dialog requests relayed to the other leg, by the client transaction carrying them.
@@ -141,20 +156,13 @@ pub struct Call {
 
 impl Call {
     /// `span` is the call's tracing span (`call{callid=…}`), created when the intent matched.
-    pub fn new(
-        key: CallKey,
-        intent: Intent,
-        span: tracing::Span,
-        media: Box<dyn MediaSession>,
-        a: LegA,
-        b: LegB,
-    ) -> Call {
+    pub fn new(key: CallKey, intent: Intent, span: tracing::Span, a: LegA, b: LegB) -> Call {
         Call {
             key,
             intent,
             span,
-            phase: Phase::Calling,
-            media,
+            state: CallState::Trying,
+            media: CallMedia::new(key),
             a,
             b,
             relays: HashMap::new(),
@@ -198,11 +206,11 @@ impl Call {
     }
 
     pub fn bye_sent(&self, leg: Leg) -> bool {
-        self.bye_sent[leg as usize]
+        self.bye_sent[leg.index()]
     }
 
     pub fn mark_bye_sent(&mut self, leg: Leg) {
-        self.bye_sent[leg as usize] = true;
+        self.bye_sent[leg.index()] = true;
     }
 
     /// A relayed re-INVITE is still unanswered. It is pending on both legs' dialogs (as a

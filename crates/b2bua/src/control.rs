@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::intent::{Intent, IntentTable, IntentTableFull, NoIntent};
-use crate::registry::{CallEvent, CallRecord, CallRegistry, EndCause, Party};
+use crate::registry::{CallEvent, CallRecord, CallRegistry, EndCause, Party, WallClock};
 
 /// Intents and call records, updated together.
 #[derive(Debug)]
@@ -15,13 +15,20 @@ pub struct CallControl {
 
 impl CallControl {
     /// `intent_ttl`: how long an intent waits for its call; `retention`/`max_ended`: how long
-    /// and how many ended calls stay queryable.
-    pub fn new(intent_ttl: Duration, retention: Duration, max_ended: usize) -> CallControl {
+    /// and how many ended calls stay queryable; `clock`: wall-clock time of the records (and
+    /// the seed of call ids, so that they stay unique across restarts).
+    pub fn new(
+        intent_ttl: Duration,
+        retention: Duration,
+        max_ended: usize,
+        clock: WallClock,
+    ) -> CallControl {
         CallControl::with_max_intents(
             intent_ttl,
             crate::intent::DEFAULT_MAX_PENDING,
             retention,
             max_ended,
+            clock,
         )
     }
 
@@ -31,11 +38,17 @@ impl CallControl {
         max_intents: usize,
         retention: Duration,
         max_ended: usize,
+        clock: WallClock,
     ) -> CallControl {
         CallControl {
-            intents: IntentTable::with_limit(intent_ttl, max_intents),
-            registry: CallRegistry::new(retention, max_ended),
+            intents: IntentTable::with_limit(intent_ttl, max_intents, clock.anchor_micros()),
+            registry: CallRegistry::new(retention, max_ended, clock),
         }
+    }
+
+    /// Re-anchors the wall clock of the records (the runtime calls this every second).
+    pub fn sync_wall_clock(&self, clock: WallClock) {
+        self.registry.sync_wall_clock(clock);
     }
 
     /// makecall: registers the intent; a replaced intent's call ends as `intent_replaced`.
@@ -48,6 +61,7 @@ impl CallControl {
     ) -> Result<Intent, IntentTableFull> {
         let (intent, replaced) = self.intents.register(now, telnum, caller, callee)?;
         self.registry.create(
+            now,
             &intent.callid,
             &intent.telnum,
             &intent.caller,
@@ -146,7 +160,12 @@ mod tests {
     use crate::registry::CallState;
 
     fn control() -> CallControl {
-        CallControl::new(Duration::from_secs(120), Duration::from_secs(600), 1000)
+        CallControl::new(
+            Duration::from_secs(120),
+            Duration::from_secs(600),
+            1000,
+            WallClock::new(Instant::now(), std::time::SystemTime::now()),
+        )
     }
 
     #[test]

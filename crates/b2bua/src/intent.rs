@@ -2,9 +2,9 @@
 //! telnum, the latest wins, each valid for a TTL.
 //!
 //! Shaped like mini-redis's `db.rs`: a `HashMap` for O(1) lookup by telnum plus a queue ordered
-//! by expiry that one sweeper walks from the front; both behind one short `parking_lot::Mutex`
-//! that is never held across an `.await`. Time is always an argument, so tests drive expiry with
-//! a fake clock.
+//! by expiry that one sweeper walks from the front, held per shard (below) behind a short
+//! `parking_lot::Mutex` that is never held across an `.await`. Time is always an argument, so
+//! tests drive expiry with a fake clock.
 //!
 //! Every intent lives for the same TTL, so expiries arrive in registration order and the queue
 //! is a FIFO rather than a sorted tree: registering pushes at the back, and an intent that is
@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sip_core::capacity::shrink_map;
@@ -48,6 +48,17 @@ pub enum NoIntent {
     Expired,
     #[error("the call intent is for another dedicated number")]
     OtherNumber,
+}
+
+impl NoIntent {
+    /// The snake_case code of the refusal: in metrics, logs and the CTI answer.
+    pub fn code(self) -> &'static str {
+        match self {
+            NoIntent::None => "no_intent",
+            NoIntent::Expired => "intent_expired",
+            NoIntent::OtherNumber => "other_number",
+        }
+    }
 }
 
 /// makecall refused: the table already holds its maximum of pending intents (a flood of
@@ -141,16 +152,19 @@ pub fn normalize_number(number: &str) -> &str {
 
 impl IntentTable {
     pub fn new(ttl: Duration) -> IntentTable {
-        IntentTable::with_limit(ttl, DEFAULT_MAX_PENDING)
+        IntentTable::with_limit(ttl, DEFAULT_MAX_PENDING, 1)
     }
 
     /// A table that refuses new telnums once `max_pending` intents are held (replacing an
-    /// intent of a telnum already held is always allowed).
-    pub fn with_limit(ttl: Duration, max_pending: usize) -> IntentTable {
+    /// intent of a telnum already held is always allowed). Call ids count up from
+    /// `first_callid`: give the start-up time in microseconds
+    /// ([`WallClock::anchor_micros`](crate::registry::WallClock::anchor_micros)) and they stay
+    /// unique across restarts too.
+    pub fn with_limit(ttl: Duration, max_pending: usize, first_callid: u64) -> IntentTable {
         IntentTable {
             ttl,
             max_pending,
-            ids: CallIdGenerator::new(),
+            ids: CallIdGenerator::new(first_callid),
             pending: AtomicUsize::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(State::default())).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
@@ -315,7 +329,7 @@ impl IntentTable {
     }
 }
 
-/// Issues call ids: decimal, unique within a process and, because the counter starts at the
+/// Issues call ids: decimal, unique within a process and, when the counter starts at the
 /// start-up time in microseconds, across restarts too.
 #[derive(Debug)]
 struct CallIdGenerator {
@@ -323,13 +337,9 @@ struct CallIdGenerator {
 }
 
 impl CallIdGenerator {
-    fn new() -> CallIdGenerator {
-        let start = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+    fn new(first: u64) -> CallIdGenerator {
         CallIdGenerator {
-            next: AtomicU64::new(start),
+            next: AtomicU64::new(first),
         }
     }
 
@@ -560,7 +570,7 @@ mod limit_tests {
 
     #[test]
     fn the_limit_holds_across_shards_under_concurrent_makecalls() {
-        let table = std::sync::Arc::new(IntentTable::with_limit(Duration::from_secs(120), 1000));
+        let table = std::sync::Arc::new(IntentTable::with_limit(Duration::from_secs(120), 1000, 1));
         let now = Instant::now();
         let accepted: usize = (0..4)
             .map(|t| {
@@ -600,7 +610,7 @@ mod limit_tests {
 
     #[test]
     fn a_full_table_refuses_new_numbers_but_accepts_replacements() {
-        let table = IntentTable::with_limit(Duration::from_secs(120), 2);
+        let table = IntentTable::with_limit(Duration::from_secs(120), 2, 1);
         let t0 = Instant::now();
         table.register(t0, "1001", "2001", "3001").unwrap();
         table.register(t0, "1002", "2002", "3002").unwrap();

@@ -1,12 +1,64 @@
 //! # b2bua
 //!
-//! The call logic of callbridge: the intent table, the two-leg call state machine, SDP
-//! rewriting and the RTP relay. Built on [`sip_core`]; knows nothing of HTTP.
+//! The call logic of callbridge, sans-IO: the intent table, the two-leg call state machine,
+//! SDP rewriting and the media decisions. Built on [`sip_core`]; knows nothing of HTTP, and
+//! binds no socket, spawns no task and reads no clock.
+//!
+//! ## The engine
+//!
+//! [`Engine`] holds every call of one callbridge instance. Like
+//! [`TransactionLayer`](sip_core::transaction::TransactionLayer), under which it sits, it is a
+//! plain state machine. Its inputs:
+//!
+//! - SIP messages from the transport ([`Engine::handle_message`]) and transport failures
+//!   ([`Engine::handle_transport_error`]);
+//! - media events from the media driver ([`Engine::handle_media_event`]: a stream opened or
+//!   failed to open, a stream's counters);
+//! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed.
+//!   Every input carries `now`; the engine never asks the clock.
+//!
+//! Its outputs, drained after each input:
+//!
+//! - datagrams and stream writes to send ([`Engine::poll_transmit`]);
+//! - media commands for the driver ([`Engine::poll_media_command`]: open, set remote, close,
+//!   report a stream);
+//! - the next deadline ([`Engine::poll_timeout`]);
+//! - call records and intents, written through [`CallControl`] (shared with the HTTP API).
+//!
+//! The run loop (the binary's SIP task, here with the I/O left as comments):
+//!
+//! ```no_run
+//! # use std::time::Instant;
+//! # use b2bua::{Engine, MediaCommand, MediaEvent};
+//! # fn run(mut engine: Engine, clock: impl Fn() -> Instant) {
+//! loop {
+//!     let _deadline = engine.poll_timeout();
+//!     // Wait for a datagram, a media report or the deadline, then feed it with the time:
+//!     let now = clock();
+//!     engine.handle_timeout(now);
+//!     // Carry out media commands; each may produce an event, fed back at once.
+//!     while let Some(command) = engine.poll_media_command() {
+//!         if let MediaCommand::Open { stream, .. } = command {
+//!             // … bind the sockets, then:
+//!             engine.handle_media_event(now, MediaEvent::Opened { stream });
+//!         }
+//!     }
+//!     while let Some(_transmit) = engine.poll_transmit() {
+//!         // … hand the bytes to the transport.
+//!     }
+//! #   break;
+//! }
+//! # }
+//! ```
+//!
+//! ## Modules
 //!
 //! - [`intent`] and [`registry`], shared with the HTTP API through [`CallControl`];
-//! - [`engine`]: the sans-IO B2BUA (every call's two legs over one transaction layer);
+//! - [`engine`]: the B2BUA (every call's two legs over one transaction layer);
 //! - [`call`]: the state of one call; [`outbound`]: what callbridge writes on each leg;
-//! - [`media`]: the one seam where SDP is touched.
+//! - [`media`]: the one place where SDP is touched, the relay port pool, the media commands
+//!   and events;
+//! - [`refusal`]: why an incoming call was refused.
 
 pub mod call;
 pub mod control;
@@ -14,10 +66,14 @@ pub mod engine;
 pub mod intent;
 pub mod media;
 pub mod outbound;
+pub mod refusal;
 pub mod registry;
 
+pub use call::Leg;
 pub use control::CallControl;
 pub use engine::{Engine, EngineConfig, EngineStats};
 pub use intent::{normalize_number, Intent, IntentTable, IntentTableFull, NoIntent};
-pub use registry::{CallEvent, CallRecord, CallRegistry, CallState, EndCause, Party};
+pub use media::{MediaCommand, MediaEvent, StreamId};
+pub use refusal::Refusal;
+pub use registry::{CallEvent, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock};
 pub use sip_core;

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// Where a call is in its life.
+use crate::call::Leg;
+
+/// Where a call is in its life: the one state of a call, shown by the API in its record and
+/// held by the engine for the calls it drives (from `Trying` on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
@@ -22,24 +25,47 @@ pub enum CallState {
     Ringing,
     /// Both legs answered and bridged.
     Answered,
+    /// The outcome is decided. (The engine may still be finishing the call's last
+    /// transactions; the record no longer changes.)
     Ended,
 }
 
-/// Which side ended a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+impl CallState {
+    /// Leg B is placed and not answered yet.
+    pub fn is_setting_up(self) -> bool {
+        matches!(self, CallState::Trying | CallState::Ringing)
+    }
+}
+
+/// Who ended a call: one of its legs, or callbridge itself. Serialised as the API names
+/// them: `caller` (leg A), `callee` (leg B), `system`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Party {
-    /// The user's phone (leg A).
-    Caller,
-    /// The target (leg B).
-    Callee,
+    /// The party on this leg hung up, cancelled or refused.
+    Leg(Leg),
     /// callbridge itself (timeouts, limits, shutdown) or the API.
     System,
 }
 
-/// Why a call ended; serialised as a snake_case code for the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+impl Party {
+    /// The API's name of the party.
+    pub fn code(self) -> &'static str {
+        match self {
+            Party::Leg(leg) => leg.party(),
+            Party::System => "system",
+        }
+    }
+}
+
+impl Serialize for Party {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
+}
+
+/// Why a call ended. [`EndCause::code`] is its one name: in the API's records, the metrics,
+/// the logs and the `Reason` header of the BYEs callbridge sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndCause {
     /// One side hung up a bridged call.
     Hangup,
@@ -61,10 +87,36 @@ pub enum EndCause {
     IntentCancelled,
     /// A newer makecall for the same number replaced the intent.
     IntentReplaced,
-    /// No media ports were free.
+    /// No media ports were free, or the media driver could not open them.
     ResourcesExhausted,
     /// callbridge shut down.
     Shutdown,
+}
+
+impl EndCause {
+    /// The snake_case code of the cause.
+    pub fn code(self) -> &'static str {
+        match self {
+            EndCause::Hangup => "hangup",
+            EndCause::Cancelled => "cancelled",
+            EndCause::CalleeRejected => "callee_rejected",
+            EndCause::NoAnswer => "no_answer",
+            EndCause::SignallingFailure => "signalling_failure",
+            EndCause::MediaTimeout => "media_timeout",
+            EndCause::MaxDuration => "max_duration",
+            EndCause::IntentExpired => "intent_expired",
+            EndCause::IntentCancelled => "intent_cancelled",
+            EndCause::IntentReplaced => "intent_replaced",
+            EndCause::ResourcesExhausted => "resources_exhausted",
+            EndCause::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl Serialize for EndCause {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.code())
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch, the timestamp format of the API.
@@ -74,6 +126,45 @@ pub fn unix_millis(at: SystemTime) -> UnixMillis {
     at.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Maps the monotonic instants every input carries to wall-clock time for records, without
+/// reading a clock: the caller gives one (instant, wall time) pair and refreshes it now and
+/// then ([`CallControl::sync_wall_clock`](crate::CallControl::sync_wall_clock)), so that a step
+/// of the system clock shows up in records within one refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    mono: Instant,
+    /// Microseconds since the epoch at `mono`.
+    wall_us: u64,
+}
+
+impl WallClock {
+    /// `wall` is the wall-clock time at the instant `mono`.
+    pub fn new(mono: Instant, wall: SystemTime) -> WallClock {
+        let wall_us = wall
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        WallClock { mono, wall_us }
+    }
+
+    /// The wall-clock time at `at`.
+    pub fn at(&self, at: Instant) -> UnixMillis {
+        let us = if at >= self.mono {
+            self.wall_us
+                .saturating_add(at.duration_since(self.mono).as_micros() as u64)
+        } else {
+            self.wall_us
+                .saturating_sub(self.mono.duration_since(at).as_micros() as u64)
+        };
+        us / 1000
+    }
+
+    /// Microseconds since the epoch at the anchor instant (seeds call ids).
+    pub fn anchor_micros(&self) -> u64 {
+        self.wall_us
+    }
 }
 
 /// Everything the API reports about one call.
@@ -121,31 +212,48 @@ pub struct CallRegistry {
 
 #[derive(Debug, Default)]
 struct Inner {
+    clock: Option<WallClock>,
     /// Boxed, so that growing the map under the lock moves pointers rather than records.
     records: HashMap<String, Box<CallRecord>, foldhash::fast::RandomState>,
     /// Ended calls in the order they ended, with the monotonic instant they ended at.
     ended: VecDeque<(Instant, String)>,
 }
 
+impl Inner {
+    fn wall(&self, at: Instant) -> UnixMillis {
+        self.clock.map_or(0, |clock| clock.at(at))
+    }
+}
+
 impl CallRegistry {
     /// `retention`: how long ended calls stay queryable; `max_ended`: how many at most.
-    pub fn new(retention: Duration, max_ended: usize) -> CallRegistry {
+    pub fn new(retention: Duration, max_ended: usize, clock: WallClock) -> CallRegistry {
         CallRegistry {
             retention,
             max_ended,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                clock: Some(clock),
+                ..Inner::default()
+            }),
         }
     }
 
-    /// Records a new call in state `Intent`.
-    pub fn create(&self, callid: &str, telnum: &str, caller: &str, callee: &str) {
+    /// Re-anchors the wall clock used for timestamps (see [`WallClock`]).
+    pub fn sync_wall_clock(&self, clock: WallClock) {
+        self.inner.lock().clock = Some(clock);
+    }
+
+    /// Records a new call in state `Intent`, created at `now`.
+    pub fn create(&self, now: Instant, callid: &str, telnum: &str, caller: &str, callee: &str) {
+        let mut inner = self.inner.lock();
+        let created_at = inner.wall(now);
         let record = CallRecord {
             callid: callid.to_owned(),
             telnum: telnum.to_owned(),
             caller: caller.to_owned(),
             callee: callee.to_owned(),
             state: CallState::Intent,
-            created_at: unix_millis(SystemTime::now()),
+            created_at,
             invite_at: None,
             ringing_at: None,
             answered_at: None,
@@ -156,17 +264,14 @@ impl CallRegistry {
             end_cause: None,
             media: None,
         };
-        self.inner
-            .lock()
-            .records
-            .insert(callid.to_owned(), Box::new(record));
+        inner.records.insert(callid.to_owned(), Box::new(record));
     }
 
     /// Applies one event. Events after the end are ignored, except final codes that arrive
     /// while a call is being torn down.
     pub fn update(&self, now: Instant, callid: &str, event: CallEvent) {
-        let wall = unix_millis(SystemTime::now());
         let mut inner = self.inner.lock();
+        let wall = inner.wall(now);
         let Some(record) = inner.records.get_mut(callid) else {
             return;
         };
@@ -253,30 +358,34 @@ mod tests {
 
     #[test]
     fn follows_a_call_through_its_states() {
-        let registry = CallRegistry::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
-        registry.create("7", "1001", "2001", "3001");
+        let epoch = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let registry = CallRegistry::new(Duration::from_secs(60), 100, WallClock::new(t0, epoch));
+        registry.create(t0, "7", "1001", "2001", "3001");
         assert_eq!(registry.get("7").unwrap().state, CallState::Intent);
         registry.update(t0, "7", CallEvent::Invited);
         registry.update(t0, "7", CallEvent::Ringing);
         registry.update(t0, "7", CallEvent::LegBFinal(200));
-        registry.update(t0, "7", CallEvent::Answered);
+        registry.update(t0 + Duration::from_millis(2500), "7", CallEvent::Answered);
         registry.update(t0, "7", CallEvent::LegAFinal(200));
         assert_eq!(registry.active_count(), 1);
         registry.update(
-            t0,
+            t0 + Duration::from_secs(3),
             "7",
             CallEvent::Ended {
-                by: Party::Callee,
+                by: Party::Leg(Leg::B),
                 cause: EndCause::Hangup,
             },
         );
         let r = registry.get("7").unwrap();
         assert_eq!(r.state, CallState::Ended);
+        // Timestamps come from the instants given, through the wall clock anchor.
+        assert_eq!(r.created_at, 1_700_000_000_000);
+        assert_eq!(r.answered_at, Some(1_700_000_002_500));
         assert!(r.invite_at.is_some() && r.ringing_at.is_some() && r.answered_at.is_some());
         assert!(r.ended_at >= r.answered_at);
         assert_eq!((r.leg_a_code, r.leg_b_code), (Some(200), Some(200)));
-        assert_eq!(r.ended_by, Some(Party::Callee));
+        assert_eq!(r.ended_by, Some(Party::Leg(Leg::B)));
         assert_eq!(registry.active_count(), 0);
         // Late events do not resurrect an ended call.
         registry.update(t0, "7", CallEvent::Answered);
@@ -284,20 +393,49 @@ mod tests {
     }
 
     #[test]
+    fn wall_clock_maps_instants_either_side_of_its_anchor_and_serialises_names() {
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let clock = WallClock::new(t0, UNIX_EPOCH + Duration::from_secs(100));
+        assert_eq!(clock.at(t0 + Duration::from_millis(1)), 100_001);
+        assert_eq!(clock.at(t0 - Duration::from_secs(1)), 99_000);
+        assert_eq!(clock.anchor_micros(), 100_000_000);
+        let json = |v: &dyn Erased| v.json();
+        assert_eq!(json(&Party::Leg(Leg::A)), "\"caller\"");
+        assert_eq!(json(&Party::Leg(Leg::B)), "\"callee\"");
+        assert_eq!(json(&Party::System), "\"system\"");
+        assert_eq!(json(&EndCause::IntentExpired), "\"intent_expired\"");
+        assert_eq!(json(&CallState::Ringing), "\"ringing\"");
+    }
+
+    trait Erased {
+        fn json(&self) -> String;
+    }
+
+    impl<T: Serialize> Erased for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
+
+    #[test]
     fn ended_records_expire_and_are_capped() {
-        let registry = CallRegistry::new(Duration::from_secs(60), 2);
         let t0 = Instant::now();
+        let registry = CallRegistry::new(
+            Duration::from_secs(60),
+            2,
+            WallClock::new(t0, SystemTime::UNIX_EPOCH),
+        );
         let end = CallEvent::Ended {
             by: Party::System,
             cause: EndCause::IntentExpired,
         };
         for id in ["1", "2", "3"] {
-            registry.create(id, "1001", "2001", "3001");
+            registry.create(t0, id, "1001", "2001", "3001");
             registry.update(t0, id, end);
         }
         assert_eq!(registry.len(), 2, "cap of 2 ended records");
         assert!(registry.get("1").is_none());
-        registry.create("4", "1001", "2001", "3001");
+        registry.create(t0, "4", "1001", "2001", "3001");
         registry.prune(t0 + Duration::from_secs(60));
         assert_eq!(registry.len(), 1, "only the live call remains");
         assert!(registry.get("4").is_some());

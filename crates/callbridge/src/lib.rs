@@ -6,6 +6,7 @@
 //! starts the same thing in-process.
 
 pub mod config;
+mod media_driver;
 mod runtime;
 mod status;
 

@@ -1,16 +1,17 @@
 //! Wiring: binds the SIP transport and the HTTP listener, and runs the three tasks of a
-//! callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and moves bytes
-//! and deadlines between it and tokio), the intent sweeper, and the HTTP server.
+//! callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and the media
+//! driver, and moves bytes, media commands and deadlines between them and tokio), the intent
+//! sweeper, and the HTTP server. The relay tasks of the media driver run beside them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use api::ApiState;
 use b2bua::engine::{Engine, EngineConfig};
-use b2bua::media::{AnchoredMedia, MediaConfig, MediaNotice};
+use b2bua::media::MediaConfig;
 use b2bua::outbound::LocalIdentity;
-use b2bua::CallControl;
+use b2bua::{CallControl, WallClock};
 use sip_core::transaction::{TimerConfig, TransactionConfig};
 use sip_core::transport::{SipTransport, TransportConfig, TransportEvent, TransportHandle};
 use sip_core::{ParseLimits, Peer};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::media_driver::MediaBridge;
 use crate::status::SharedStatus;
 
 /// Why callbridge could not start.
@@ -73,6 +75,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config.intent.max_pending,
         Duration::from_secs(config.sip.call_retention_secs),
         config.sip.max_ended_calls,
+        WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -98,22 +101,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let trunk = resolve(&config.sip.trunk).await?;
     let (first_port, last_port) = config.media.port_range()?;
-    let (media_notices, media_events) = mpsc::unbounded_channel();
-    let media = AnchoredMedia::new(
-        MediaConfig {
-            public_ip: config.media.public_ip,
-            bind_ip: config.media.bind_ip,
-            first_port,
-            last_port,
-            inactivity: Duration::from_secs(config.media.inactivity_secs),
-        },
-        media_notices,
-    );
-    status.set_media_pool(media.pool().clone());
+    let media_config = MediaConfig {
+        public_ip: config.media.public_ip,
+        first_port,
+        last_port,
+        inactivity: Duration::from_secs(config.media.inactivity_secs),
+    };
+    let media = MediaBridge::new(media::DriverConfig {
+        bind_ip: config.media.bind_ip,
+        ..media::DriverConfig::default()
+    });
     let engine = Engine::new(
-        engine_config(config, sip_addr.port(), trunk),
+        engine_config(config, sip_addr.port(), trunk, media_config),
         control.clone(),
-        Arc::new(media),
     );
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -146,9 +146,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let sip = sip_task(
         engine,
+        media,
         transport,
         events,
-        media_events,
         shutdown_rx.clone(),
         status.clone(),
         grace,
@@ -174,7 +174,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
-fn engine_config(config: &Config, sip_port: u16, trunk: Peer) -> EngineConfig {
+fn engine_config(config: &Config, sip_port: u16, trunk: Peer, media: MediaConfig) -> EngineConfig {
     let t1 = Duration::from_millis(config.sip.t1_ms);
     EngineConfig {
         local: LocalIdentity {
@@ -202,6 +202,7 @@ fn engine_config(config: &Config, sip_port: u16, trunk: Peer) -> EngineConfig {
             via_port: Some(sip_port),
             send_100_trying: true,
         },
+        media,
     }
 }
 
@@ -224,15 +225,16 @@ const BATCH: usize = 64;
 /// The SIP task: the only owner of the engine.
 async fn sip_task(
     mut engine: Engine,
+    mut media: MediaBridge,
     transport: TransportHandle,
     mut events: mpsc::Receiver<TransportEvent>,
-    mut media_events: mpsc::UnboundedReceiver<MediaNotice>,
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
     grace: Duration,
 ) {
     let mut drain_until: Option<tokio::time::Instant> = None;
-    // Media counters go to the call records and metrics once a second, not per packet.
+    // The driver's media counters go to the engine (and from there to the call records and
+    // metrics) once a second, not per packet.
     let mut media_tick = tokio::time::interval(Duration::from_secs(1));
     media_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -251,12 +253,11 @@ async fn sip_task(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 engine.handle_timeout(Instant::now());
             }
-            Some(notice) = media_events.recv() => {
-                engine.handle_media_timeout(Instant::now(), &notice.callid);
-            }
             _ = media_tick.tick() => {
-                engine.publish_media_stats();
-                status.publish_media(&engine);
+                let now = Instant::now();
+                media.report_all(&mut engine, now);
+                engine.publish_media_stats(now);
+                status.publish_media(&engine, media.stream_count());
             }
             _ = shutdown.wait_for(|stop| *stop), if drain_until.is_none() => {
                 tracing::info!(calls = engine.call_count(), "shutting down: ending calls");
@@ -268,6 +269,9 @@ async fn sip_task(
             }
             _ = sleep_until(drain_until), if drain_until.is_some() => break,
         }
+        // Media commands first: a call that cannot open its media is refused in this same
+        // step, and its SIP answers go out below with the rest.
+        media.pump(&mut engine, Instant::now());
         while let Some(transmit) = engine.poll_transmit() {
             transport.send(transmit);
         }
@@ -277,6 +281,7 @@ async fn sip_task(
         }
     }
     // Flush what the last step produced, then stop serving.
+    media.pump(&mut engine, Instant::now());
     while let Some(transmit) = engine.poll_transmit() {
         transport.send(transmit);
     }
@@ -324,6 +329,8 @@ async fn sweeper(control: Arc<CallControl>, mut shutdown: watch::Receiver<bool>)
             .map_or(AT_MOST, |at| at.saturating_duration_since(now).min(AT_MOST));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
+                // Follows steps of the system clock into the records' timestamps.
+                control.sync_wall_clock(WallClock::new(Instant::now(), SystemTime::now()));
                 let expired = control.sweep(Instant::now());
                 if expired > 0 {
                     tracing::debug!(expired, "intents expired");

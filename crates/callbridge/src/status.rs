@@ -4,10 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use std::sync::Arc;
-
 use api::{EngineSnapshot, EngineStatus};
-use b2bua::media::PortPool;
 use b2bua::Engine;
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
@@ -30,7 +27,11 @@ pub struct SharedStatus {
     outcomes_seen: AtomicU64,
     outcomes: Mutex<Outcomes>,
     transport: Mutex<Option<TransportHandle>>,
-    media_pool: Mutex<Option<Arc<PortPool>>>,
+    /// Relay port pairs free, and in the range (from the engine's pool).
+    media_pairs_free: AtomicU64,
+    media_pairs: AtomicU64,
+    /// Streams the media driver relays (must be 0 once every call has ended).
+    media_streams: AtomicU64,
     media_relayed: AtomicU64,
     media_dropped: AtomicU64,
 }
@@ -40,12 +41,10 @@ impl SharedStatus {
         *self.transport.lock() = Some(transport);
     }
 
-    pub(crate) fn set_media_pool(&self, pool: Arc<PortPool>) {
-        *self.media_pool.lock() = Some(pool);
-    }
-
-    /// Media totals, published by the SIP task about once a second.
-    pub(crate) fn publish_media(&self, engine: &Engine) {
+    /// Media totals, published by the SIP task about once a second; `streams`: what the
+    /// driver relays.
+    pub(crate) fn publish_media(&self, engine: &Engine, streams: usize) {
+        self.media_streams.store(streams as u64, Ordering::Relaxed);
         let totals = engine.media_totals();
         self.media_relayed.store(totals.packets, Ordering::Relaxed);
         self.media_dropped.store(totals.dropped, Ordering::Relaxed);
@@ -67,6 +66,9 @@ impl SharedStatus {
             .store(layer.client_count() as u64, relaxed);
         self.server_transactions
             .store(layer.server_count() as u64, relaxed);
+        let (free, pairs) = engine.media_ports();
+        self.media_pairs_free.store(free as u64, relaxed);
+        self.media_pairs.store(pairs as u64, relaxed);
         let stats = engine.stats();
         self.bridged.store(stats.calls_bridged, relaxed);
         let total: u64 =
@@ -77,6 +79,11 @@ impl SharedStatus {
             };
             *self.outcomes.lock() = (copy(&stats.calls_refused), copy(&stats.calls_failed));
         }
+    }
+
+    /// Streams the media driver relayed at its last report (about once a second).
+    pub fn media_streams(&self) -> u64 {
+        self.media_streams.load(Ordering::Relaxed)
     }
 
     /// Calls, dialogs and transactions held: all zero when nothing leaked.
@@ -95,7 +102,10 @@ impl EngineStatus for SharedStatus {
         let relaxed = Ordering::Relaxed;
         let (refused, failed) = self.outcomes.lock().clone();
         let transport = self.transport.lock().as_ref().map(TransportHandle::stats);
-        let pool = self.media_pool.lock().clone();
+        let (free, pairs) = (
+            self.media_pairs_free.load(relaxed),
+            self.media_pairs.load(relaxed),
+        );
         EngineSnapshot {
             sip_serving: self.serving.load(relaxed),
             active_calls: self.active_calls.load(relaxed),
@@ -109,10 +119,8 @@ impl EngineStatus for SharedStatus {
             sip_malformed_dropped: transport.as_ref().map_or(0, |t| t.malformed_dropped),
             media_packets_relayed: self.media_relayed.load(relaxed),
             media_packets_dropped: self.media_dropped.load(relaxed),
-            media_ports_in_use: pool
-                .as_ref()
-                .map_or(0, |p| 2 * (p.capacity() - p.available()) as u64),
-            media_ports_capacity: pool.as_ref().map_or(0, |p| 2 * p.capacity() as u64),
+            media_ports_in_use: 2 * pairs.saturating_sub(free),
+            media_ports_capacity: 2 * pairs,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use b2bua::{CallControl, CallState, EndCause};
 use http::header::{ALLOW, WWW_AUTHENTICATE};
@@ -59,7 +59,12 @@ impl Reply {
 }
 
 fn harness_with(config: ApiConfig, engine: Arc<dyn EngineStatus>) -> Harness {
-    let control = Arc::new(CallControl::new(TTL, Duration::from_secs(600), 1000));
+    let control = Arc::new(CallControl::new(
+        TTL,
+        Duration::from_secs(600),
+        1000,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
+    ));
     let clock = Arc::new(ManualClock::new());
     let state = ApiState::new(control, config, engine).with_clock(clock.clone());
     Harness { state, clock }
@@ -280,7 +285,7 @@ async fn intent_expires_on_the_controlled_clock() {
     h.clock.advance(TTL);
     assert_eq!(
         h.callin("1001", "2001").await,
-        json!({"action": "reject", "reason": "expired"})
+        json!({"action": "reject", "reason": "intent_expired"})
     );
     let record = h.get(&format!("/api/calls/{callid}")).await.json();
     assert_eq!(record["state"], "ended");
@@ -807,6 +812,7 @@ async fn makecall_beyond_the_intent_limit_is_503() {
         1,
         Duration::from_secs(600),
         1000,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let h = Harness {
         state: ApiState::new(control, ApiConfig::default(), Arc::new(NoEngine)),

@@ -10,9 +10,9 @@ use sip_core::transaction::{ClientTxId, ServerTxId, TxId};
 use sip_core::{HeaderName, Method, NameAddr, Request, Response};
 
 use super::{destination, Engine};
-use crate::call::{CallKey, DeferredAck, Leg, Phase, Relay};
+use crate::call::{CallKey, DeferredAck, Leg, Relay};
 use crate::outbound::tag_to;
-use crate::registry::{EndCause, Party};
+use crate::registry::{CallState, EndCause, Party};
 
 /// In-dialog requests of one call relayed and not yet answered by the other leg.
 const MAX_UNANSWERED_RELAYS: usize = 16;
@@ -75,13 +75,10 @@ impl Engine {
             }
         }
         let (answered, a_final) = match self.calls.get(&key) {
-            Some(call) => (call.phase == Phase::Answered, call.a.final_sent),
+            Some(call) => (call.state == CallState::Answered, call.a.final_sent),
             None => return,
         };
-        let by = match leg {
-            Leg::A => Party::Caller,
-            Leg::B => Party::Callee,
-        };
+        let by = Party::Leg(leg);
         tracing::info!(?by, "hangup");
         if leg == Leg::A && a_final.is_none() {
             // BYE on the early dialog: the caller gave up before the answer.
@@ -113,10 +110,10 @@ impl Engine {
         };
         // Before the answer only UPDATE may cross (RFC 3311 §5.1), on the early dialogs both
         // legs have once leg B's tagged provisional was relayed to leg A.
-        let ready = match call.phase {
-            Phase::Answered => true,
-            Phase::Calling => request.method == Method::Update,
-            Phase::Ending => false,
+        let ready = match call.state {
+            CallState::Answered => true,
+            CallState::Trying | CallState::Ringing => request.method == Method::Update,
+            CallState::Intent | CallState::Ended => false,
         } && call
             .dialog(to_leg)
             .is_some_and(|d| d.state() != DialogState::Terminated);
@@ -143,8 +140,8 @@ impl Engine {
                 .is_none_or(|ct| ct.to_ascii_lowercase().starts_with("application/sdp"));
         let body = if carries_sdp {
             let converted = match to_leg {
-                Leg::B => call.media.towards_b(&request.body),
-                Leg::A => call.media.towards_a(&request.body),
+                Leg::B => call.media.towards_b(now, &request.body, &mut self.media),
+                Leg::A => call.media.towards_a(now, &request.body, &mut self.media),
             };
             match converted {
                 Ok(body) => body,
@@ -238,8 +235,8 @@ impl Engine {
         let carries_sdp = !response.body.is_empty();
         let body = if carries_sdp {
             let converted = match from_leg {
-                Leg::A => call.media.towards_a(&response.body),
-                Leg::B => call.media.towards_b(&response.body),
+                Leg::A => call.media.towards_a(now, &response.body, &mut self.media),
+                Leg::B => call.media.towards_b(now, &response.body, &mut self.media),
             };
             converted.unwrap_or_default()
         } else {
@@ -332,7 +329,7 @@ impl Engine {
 
     /// An ACK for a 2xx we sent. It completes a late-offer exchange when the other leg's
     /// ACK was waiting for the SDP answer it carries.
-    pub(super) fn on_ack(&mut self, tx: Option<ServerTxId>, request: Request) {
+    pub(super) fn on_ack(&mut self, now: Instant, tx: Option<ServerTxId>, request: Request) {
         let Some(tx) = tx else {
             return;
         };
@@ -350,8 +347,8 @@ impl Engine {
             None
         } else {
             let converted = match deferred.leg {
-                Leg::B => call.media.towards_b(&request.body),
-                Leg::A => call.media.towards_a(&request.body),
+                Leg::B => call.media.towards_b(now, &request.body, &mut self.media),
+                Leg::A => call.media.towards_a(now, &request.body, &mut self.media),
             };
             converted.ok()
         };

@@ -9,9 +9,9 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
-use crate::intent::NoIntent;
-use crate::media::MediaError;
+use crate::media::{CallMedia, MediaError};
 use crate::outbound::{leg_b_invite, local_response, ALLOW};
+use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
 
 impl Engine {
@@ -60,9 +60,10 @@ impl Engine {
         tx: ServerTxId,
         request: &Request,
         status: u16,
-        code: &'static str,
+        reason: Refusal,
         text: &str,
     ) {
+        let code = reason.code();
         tracing::info!(status, reason = code, "incoming call refused");
         *self.stats.calls_refused.entry(code).or_default() += 1;
         self.respond(now, tx, request, status, None, Some(text));
@@ -80,18 +81,39 @@ impl Engine {
                 tx,
                 &request,
                 403,
-                "untrusted_source",
+                Refusal::UntrustedSource,
                 "Untrusted source",
             );
         }
         if let Some(Ok(0)) = request.headers.max_forwards() {
-            return self.refuse(now, tx, &request, 483, "too_many_hops", "Too many hops");
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                483,
+                Refusal::TooManyHops,
+                "Too many hops",
+            );
         }
         if !request.headers.contacts().is_ok_and(|c| !c.is_empty()) {
-            return self.refuse(now, tx, &request, 400, "malformed", "Missing Contact");
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                400,
+                Refusal::Malformed,
+                "Missing Contact",
+            );
         }
         if self.active_call_count() >= self.config.max_calls {
-            return self.refuse(now, tx, &request, 503, "overloaded", "Too many calls");
+            return self.refuse(
+                now,
+                tx,
+                &request,
+                503,
+                Refusal::Overloaded,
+                "Too many calls",
+            );
         }
         if !self.media.has_capacity() {
             // Refused before the intent is claimed: the user can simply dial again.
@@ -101,7 +123,7 @@ impl Engine {
                 tx,
                 &request,
                 503,
-                "media_exhausted",
+                Refusal::MediaExhausted,
                 "No media ports available",
             );
         }
@@ -126,19 +148,15 @@ impl Engine {
                 tx,
                 &request,
                 refuse_code,
-                "no_intent",
+                Refusal::NoIntent(crate::intent::NoIntent::None),
                 "No call intent",
             );
         };
         let intent = match self.control.claim(now, &calling, &dialled) {
             Ok(intent) => intent,
             Err(no) => {
-                let code = match no {
-                    NoIntent::None => "no_intent",
-                    NoIntent::Expired => "intent_expired",
-                    NoIntent::OtherNumber => "other_number",
-                };
-                return self.refuse(now, tx, &request, refuse_code, code, &no.to_string());
+                let text = no.to_string();
+                return self.refuse(now, tx, &request, refuse_code, Refusal::NoIntent(no), &text);
             }
         };
         let span = tracing::info_span!("call", callid = %intent.callid);
@@ -159,28 +177,15 @@ impl Engine {
                     cause,
                 },
             );
-            *engine
-                .stats
-                .calls_failed
-                .entry(cause_code(cause))
-                .or_default() += 1;
+            *engine.stats.calls_failed.entry(cause.code()).or_default() += 1;
         };
-        let mut media = match self.media.new_session(&intent.callid) {
-            Ok(media) => media,
-            Err(error) => {
-                tracing::warn!(%error, "no media session");
-                return fail(
-                    self,
-                    error.sip_status(),
-                    EndCause::ResourcesExhausted,
-                    &error.to_string(),
-                );
-            }
-        };
+        let key = CallKey(self.next_key);
+        self.next_key += 1;
+        let mut media = CallMedia::new(key);
         let body = if request.body.is_empty() {
             request.body.clone()
         } else {
-            match media.towards_b(&request.body) {
+            match media.towards_b(now, &request.body, &mut self.media) {
                 Ok(body) => body,
                 Err(error) => {
                     let cause = match error {
@@ -206,10 +211,13 @@ impl Engine {
         let b_tx = match self.layer.send_request(now, b_invite, trunk) {
             Ok(b_tx) => b_tx,
             Err(error) => {
+                media.close(&mut self.media);
                 return fail(self, 500, EndCause::SignallingFailure, &error.to_string());
             }
         };
         let Some(b_invite) = self.layer.client_request(b_tx).cloned() else {
+            // Unreachable: the layer holds the request it has just accepted.
+            media.close(&mut self.media);
             return;
         };
         let a_dialog_id = DialogId::new(
@@ -222,13 +230,10 @@ impl Engine {
                 .and_then(|f| f.tag().map(str::to_owned))
                 .unwrap_or_default(),
         );
-        let key = CallKey(self.next_key);
-        self.next_key += 1;
-        let call = Call::new(
+        let mut call = Call::new(
             key,
             intent,
             span.clone(),
-            media,
             LegA {
                 invite: request,
                 invite_tx: tx,
@@ -247,6 +252,7 @@ impl Engine {
                 ack: None,
             },
         );
+        call.media = media;
         drop(_entered);
         self.by_callid.insert(call.intent.callid.clone(), key);
         self.calls.insert(key, Box::new(call));
@@ -292,7 +298,7 @@ impl Engine {
         tracing::info!(parent: &call.span, "caller cancelled");
         self.answer_a_locally(now, key, 487, "Call cancelled by the caller");
         self.cancel_leg_b(now, key);
-        self.end_call(now, key, Party::Caller, EndCause::Cancelled);
+        self.end_call(now, key, Party::Leg(Leg::A), EndCause::Cancelled);
     }
 }
 
@@ -312,23 +318,5 @@ impl Engine {
             self.exhausted_logged_at = Some(now);
             self.exhausted_since_log = 0;
         }
-    }
-}
-
-/// The snake_case code of an end cause, for the failure counters.
-pub(super) fn cause_code(cause: EndCause) -> &'static str {
-    match cause {
-        EndCause::Hangup => "hangup",
-        EndCause::Cancelled => "cancelled",
-        EndCause::CalleeRejected => "callee_rejected",
-        EndCause::NoAnswer => "no_answer",
-        EndCause::SignallingFailure => "signalling_failure",
-        EndCause::MediaTimeout => "media_timeout",
-        EndCause::MaxDuration => "max_duration",
-        EndCause::IntentExpired => "intent_expired",
-        EndCause::IntentCancelled => "intent_cancelled",
-        EndCause::IntentReplaced => "intent_replaced",
-        EndCause::ResourcesExhausted => "resources_exhausted",
-        EndCause::Shutdown => "shutdown",
     }
 }

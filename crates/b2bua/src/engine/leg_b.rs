@@ -9,9 +9,9 @@ use sip_core::transaction::{ClientTxId, TxId};
 use sip_core::{HeaderName, Method, Response};
 
 use super::Engine;
-use crate::call::{CallKey, CallTimer, DeferredAck, Leg, Phase};
+use crate::call::{CallKey, CallTimer, DeferredAck, Leg};
 use crate::outbound::relay_response_to_a;
-use crate::registry::{CallEvent, EndCause, Party};
+use crate::registry::{CallEvent, CallState, EndCause, Party};
 
 impl Engine {
     pub(super) fn on_response(&mut self, now: Instant, tx: ClientTxId, response: Response) {
@@ -65,14 +65,16 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        if call.phase != Phase::Calling || call.a.final_sent.is_some() {
+        if !call.state.is_setting_up() || call.a.final_sent.is_some() {
             return;
         }
         let body = if response.body.is_empty() {
             response.body.clone()
         } else {
             // Early media that cannot be anchored is not relayed; ringing still is.
-            call.media.towards_a(&response.body).unwrap_or_default()
+            call.media
+                .towards_a(now, &response.body, &mut self.media)
+                .unwrap_or_default()
         };
         let relayed = relay_response_to_a(
             &self.config.local,
@@ -90,6 +92,7 @@ impl Engine {
                 call.a.dialog = Some(dialog);
             }
         }
+        call.state = CallState::Ringing;
         let (tx, callid) = (call.a.invite_tx, call.intent.callid.clone());
         self.send_response(now, tx, relayed);
         self.control.record(now, &callid, CallEvent::Ringing);
@@ -144,7 +147,7 @@ impl Engine {
         self.control
             .record(now, &callid, CallEvent::LegBFinal(response.status));
         let cseq = response.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        if call.phase != Phase::Calling || call.a.final_sent.is_some() {
+        if !call.state.is_setting_up() || call.a.final_sent.is_some() {
             // The answer crossed a CANCEL or the no-answer timeout: ACK it, then BYE.
             tracing::info!("leg B answered after the call was abandoned; hanging it up");
             self.ack_leg_b(key, cseq, None);
@@ -155,7 +158,7 @@ impl Engine {
         let body = if response.body.is_empty() {
             Ok(response.body.clone())
         } else {
-            call.media.towards_a(&response.body)
+            call.media.towards_a(now, &response.body, &mut self.media)
         };
         let body = match body {
             Ok(body) => body,
@@ -164,7 +167,7 @@ impl Engine {
                 self.ack_leg_b(key, cseq, None);
                 self.send_bye(now, key, Leg::B, EndCause::SignallingFailure);
                 self.answer_a_locally(now, key, error.sip_status(), "Callee SDP not usable");
-                self.end_call(now, key, Party::Callee, EndCause::SignallingFailure);
+                self.end_call(now, key, Party::Leg(Leg::B), EndCause::SignallingFailure);
                 return;
             }
         };
@@ -186,7 +189,7 @@ impl Engine {
             tracing::warn!(%error, "leg A dialog not established");
         }
         call.a.final_sent = Some(response.status);
-        call.phase = Phase::Answered;
+        call.state = CallState::Answered;
         call.timers.remove(&CallTimer::NoAnswer);
         let a_tx = call.a.invite_tx;
         if late_offer {
@@ -290,7 +293,7 @@ impl Engine {
         self.send_response(now, tx, relayed);
         self.control
             .record(now, &callid, CallEvent::LegAFinal(response.status));
-        self.end_call(now, key, Party::Callee, EndCause::CalleeRejected);
+        self.end_call(now, key, Party::Leg(Leg::B), EndCause::CalleeRejected);
     }
 
     /// A response that matches no transaction: a 2xx to leg B's INVITE retransmitted after

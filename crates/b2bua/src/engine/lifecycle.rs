@@ -2,55 +2,39 @@
 //! both legs, recording the outcome once, and forgetting a call when its last transaction ends.
 
 use sip_core::capacity::shrink_map;
-use std::cmp::Reverse;
 use std::time::Instant;
 
 use sip_core::dialog::DialogState;
 use sip_core::transaction::TxId;
 use sip_core::{HeaderName, Method};
 
-use super::incoming::cause_code;
 use super::{destination, Engine};
-use crate::call::{CallKey, CallTimer, Leg, Phase};
-use crate::media::PassThrough;
+use crate::call::{CallKey, CallTimer, Leg};
 use crate::outbound::{local_response, reason_header};
-use crate::registry::{CallEvent, EndCause, Party};
+use crate::registry::{CallEvent, CallState, EndCause, Party};
 
 impl Engine {
     pub(super) fn arm_call_timer(&mut self, key: CallKey, timer: CallTimer, at: Instant) {
         if let Some(call) = self.calls.get_mut(&key) {
             call.timers.insert(timer, at);
-            self.timers.push(Reverse((at, key, timer)));
+            self.timers.push(at, (key, timer));
         }
-    }
-
-    fn call_timer_armed(&self, at: Instant, key: CallKey, timer: CallTimer) -> bool {
-        self.calls
-            .get(&key)
-            .and_then(|call| call.timers.get(&timer))
-            == Some(&at)
     }
 
     pub(super) fn next_call_timer(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((at, key, timer))) = self.timers.peek() {
-            if self.call_timer_armed(at, key, timer) {
-                return Some(at);
-            }
-            self.timers.pop();
-        }
-        None
+        let calls = &self.calls;
+        self.timers
+            .next_armed(|at, (key, timer)| call_timer_armed(calls, at, key, timer))
     }
 
     pub(super) fn fire_call_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((at, key, timer))) = self.timers.peek() {
-            if at > now {
+        loop {
+            let calls = &self.calls;
+            let Some((_, (key, timer))) = self.timers.pop_due(now, |at, (key, timer)| {
+                call_timer_armed(calls, at, key, timer)
+            }) else {
                 break;
-            }
-            self.timers.pop();
-            sip_core::capacity::shrink_heap(&mut self.timers);
-            if !self.call_timer_armed(at, key, timer) {
-                continue;
-            }
+            };
             if let Some(call) = self.calls.get_mut(&key) {
                 call.timers.remove(&timer);
             }
@@ -63,6 +47,8 @@ impl Engine {
                     }
                     self.hang_up(now, key, Party::System, EndCause::MaxDuration);
                 }
+                CallTimer::MediaInactivity => self.media_inactivity_due(now, key),
+                CallTimer::MediaCheck => self.media_check_due(now, key),
             }
         }
     }
@@ -72,7 +58,7 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
-        if call.phase != Phase::Calling || call.a.final_sent.is_some() {
+        if !call.state.is_setting_up() || call.a.final_sent.is_some() {
             return;
         }
         let _entered = call.span.clone().entered();
@@ -124,22 +110,21 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let was_answered = call.phase == Phase::Answered;
-        if call.phase != Phase::Ending {
+        let was_answered = call.state == CallState::Answered;
+        if call.state != CallState::Ended {
             self.ending += 1;
         }
-        call.phase = Phase::Ending;
+        call.state = CallState::Ended;
         call.timers.clear();
         // The relay goes now, not when the last transaction of the call has lingered out
-        // (up to 64·T1 later): its ports are free for the next call at once.
-        let media = std::mem::replace(&mut call.media, Box::new(PassThrough));
-        let media_stats = media.stats();
-        drop(media);
-        if media_stats.streams > 0 {
-            super::add_media(&mut self.stats.media_ended, &media_stats);
+        // (up to 64·T1 later): its ports are free for the next call at once. The driver's
+        // final counters come back as events and are added then.
+        if call.media.open_count() > 0 {
+            self.stats.media_ended.add(&call.media.totals());
+            call.media.close(&mut self.media);
             self.control
                 .registry()
-                .set_media(&call.intent.callid, media_stats);
+                .set_media(&call.intent.callid, call.media.stats(now));
         }
         if call.recorded_end {
             return;
@@ -149,11 +134,7 @@ impl Engine {
         self.control
             .record(now, &callid, CallEvent::Ended { by, cause });
         if !was_answered {
-            *self
-                .stats
-                .calls_failed
-                .entry(cause_code(cause))
-                .or_default() += 1;
+            *self.stats.calls_failed.entry(cause.code()).or_default() += 1;
         }
         self.reap_if_done(key);
     }
@@ -165,10 +146,9 @@ impl Engine {
             return;
         };
         if call.a.final_sent.is_none() {
-            let status = if cause == EndCause::Shutdown {
-                503
-            } else {
-                480
+            let status = match cause {
+                EndCause::Shutdown | EndCause::ResourcesExhausted => 503,
+                _ => 480,
             };
             self.answer_a_locally(now, key, status, "Call ended");
             self.cancel_leg_b(now, key);
@@ -197,7 +177,7 @@ impl Engine {
         dialog.terminate();
         if cause != EndCause::Hangup {
             bye.headers
-                .push(HeaderName::Reason, reason_header(200, cause_code(cause)));
+                .push(HeaderName::Reason, reason_header(200, cause.code()));
         }
         call.mark_bye_sent(leg);
         let to = destination(call, leg, self.config.trunk);
@@ -234,7 +214,7 @@ impl Engine {
                     if !relay.answered {
                         relay.answered = true;
                         let (server_tx, request) = (relay.server_tx, relay.request.clone());
-                        let tag = tags[relay.from_leg as usize].clone();
+                        let tag = tags[relay.from_leg.index()].clone();
                         self.respond(
                             now,
                             server_tx,
@@ -248,7 +228,7 @@ impl Engine {
             }
             TxId::Server(tx) if tx == call.a.invite_tx => {
                 // Timer L without ACK for our 2xx (RFC 3261 §13.3.1.4): the caller is gone.
-                if call.phase == Phase::Answered {
+                if call.state == CallState::Answered {
                     tracing::warn!("leg A never acknowledged the answer");
                     self.hang_up(now, key, Party::System, EndCause::SignallingFailure);
                 }
@@ -278,7 +258,7 @@ impl Engine {
         let done = self
             .calls
             .get(&key)
-            .is_some_and(|c| c.phase == Phase::Ending && c.live_transactions == 0);
+            .is_some_and(|c| c.state == CallState::Ended && c.live_transactions == 0);
         if !done {
             return;
         }
@@ -307,4 +287,14 @@ impl Engine {
         }
         self.process_events(now);
     }
+}
+
+/// Whether `timer` of call `key` is still armed for `at` (else the queue entry is stale).
+fn call_timer_armed(
+    calls: &std::collections::HashMap<CallKey, Box<crate::call::Call>>,
+    at: Instant,
+    key: CallKey,
+    timer: CallTimer,
+) -> bool {
+    calls.get(&key).and_then(|call| call.timers.get(&timer)) == Some(&at)
 }

@@ -1,40 +1,43 @@
 //! The B2BUA engine, sans-IO: every call's signalling on top of one transaction layer.
 //!
 //! The engine is driven exactly like [`TransactionLayer`]: the runtime feeds it messages from
-//! the transport ([`Engine::handle_message`]), transport failures, and the time when the
-//! deadline from [`Engine::poll_timeout`] has passed; it drains [`Engine::poll_transmit`].
-//! Each transaction event is routed to the call that owns the transaction or dialog; calls
-//! keep their state in [`Call`] and the steps of each flow live in the submodules:
+//! the transport ([`Engine::handle_message`]), transport failures, media events from the
+//! media driver ([`Engine::handle_media_event`]) and the time when the deadline from
+//! [`Engine::poll_timeout`] has passed; it drains [`Engine::poll_transmit`] and
+//! [`Engine::poll_media_command`]. Each transaction event is routed to the call that owns the
+//! transaction or dialog; calls keep their state in [`Call`] and the steps of each flow live
+//! in the submodules:
 //!
 //! - [`incoming`]: a new INVITE on leg A (trust, intent, leg B), CANCEL, out-of-dialog requests;
 //! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
-//!   has finished.
+//!   has finished;
+//! - [`media_events`]: media events from the driver, the media inactivity check, media counters.
 
 mod in_dialog;
 mod incoming;
 mod leg_b;
 mod lifecycle;
+mod media_events;
 
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use sip_core::dialog::DialogId;
 use sip_core::transaction::{
-    ServerTxId, TransactionConfig, TransactionLayer, TxError, TxEvent, TxId,
+    ServerTxId, TimerQueue, TransactionConfig, TransactionLayer, TxError, TxEvent, TxId,
 };
 use sip_core::{Message, Peer, Request, Transmit};
 
 use crate::call::{Call, CallKey, CallTimer, Leg};
 use crate::control::CallControl;
-use crate::media::MediaFactory;
+use crate::media::{MediaCommand, MediaConfig, MediaPlane};
 use crate::outbound::{local_response, LocalIdentity};
 
 /// What the engine needs to know about its surroundings.
@@ -54,6 +57,9 @@ pub struct EngineConfig {
     /// Calls held at once; beyond it new INVITEs get 503.
     pub max_calls: usize,
     pub transactions: TransactionConfig,
+    /// Media anchoring: the relay port range, the address written in SDP, the inactivity
+    /// timeout.
+    pub media: MediaConfig,
 }
 
 /// Counters of call outcomes, for metrics.
@@ -70,6 +76,8 @@ pub struct EngineStats {
     /// RTP/RTCP packets relayed and dropped by calls that have ended (live calls are added
     /// by [`Engine::media_totals`]).
     pub media_ended: crate::media::DirectionStats,
+    /// Media streams the driver could not open (a relay port held by another process).
+    pub media_open_failures: u64,
 }
 
 /// All calls of one callbridge instance. See the module documentation.
@@ -77,19 +85,21 @@ pub struct Engine {
     config: EngineConfig,
     layer: TransactionLayer,
     control: Arc<CallControl>,
-    media: Arc<dyn MediaFactory>,
+    /// The relay port pool and the media commands waiting for the driver.
+    media: MediaPlane,
     /// Boxed: a `Call` is a few KiB, and a map of inline values keeps up to twice its
     /// capacity of them allocated (hashbrown grows by doubling and never shrinks).
     calls: HashMap<CallKey, Box<Call>>,
     next_key: u64,
     /// The call each live transaction belongs to.
     tx_owner: HashMap<TxId, CallKey>,
-    /// Calls by the intent's callid (the key media notices and the API use).
+    /// Calls by the intent's callid (the key the API and logs use).
     by_callid: HashMap<String, CallKey>,
     /// The call and leg each dialog (as identified by requests arriving on it) belongs to.
     dialog_owner: HashMap<DialogId, (CallKey, Leg)>,
-    /// Call timers, lazily deleted like the transaction layer's (see `Call::timers`).
-    timers: BinaryHeap<Reverse<(Instant, CallKey, CallTimer)>>,
+    /// Call timers, in the transaction layer's queue type: lazily deleted, each call's
+    /// `Call::timers` says which entries are still armed.
+    timers: TimerQueue<(CallKey, CallTimer)>,
     stats: EngineStats,
     /// Calls in `Ending` (outcome decided, last transactions lingering): they do not count
     /// against `max_calls`.
@@ -100,12 +110,10 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        config: EngineConfig,
-        control: Arc<CallControl>,
-        media: Arc<dyn MediaFactory>,
-    ) -> Engine {
+    /// A new engine. Needs no runtime: it does no I/O.
+    pub fn new(config: EngineConfig, control: Arc<CallControl>) -> Engine {
         let layer = TransactionLayer::new(config.transactions.clone());
+        let media = MediaPlane::new(config.media.clone());
         Engine {
             config,
             layer,
@@ -116,7 +124,7 @@ impl Engine {
             tx_owner: HashMap::new(),
             dialog_owner: HashMap::new(),
             by_callid: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: TimerQueue::new(),
             stats: EngineStats::default(),
             ending: 0,
             exhausted_logged_at: None,
@@ -166,48 +174,6 @@ impl Engine {
         self.process_events(now);
     }
 
-    /// The media relay saw no RTP in either direction for the inactivity timeout: both legs
-    /// are hung up with a `Reason`, and the call ends as `media_timeout`.
-    pub fn handle_media_timeout(&mut self, now: Instant, callid: &str) {
-        let Some(&key) = self.by_callid.get(callid) else {
-            return;
-        };
-        if let Some(call) = self.calls.get(&key) {
-            let _entered = call.span.clone().entered();
-            tracing::info!("no media in either direction; hanging up");
-        }
-        self.hang_up(
-            now,
-            key,
-            crate::registry::Party::System,
-            crate::registry::EndCause::MediaTimeout,
-        );
-        self.process_events(now);
-    }
-
-    /// Copies every live call's media counters into its call record (for the API). The
-    /// runtime calls this about once a second.
-    pub fn publish_media_stats(&self) {
-        for call in self.calls.values() {
-            let stats = call.media.stats();
-            if stats.streams > 0 {
-                self.control
-                    .registry()
-                    .set_media(&call.intent.callid, stats);
-            }
-        }
-    }
-
-    /// Packets and bytes relayed (both directions together) and dropped, ended calls and
-    /// live ones.
-    pub fn media_totals(&self) -> crate::media::DirectionStats {
-        let mut total = self.stats.media_ended;
-        for call in self.calls.values() {
-            add_media(&mut total, &call.media.stats());
-        }
-        total
-    }
-
     /// Fires transaction and call timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
@@ -231,9 +197,17 @@ impl Engine {
         self.layer.poll_transmit()
     }
 
+    /// Next command for the media driver, in the order they must be carried out.
+    pub fn poll_media_command(&mut self) -> Option<MediaCommand> {
+        self.media.commands.pop_front()
+    }
+
     fn process_events(&mut self, now: Instant) {
         while let Some(event) = self.layer.poll_event() {
             self.on_event(now, event);
+        }
+        if !self.media.newly_active.is_empty() {
+            self.arm_media_timers(now);
         }
     }
 
@@ -245,7 +219,7 @@ impl Engine {
                 from,
                 cancels,
             } => self.on_request(now, tx, request, from, cancels),
-            TxEvent::Ack { tx, request, .. } => self.on_ack(tx, request),
+            TxEvent::Ack { tx, request, .. } => self.on_ack(now, tx, request),
             TxEvent::Response { tx, response, .. } => self.on_response(now, tx, response),
             TxEvent::StrayResponse { response, .. } => self.on_stray_response(response),
             TxEvent::Timeout(id) | TxEvent::TransportError(id) => self.on_tx_failure(now, id),
@@ -292,18 +266,6 @@ fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
     match leg {
         Leg::A => call.a.source,
         Leg::B => trunk,
-    }
-}
-
-/// Adds a call's media counters (both directions) to `total`.
-pub(crate) fn add_media(
-    total: &mut crate::media::DirectionStats,
-    stats: &crate::media::MediaStats,
-) {
-    for part in [stats.a_to_b, stats.b_to_a] {
-        total.packets += part.packets;
-        total.bytes += part.bytes;
-        total.dropped += part.dropped;
     }
 }
 

@@ -10,10 +10,13 @@ use sip_core::transaction::TransactionConfig;
 use sip_core::{HeaderName, Message, ParseLimits, Peer, Request, Response};
 
 use super::{Engine, EngineConfig};
+use crate::call::{CallKey, Leg};
 use crate::control::CallControl;
-use crate::media::PassThrough;
+use crate::media::{
+    DirectionStats, MediaCommand, MediaConfig, MediaEvent, StreamCounters, StreamId,
+};
 use crate::outbound::LocalIdentity;
-use crate::registry::{CallState, EndCause, Party};
+use crate::registry::{CallState, EndCause, Party, WallClock};
 
 const SDP_A: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
 const SDP_B: &str = "v=0\r\no=b 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 50000 RTP/AVP 0\r\n";
@@ -30,30 +33,59 @@ struct Harness {
     engine: Engine,
     control: Arc<CallControl>,
     now: Instant,
+    /// Streams the engine opened and has not closed (see [`Harness::media`]).
+    open_streams: std::collections::BTreeSet<StreamId>,
+}
+
+/// The relay range of the tests: a call's first stream gets 30000 (A-facing) and 30002
+/// (B-facing), the next call's 30004 and 30006, and so on.
+fn media_config() -> MediaConfig {
+    MediaConfig {
+        public_ip: "192.0.2.1".parse().unwrap(),
+        first_port: 30000,
+        last_port: 30099,
+        // Armed in every bridged call of these tests, and so checked to be disarmed when the
+        // call ends (`assert_drained`); the media timeout tests shorten it.
+        inactivity: Duration::from_secs(3600),
+    }
+}
+
+/// The `m=audio` port of an SDP body: which relay ports a rewritten body points at.
+fn audio_port(body: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().find(|l| l.starts_with("m=audio "))?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Which way an SDP body went through the first call's media: `"b"` when it points at the
+/// B-facing ports (it was sent to leg B), `"a"` for the A-facing ones, `"untouched"` when it
+/// did not go through the media at all.
+fn towards(body: &[u8]) -> &'static str {
+    let anchored = std::str::from_utf8(body).is_ok_and(|t| t.contains("c=IN IP4 192.0.2.1\r\n"));
+    match (anchored, audio_port(body)) {
+        (true, Some(30002)) => "b",
+        (true, Some(30000)) => "a",
+        _ => "untouched",
+    }
 }
 
 impl Harness {
     fn new() -> Harness {
-        Harness::with_media(Arc::new(PassThrough))
+        Harness::configured(|_| {})
     }
 
-    fn with_media(media: Arc<dyn crate::media::MediaFactory>) -> Harness {
-        Harness::with(media, 100)
-    }
-
-    fn with(media: Arc<dyn crate::media::MediaFactory>, max_calls: usize) -> Harness {
-        Harness::configured(media, |config| config.max_calls = max_calls)
+    fn with(max_calls: usize) -> Harness {
+        Harness::configured(|config| config.max_calls = max_calls)
     }
 
     /// A harness whose engine configuration `adjust` changes from the default one.
-    fn configured(
-        media: Arc<dyn crate::media::MediaFactory>,
-        adjust: impl FnOnce(&mut EngineConfig),
-    ) -> Harness {
+    fn configured(adjust: impl FnOnce(&mut EngineConfig)) -> Harness {
+        let now = Instant::now();
         let control = Arc::new(CallControl::new(
             Duration::from_secs(120),
             Duration::from_secs(300),
             1000,
+            WallClock::new(now, std::time::SystemTime::UNIX_EPOCH),
         ));
         let mut config = EngineConfig {
             local: LocalIdentity {
@@ -72,13 +104,45 @@ impl Harness {
                 via_port: Some(5060),
                 ..TransactionConfig::default()
             },
+            media: media_config(),
         };
         adjust(&mut config);
         Harness {
-            engine: Engine::new(config, control.clone(), media),
+            engine: Engine::new(config, control.clone()),
             control,
-            now: Instant::now(),
+            now,
+            open_streams: Default::default(),
         }
+    }
+
+    /// The media commands since the last call, as the driver would carry them out: every
+    /// `Open` succeeds (answered `Opened`) and every `Close` is answered with the stream's
+    /// final (empty) counters. Tracks which streams are open.
+    fn media(&mut self) -> Vec<MediaCommand> {
+        let mut commands = Vec::new();
+        while let Some(command) = self.engine.poll_media_command() {
+            match &command {
+                MediaCommand::Open { stream, .. } => {
+                    assert!(self.open_streams.insert(*stream), "{stream:?} opened twice");
+                    self.engine
+                        .handle_media_event(self.now, MediaEvent::Opened { stream: *stream });
+                }
+                MediaCommand::Close { stream } => {
+                    assert!(
+                        self.open_streams.remove(stream),
+                        "{stream:?} closed, not open"
+                    );
+                }
+                MediaCommand::SetRemote { stream, .. } | MediaCommand::Report { stream } => {
+                    assert!(
+                        self.open_streams.contains(stream),
+                        "{command:?} of a closed stream"
+                    );
+                }
+            }
+            commands.push(command);
+        }
+        commands
     }
 
     fn feed(&mut self, message: &Message, from: Peer) {
@@ -129,6 +193,19 @@ impl Harness {
     fn assert_drained_keeping(&mut self, kept: &[&str]) {
         self.advance(Duration::from_secs(120));
         self.sent();
+        self.media();
+        assert!(
+            self.open_streams.is_empty(),
+            "media streams left open: {:?}",
+            self.open_streams
+        );
+        assert_eq!(
+            self.engine.media_stream_count(),
+            0,
+            "media streams counted open"
+        );
+        let (free, capacity) = self.engine.media_ports();
+        assert_eq!(free, capacity, "relay ports not given back");
         assert_eq!(self.engine.call_count(), 0, "calls left");
         assert_eq!(self.engine.dialog_count(), 0, "dialogs left");
         assert_eq!(
@@ -414,7 +491,7 @@ fn leg_b_reveals_nothing_of_leg_a() {
     assert_eq!(b_invite.uri.user(), Some("3001"));
     assert_eq!(b_invite.uri.port(), Some(5080));
     assert_eq!(b_invite.headers.from().unwrap().uri.user(), Some("2001"));
-    assert_eq!(b_invite.body, Bytes::from_static(SDP_A.as_bytes()));
+    assert_eq!(towards(&b_invite.body), "b");
     callee_refuses(&mut h, &b_invite, "z9hG4bKa1");
     h.assert_drained();
 }
@@ -448,7 +525,7 @@ fn bridge_then_caller_hangs_up() {
         .find(|(p, _)| *p == phone())
         .map(|(_, m)| response_of(m))
         .unwrap();
-    assert_eq!(ok.body, Bytes::from_static(SDP_B.as_bytes()));
+    assert_eq!(towards(&ok.body), "a");
     assert_eq!(ok.headers.to().unwrap().tag(), Some(a_tag.as_str()));
     assert_eq!(h.control.call(&callid).unwrap().state, CallState::Answered);
     assert_eq!(h.engine.stats().calls_bridged, 1);
@@ -475,7 +552,7 @@ fn bridge_then_caller_hangs_up() {
     h.feed(&answer(&bye, 200, "btag", ""), trunk());
     let record = h.control.call(&callid).unwrap();
     assert_eq!(record.state, CallState::Ended);
-    assert_eq!(record.ended_by, Some(Party::Caller));
+    assert_eq!(record.ended_by, Some(Party::Leg(Leg::A)));
     assert_eq!(record.end_cause, Some(EndCause::Hangup));
     assert_eq!(
         (record.leg_a_code, record.leg_b_code),
@@ -511,7 +588,7 @@ fn bridge_then_callee_hangs_up() {
     h.feed(&answer(&bye, 200, "atag", ""), phone());
     assert_eq!(
         h.control.call(&callid).unwrap().ended_by,
-        Some(Party::Callee)
+        Some(Party::Leg(Leg::B))
     );
     h.assert_drained();
 }
@@ -715,7 +792,7 @@ fn reinvite_is_relayed_both_ways_and_glare_gets_491() {
     caller_hangs_up(&mut h, &a_tag, 3);
     let record = h.control.call(&callid).unwrap();
     assert_eq!(record.state, CallState::Ended);
-    assert_eq!(record.ended_by, Some(Party::Caller));
+    assert_eq!(record.ended_by, Some(Party::Leg(Leg::A)));
     h.assert_drained();
 }
 
@@ -736,7 +813,7 @@ fn late_offer_ack_carries_the_callers_answer_to_leg_b() {
     let sent = h.sent();
     assert_eq!(methods(&sent, trunk()), ["ACK"]);
     let ack = find_request(&sent, "ACK");
-    assert_eq!(ack.body, Bytes::from_static(SDP_A.as_bytes()));
+    assert_eq!(towards(&ack.body), "b");
     assert_eq!(ack.headers.cseq().unwrap().seq, 1);
     caller_hangs_up(&mut h, &a_tag, 2);
     h.assert_drained();
@@ -772,9 +849,68 @@ fn leg_b_timeout_answers_408() {
     h.assert_drained();
 }
 
+/// The call's only stream, as the driver knows it.
+fn first_stream(h: &Harness) -> StreamId {
+    *h.open_streams.iter().next().expect("an open media stream")
+}
+
+/// Answers the engine's `Report` commands with `counters`.
+fn report(h: &mut Harness, counters: StreamCounters) -> usize {
+    let reports: Vec<StreamId> = h
+        .media()
+        .into_iter()
+        .filter_map(|c| match c {
+            MediaCommand::Report { stream } => Some(stream),
+            _ => None,
+        })
+        .collect();
+    for stream in &reports {
+        h.engine.handle_media_event(
+            h.now,
+            MediaEvent::Counters {
+                stream: *stream,
+                counters,
+            },
+        );
+    }
+    reports.len()
+}
+
+#[test]
+fn media_inactivity_asks_for_counters_and_waits_again_while_packets_flow() {
+    let mut h = Harness::configured(|c| c.media.inactivity = Duration::from_secs(10));
+    let (callid, _, _) = bridged_call(&mut h);
+    h.media();
+    // Ten seconds after both legs had SDP, the engine asks for fresh counters: they show a
+    // packet two seconds ago, so the call goes on and the next check is 10 s after it.
+    h.advance(Duration::from_secs(10));
+    let flowing = StreamCounters {
+        last_packet_at: Some(h.now - Duration::from_secs(2)),
+        ..StreamCounters::default()
+    };
+    assert_eq!(report(&mut h, flowing), 1);
+    h.advance(Duration::from_millis(100));
+    assert!(h.sent().is_empty());
+    assert_eq!(h.control.call(&callid).unwrap().state, CallState::Answered);
+    h.advance(Duration::from_secs(7));
+    assert_eq!(report(&mut h, flowing), 0, "not due yet");
+    h.advance(Duration::from_secs(1));
+    // The same counters again: nothing since, the call is hung up.
+    assert_eq!(report(&mut h, flowing), 1);
+    h.advance(Duration::from_millis(100));
+    let sent = h.sent();
+    assert_eq!(methods(&sent, phone()), ["BYE"]);
+    assert_eq!(
+        h.control.call(&callid).unwrap().end_cause,
+        Some(EndCause::MediaTimeout)
+    );
+    answer_byes(&mut h, &sent);
+    h.assert_drained();
+}
+
 #[test]
 fn media_timeout_hangs_up_both_legs() {
-    let mut h = Harness::new();
+    let mut h = Harness::configured(|c| c.media.inactivity = Duration::from_secs(10));
     let (callid, b_invite) = start_call(&mut h, SDP_A);
     h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
     let a_tag = our_a_tag(&h.sent());
@@ -782,7 +918,10 @@ fn media_timeout_hangs_up_both_legs() {
         &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack5", ""),
         phone(),
     );
-    h.engine.handle_media_timeout(h.now, &callid);
+    h.advance(Duration::from_secs(10));
+    // The driver has seen nothing at all.
+    assert_eq!(report(&mut h, StreamCounters::default()), 1);
+    h.advance(Duration::from_millis(100));
     let sent = h.sent();
     assert_eq!(methods(&sent, phone()), ["BYE"]);
     assert_eq!(methods(&sent, trunk()), ["BYE"]);
@@ -802,35 +941,13 @@ fn media_timeout_hangs_up_both_legs() {
     h.assert_drained();
 }
 
-/// Media that has no ports left.
-struct NoPorts;
-
-impl crate::media::MediaSession for NoPorts {
-    fn towards_b(&mut self, _: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Err(crate::media::MediaError::Exhausted)
-    }
-
-    fn towards_a(&mut self, _: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Err(crate::media::MediaError::Exhausted)
-    }
-}
-
-impl crate::media::MediaFactory for NoPorts {
-    fn has_capacity(&self) -> bool {
-        false
-    }
-
-    fn new_session(
-        &self,
-        _: &str,
-    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
-        Ok(Box::new(NoPorts))
-    }
-}
-
 #[test]
 fn media_exhaustion_answers_503_without_leg_b_and_keeps_the_intent() {
-    let mut h = Harness::with_media(Arc::new(NoPorts));
+    // A range holding no port pair.
+    let mut h = Harness::configured(|c| {
+        c.media.first_port = 30001;
+        c.media.last_port = 30001;
+    });
     let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx1", SDP_A), phone());
     let sent = h.sent();
@@ -846,27 +963,24 @@ fn media_exhaustion_answers_503_without_leg_b_and_keeps_the_intent() {
         h.engine.stats().calls_refused.get("media_exhausted"),
         Some(&1)
     );
+    assert!(h.media().is_empty());
     h.assert_drained_keeping(&[&intent.callid]);
 }
 
-/// Ports that run out between the capacity check and the allocation (a second stream, say).
-struct PortsRunOut;
-
-impl crate::media::MediaFactory for PortsRunOut {
-    fn new_session(
-        &self,
-        _: &str,
-    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
-        Ok(Box::new(NoPorts))
-    }
-}
+/// An offer of two audio streams.
+const SDP_A_TWO_STREAMS: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\nm=audio 40002 RTP/AVP 0\r\n";
 
 #[test]
 fn media_allocation_failure_after_the_claim_ends_the_call_as_resources_exhausted() {
-    let mut h = Harness::with_media(Arc::new(PortsRunOut));
+    // Two pairs: enough for the capacity check (one stream), not for two streams.
+    let mut h = Harness::configured(|c| c.media.last_port = 30003);
     let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
-    h.feed(&leg_a_invite("1001", "2001", "z9hG4bKx2", SDP_A), phone());
+    h.feed(
+        &leg_a_invite("1001", "2001", "z9hG4bKx2", SDP_A_TWO_STREAMS),
+        phone(),
+    );
     assert_eq!(statuses(&h.sent(), phone()), [100, 503]);
+    assert!(h.media().is_empty(), "nothing opened");
     assert_eq!(
         h.control.call(&intent.callid).unwrap().end_cause,
         Some(EndCause::ResourcesExhausted)
@@ -878,60 +992,68 @@ fn media_allocation_failure_after_the_claim_ends_the_call_as_resources_exhausted
     h.assert_drained();
 }
 
-/// Media whose sessions report when they are dropped (their ports released).
-#[derive(Default)]
-struct CountedMedia {
-    live: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-struct CountedSession(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for CountedSession {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl crate::media::MediaSession for CountedSession {
-    fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Ok(sdp.clone())
-    }
-
-    fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Ok(sdp.clone())
-    }
-}
-
-impl crate::media::MediaFactory for CountedMedia {
-    fn new_session(
-        &self,
-        _: &str,
-    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
-        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(Box::new(CountedSession(self.live.clone())))
-    }
+#[test]
+fn a_stream_the_driver_cannot_open_ends_the_call_with_503_and_cancels_leg_b() {
+    let mut h = Harness::new();
+    let (callid, b_invite) = start_call(&mut h, SDP_A);
+    h.feed(&answer(&b_invite, 180, "btag", ""), trunk());
+    h.sent();
+    h.media();
+    let stream = first_stream(&h);
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::OpenFailed {
+            stream,
+            reason: "port busy".into(),
+        },
+    );
+    let sent = h.sent();
+    assert_eq!(statuses(&sent, phone()), [503]);
+    assert_eq!(methods(&sent, trunk()), ["CANCEL"]);
+    assert!(h.media().contains(&MediaCommand::Close { stream }));
+    let record = h.control.call(&callid).unwrap();
+    assert_eq!(record.end_cause, Some(EndCause::ResourcesExhausted));
+    assert_eq!(h.engine.stats().media_open_failures, 1);
+    let cancel = find_request(&sent, "CANCEL");
+    h.feed(&answer(&cancel, 200, "btag", ""), trunk());
+    h.feed(&answer(&b_invite, 487, "btag", ""), trunk());
+    h.assert_drained();
 }
 
 #[test]
 fn media_is_released_when_the_call_ends_not_when_its_transactions_linger() {
-    let media = Arc::new(CountedMedia::default());
-    let live = media.live.clone();
-    let mut h = Harness::with_media(media);
+    let mut h = Harness::new();
     let (_, b_invite) = start_call(&mut h, SDP_A);
+    let opened = h.media();
+    assert!(
+        matches!(
+            opened.as_slice(),
+            [
+                MediaCommand::Open { .. },
+                MediaCommand::SetRemote { leg: Leg::A, .. }
+            ]
+        ),
+        "{opened:?}"
+    );
     h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
     let a_tag = our_a_tag(&h.sent());
     h.feed(
         &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKack6", ""),
         phone(),
     );
-    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(matches!(
+        h.media().as_slice(),
+        [MediaCommand::SetRemote { leg: Leg::B, .. }]
+    ));
+    assert_eq!(h.engine.media_ports().0, h.engine.media_ports().1 - 2);
     h.feed(
         &in_dialog_from_a("BYE", &a_tag, 2, "z9hG4bKbye6", ""),
         phone(),
     );
     // The call is still held (its BYE transactions linger) but its media is gone.
     assert_eq!(h.engine.call_count(), 1);
-    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(matches!(h.media().as_slice(), [MediaCommand::Close { .. }]));
+    assert_eq!(h.engine.media_ports().0, h.engine.media_ports().1);
     let bye = find_request(&h.sent(), "BYE");
     h.feed(&answer(&bye, 200, "btag", ""), trunk());
     h.assert_drained();
@@ -939,7 +1061,7 @@ fn media_is_released_when_the_call_ends_not_when_its_transactions_linger() {
 
 #[test]
 fn max_calls_counts_live_calls_not_ended_ones_still_lingering() {
-    let mut h = Harness::with(Arc::new(PassThrough), 1);
+    let mut h = Harness::with(1);
     let (_, b_invite) = start_call(&mut h, SDP_A);
     // While the first call is live, a second one is refused with 503.
     let second_intent = h.control.make_call(h.now, "1002", "2002", "3002").unwrap();
@@ -1106,47 +1228,11 @@ fn reason_of(request: &Request) -> Option<String> {
     request.headers.get(&HeaderName::Reason).map(str::to_owned)
 }
 
-/// Media that marks every SDP it converts with the leg it goes to, so a test tells a body
-/// that went through the media session from one that did not, and that reports `.0` as its
-/// counters.
-#[derive(Clone, Default)]
-struct Marking(crate::media::MediaStats);
-
-fn marked(sdp: &[u8], towards: &str) -> Bytes {
-    Bytes::from(format!(
-        "{}a=x-anchored:{towards}\r\n",
-        String::from_utf8_lossy(sdp)
-    ))
-}
-
-impl crate::media::MediaSession for Marking {
-    fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Ok(marked(sdp, "b"))
-    }
-
-    fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, crate::media::MediaError> {
-        Ok(marked(sdp, "a"))
-    }
-
-    fn stats(&self) -> crate::media::MediaStats {
-        self.0.clone()
-    }
-}
-
-impl crate::media::MediaFactory for Marking {
-    fn new_session(
-        &self,
-        _: &str,
-    ) -> Result<Box<dyn crate::media::MediaSession>, crate::media::MediaError> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
 // ---- refusals and requests outside calls ---------------------------------------------------
 
 #[test]
 fn invites_refused_before_the_intent_table_keep_the_intent() {
-    let mut h = Harness::configured(Arc::new(PassThrough), |c| c.refuse_code = 404);
+    let mut h = Harness::configured(|c| c.refuse_code = 404);
     let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
     // No hops left.
     let mut invite = leg_a_invite("1001", "2001", "z9hG4bKh1", SDP_A);
@@ -1269,7 +1355,7 @@ fn transport_failure_towards_leg_b_answers_408() {
 
 #[test]
 fn max_duration_hangs_up_both_legs_with_a_reason() {
-    let mut h = Harness::configured(Arc::new(PassThrough), |c| {
+    let mut h = Harness::configured(|c| {
         c.max_duration = Some(Duration::from_secs(3600));
     });
     let (callid, _, _) = bridged_call(&mut h);
@@ -1379,7 +1465,7 @@ fn caller_bye_before_the_answer_cancels_leg_b() {
     assert_eq!(methods(&sent, trunk()), ["CANCEL"]);
     let record = h.control.call(&callid).unwrap();
     assert_eq!(record.end_cause, Some(EndCause::Cancelled));
-    assert_eq!(record.ended_by, Some(Party::Caller));
+    assert_eq!(record.ended_by, Some(Party::Leg(Leg::A)));
     h.feed(
         &answer(&find_request(&sent, "CANCEL"), 200, "btag", ""),
         trunk(),
@@ -1412,7 +1498,7 @@ fn callee_bye_before_the_answer_gives_the_caller_480() {
     assert_eq!(methods(&sent, trunk()), ["CANCEL"]);
     let record = h.control.call(&callid).unwrap();
     assert_eq!(record.end_cause, Some(EndCause::Hangup));
-    assert_eq!(record.ended_by, Some(Party::Callee));
+    assert_eq!(record.ended_by, Some(Party::Leg(Leg::B)));
     h.feed(
         &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKa1", ""),
         phone(),
@@ -1519,13 +1605,13 @@ fn an_answer_from_another_fork_than_the_ringing_one_takes_the_call() {
 
 #[test]
 fn relayed_bodies_go_through_the_media_session_only_when_they_are_sdp() {
-    let mut h = Harness::with_media(Arc::new(Marking::default()));
+    let mut h = Harness::new();
     let (_, b_invite) = start_call(&mut h, SDP_A);
-    assert_eq!(b_invite.body, marked(SDP_A.as_bytes(), "b"));
+    assert_eq!(towards(&b_invite.body), "b");
     h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
     let sent = h.sent();
     let ok = response_of(&sent.iter().find(|(p, _)| *p == phone()).unwrap().1).clone();
-    assert_eq!(ok.body, marked(SDP_B.as_bytes(), "a"));
+    assert_eq!(towards(&ok.body), "a");
     let a_tag = our_a_tag(&sent);
     h.feed(
         &in_dialog_from_a("ACK", &a_tag, 1, "z9hG4bKackm", ""),
@@ -1538,14 +1624,14 @@ fn relayed_bodies_go_through_the_media_session_only_when_they_are_sdp() {
         phone(),
     );
     let reinvite = find_request(&h.sent(), "INVITE");
-    assert_eq!(reinvite.body, marked(SDP_A.as_bytes(), "b"));
+    assert_eq!(towards(&reinvite.body), "b");
     h.feed(&answer(&reinvite, 200, "btag", SDP_B), trunk());
     let sent = h.sent();
     assert_eq!(methods(&sent, trunk()), ["ACK"]);
     assert!(find_request(&sent, "ACK").body.is_empty());
     let ok = response_of(&sent.iter().find(|(p, _)| *p == phone()).unwrap().1).clone();
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.body, marked(SDP_B.as_bytes(), "a"));
+    assert_eq!(towards(&ok.body), "a");
     assert_eq!(
         ok.headers.content_type(),
         Some("application/sdp"),
@@ -1588,7 +1674,7 @@ fn relayed_bodies_go_through_the_media_session_only_when_they_are_sdp() {
 
 #[test]
 fn a_late_offer_reinvite_carries_the_answer_in_the_relayed_ack() {
-    let mut h = Harness::with_media(Arc::new(Marking::default()));
+    let mut h = Harness::new();
     let (_, b_invite) = start_call(&mut h, SDP_A);
     h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
     let a_tag = our_a_tag(&h.sent());
@@ -1608,7 +1694,7 @@ fn a_late_offer_reinvite_carries_the_answer_in_the_relayed_ack() {
     // No ACK on leg A until leg B's ACK brings the answer.
     assert!(methods(&sent, phone()).is_empty());
     let ok = response_of(&sent.iter().find(|(p, _)| *p == trunk()).unwrap().1).clone();
-    assert_eq!(ok.body, marked(SDP_A.as_bytes(), "b"));
+    assert_eq!(towards(&ok.body), "b");
     h.feed(
         &in_dialog_from_b(&b_invite, "btag", "ACK", 2, "z9hG4bKlateack", SDP_B),
         trunk(),
@@ -1616,7 +1702,7 @@ fn a_late_offer_reinvite_carries_the_answer_in_the_relayed_ack() {
     let sent = h.sent();
     assert_eq!(methods(&sent, phone()), ["ACK"]);
     let ack = find_request(&sent, "ACK");
-    assert_eq!(ack.body, marked(SDP_B.as_bytes(), "a"));
+    assert_eq!(towards(&ack.body), "a");
     assert_eq!(ack.headers.content_type(), Some("application/sdp"));
     assert_eq!(
         ack.headers.cseq().unwrap().seq,
@@ -1643,13 +1729,13 @@ fn a_late_offer_reinvite_carries_the_answer_in_the_relayed_ack() {
     let sent = h.sent();
     assert!(methods(&sent, trunk()).is_empty());
     let ok = response_of(&sent.iter().find(|(p, _)| *p == phone()).unwrap().1).clone();
-    assert_eq!(ok.body, marked(SDP_B.as_bytes(), "a"));
+    assert_eq!(towards(&ok.body), "a");
     h.feed(
         &in_dialog_from_a("ACK", &a_tag, 2, "z9hG4bKlate2ack", SDP_A),
         phone(),
     );
     let ack = find_request(&h.sent(), "ACK");
-    assert_eq!(ack.body, marked(SDP_A.as_bytes(), "b"));
+    assert_eq!(towards(&ack.body), "b");
     assert_eq!(
         ack.headers.cseq().unwrap().seq,
         to_b.headers.cseq().unwrap().seq
@@ -1664,7 +1750,7 @@ fn a_late_offer_reinvite_carries_the_answer_in_the_relayed_ack() {
 
 #[test]
 fn an_update_before_the_answer_crosses_the_early_dialogs_and_nothing_else_does() {
-    let mut h = Harness::with_media(Arc::new(Marking::default()));
+    let mut h = Harness::new();
     let (callid, b_invite) = start_call(&mut h, SDP_A);
     h.feed(&answer(&b_invite, 183, "btag", SDP_B), trunk());
     let a_tag = our_a_tag(&h.sent());
@@ -1684,12 +1770,12 @@ fn an_update_before_the_answer_crosses_the_early_dialogs_and_nothing_else_does()
     );
     let update = find_request(&h.sent(), "UPDATE");
     assert_eq!(update.headers.to().unwrap().tag(), Some("btag"));
-    assert_eq!(update.body, marked(SDP_A.as_bytes(), "b"));
+    assert_eq!(towards(&update.body), "b");
     h.feed(&answer(&update, 200, "btag", SDP_B), trunk());
     let sent = h.sent();
     let ok = response_of(&sent.iter().find(|(p, _)| *p == phone()).unwrap().1).clone();
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.body, marked(SDP_B.as_bytes(), "a"));
+    assert_eq!(towards(&ok.body), "a");
     assert_eq!(h.control.call(&callid).unwrap().state, CallState::Ringing);
     // The answer then confirms those dialogs: the call is bridged as usual.
     h.feed(&answer(&b_invite, 200, "btag", SDP_B), trunk());
@@ -1748,49 +1834,97 @@ fn an_unanswered_reinvite_gets_408_and_the_call_goes_on() {
 
 #[test]
 fn media_counters_reach_the_call_record_and_the_totals() {
-    let stats = crate::media::MediaStats {
-        a_to_b: crate::media::DirectionStats {
+    let mut h = Harness::new();
+    let (callid, _, a_tag) = bridged_call(&mut h);
+    h.media();
+    let stream = first_stream(&h);
+    let mut counters = StreamCounters {
+        a_to_b: DirectionStats {
             packets: 10,
             bytes: 1720,
             dropped: 1,
         },
-        b_to_a: crate::media::DirectionStats {
+        b_to_a: DirectionStats {
             packets: 5,
             bytes: 860,
             dropped: 2,
         },
-        streams: 1,
-        ..Default::default()
+        latched_a: Some("127.0.0.1:40000".parse().unwrap()),
+        last_packet_at: Some(h.now),
+        ..StreamCounters::default()
     };
-    let mut h = Harness::with_media(Arc::new(Marking(stats.clone())));
-    let (callid, _, a_tag) = bridged_call(&mut h);
-    let total = crate::media::DirectionStats {
+    h.engine
+        .handle_media_event(h.now, MediaEvent::Counters { stream, counters });
+    let total = DirectionStats {
         packets: 15,
         bytes: 2580,
         dropped: 3,
     };
     assert_eq!(h.engine.media_totals(), total);
     assert_eq!(h.control.call(&callid).unwrap().media, None);
-    h.engine.publish_media_stats();
-    assert_eq!(h.control.call(&callid).unwrap().media, Some(stats.clone()));
-    // Ended, the call's counters stay in its record and in the totals.
+    h.advance(Duration::from_millis(250));
+    h.engine.publish_media_stats(h.now);
+    let media = h.control.call(&callid).unwrap().media.unwrap();
+    assert_eq!(
+        (media.a_to_b, media.b_to_a),
+        (counters.a_to_b, counters.b_to_a)
+    );
+    assert_eq!((media.streams, media.idle_ms), (1, Some(250)));
+    assert_eq!(media.latched_a, counters.latched_a);
+    // Ended: the driver's final counters (two more packets) reach the record and the totals.
     caller_hangs_up(&mut h, &a_tag, 2);
+    assert!(h.media().contains(&MediaCommand::Close { stream }));
+    counters.a_to_b.packets += 2;
+    h.engine
+        .handle_media_event(h.now, MediaEvent::Counters { stream, counters });
     h.assert_drained();
-    assert_eq!(h.control.call(&callid).unwrap().media, Some(stats));
-    assert_eq!(h.engine.media_totals(), total);
+    assert_eq!(
+        h.control
+            .call(&callid)
+            .unwrap()
+            .media
+            .unwrap()
+            .a_to_b
+            .packets,
+        12
+    );
+    assert_eq!(h.engine.media_totals().packets, 17);
 }
 
 #[test]
-fn a_call_without_anchored_media_shows_no_media_counters() {
+fn media_events_for_unknown_calls_are_ignored() {
     let mut h = Harness::new();
-    let (callid, _, a_tag) = bridged_call(&mut h);
-    h.engine.publish_media_stats();
-    assert_eq!(h.control.call(&callid).unwrap().media, None);
+    let stream = StreamId {
+        call: CallKey(99),
+        index: 0,
+    };
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::Counters {
+            stream,
+            counters: StreamCounters::default(),
+        },
+    );
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::OpenFailed {
+            stream,
+            reason: "x".into(),
+        },
+    );
+    h.engine
+        .handle_media_event(h.now, MediaEvent::Opened { stream });
+    assert!(h.sent().is_empty());
+    assert_eq!(h.engine.media_totals(), DirectionStats::default());
+    h.assert_drained();
+}
+
+#[test]
+fn an_engine_is_built_and_driven_without_any_runtime() {
+    // Nothing in this test module runs inside tokio; this test says so explicitly.
+    let mut h = Harness::new();
+    let (_, _, a_tag) = bridged_call(&mut h);
+    assert_eq!(h.engine.media_stream_count(), 1);
     caller_hangs_up(&mut h, &a_tag, 2);
     h.assert_drained();
-    assert_eq!(h.control.call(&callid).unwrap().media, None);
-    assert_eq!(
-        h.engine.media_totals(),
-        crate::media::DirectionStats::default()
-    );
 }

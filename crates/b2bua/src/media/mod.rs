@@ -1,28 +1,50 @@
-//! The one place where a call touches session descriptions.
+//! The media side of calls, sans-IO: the one place where a call touches session descriptions,
+//! and the decisions about relay streams that the media driver carries out.
 //!
-//! Every SDP body the call forwards goes through its [`MediaSession`]: from leg A towards leg B
-//! with [`MediaSession::towards_b`], from leg B towards leg A with [`MediaSession::towards_a`].
-//! Today's implementation, [`PassThrough`], forwards bodies unchanged (the media then flows
-//! end to end). Media anchoring replaces it with a session that allocates relay ports and
-//! rewrites `c=`/`m=` lines; the call state machine does not change.
+//! callbridge anchors media: every SDP body a call forwards goes through its [`CallMedia`]
+//! ([`session`]), which rewrites `c=`/`m=` lines ([`sdp`]) to point at relay ports taken from
+//! the engine's [`PortPool`] ([`ports`]) and records where each leg wants its media. Nothing
+//! here binds a socket, spawns a task or reads a clock. What must happen on the wire comes out
+//! of the engine as [`MediaCommand`]s (open, set remote, close, report a stream), and what
+//! the driver saw comes back as [`MediaEvent`]s (opened, failed to open, counters). The binary
+//! runs the driver (the `media` crate) and moves commands and events between the two, as it
+//! moves datagrams between the transport and the transaction layer.
 //!
-//! Media anchoring is [`AnchoredMedia`]: [`ports`] (the relay port range), [`sdp`] (parsing and
-//! rewriting), [`relay`] (the RTP/RTCP forwarding tasks, latching and counters) and [`anchored`]
-//! (the factory and session tying them to the call).
+//! Media inactivity is an engine timer checked against the counters the driver reports (see
+//! `engine/lifecycle.rs`).
 
-pub mod anchored;
 pub mod ports;
-pub mod relay;
 pub mod sdp;
+pub mod session;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::Serialize;
 
-pub use anchored::{AnchoredMedia, AnchoredSession, MediaConfig};
-pub use ports::{PortPair, PortPool};
-pub use relay::{MediaLeg, MediaNotice, MediaNoticeKind};
+use crate::call::{CallKey, Leg};
+
+pub use ports::PortPool;
+pub use sdp::RelayPorts;
+pub use session::{CallMedia, MediaPlane};
+
+/// Streams (`m=` lines) one session description may carry; more is answered 488. Audio and
+/// video with room to spare: each relayed stream holds two port pairs and four sockets.
+pub const MAX_STREAMS: usize = 8;
+
+/// What anchoring needs from the configuration (`media.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// The address written in `c=` lines: where the legs send media.
+    pub public_ip: std::net::IpAddr,
+    /// First port of the relay range (`media.rtp_ports`), inclusive.
+    pub first_port: u16,
+    /// Last port of the relay range, inclusive.
+    pub last_port: u16,
+    /// A call with no valid packet in either direction for this long, once both legs have
+    /// sent SDP, is hung up as `media_timeout` (`media.inactivity_secs`). Zero disables it.
+    pub inactivity: Duration,
+}
 
 /// Why an SDP body cannot be forwarded; the call answers with the SIP code given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,17 +67,53 @@ impl MediaError {
     }
 }
 
-/// The media side of one bridged call. Dropped when the call ends, which must release every
-/// resource it holds.
-pub trait MediaSession: Send {
-    /// An SDP body from leg A, about to be sent on leg B.
-    fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError>;
-    /// An SDP body from leg B, about to be sent on leg A.
-    fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError>;
-    /// What the media of this call did so far; nothing for sessions that relay nothing.
-    fn stats(&self) -> MediaStats {
-        MediaStats::default()
-    }
+/// One relayed stream: the `m=` line at `index` of call `call`. The key the media driver
+/// knows a stream by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    pub call: CallKey,
+    pub index: usize,
+}
+
+/// What the engine asks of the media driver. Commands come out of
+/// [`Engine::poll_media_command`](crate::Engine::poll_media_command) in the order they must
+/// be carried out (a `Close` of a port always before an `Open` that reuses it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Bind the stream's sockets — leg A sends to `a_facing`, leg B to `b_facing` — and start
+    /// relaying between them. Answered by [`MediaEvent::Opened`] or [`MediaEvent::OpenFailed`].
+    Open {
+        stream: StreamId,
+        a_facing: RelayPorts,
+        b_facing: RelayPorts,
+    },
+    /// Where `leg` receives this stream's media, from its latest SDP (`None`: nowhere, e.g.
+    /// on hold with `0.0.0.0`). The driver forgets what it had learned of that leg.
+    SetRemote {
+        stream: StreamId,
+        leg: Leg,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    },
+    /// Stop relaying and close the stream's sockets. Its ports are back in the pool.
+    Close { stream: StreamId },
+    /// Report the stream's counters now ([`MediaEvent::Counters`]).
+    Report { stream: StreamId },
+}
+
+/// What the media driver tells the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The stream's sockets are bound and relaying.
+    Opened { stream: StreamId },
+    /// The stream's sockets could not be bound (a port held by another process): the call
+    /// cannot carry media and ends as `resources_exhausted`.
+    OpenFailed { stream: StreamId, reason: String },
+    /// The stream's counters, on a [`MediaCommand::Report`] or the driver's periodic report.
+    Counters {
+        stream: StreamId,
+        counters: StreamCounters,
+    },
 }
 
 /// Packets relayed in one direction.
@@ -68,6 +126,30 @@ pub struct DirectionStats {
     /// Packets received and not forwarded: not RTP/RTCP, from a source other than the latched
     /// one, with nowhere to go yet, or refused by the kernel on send.
     pub dropped: u64,
+}
+
+impl DirectionStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &DirectionStats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.dropped += other.dropped;
+    }
+}
+
+/// What the driver counted for one stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounters {
+    /// Received from leg A, towards leg B.
+    pub a_to_b: DirectionStats,
+    /// Received from leg B, towards leg A.
+    pub b_to_a: DirectionStats,
+    /// The RTP source leg A is latched to.
+    pub latched_a: Option<SocketAddr>,
+    /// The RTP source leg B is latched to.
+    pub latched_b: Option<SocketAddr>,
+    /// When the last valid RTP/RTCP packet arrived, in either direction.
+    pub last_packet_at: Option<Instant>,
 }
 
 /// The media counters of one call, shown by the API.
@@ -88,49 +170,11 @@ pub struct MediaStats {
     pub idle_ms: Option<u64>,
 }
 
-/// Creates a [`MediaSession`] for each new call.
-pub trait MediaFactory: Send + Sync {
-    fn new_session(&self, callid: &str) -> Result<Box<dyn MediaSession>, MediaError>;
-
-    /// Whether a new call's media (one audio stream, both legs) can be anchored now. Checked
-    /// before an intent is consumed, so that a call refused for lack of ports leaves the
-    /// user's intent in place for a retry.
-    fn has_capacity(&self) -> bool {
-        true
-    }
-}
-
-/// Forwards SDP untouched: the state before media anchoring exists.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PassThrough;
-
-impl MediaSession for PassThrough {
-    fn towards_b(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError> {
-        Ok(sdp.clone())
-    }
-
-    fn towards_a(&mut self, sdp: &Bytes) -> Result<Bytes, MediaError> {
-        Ok(sdp.clone())
-    }
-}
-
-impl MediaFactory for PassThrough {
-    fn new_session(&self, _callid: &str) -> Result<Box<dyn MediaSession>, MediaError> {
-        Ok(Box::new(PassThrough))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pass_through_forwards_bytes_unchanged() {
-        let mut session = PassThrough.new_session("1").unwrap();
-        let body = Bytes::from_static(b"v=0\r\n\xff");
-        assert_eq!(session.towards_b(&body).unwrap(), body);
-        assert_eq!(session.towards_a(&body).unwrap(), body);
-        assert_eq!(MediaError::Exhausted.sip_status(), 503);
-        assert_eq!(MediaError::Malformed("x".into()).sip_status(), 488);
+impl MediaStats {
+    /// Both directions together.
+    pub fn total(&self) -> DirectionStats {
+        let mut total = self.a_to_b;
+        total.add(&self.b_to_a);
+        total
     }
 }

@@ -1,0 +1,508 @@
+//! The media of one call: which streams it relays, on which ports, where each leg wants its
+//! media, and what the driver last counted.
+//!
+//! Each stream (`m=` line, by position) gets, the first time it appears with a non-zero port in
+//! either direction, an A-facing and a B-facing port pair from the engine's [`PortPool`], and
+//! an [`MediaCommand::Open`]. SDP from A (towards B) records A's addresses
+//! ([`MediaCommand::SetRemote`]) and advertises the B-facing ports; SDP from B (towards A)
+//! records B's and advertises the A-facing ports. Re-offers reuse the ports; a changed address
+//! makes the driver forget that leg's latch. [`CallMedia::close`] closes every stream and gives
+//! its ports back.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::sdp::{RelayPorts, SessionDescription};
+use super::{
+    MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, StreamCounters, StreamId,
+    MAX_STREAMS,
+};
+use crate::call::{CallKey, Leg};
+
+/// The engine's side of the data plane: the `media.*` settings, the relay port pool and the
+/// commands waiting for the driver. One per engine, lent to each call's [`CallMedia`].
+#[derive(Debug)]
+pub struct MediaPlane {
+    pub config: MediaConfig,
+    pub pool: PortPool,
+    pub commands: VecDeque<MediaCommand>,
+    /// Calls whose two legs have both sent SDP since the engine last looked: their
+    /// inactivity timer starts.
+    pub newly_active: Vec<CallKey>,
+}
+
+impl MediaPlane {
+    pub fn new(config: MediaConfig) -> MediaPlane {
+        let pool = PortPool::new(config.first_port, config.last_port);
+        MediaPlane {
+            config,
+            pool,
+            commands: VecDeque::new(),
+            newly_active: Vec::new(),
+        }
+    }
+
+    /// Whether a new call's media (one audio stream: an A-facing and a B-facing pair) can be
+    /// anchored now. Checked before an intent is consumed, so that a call refused for lack of
+    /// ports leaves the user's intent in place for a retry.
+    pub fn has_capacity(&self) -> bool {
+        self.pool.available() >= 2
+    }
+}
+
+/// A leg's addresses for one stream, from its latest SDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Remote {
+    rtp: Option<SocketAddr>,
+    rtcp: Option<SocketAddr>,
+}
+
+/// One relayed stream of a call.
+#[derive(Debug)]
+struct Stream {
+    a_facing: RelayPorts,
+    b_facing: RelayPorts,
+    /// Indexed by [`Leg::index`]; `None` until that leg's SDP mentions the stream.
+    remote: [Option<Remote>; 2],
+    /// The driver's latest report.
+    counters: StreamCounters,
+    /// Closed (ports given back); kept for the final counters.
+    closed: bool,
+}
+
+/// The media of one call. See the module documentation.
+#[derive(Debug)]
+pub struct CallMedia {
+    call: CallKey,
+    /// By `m=` position; `None` for a stream never enabled.
+    streams: Vec<Option<Stream>>,
+    /// Whether leg A / leg B has sent SDP.
+    seen: [bool; 2],
+    /// When both legs had sent SDP: where the inactivity window starts.
+    both_seen_at: Option<Instant>,
+}
+
+impl CallMedia {
+    pub fn new(call: CallKey) -> CallMedia {
+        CallMedia {
+            call,
+            streams: Vec::new(),
+            seen: [false; 2],
+            both_seen_at: None,
+        }
+    }
+
+    /// An SDP body from leg A, about to be sent on leg B.
+    pub fn towards_b(
+        &mut self,
+        now: Instant,
+        sdp: &Bytes,
+        plane: &mut MediaPlane,
+    ) -> Result<Bytes, MediaError> {
+        self.forward(now, Leg::A, sdp, plane)
+    }
+
+    /// An SDP body from leg B, about to be sent on leg A.
+    pub fn towards_a(
+        &mut self,
+        now: Instant,
+        sdp: &Bytes,
+        plane: &mut MediaPlane,
+    ) -> Result<Bytes, MediaError> {
+        self.forward(now, Leg::B, sdp, plane)
+    }
+
+    fn stream_id(&self, index: usize) -> StreamId {
+        StreamId {
+            call: self.call,
+            index,
+        }
+    }
+
+    fn open_stream(&self, index: usize) -> Option<&Stream> {
+        self.streams
+            .get(index)
+            .and_then(Option::as_ref)
+            .filter(|s| !s.closed)
+    }
+
+    /// SDP from `from`, to be sent on the other leg.
+    fn forward(
+        &mut self,
+        now: Instant,
+        from: Leg,
+        body: &Bytes,
+        plane: &mut MediaPlane,
+    ) -> Result<Bytes, MediaError> {
+        let mut sdp = SessionDescription::parse(body)?;
+        let streams = sdp.streams();
+        // Each stream holds two port pairs for the whole call: one SDP must not be able to
+        // take the pool (a 64 KiB INVITE fits thousands of `m=` lines).
+        if streams.len() > MAX_STREAMS {
+            return Err(MediaError::Malformed(format!(
+                "{} media streams; at most {MAX_STREAMS} are relayed",
+                streams.len()
+            )));
+        }
+
+        // Take every new stream's ports first, so that a failure leaves nothing behind.
+        let mut fresh: Vec<(usize, u16, u16)> = Vec::new();
+        for stream in &streams {
+            let known = self.streams.get(stream.index).is_some_and(Option::is_some);
+            if stream.port != 0 && !known {
+                let a = plane.pool.reserve();
+                let b = plane.pool.reserve();
+                let (Some(a), Some(b)) = (a, b) else {
+                    for port in a
+                        .into_iter()
+                        .chain(b)
+                        .chain(fresh.iter().flat_map(|f| [f.1, f.2]))
+                    {
+                        plane.pool.release(port);
+                    }
+                    return Err(MediaError::Exhausted);
+                };
+                fresh.push((stream.index, a, b));
+            }
+        }
+        for (index, a, b) in fresh {
+            if self.streams.len() <= index {
+                self.streams.resize_with(index + 1, || None);
+            }
+            let ports = |rtp: u16| RelayPorts { rtp, rtcp: rtp + 1 };
+            let stream = Stream {
+                a_facing: ports(a),
+                b_facing: ports(b),
+                remote: [None; 2],
+                counters: StreamCounters::default(),
+                closed: false,
+            };
+            tracing::debug!(index, a, b, "media stream anchored");
+            plane.commands.push_back(MediaCommand::Open {
+                stream: self.stream_id(index),
+                a_facing: stream.a_facing,
+                b_facing: stream.b_facing,
+            });
+            self.streams[index] = Some(stream);
+        }
+
+        let mut relay: Vec<Option<RelayPorts>> = vec![None; streams.len()];
+        for info in &streams {
+            let id = self.stream_id(info.index);
+            let Some(Some(stream)) = self.streams.get_mut(info.index) else {
+                continue;
+            };
+            if stream.closed {
+                continue;
+            }
+            let remote = Remote {
+                rtp: info.rtp,
+                rtcp: info.rtcp,
+            };
+            if stream.remote[from.index()] != Some(remote) {
+                stream.remote[from.index()] = Some(remote);
+                plane.commands.push_back(MediaCommand::SetRemote {
+                    stream: id,
+                    leg: from,
+                    rtp: remote.rtp,
+                    rtcp: remote.rtcp,
+                });
+            }
+            relay[info.index] = Some(match from {
+                Leg::A => stream.b_facing,
+                Leg::B => stream.a_facing,
+            });
+        }
+        sdp.rewrite(plane.config.public_ip, &relay);
+
+        self.seen[from.index()] = true;
+        if self.seen == [true; 2] && self.both_seen_at.is_none() {
+            self.both_seen_at = Some(now);
+            plane.newly_active.push(self.call);
+        }
+        Ok(sdp.to_bytes())
+    }
+
+    /// Closes every stream (the driver closes its sockets) and gives its ports back. The
+    /// counters stay, for the call's final record.
+    pub fn close(&mut self, plane: &mut MediaPlane) {
+        for index in 0..self.streams.len() {
+            let id = self.stream_id(index);
+            let Some(Some(stream)) = self.streams.get_mut(index) else {
+                continue;
+            };
+            if stream.closed {
+                continue;
+            }
+            stream.closed = true;
+            plane.commands.push_back(MediaCommand::Close { stream: id });
+            plane.pool.release(stream.a_facing.rtp);
+            plane.pool.release(stream.b_facing.rtp);
+        }
+    }
+
+    /// Asks the driver for every open stream's counters.
+    pub fn request_reports(&self, plane: &mut MediaPlane) {
+        for index in 0..self.streams.len() {
+            if self.open_stream(index).is_some() {
+                plane.commands.push_back(MediaCommand::Report {
+                    stream: self.stream_id(index),
+                });
+            }
+        }
+    }
+
+    /// Takes in the driver's counters of stream `index` (also after it closed: the final
+    /// ones). Returns the counts added since the previous report, for the engine's totals.
+    pub fn on_counters(&mut self, index: usize, counters: StreamCounters) -> super::DirectionStats {
+        let Some(Some(stream)) = self.streams.get_mut(index) else {
+            return super::DirectionStats::default();
+        };
+        let delta =
+            |new: &super::DirectionStats, old: &super::DirectionStats| super::DirectionStats {
+                packets: new.packets.saturating_sub(old.packets),
+                bytes: new.bytes.saturating_sub(old.bytes),
+                dropped: new.dropped.saturating_sub(old.dropped),
+            };
+        let mut added = delta(&counters.a_to_b, &stream.counters.a_to_b);
+        added.add(&delta(&counters.b_to_a, &stream.counters.b_to_a));
+        stream.counters = counters;
+        added
+    }
+
+    /// Both legs have sent SDP: media is expected, and the inactivity timer runs.
+    pub fn both_legs_seen(&self) -> bool {
+        self.both_seen_at.is_some()
+    }
+
+    /// The start of the current inactivity window: the last valid packet any stream
+    /// reported, or when both legs had sent SDP if that is later; `None` before either.
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.streams
+            .iter()
+            .flatten()
+            .filter_map(|s| s.counters.last_packet_at)
+            .chain(self.both_seen_at)
+            .max()
+    }
+
+    /// Streams that have relay ports (open or closed).
+    pub fn stream_count(&self) -> usize {
+        self.streams.iter().flatten().count()
+    }
+
+    /// Streams the driver still relays.
+    pub fn open_count(&self) -> usize {
+        self.streams.iter().flatten().filter(|s| !s.closed).count()
+    }
+
+    /// Packets relayed and dropped in both directions together, as last reported.
+    pub fn totals(&self) -> super::DirectionStats {
+        let mut total = super::DirectionStats::default();
+        for stream in self.streams.iter().flatten() {
+            total.add(&stream.counters.a_to_b);
+            total.add(&stream.counters.b_to_a);
+        }
+        total
+    }
+
+    /// What this call's media did, as last reported, for the API.
+    pub fn stats(&self, now: Instant) -> MediaStats {
+        let mut stats = MediaStats {
+            idle_ms: self
+                .last_activity()
+                .map(|at| now.saturating_duration_since(at).as_millis() as u64),
+            ..MediaStats::default()
+        };
+        for stream in self.streams.iter().flatten() {
+            let c = &stream.counters;
+            stats.streams += 1;
+            stats.a_to_b.add(&c.a_to_b);
+            stats.b_to_a.add(&c.b_to_a);
+            stats.latched_a = stats.latched_a.or(c.latched_a);
+            stats.latched_b = stats.latched_b.or(c.latched_b);
+        }
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    fn plane(first: u16, last: u16) -> MediaPlane {
+        MediaPlane::new(MediaConfig {
+            public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            first_port: first,
+            last_port: last,
+            inactivity: Duration::from_secs(60),
+        })
+    }
+
+    fn sdp(ip: &str, ports: &[u16]) -> Bytes {
+        let mut text = format!("v=0\r\no=x 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n");
+        for port in ports {
+            text.push_str(&format!(
+                "m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+            ));
+        }
+        Bytes::from(text)
+    }
+
+    fn addr(text: &str) -> Option<SocketAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn drain(plane: &mut MediaPlane) -> Vec<MediaCommand> {
+        plane.commands.drain(..).collect()
+    }
+
+    const CALL: CallKey = CallKey(7);
+    const S0: StreamId = StreamId {
+        call: CALL,
+        index: 0,
+    };
+
+    #[test]
+    fn offer_and_answer_open_one_stream_and_point_each_leg_at_its_own_ports() {
+        let mut plane = plane(30000, 30099);
+        let t0 = Instant::now();
+        let mut media = CallMedia::new(CALL);
+        let to_b = media
+            .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
+            .unwrap();
+        let text = String::from_utf8(to_b.to_vec()).unwrap();
+        assert!(text.contains("c=IN IP4 192.0.2.1\r\n"), "{text}");
+        assert!(text.contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:101 telephone-event/8000\r\n"));
+        assert_eq!(
+            drain(&mut plane),
+            [
+                MediaCommand::Open {
+                    stream: S0,
+                    a_facing: RelayPorts {
+                        rtp: 30000,
+                        rtcp: 30001
+                    },
+                    b_facing: RelayPorts {
+                        rtp: 30002,
+                        rtcp: 30003
+                    },
+                },
+                MediaCommand::SetRemote {
+                    stream: S0,
+                    leg: Leg::A,
+                    rtp: addr("10.0.0.1:4000"),
+                    rtcp: addr("10.0.0.1:4001"),
+                },
+            ]
+        );
+        assert!(!media.both_legs_seen());
+        let to_a = media
+            .towards_a(t0, &sdp("10.0.0.2", &[5000]), &mut plane)
+            .unwrap();
+        assert!(String::from_utf8(to_a.to_vec())
+            .unwrap()
+            .contains("m=audio 30000 "));
+        assert_eq!(
+            drain(&mut plane),
+            [MediaCommand::SetRemote {
+                stream: S0,
+                leg: Leg::B,
+                rtp: addr("10.0.0.2:5000"),
+                rtcp: addr("10.0.0.2:5001"),
+            }]
+        );
+        assert!(media.both_legs_seen());
+        assert_eq!(media.last_activity(), Some(t0));
+        // A re-offer with the same addresses changes nothing on the wire; a new address does.
+        media
+            .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
+            .unwrap();
+        assert!(drain(&mut plane).is_empty());
+        media
+            .towards_b(t0, &sdp("0.0.0.0", &[4000]), &mut plane)
+            .unwrap();
+        assert_eq!(
+            drain(&mut plane),
+            [MediaCommand::SetRemote {
+                stream: S0,
+                leg: Leg::A,
+                rtp: None,
+                rtcp: None,
+            }]
+        );
+        assert_eq!(plane.pool.available(), 48);
+        media.close(&mut plane);
+        assert_eq!(drain(&mut plane), [MediaCommand::Close { stream: S0 }]);
+        assert_eq!(plane.pool.available(), 50);
+        media.close(&mut plane);
+        assert!(drain(&mut plane).is_empty(), "closing twice closes nothing");
+    }
+
+    #[test]
+    fn exhaustion_takes_no_port_and_too_many_streams_is_malformed() {
+        let mut plane = plane(30000, 30005); // three pairs: one stream and a half
+        let mut media = CallMedia::new(CALL);
+        let t0 = Instant::now();
+        assert_eq!(
+            media.towards_b(t0, &sdp("10.0.0.1", &[4000, 4002]), &mut plane),
+            Err(MediaError::Exhausted)
+        );
+        assert_eq!(plane.pool.available(), 3);
+        assert!(drain(&mut plane).is_empty());
+        let nine: Vec<u16> = (0..9).map(|i| 4000 + 2 * i).collect();
+        assert!(matches!(
+            media.towards_b(t0, &sdp("10.0.0.1", &nine), &mut plane),
+            Err(MediaError::Malformed(_))
+        ));
+        assert_eq!(plane.pool.available(), 3);
+        assert!(matches!(
+            media.towards_b(t0, &Bytes::from_static(b"not sdp"), &mut plane),
+            Err(MediaError::Malformed(_))
+        ));
+        assert_eq!(media.stream_count(), 0);
+    }
+
+    #[test]
+    fn counters_feed_the_stats_and_the_inactivity_window() {
+        let mut plane = plane(30000, 30099);
+        let t0 = Instant::now();
+        let mut media = CallMedia::new(CALL);
+        media
+            .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
+            .unwrap();
+        media
+            .towards_a(t0, &sdp("10.0.0.2", &[5000]), &mut plane)
+            .unwrap();
+        let mut counters = StreamCounters {
+            latched_a: addr("10.0.0.1:4000"),
+            last_packet_at: Some(t0 + Duration::from_secs(5)),
+            ..StreamCounters::default()
+        };
+        counters.a_to_b.packets = 10;
+        counters.a_to_b.bytes = 1720;
+        let added = media.on_counters(0, counters);
+        assert_eq!((added.packets, added.bytes), (10, 1720));
+        counters.a_to_b.packets = 12;
+        counters.b_to_a.dropped = 1;
+        let added = media.on_counters(0, counters);
+        assert_eq!((added.packets, added.dropped), (2, 1));
+        assert_eq!(media.last_activity(), Some(t0 + Duration::from_secs(5)));
+        let stats = media.stats(t0 + Duration::from_secs(6));
+        assert_eq!(stats.a_to_b.packets, 12);
+        assert_eq!(stats.b_to_a.dropped, 1);
+        assert_eq!(stats.latched_a, addr("10.0.0.1:4000"));
+        assert_eq!((stats.streams, stats.idle_ms), (1, Some(1000)));
+        assert_eq!(
+            media.on_counters(3, counters),
+            super::super::DirectionStats::default(),
+            "a report for an unknown stream is ignored"
+        );
+    }
+}

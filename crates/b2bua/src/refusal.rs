@@ -1,0 +1,35 @@
+//! Why an incoming INVITE was refused before any leg B existed: one name per reason, used by
+//! the refusal counters (`/metrics`), the logs and the engine's statistics.
+
+use crate::intent::NoIntent;
+
+/// Why callbridge refused an incoming call. [`Refusal::code`] is its one name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source is not in `sip.trusted_peers`.
+    UntrustedSource,
+    /// `Max-Forwards: 0`.
+    TooManyHops,
+    /// The INVITE cannot start a dialog (no Contact).
+    Malformed,
+    /// `sip.max_calls` calls are live.
+    Overloaded,
+    /// No relay ports are free.
+    MediaExhausted,
+    /// No intent matches the call (none, expired, or for another dedicated number).
+    NoIntent(NoIntent),
+}
+
+impl Refusal {
+    /// The snake_case code of the reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::UntrustedSource => "untrusted_source",
+            Refusal::TooManyHops => "too_many_hops",
+            Refusal::Malformed => "malformed",
+            Refusal::Overloaded => "overloaded",
+            Refusal::MediaExhausted => "media_exhausted",
+            Refusal::NoIntent(no) => no.code(),
+        }
+    }
+}
