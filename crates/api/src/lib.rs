@@ -12,18 +12,18 @@
 //!
 //! Routes and their exact responses are documented on [`handle`].
 
-mod config;
 mod engine;
 mod error;
 mod metrics;
 mod router;
 mod server;
+mod settings;
 mod state;
 
 pub use b2bua;
-pub use config::ApiConfig;
 pub use engine::{EngineSnapshot, EngineStatus, NoEngine};
 pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;
+pub use settings::ApiSettings;
 pub use state::{ApiState, Clock, ManualClock, SystemClock};

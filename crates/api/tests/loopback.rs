@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::b2bua::CallControl;
-use api::{serve, ApiConfig, ApiState, NoEngine};
+use api::{serve, ApiSettings, ApiState, NoEngine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -47,12 +47,11 @@ async fn serves_over_loopback_survives_malformed_requests_and_shuts_down() {
         Duration::from_secs(600),
         1000,
     ));
-    let config = ApiConfig {
-        listen: addr,
+    let settings = ApiSettings {
         max_body_bytes: 1024,
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let state = Arc::new(ApiState::new(control.clone(), config, Arc::new(NoEngine)));
+    let state = Arc::new(ApiState::new(control.clone(), settings, Arc::new(NoEngine)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
@@ -140,7 +139,7 @@ async fn shutdown_waits_for_an_idle_keep_alive_connection_to_close() {
     ));
     let state = Arc::new(ApiState::new(
         control,
-        ApiConfig::default(),
+        ApiSettings::default(),
         Arc::new(NoEngine),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

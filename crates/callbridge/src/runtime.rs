@@ -128,11 +128,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             addr: config.api.listen,
             source,
         })?;
-    let api_config = api::ApiConfig {
-        listen: api_addr,
+    let api_config = api::ApiSettings {
         tokens: config.api.tokens.clone(),
         max_body_bytes: config.api.max_body_bytes,
-        ..api::ApiConfig::default()
+        ..api::ApiSettings::default()
     };
     let api_state = Arc::new(ApiState::new(control.clone(), api_config, status.clone()));
 

@@ -10,7 +10,7 @@ use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http_body::Frame;
 
 use super::*;
-use crate::{ApiConfig, EngineSnapshot, EngineStatus, ManualClock, NoEngine};
+use crate::{ApiSettings, EngineSnapshot, EngineStatus, ManualClock, NoEngine};
 
 const TTL: Duration = Duration::from_secs(120);
 const TOKEN: &str = "t0ken-secret";
@@ -58,15 +58,15 @@ impl Reply {
     }
 }
 
-fn harness_with(config: ApiConfig, engine: Arc<dyn EngineStatus>) -> Harness {
+fn harness_with(settings: ApiSettings, engine: Arc<dyn EngineStatus>) -> Harness {
     let control = Arc::new(CallControl::new(TTL, Duration::from_secs(600), 1000));
     let clock = Arc::new(ManualClock::new());
-    let state = ApiState::new(control, config, engine).with_clock(clock.clone());
+    let state = ApiState::new(control, settings, engine).with_clock(clock.clone());
     Harness { state, clock }
 }
 
 fn harness() -> Harness {
-    harness_with(ApiConfig::default(), Arc::new(NoEngine))
+    harness_with(ApiSettings::default(), Arc::new(NoEngine))
 }
 
 fn request(
@@ -332,7 +332,7 @@ async fn healthz_follows_the_engine() {
         json!({"status": "unavailable", "sip": false, "http": true})
     );
     let up = harness_with(
-        ApiConfig::default(),
+        ApiSettings::default(),
         Arc::new(FixedEngine(EngineSnapshot {
             sip_serving: true,
             ..EngineSnapshot::default()
@@ -368,7 +368,7 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         media_ports_in_use: 8,
         media_ports_capacity: 10000,
     };
-    let h = harness_with(ApiConfig::default(), Arc::new(FixedEngine(engine)));
+    let h = harness_with(ApiSettings::default(), Arc::new(FixedEngine(engine)));
     h.make_call("1001", "2001", "3001").await;
     h.make_call("1002", "2002", "3002").await;
     h.callin("1003", "2003").await;
@@ -513,11 +513,11 @@ async fn failed_body_read_is_400() {
 
 #[tokio::test]
 async fn oversize_bodies_are_413() {
-    let config = ApiConfig {
+    let settings = ApiSettings {
         max_body_bytes: 64,
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let h = harness_with(config, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoEngine));
     let big = format!(
         r#"{{"caller":"2001","callee":"3001","pad":"{}"}}"#,
         "x".repeat(100)
@@ -679,11 +679,11 @@ async fn semantically_invalid_requests_are_422() {
 
 #[tokio::test]
 async fn tokens_guard_api_but_not_health_or_metrics() {
-    let config = ApiConfig {
+    let settings = ApiSettings {
         tokens: vec!["other".into(), TOKEN.into()],
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let h = harness_with(config, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoEngine));
     let body = r#"{"caller":"2001","callee":"3001"}"#;
     let path = "/api/user/1001/makecall";
     let bearer = format!("Bearer {TOKEN}");
@@ -744,7 +744,7 @@ async fn tokens_guard_api_but_not_health_or_metrics() {
 #[tokio::test]
 async fn without_tokens_no_authorization_is_needed() {
     let h = harness();
-    assert!(h.state.config.tokens.is_empty());
+    assert!(h.state.settings.tokens.is_empty());
     h.make_call("1001", "2001", "3001").await;
     // A stray Authorization header is ignored.
     let reply = h
@@ -809,7 +809,7 @@ async fn makecall_beyond_the_intent_limit_is_503() {
         1000,
     ));
     let h = Harness {
-        state: ApiState::new(control, ApiConfig::default(), Arc::new(NoEngine)),
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoEngine)),
         clock: Arc::new(ManualClock::new()),
     };
     h.make_call("1001", "2001", "3001").await;
