@@ -279,7 +279,7 @@ fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiErro
 }
 
 fn healthz(state: &ApiState) -> Response<Full<Bytes>> {
-    let sip = state.engine.snapshot().sip_serving;
+    let sip = state.sip.snapshot().sip_serving;
     let (status, word) = if sip {
         (StatusCode::OK, "ok")
     } else {

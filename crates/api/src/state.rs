@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use b2bua::CallControl;
 
-use crate::engine::EngineStatus;
 use crate::metrics::ApiMetrics;
 use crate::settings::ApiSettings;
+use crate::sip_status::SipStatus;
 
 /// Where handlers get "now" from, so tests can move time (intent expiry) without sleeping.
 pub trait Clock: Send + Sync {
@@ -71,11 +71,11 @@ impl Clock for ManualClock {
 }
 
 /// Shared state of the API: the intent table and call registry (through [`CallControl`]), the
-/// settings, the engine's status, the clock and the API's own counters.
+/// settings, the SIP side's status, the clock and the API's own counters.
 pub struct ApiState {
     pub(crate) control: Arc<CallControl>,
     pub(crate) settings: ApiSettings,
-    pub(crate) engine: Arc<dyn EngineStatus>,
+    pub(crate) sip: Arc<dyn SipStatus>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: ApiMetrics,
 }
@@ -85,12 +85,12 @@ impl ApiState {
     pub fn new(
         control: Arc<CallControl>,
         settings: ApiSettings,
-        engine: Arc<dyn EngineStatus>,
+        sip: Arc<dyn SipStatus>,
     ) -> ApiState {
         ApiState {
             control,
             settings,
-            engine,
+            sip,
             clock: Arc::new(SystemClock),
             metrics: ApiMetrics::new(),
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::b2bua::CallControl;
-use api::{serve, ApiSettings, ApiState, NoEngine};
+use api::{serve, ApiSettings, ApiState, NoSip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -51,7 +51,7 @@ async fn serves_over_loopback_survives_malformed_requests_and_shuts_down() {
         max_body_bytes: 1024,
         ..ApiSettings::default()
     };
-    let state = Arc::new(ApiState::new(control.clone(), settings, Arc::new(NoEngine)));
+    let state = Arc::new(ApiState::new(control.clone(), settings, Arc::new(NoSip)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
@@ -140,7 +140,7 @@ async fn shutdown_waits_for_an_idle_keep_alive_connection_to_close() {
     let state = Arc::new(ApiState::new(
         control,
         ApiSettings::default(),
-        Arc::new(NoEngine),
+        Arc::new(NoSip),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::sync::Arc;
 
-use api::{EngineSnapshot, EngineStatus};
+use api::{SipSnapshot, SipStatus};
 use b2bua::media::PortPool;
 use b2bua::Engine;
 use parking_lot::Mutex;
@@ -90,13 +90,13 @@ impl SharedStatus {
     }
 }
 
-impl EngineStatus for SharedStatus {
-    fn snapshot(&self) -> EngineSnapshot {
+impl SipStatus for SharedStatus {
+    fn snapshot(&self) -> SipSnapshot {
         let relaxed = Ordering::Relaxed;
         let (refused, failed) = self.outcomes.lock().clone();
         let transport = self.transport.lock().as_ref().map(TransportHandle::stats);
         let pool = self.media_pool.lock().clone();
-        EngineSnapshot {
+        SipSnapshot {
             sip_serving: self.serving.load(relaxed),
             active_calls: self.active_calls.load(relaxed),
             dialogs: self.dialogs.load(relaxed),

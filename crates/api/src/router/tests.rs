@@ -10,15 +10,15 @@ use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http_body::Frame;
 
 use super::*;
-use crate::{ApiSettings, EngineSnapshot, EngineStatus, ManualClock, NoEngine};
+use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
 
 const TTL: Duration = Duration::from_secs(120);
 const TOKEN: &str = "t0ken-secret";
 
-struct FixedEngine(EngineSnapshot);
+struct FixedSip(SipSnapshot);
 
-impl EngineStatus for FixedEngine {
-    fn snapshot(&self) -> EngineSnapshot {
+impl SipStatus for FixedSip {
+    fn snapshot(&self) -> SipSnapshot {
         self.0.clone()
     }
 }
@@ -58,15 +58,15 @@ impl Reply {
     }
 }
 
-fn harness_with(settings: ApiSettings, engine: Arc<dyn EngineStatus>) -> Harness {
+fn harness_with(settings: ApiSettings, sip: Arc<dyn SipStatus>) -> Harness {
     let control = Arc::new(CallControl::new(TTL, Duration::from_secs(600), 1000));
     let clock = Arc::new(ManualClock::new());
-    let state = ApiState::new(control, settings, engine).with_clock(clock.clone());
+    let state = ApiState::new(control, settings, sip).with_clock(clock.clone());
     Harness { state, clock }
 }
 
 fn harness() -> Harness {
-    harness_with(ApiSettings::default(), Arc::new(NoEngine))
+    harness_with(ApiSettings::default(), Arc::new(NoSip))
 }
 
 fn request(
@@ -323,7 +323,7 @@ async fn get_unknown_call_is_404() {
 }
 
 #[tokio::test]
-async fn healthz_follows_the_engine() {
+async fn healthz_follows_the_sip_side() {
     let down = harness();
     let reply = down.get("/healthz").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -333,9 +333,9 @@ async fn healthz_follows_the_engine() {
     );
     let up = harness_with(
         ApiSettings::default(),
-        Arc::new(FixedEngine(EngineSnapshot {
+        Arc::new(FixedSip(SipSnapshot {
             sip_serving: true,
-            ..EngineSnapshot::default()
+            ..SipSnapshot::default()
         })),
     );
     let reply = up.get("/healthz").await;
@@ -349,8 +349,8 @@ async fn healthz_follows_the_engine() {
 }
 
 #[tokio::test]
-async fn metrics_exposes_engine_intents_and_http_counters() {
-    let engine = EngineSnapshot {
+async fn metrics_exposes_sip_side_intents_and_http_counters() {
+    let sip = SipSnapshot {
         sip_serving: true,
         active_calls: 7,
         dialogs: 13,
@@ -368,7 +368,7 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         media_ports_in_use: 8,
         media_ports_capacity: 10000,
     };
-    let h = harness_with(ApiSettings::default(), Arc::new(FixedEngine(engine)));
+    let h = harness_with(ApiSettings::default(), Arc::new(FixedSip(sip)));
     h.make_call("1001", "2001", "3001").await;
     h.make_call("1002", "2002", "3002").await;
     h.callin("1003", "2003").await;
@@ -517,7 +517,7 @@ async fn oversize_bodies_are_413() {
         max_body_bytes: 64,
         ..ApiSettings::default()
     };
-    let h = harness_with(settings, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoSip));
     let big = format!(
         r#"{{"caller":"2001","callee":"3001","pad":"{}"}}"#,
         "x".repeat(100)
@@ -683,7 +683,7 @@ async fn tokens_guard_api_but_not_health_or_metrics() {
         tokens: vec!["other".into(), TOKEN.into()],
         ..ApiSettings::default()
     };
-    let h = harness_with(settings, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoSip));
     let body = r#"{"caller":"2001","callee":"3001"}"#;
     let path = "/api/user/1001/makecall";
     let bearer = format!("Bearer {TOKEN}");
@@ -809,7 +809,7 @@ async fn makecall_beyond_the_intent_limit_is_503() {
         1000,
     ));
     let h = Harness {
-        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoEngine)),
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip)),
         clock: Arc::new(ManualClock::new()),
     };
     h.make_call("1001", "2001", "3001").await;
