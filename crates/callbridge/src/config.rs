@@ -28,17 +28,17 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub sip: SipConfig,
-    pub media: MediaConfig,
-    pub api: ApiConfig,
-    pub intent: IntentConfig,
-    pub log: LogConfig,
+    pub sip: SipSection,
+    pub media: MediaSection,
+    pub api: ApiSection,
+    pub intent: IntentSection,
+    pub log: LogSection,
 }
 
 /// `[sip]`: signalling listener, trunk and call limits.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct SipConfig {
+pub struct SipSection {
     /// UDP and TCP listen address (same port for both).
     pub listen: SocketAddr,
     /// Host written into Via, Contact and Record-Route.
@@ -72,9 +72,9 @@ pub struct SipConfig {
     pub t4_ms: u64,
 }
 
-impl Default for SipConfig {
+impl Default for SipSection {
     fn default() -> Self {
-        SipConfig {
+        SipSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060),
             public_addr: "127.0.0.1".into(),
             trunk: "127.0.0.1:5080".into(),
@@ -103,7 +103,7 @@ fn loopback_net() -> IpNet {
 /// `[media]`: RTP anchoring.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct MediaConfig {
+pub struct MediaSection {
     /// Address written into SDP `c=` lines.
     pub public_ip: IpAddr,
     /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP.
@@ -113,9 +113,9 @@ pub struct MediaConfig {
     pub bind_ip: IpAddr,
 }
 
-impl Default for MediaConfig {
+impl Default for MediaSection {
     fn default() -> Self {
-        MediaConfig {
+        MediaSection {
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtp_ports: "20000-29999".into(),
             inactivity_secs: 60,
@@ -124,7 +124,7 @@ impl Default for MediaConfig {
     }
 }
 
-impl MediaConfig {
+impl MediaSection {
     /// The RTP port range as `(first, last)`, both inclusive.
     pub fn port_range(&self) -> Result<(u16, u16), ConfigError> {
         let bad = || {
@@ -146,7 +146,7 @@ impl MediaConfig {
 /// `[api]`: the HTTP API.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ApiConfig {
+pub struct ApiSection {
     pub listen: SocketAddr,
     /// Non-empty: every /api request needs `Authorization: Bearer <token>`.
     pub tokens: Vec<String>,
@@ -156,9 +156,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
 }
 
-impl Default for ApiConfig {
+impl Default for ApiSection {
     fn default() -> Self {
-        ApiConfig {
+        ApiSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
             tokens: Vec::new(),
             allow_unauthenticated: false,
@@ -170,15 +170,15 @@ impl Default for ApiConfig {
 /// `[intent]`: call intents registered by makecall.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct IntentConfig {
+pub struct IntentSection {
     pub ttl_secs: u64,
     /// Most intents pending at once; makecall for a new number beyond it gets 503.
     pub max_pending: usize,
 }
 
-impl Default for IntentConfig {
+impl Default for IntentSection {
     fn default() -> Self {
-        IntentConfig {
+        IntentSection {
             ttl_secs: 120,
             max_pending: 1_000_000,
         }
@@ -188,16 +188,16 @@ impl Default for IntentConfig {
 /// `[log]`: logging.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
+pub struct LogSection {
     /// A tracing filter, e.g. `"info"` or `"callbridge=debug,sip_core=info"`.
     pub filter: String,
     /// `"text"` or `"json"`.
     pub format: String,
 }
 
-impl Default for LogConfig {
+impl Default for LogSection {
     fn default() -> Self {
-        LogConfig {
+        LogSection {
             filter: "info".into(),
             format: "text".into(),
         }
