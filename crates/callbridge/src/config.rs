@@ -3,12 +3,26 @@
 //!
 //! Every layer is merged as a TOML table before anything is interpreted, so one set of serde
 //! types validates all of them and an unknown key is an error wherever it came from.
+//!
+//! Each `[section]` is one `*Section` type, and the settings of the libraries are built from it
+//! by methods kept next to it: [`SipSection::transport_config`], [`SipSection::engine_config`],
+//! [`ApiSection::api_settings`], [`IntentSection::call_control`]. The wiring (`runtime.rs`)
+//! only calls them. (`[media]` is the exception for now: `runtime.rs` still builds
+//! `b2bua::media::MediaConfig` from [`MediaSection`] itself.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
+use api::ApiSettings;
+use b2bua::engine::EngineConfig;
+use b2bua::outbound::LocalIdentity;
+use b2bua::CallControl;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use sip_core::transaction::{TimerConfig, TransactionConfig};
+use sip_core::transport::TransportConfig;
+use sip_core::{ParseLimits, Peer};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +110,58 @@ impl Default for SipSection {
     }
 }
 
+impl SipSection {
+    /// The SIP transport's settings: where it binds, its socket buffers and message size limit.
+    pub fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            bind: self.listen,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            send_buffer_bytes: self.send_buffer_bytes,
+            limits: ParseLimits {
+                max_message_size: self.max_message_bytes,
+                ..ParseLimits::default()
+            },
+            ..TransportConfig::default()
+        }
+    }
+
+    /// The call engine's settings. `sip_port` is the port the transport really bound (the
+    /// configured one may be 0); `trunk` is `self.trunk` resolved.
+    pub fn engine_config(&self, sip_port: u16, trunk: Peer) -> EngineConfig {
+        EngineConfig {
+            local: LocalIdentity {
+                public_addr: self.public_addr.clone(),
+                port: sip_port,
+                agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
+            },
+            trunk,
+            trusted_peers: self.trusted_peers.clone(),
+            refuse_code: self.refuse_code,
+            no_answer: Duration::from_secs(self.no_answer_secs),
+            max_duration: (self.max_call_secs > 0).then(|| Duration::from_secs(self.max_call_secs)),
+            max_calls: self.max_calls,
+            transactions: self.transaction_config(sip_port),
+        }
+    }
+
+    fn transaction_config(&self, sip_port: u16) -> TransactionConfig {
+        let t1 = Duration::from_millis(self.t1_ms);
+        TransactionConfig {
+            timers: TimerConfig {
+                t1,
+                t2: Duration::from_millis(self.t2_ms),
+                t4: Duration::from_millis(self.t4_ms),
+                // 64·T1 is RFC 3261's 32 s at the default T1; shorter T1 (tests) shortens it.
+                timer_d: t1 * 64,
+                ..TimerConfig::default()
+            },
+            via_host: self.public_addr.clone(),
+            via_port: Some(sip_port),
+            ..TransactionConfig::default()
+        }
+    }
+}
+
 fn loopback_net() -> IpNet {
     IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default()
 }
@@ -167,6 +233,17 @@ impl Default for ApiSection {
     }
 }
 
+impl ApiSection {
+    /// How the API treats requests. `listen` is not in it: `runtime.rs` binds the listener.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            tokens: self.tokens.clone(),
+            max_body_bytes: self.max_body_bytes,
+            ..ApiSettings::default()
+        }
+    }
+}
+
 /// `[intent]`: call intents registered by makecall.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -182,6 +259,19 @@ impl Default for IntentSection {
             ttl_secs: 120,
             max_pending: 1_000_000,
         }
+    }
+}
+
+impl IntentSection {
+    /// The intent table and call registry the API and the SIP side share: intents as this
+    /// section says, ended calls kept as `[sip]` says (`call_retention_secs`, `max_ended_calls`).
+    pub fn call_control(&self, sip: &SipSection) -> CallControl {
+        CallControl::with_max_intents(
+            Duration::from_secs(self.ttl_secs),
+            self.max_pending,
+            Duration::from_secs(sip.call_retention_secs),
+            sip.max_ended_calls,
+        )
     }
 }
 
@@ -361,6 +451,73 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.api.tokens.is_empty());
         assert_eq!(c.intent.ttl_secs, 120);
+    }
+
+    #[test]
+    fn conversions_carry_the_configured_values() {
+        let c = Config::load(
+            None,
+            env(&[]),
+            &[
+                "sip.listen=127.0.0.1:5070".into(),
+                "sip.public_addr=sbc.example".into(),
+                "sip.trusted_peers=[\"10.0.0.0/8\"]".into(),
+                "sip.refuse_code=486".into(),
+                "sip.no_answer_secs=7".into(),
+                "sip.max_call_secs=9".into(),
+                "sip.max_calls=11".into(),
+                "sip.max_message_bytes=2048".into(),
+                "sip.recv_buffer_bytes=1000".into(),
+                "sip.send_buffer_bytes=2000".into(),
+                "sip.t1_ms=50".into(),
+                "sip.t2_ms=400".into(),
+                "sip.t4_ms=500".into(),
+                "api.tokens=[\"t\"]".into(),
+                "api.max_body_bytes=99".into(),
+                "intent.ttl_secs=5".into(),
+                "intent.max_pending=1".into(),
+            ],
+        )
+        .unwrap();
+        let transport = c.sip.transport_config();
+        assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(transport.limits.max_message_size, 2048);
+        assert_eq!(
+            (transport.recv_buffer_bytes, transport.send_buffer_bytes),
+            (1000, 2000)
+        );
+
+        let trunk = Peer::udp("192.0.2.1:5060".parse().unwrap());
+        let engine = c.sip.engine_config(5099, trunk.clone());
+        assert_eq!(engine.local.public_addr, "sbc.example");
+        assert_eq!(engine.local.port, 5099);
+        assert_eq!(engine.trunk, trunk);
+        assert_eq!(engine.trusted_peers, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(engine.refuse_code, 486);
+        assert_eq!(engine.no_answer, Duration::from_secs(7));
+        assert_eq!(engine.max_duration, Some(Duration::from_secs(9)));
+        assert_eq!(engine.max_calls, 11);
+        let timers = &engine.transactions.timers;
+        assert_eq!(timers.t1, Duration::from_millis(50));
+        assert_eq!(timers.t2, Duration::from_millis(400));
+        assert_eq!(timers.t4, Duration::from_millis(500));
+        assert_eq!(timers.timer_d, Duration::from_millis(50 * 64));
+        assert_eq!(engine.transactions.via_host, "sbc.example");
+        assert_eq!(engine.transactions.via_port, Some(5099));
+        assert_eq!(
+            Config::default().sip.engine_config(1, trunk).max_duration,
+            None
+        );
+
+        let api = c.api.api_settings();
+        assert_eq!(api.tokens, vec!["t".to_string()]);
+        assert_eq!(api.max_body_bytes, 99);
+
+        let control = c.intent.call_control(&c.sip);
+        assert_eq!(control.intents().ttl(), Duration::from_secs(5));
+        let now = std::time::Instant::now();
+        assert!(control.make_call(now, "1001", "2001", "3001").is_ok());
+        assert!(control.make_call(now, "1002", "2002", "3002").is_err());
     }
 
     #[test]

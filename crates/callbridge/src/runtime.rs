@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::ApiState;
-use b2bua::engine::{Engine, EngineConfig};
+use b2bua::engine::Engine;
 use b2bua::media::{AnchoredMedia, MediaConfig, MediaNotice};
-use b2bua::outbound::LocalIdentity;
 use b2bua::CallControl;
-use sip_core::transaction::{TimerConfig, TransactionConfig};
-use sip_core::transport::{SipTransport, TransportConfig, TransportEvent, TransportHandle};
-use sip_core::{ParseLimits, Peer};
+use sip_core::transport::{SipTransport, TransportEvent, TransportHandle};
+use sip_core::Peer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -68,26 +66,11 @@ impl Running {
 
 /// Binds everything and starts the tasks on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let control = Arc::new(CallControl::with_max_intents(
-        Duration::from_secs(config.intent.ttl_secs),
-        config.intent.max_pending,
-        Duration::from_secs(config.sip.call_retention_secs),
-        config.sip.max_ended_calls,
-    ));
+    let control = Arc::new(config.intent.call_control(&config.sip));
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let transport_config = TransportConfig {
-        bind: config.sip.listen,
-        recv_buffer_bytes: config.sip.recv_buffer_bytes,
-        send_buffer_bytes: config.sip.send_buffer_bytes,
-        limits: ParseLimits {
-            max_message_size: config.sip.max_message_bytes,
-            ..ParseLimits::default()
-        },
-        ..TransportConfig::default()
-    };
-    let (transport, events) = SipTransport::bind(transport_config)
+    let (transport, events) = SipTransport::bind(config.sip.transport_config())
         .await
         .map_err(|source| StartError::Sip {
             addr: config.sip.listen,
@@ -111,7 +94,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     );
     status.set_media_pool(media.pool().clone());
     let engine = Engine::new(
-        engine_config(config, sip_addr.port(), trunk),
+        config.sip.engine_config(sip_addr.port(), trunk),
         control.clone(),
         Arc::new(media),
     );
@@ -128,12 +111,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             addr: config.api.listen,
             source,
         })?;
-    let api_config = api::ApiSettings {
-        tokens: config.api.tokens.clone(),
-        max_body_bytes: config.api.max_body_bytes,
-        ..api::ApiSettings::default()
-    };
-    let api_state = Arc::new(ApiState::new(control.clone(), api_config, status.clone()));
+    let api_settings = config.api.api_settings();
+    let api_state = Arc::new(ApiState::new(control.clone(), api_settings, status.clone()));
 
     status.set_serving(true);
     tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
@@ -171,37 +150,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown: shutdown_tx,
         tasks,
     })
-}
-
-fn engine_config(config: &Config, sip_port: u16, trunk: Peer) -> EngineConfig {
-    let t1 = Duration::from_millis(config.sip.t1_ms);
-    EngineConfig {
-        local: LocalIdentity {
-            public_addr: config.sip.public_addr.clone(),
-            port: sip_port,
-            agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
-        },
-        trunk,
-        trusted_peers: config.sip.trusted_peers.clone(),
-        refuse_code: config.sip.refuse_code,
-        no_answer: Duration::from_secs(config.sip.no_answer_secs),
-        max_duration: (config.sip.max_call_secs > 0)
-            .then(|| Duration::from_secs(config.sip.max_call_secs)),
-        max_calls: config.sip.max_calls,
-        transactions: TransactionConfig {
-            timers: TimerConfig {
-                t1,
-                t2: Duration::from_millis(config.sip.t2_ms),
-                t4: Duration::from_millis(config.sip.t4_ms),
-                // 64·T1 is RFC 3261's 32 s at the default T1; shorter T1 (tests) shortens it.
-                timer_d: t1 * 64,
-                timer_c: None,
-            },
-            via_host: config.sip.public_addr.clone(),
-            via_port: Some(sip_port),
-            send_100_trying: true,
-        },
-    }
 }
 
 async fn resolve(trunk: &str) -> Result<Peer, StartError> {
