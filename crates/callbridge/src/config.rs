@@ -9,6 +9,13 @@
 //! [`ApiSection::api_settings`], [`IntentSection::call_control`]. The wiring (`runtime.rs`)
 //! only calls them. (`[media]` is the exception for now: `runtime.rs` still builds
 //! `b2bua::media::MediaConfig` from [`MediaSection`] itself.)
+//!
+//! **One source per default.** Where a library has a default for a setting (a `Default` impl or
+//! a `DEFAULT_*` constant), the value is written only there: the section's `Default` reads it
+//! from the library, and the conversions start from the library's `Default` for every field the
+//! configuration does not expose. Where no library has one (the listen addresses, the trunk,
+//! call limits and retention the libraries take as arguments), the value is written once, in
+//! the section's `Default`. Either way, `callbridge --print-config` shows the value in force.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -88,6 +95,8 @@ pub struct SipSection {
 
 impl Default for SipSection {
     fn default() -> Self {
+        let transport = TransportConfig::default();
+        let timers = TimerConfig::default();
         SipSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060),
             public_addr: "127.0.0.1".into(),
@@ -100,12 +109,12 @@ impl Default for SipSection {
             call_retention_secs: 3600,
             max_ended_calls: 100_000,
             shutdown_grace_secs: 5,
-            max_message_bytes: 64 * 1024,
-            recv_buffer_bytes: 4 * 1024 * 1024,
-            send_buffer_bytes: 4 * 1024 * 1024,
-            t1_ms: 500,
-            t2_ms: 4000,
-            t4_ms: 5000,
+            max_message_bytes: transport.limits.max_message_size,
+            recv_buffer_bytes: transport.recv_buffer_bytes,
+            send_buffer_bytes: transport.send_buffer_bytes,
+            t1_ms: millis(timers.t1),
+            t2_ms: millis(timers.t2),
+            t4_ms: millis(timers.t4),
         }
     }
 }
@@ -160,6 +169,11 @@ impl SipSection {
             ..TransactionConfig::default()
         }
     }
+}
+
+/// `duration` in whole milliseconds, for the `*_ms` keys.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn loopback_net() -> IpNet {
@@ -228,7 +242,7 @@ impl Default for ApiSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
             tokens: Vec::new(),
             allow_unauthenticated: false,
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: ApiSettings::default().max_body_bytes,
         }
     }
 }
@@ -257,7 +271,7 @@ impl Default for IntentSection {
     fn default() -> Self {
         IntentSection {
             ttl_secs: 120,
-            max_pending: 1_000_000,
+            max_pending: b2bua::intent::DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -454,6 +468,27 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_the_libraries_defaults() {
+        let c = Config::default();
+        assert_eq!(
+            c.sip.transport_config(),
+            TransportConfig {
+                bind: c.sip.listen,
+                ..TransportConfig::default()
+            }
+        );
+        let trunk = Peer::udp("127.0.0.1:5080".parse().unwrap());
+        let engine = c.sip.engine_config(5060, trunk);
+        assert_eq!(engine.transactions.timers, TimerConfig::default());
+        assert_eq!(
+            engine.transactions.send_100_trying,
+            TransactionConfig::default().send_100_trying
+        );
+        assert_eq!(c.api.api_settings(), ApiSettings::default());
+        assert_eq!(c.intent.max_pending, b2bua::intent::DEFAULT_MAX_PENDING);
+    }
+
+    #[test]
     fn conversions_carry_the_configured_values() {
         let c = Config::load(
             None,
@@ -488,7 +523,7 @@ mod tests {
         );
 
         let trunk = Peer::udp("192.0.2.1:5060".parse().unwrap());
-        let engine = c.sip.engine_config(5099, trunk.clone());
+        let engine = c.sip.engine_config(5099, trunk);
         assert_eq!(engine.local.public_addr, "sbc.example");
         assert_eq!(engine.local.port, 5099);
         assert_eq!(engine.trunk, trunk);
