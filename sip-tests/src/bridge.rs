@@ -32,16 +32,24 @@ pub struct Options {
     pub extra: Vec<String>,
 }
 
+/// callbridge's own defaults (read from [`Config::default`], not written again here), except a
+/// shorter `no_answer_secs`.
 impl Default for Options {
     fn default() -> Self {
+        let defaults = Config::default();
         Options {
-            intent_ttl_secs: 120,
+            intent_ttl_secs: defaults.intent.ttl_secs,
             no_answer_secs: 30,
-            trusted_peers: vec!["127.0.0.0/8".into()],
-            media_inactivity_secs: 60,
+            trusted_peers: defaults
+                .sip
+                .trusted_peers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            media_inactivity_secs: defaults.media.inactivity_secs,
             rtp_ports: None,
-            max_call_secs: 0,
-            max_calls: 10000,
+            max_call_secs: defaults.sip.max_call_secs,
+            max_calls: defaults.sip.max_calls,
             extra: Vec::new(),
         }
     }

@@ -7,23 +7,28 @@
 //!   body type, so every route is tested without a socket.
 //! * [`serve`] runs hyper 1 HTTP/1.1 connections on a listener until a shutdown future resolves,
 //!   then drains them.
-//! * [`EngineStatus`] is how the SIP engine (which this crate does not depend on) reports its
-//!   health and counters for `/healthz` and `/metrics`.
+//! * [`ApiState`] is what every handler shares: the [`b2bua::CallControl`], the
+//!   [`ApiSettings`] (tokens and input limits; the caller binds the listener), the SIP side's
+//!   status and a [`Clock`].
+//! * [`SipStatus`] is how the SIP side (transport, call engine and media relay) reports its live
+//!   health and counters for `/healthz` and `/metrics`. The API never holds the engine, which
+//!   belongs to the SIP task alone: the binary implements this over what that task publishes.
+//!   [`NoSip`] stands in when there is no SIP side.
 //!
 //! Routes and their exact responses are documented on [`handle`].
 
-mod config;
-mod engine;
 mod error;
 mod metrics;
 mod router;
 mod server;
+mod settings;
+mod sip_status;
 mod state;
 
 pub use b2bua;
-pub use config::ApiConfig;
-pub use engine::{EngineSnapshot, EngineStatus, NoEngine};
 pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;
+pub use settings::ApiSettings;
+pub use sip_status::{NoSip, SipSnapshot, SipStatus};
 pub use state::{ApiState, Clock, ManualClock, SystemClock};

@@ -1,4 +1,4 @@
-//! `/metrics`: the engine's snapshot, the intent table and the API's own counters in the
+//! `/metrics`: the SIP side's snapshot, the intent table and the API's own counters in the
 //! Prometheus / OpenMetrics text format (`prometheus-client`).
 //!
 //! Metric names (all prefixed `callbridge_`):
@@ -104,29 +104,29 @@ fn family_of_counters(label: &str, values: &[(String, u64)]) -> Family<Labels, C
     family
 }
 
-/// Renders the exposition text. Engine values are copied into a registry built per scrape.
+/// Renders the exposition text. SIP-side values are copied into a registry built per scrape.
 pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
-    let engine = state.engine.snapshot();
+    let sip = state.sip.snapshot();
     let mut registry = Registry::with_prefix("callbridge");
     registry.register(
         "sip_serving",
         "1 when the SIP engine is serving",
-        gauge(u64::from(engine.sip_serving)),
+        gauge(u64::from(sip.sip_serving)),
     );
     registry.register(
         "active_calls",
         "Calls with at least one leg up",
-        gauge(engine.active_calls),
+        gauge(sip.active_calls),
     );
-    registry.register("sip_dialogs", "SIP dialogs held", gauge(engine.dialogs));
+    registry.register("sip_dialogs", "SIP dialogs held", gauge(sip.dialogs));
     registry.register(
         "sip_transactions",
         "SIP transactions alive, by kind",
         family_of_gauges(
             "kind",
             &[
-                ("client", engine.client_transactions),
-                ("server", engine.server_transactions),
+                ("client", sip.client_transactions),
+                ("server", sip.server_transactions),
             ],
         ),
     );
@@ -143,17 +143,17 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
     registry.register(
         "calls_bridged",
         "Calls that were answered and bridged",
-        counter(engine.calls_bridged),
+        counter(sip.calls_bridged),
     );
     registry.register(
         "calls_refused",
         "Incoming calls refused, by reason",
-        family_of_counters("reason", &engine.calls_refused),
+        family_of_counters("reason", &sip.calls_refused),
     );
     registry.register(
         "calls_failed",
         "Calls that failed after being accepted, by reason",
-        family_of_counters("reason", &engine.calls_failed),
+        family_of_counters("reason", &sip.calls_failed),
     );
     registry.register(
         "sip_malformed",
@@ -161,30 +161,30 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         family_of_counters(
             "handling",
             &[
-                ("answered".to_owned(), engine.sip_malformed_answered),
-                ("dropped".to_owned(), engine.sip_malformed_dropped),
+                ("answered".to_owned(), sip.sip_malformed_answered),
+                ("dropped".to_owned(), sip.sip_malformed_dropped),
             ],
         ),
     );
     registry.register(
         "media_packets_relayed",
         "RTP and RTCP packets relayed between the legs",
-        counter(engine.media_packets_relayed),
+        counter(sip.media_packets_relayed),
     );
     registry.register(
         "media_packets_dropped",
         "Packets dropped by the media relay (not RTP/RTCP, or from a stray source)",
-        counter(engine.media_packets_dropped),
+        counter(sip.media_packets_dropped),
     );
     registry.register(
         "media_ports_in_use",
         "UDP ports of media.rtp_ports held by calls",
-        gauge(engine.media_ports_in_use),
+        gauge(sip.media_ports_in_use),
     );
     registry.register(
         "media_ports_capacity",
         "UDP ports in media.rtp_ports",
-        gauge(engine.media_ports_capacity),
+        gauge(sip.media_ports_capacity),
     );
     registry.register(
         "http_requests",

@@ -138,7 +138,7 @@ where
 
 /// True when no tokens are configured or the request carries one of them as a Bearer token.
 fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
-    let tokens = &state.config.tokens;
+    let tokens = &state.settings.tokens;
     if tokens.is_empty() {
         return true;
     }
@@ -276,7 +276,7 @@ fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiErro
 }
 
 fn healthz(state: &ApiState) -> Response<Full<Bytes>> {
-    let sip = state.engine.snapshot().sip_serving;
+    let sip = state.sip.snapshot().sip_serving;
     let (status, word) = if sip {
         (StatusCode::OK, "ok")
     } else {
@@ -311,7 +311,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let limit = state.config.max_body_bytes;
+    let limit = state.settings.max_body_bytes;
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -362,7 +362,7 @@ fn string_field<'a>(body: &'a Map<String, Value>, name: &'static str) -> Result<
 
 /// A number: optional leading `+`, then 1 to `max_number_len` ASCII digits.
 fn check_number(state: &ApiState, field: &'static str, value: &str) -> Result<(), ApiError> {
-    let max = state.config.max_number_len;
+    let max = state.settings.max_number_len;
     let digits = value.strip_prefix('+').unwrap_or(value);
     if digits.is_empty() || digits.len() > max || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidNumber { field, max });
@@ -372,7 +372,7 @@ fn check_number(state: &ApiState, field: &'static str, value: &str) -> Result<()
 
 /// A number taken from the path, percent-decoded (so `%2B1001` is `+1001`).
 fn path_number(state: &ApiState, field: &'static str, raw: &str) -> Result<String, ApiError> {
-    let max = state.config.max_number_len;
+    let max = state.settings.max_number_len;
     let decoded = percent_decode(raw).ok_or(ApiError::InvalidNumber { field, max })?;
     check_number(state, field, &decoded)?;
     Ok(decoded)

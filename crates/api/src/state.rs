@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use b2bua::CallControl;
 
-use crate::config::ApiConfig;
-use crate::engine::EngineStatus;
 use crate::metrics::ApiMetrics;
+use crate::settings::ApiSettings;
+use crate::sip_status::SipStatus;
 
 /// Where handlers get "now" from, so tests can move time (intent expiry) without sleeping.
 pub trait Clock: Send + Sync {
@@ -71,11 +71,11 @@ impl Clock for ManualClock {
 }
 
 /// Shared state of the API: the intent table and call registry (through [`CallControl`]), the
-/// configuration, the engine's status, the clock and the API's own counters.
+/// settings, the SIP side's status, the clock and the API's own counters.
 pub struct ApiState {
     pub(crate) control: Arc<CallControl>,
-    pub(crate) config: ApiConfig,
-    pub(crate) engine: Arc<dyn EngineStatus>,
+    pub(crate) settings: ApiSettings,
+    pub(crate) sip: Arc<dyn SipStatus>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: ApiMetrics,
 }
@@ -84,13 +84,13 @@ impl ApiState {
     /// State over the real clock.
     pub fn new(
         control: Arc<CallControl>,
-        config: ApiConfig,
-        engine: Arc<dyn EngineStatus>,
+        settings: ApiSettings,
+        sip: Arc<dyn SipStatus>,
     ) -> ApiState {
         ApiState {
             control,
-            config,
-            engine,
+            settings,
+            sip,
             clock: Arc::new(SystemClock),
             metrics: ApiMetrics::new(),
         }
@@ -107,9 +107,9 @@ impl ApiState {
         &self.control
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &ApiConfig {
-        &self.config
+    /// The settings in force.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.settings
     }
 
     pub(crate) fn now(&self) -> Instant {
@@ -120,7 +120,7 @@ impl ApiState {
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")
-            .field("config", &self.config)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use api::b2bua::CallControl;
-use api::{serve, ApiConfig, ApiState, NoEngine};
+use api::{serve, ApiSettings, ApiState, NoSip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -48,12 +48,11 @@ async fn serves_over_loopback_survives_malformed_requests_and_shuts_down() {
         1000,
         b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
-    let config = ApiConfig {
-        listen: addr,
+    let settings = ApiSettings {
         max_body_bytes: 1024,
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let state = Arc::new(ApiState::new(control.clone(), config, Arc::new(NoEngine)));
+    let state = Arc::new(ApiState::new(control.clone(), settings, Arc::new(NoSip)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
@@ -142,8 +141,8 @@ async fn shutdown_waits_for_an_idle_keep_alive_connection_to_close() {
     ));
     let state = Arc::new(ApiState::new(
         control,
-        ApiConfig::default(),
-        Arc::new(NoEngine),
+        ApiSettings::default(),
+        Arc::new(NoSip),
     ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {

@@ -3,12 +3,34 @@
 //!
 //! Every layer is merged as a TOML table before anything is interpreted, so one set of serde
 //! types validates all of them and an unknown key is an error wherever it came from.
+//!
+//! Each `[section]` is one `*Section` type, and the settings of the libraries are built from it
+//! by methods kept next to it: [`SipSection::transport_config`], [`SipSection::engine_config`], [`MediaSection::media_config`], [`MediaSection::driver_config`],
+//! [`ApiSection::api_settings`], [`IntentSection::call_control`]. The wiring (`runtime.rs`)
+//! only calls them. (`[media]` is the exception for now: `runtime.rs` still builds
+//! `b2bua::media::MediaConfig` from [`MediaSection`] itself.)
+//!
+//! **One source per default.** Where a library has a default for a setting (a `Default` impl or
+//! a `DEFAULT_*` constant), the value is written only there: the section's `Default` reads it
+//! from the library, and the conversions start from the library's `Default` for every field the
+//! configuration does not expose. Where no library has one (the listen addresses, the trunk,
+//! call limits and retention the libraries take as arguments), the value is written once, in
+//! the section's `Default`. Either way, `callbridge --print-config` shows the value in force.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
+use api::ApiSettings;
+use b2bua::engine::EngineConfig;
+use b2bua::media::MediaConfig;
+use b2bua::outbound::LocalIdentity;
+use b2bua::{CallControl, WallClock};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use sip_core::transaction::{TimerConfig, TransactionConfig};
+use sip_core::transport::TransportConfig;
+use sip_core::{ParseLimits, Peer};
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -28,17 +50,17 @@ pub enum ConfigError {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub sip: SipConfig,
-    pub media: MediaConfig,
-    pub api: ApiConfig,
-    pub intent: IntentConfig,
-    pub log: LogConfig,
+    pub sip: SipSection,
+    pub media: MediaSection,
+    pub api: ApiSection,
+    pub intent: IntentSection,
+    pub log: LogSection,
 }
 
 /// `[sip]`: signalling listener, trunk and call limits.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct SipConfig {
+pub struct SipSection {
     /// UDP and TCP listen address (same port for both).
     pub listen: SocketAddr,
     /// Host written into Via, Contact and Record-Route.
@@ -72,9 +94,11 @@ pub struct SipConfig {
     pub t4_ms: u64,
 }
 
-impl Default for SipConfig {
+impl Default for SipSection {
     fn default() -> Self {
-        SipConfig {
+        let transport = TransportConfig::default();
+        let timers = TimerConfig::default();
+        SipSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5060),
             public_addr: "127.0.0.1".into(),
             trunk: "127.0.0.1:5080".into(),
@@ -86,14 +110,73 @@ impl Default for SipConfig {
             call_retention_secs: 3600,
             max_ended_calls: 100_000,
             shutdown_grace_secs: 5,
-            max_message_bytes: 64 * 1024,
-            recv_buffer_bytes: 4 * 1024 * 1024,
-            send_buffer_bytes: 4 * 1024 * 1024,
-            t1_ms: 500,
-            t2_ms: 4000,
-            t4_ms: 5000,
+            max_message_bytes: transport.limits.max_message_size,
+            recv_buffer_bytes: transport.recv_buffer_bytes,
+            send_buffer_bytes: transport.send_buffer_bytes,
+            t1_ms: millis(timers.t1),
+            t2_ms: millis(timers.t2),
+            t4_ms: millis(timers.t4),
         }
     }
+}
+
+impl SipSection {
+    /// The SIP transport's settings: where it binds, its socket buffers and message size limit.
+    pub fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            bind: self.listen,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            send_buffer_bytes: self.send_buffer_bytes,
+            limits: ParseLimits {
+                max_message_size: self.max_message_bytes,
+                ..ParseLimits::default()
+            },
+            ..TransportConfig::default()
+        }
+    }
+
+    /// The call engine's settings. `sip_port` is the port the transport really bound (the
+    /// configured one may be 0); `trunk` is `self.trunk` resolved.
+    /// `media`: from [`MediaSection::media_config`].
+    pub fn engine_config(&self, sip_port: u16, trunk: Peer, media: MediaConfig) -> EngineConfig {
+        EngineConfig {
+            local: LocalIdentity {
+                public_addr: self.public_addr.clone(),
+                port: sip_port,
+                agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
+            },
+            trunk,
+            trusted_peers: self.trusted_peers.clone(),
+            refuse_code: self.refuse_code,
+            no_answer: Duration::from_secs(self.no_answer_secs),
+            max_duration: (self.max_call_secs > 0).then(|| Duration::from_secs(self.max_call_secs)),
+            max_calls: self.max_calls,
+            transactions: self.transaction_config(sip_port),
+            media,
+        }
+    }
+
+    fn transaction_config(&self, sip_port: u16) -> TransactionConfig {
+        let t1 = Duration::from_millis(self.t1_ms);
+        TransactionConfig {
+            timers: TimerConfig {
+                t1,
+                t2: Duration::from_millis(self.t2_ms),
+                t4: Duration::from_millis(self.t4_ms),
+                // 64·T1 is RFC 3261's 32 s at the default T1; shorter T1 (tests) shortens it.
+                timer_d: t1 * 64,
+                ..TimerConfig::default()
+            },
+            via_host: self.public_addr.clone(),
+            via_port: Some(sip_port),
+            ..TransactionConfig::default()
+        }
+    }
+}
+
+/// `duration` in whole milliseconds, for the `*_ms` keys.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn loopback_net() -> IpNet {
@@ -103,7 +186,7 @@ fn loopback_net() -> IpNet {
 /// `[media]`: RTP anchoring.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct MediaConfig {
+pub struct MediaSection {
     /// Address written into SDP `c=` lines.
     pub public_ip: IpAddr,
     /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP.
@@ -113,9 +196,9 @@ pub struct MediaConfig {
     pub bind_ip: IpAddr,
 }
 
-impl Default for MediaConfig {
+impl Default for MediaSection {
     fn default() -> Self {
-        MediaConfig {
+        MediaSection {
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtp_ports: "20000-29999".into(),
             inactivity_secs: 60,
@@ -124,7 +207,7 @@ impl Default for MediaConfig {
     }
 }
 
-impl MediaConfig {
+impl MediaSection {
     /// The RTP port range as `(first, last)`, both inclusive.
     pub fn port_range(&self) -> Result<(u16, u16), ConfigError> {
         let bad = || {
@@ -141,12 +224,31 @@ impl MediaConfig {
         }
         Ok((first, last))
     }
+
+    /// The engine's media settings: the relay range, the SDP address, the inactivity timeout.
+    pub fn media_config(&self) -> Result<MediaConfig, ConfigError> {
+        let (first_port, last_port) = self.port_range()?;
+        Ok(MediaConfig {
+            public_ip: self.public_ip,
+            first_port,
+            last_port,
+            inactivity: Duration::from_secs(self.inactivity_secs),
+        })
+    }
+
+    /// The media driver's settings (where relay sockets bind; buffers as the driver's default).
+    pub fn driver_config(&self) -> media::DriverConfig {
+        media::DriverConfig {
+            bind_ip: self.bind_ip,
+            ..media::DriverConfig::default()
+        }
+    }
 }
 
 /// `[api]`: the HTTP API.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct ApiConfig {
+pub struct ApiSection {
     pub listen: SocketAddr,
     /// Non-empty: every /api request needs `Authorization: Bearer <token>`.
     pub tokens: Vec<String>,
@@ -156,13 +258,24 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
 }
 
-impl Default for ApiConfig {
+impl Default for ApiSection {
     fn default() -> Self {
-        ApiConfig {
+        ApiSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
             tokens: Vec::new(),
             allow_unauthenticated: false,
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: ApiSettings::default().max_body_bytes,
+        }
+    }
+}
+
+impl ApiSection {
+    /// How the API treats requests. `listen` is not in it: `runtime.rs` binds the listener.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            tokens: self.tokens.clone(),
+            max_body_bytes: self.max_body_bytes,
+            ..ApiSettings::default()
         }
     }
 }
@@ -170,34 +283,49 @@ impl Default for ApiConfig {
 /// `[intent]`: call intents registered by makecall.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct IntentConfig {
+pub struct IntentSection {
     pub ttl_secs: u64,
     /// Most intents pending at once; makecall for a new number beyond it gets 503.
     pub max_pending: usize,
 }
 
-impl Default for IntentConfig {
+impl Default for IntentSection {
     fn default() -> Self {
-        IntentConfig {
+        IntentSection {
             ttl_secs: 120,
-            max_pending: 1_000_000,
+            max_pending: b2bua::intent::DEFAULT_MAX_PENDING,
         }
+    }
+}
+
+impl IntentSection {
+    /// The intent table and call registry the API and the SIP side share: intents as this
+    /// section says, ended calls kept as `[sip]` says (`call_retention_secs`, `max_ended_calls`).
+    /// `clock`: the wall-clock time now, for records and call ids.
+    pub fn call_control(&self, sip: &SipSection, clock: WallClock) -> CallControl {
+        CallControl::with_max_intents(
+            Duration::from_secs(self.ttl_secs),
+            self.max_pending,
+            Duration::from_secs(sip.call_retention_secs),
+            sip.max_ended_calls,
+            clock,
+        )
     }
 }
 
 /// `[log]`: logging.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
+pub struct LogSection {
     /// A tracing filter, e.g. `"info"` or `"callbridge=debug,sip_core=info"`.
     pub filter: String,
     /// `"text"` or `"json"`.
     pub format: String,
 }
 
-impl Default for LogConfig {
+impl Default for LogSection {
     fn default() -> Self {
-        LogConfig {
+        LogSection {
             filter: "info".into(),
             format: "text".into(),
         }
@@ -361,6 +489,104 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.api.tokens.is_empty());
         assert_eq!(c.intent.ttl_secs, 120);
+    }
+
+    #[test]
+    fn defaults_are_the_libraries_defaults() {
+        let c = Config::default();
+        assert_eq!(
+            c.sip.transport_config(),
+            TransportConfig {
+                bind: c.sip.listen,
+                ..TransportConfig::default()
+            }
+        );
+        let trunk = Peer::udp("127.0.0.1:5080".parse().unwrap());
+        let engine =
+            c.sip
+                .engine_config(5060, trunk, Config::default().media.media_config().unwrap());
+        assert_eq!(engine.transactions.timers, TimerConfig::default());
+        assert_eq!(
+            engine.transactions.send_100_trying,
+            TransactionConfig::default().send_100_trying
+        );
+        assert_eq!(c.api.api_settings(), ApiSettings::default());
+        assert_eq!(c.intent.max_pending, b2bua::intent::DEFAULT_MAX_PENDING);
+    }
+
+    #[test]
+    fn conversions_carry_the_configured_values() {
+        let c = Config::load(
+            None,
+            env(&[]),
+            &[
+                "sip.listen=127.0.0.1:5070".into(),
+                "sip.public_addr=sbc.example".into(),
+                "sip.trusted_peers=[\"10.0.0.0/8\"]".into(),
+                "sip.refuse_code=486".into(),
+                "sip.no_answer_secs=7".into(),
+                "sip.max_call_secs=9".into(),
+                "sip.max_calls=11".into(),
+                "sip.max_message_bytes=2048".into(),
+                "sip.recv_buffer_bytes=1000".into(),
+                "sip.send_buffer_bytes=2000".into(),
+                "sip.t1_ms=50".into(),
+                "sip.t2_ms=400".into(),
+                "sip.t4_ms=500".into(),
+                "api.tokens=[\"t\"]".into(),
+                "api.max_body_bytes=99".into(),
+                "intent.ttl_secs=5".into(),
+                "intent.max_pending=1".into(),
+            ],
+        )
+        .unwrap();
+        let transport = c.sip.transport_config();
+        assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(transport.limits.max_message_size, 2048);
+        assert_eq!(
+            (transport.recv_buffer_bytes, transport.send_buffer_bytes),
+            (1000, 2000)
+        );
+
+        let trunk = Peer::udp("192.0.2.1:5060".parse().unwrap());
+        let engine =
+            c.sip
+                .engine_config(5099, trunk, Config::default().media.media_config().unwrap());
+        assert_eq!(engine.local.public_addr, "sbc.example");
+        assert_eq!(engine.local.port, 5099);
+        assert_eq!(engine.trunk, trunk);
+        assert_eq!(engine.trusted_peers, vec!["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(engine.refuse_code, 486);
+        assert_eq!(engine.no_answer, Duration::from_secs(7));
+        assert_eq!(engine.max_duration, Some(Duration::from_secs(9)));
+        assert_eq!(engine.max_calls, 11);
+        let timers = &engine.transactions.timers;
+        assert_eq!(timers.t1, Duration::from_millis(50));
+        assert_eq!(timers.t2, Duration::from_millis(400));
+        assert_eq!(timers.t4, Duration::from_millis(500));
+        assert_eq!(timers.timer_d, Duration::from_millis(50 * 64));
+        assert_eq!(engine.transactions.via_host, "sbc.example");
+        assert_eq!(engine.transactions.via_port, Some(5099));
+        assert_eq!(
+            Config::default()
+                .sip
+                .engine_config(1, trunk, Config::default().media.media_config().unwrap())
+                .max_duration,
+            None
+        );
+
+        let api = c.api.api_settings();
+        assert_eq!(api.tokens, vec!["t".to_string()]);
+        assert_eq!(api.max_body_bytes, 99);
+
+        let control = c.intent.call_control(
+            &c.sip,
+            WallClock::new(std::time::Instant::now(), std::time::SystemTime::now()),
+        );
+        assert_eq!(control.intents().ttl(), Duration::from_secs(5));
+        let now = std::time::Instant::now();
+        assert!(control.make_call(now, "1001", "2001", "3001").is_ok());
+        assert!(control.make_call(now, "1002", "2002", "3002").is_err());
     }
 
     #[test]

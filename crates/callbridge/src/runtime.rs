@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use api::ApiState;
-use b2bua::engine::{Engine, EngineConfig};
-use b2bua::media::MediaConfig;
-use b2bua::outbound::LocalIdentity;
+use b2bua::engine::Engine;
 use b2bua::{CallControl, WallClock};
-use sip_core::transaction::{TimerConfig, TransactionConfig};
-use sip_core::transport::{SipTransport, TransportConfig, TransportEvent, TransportHandle};
-use sip_core::{ParseLimits, Peer};
+use sip_core::transport::{SipTransport, TransportEvent, TransportHandle};
+use sip_core::Peer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -70,27 +67,14 @@ impl Running {
 
 /// Binds everything and starts the tasks on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let control = Arc::new(CallControl::with_max_intents(
-        Duration::from_secs(config.intent.ttl_secs),
-        config.intent.max_pending,
-        Duration::from_secs(config.sip.call_retention_secs),
-        config.sip.max_ended_calls,
+    let control = Arc::new(config.intent.call_control(
+        &config.sip,
         WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let transport_config = TransportConfig {
-        bind: config.sip.listen,
-        recv_buffer_bytes: config.sip.recv_buffer_bytes,
-        send_buffer_bytes: config.sip.send_buffer_bytes,
-        limits: ParseLimits {
-            max_message_size: config.sip.max_message_bytes,
-            ..ParseLimits::default()
-        },
-        ..TransportConfig::default()
-    };
-    let (transport, events) = SipTransport::bind(transport_config)
+    let (transport, events) = SipTransport::bind(config.sip.transport_config())
         .await
         .map_err(|source| StartError::Sip {
             addr: config.sip.listen,
@@ -100,19 +84,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     status.set_transport(transport.clone());
 
     let trunk = resolve(&config.sip.trunk).await?;
-    let (first_port, last_port) = config.media.port_range()?;
-    let media_config = MediaConfig {
-        public_ip: config.media.public_ip,
-        first_port,
-        last_port,
-        inactivity: Duration::from_secs(config.media.inactivity_secs),
-    };
-    let media = MediaBridge::new(media::DriverConfig {
-        bind_ip: config.media.bind_ip,
-        ..media::DriverConfig::default()
-    });
+    let media_config = config.media.media_config()?;
+    let media = MediaBridge::new(config.media.driver_config());
     let engine = Engine::new(
-        engine_config(config, sip_addr.port(), trunk, media_config),
+        config
+            .sip
+            .engine_config(sip_addr.port(), trunk, media_config),
         control.clone(),
     );
 
@@ -128,13 +105,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             addr: config.api.listen,
             source,
         })?;
-    let api_config = api::ApiConfig {
-        listen: api_addr,
-        tokens: config.api.tokens.clone(),
-        max_body_bytes: config.api.max_body_bytes,
-        ..api::ApiConfig::default()
-    };
-    let api_state = Arc::new(ApiState::new(control.clone(), api_config, status.clone()));
+    let api_settings = config.api.api_settings();
+    let api_state = Arc::new(ApiState::new(control.clone(), api_settings, status.clone()));
 
     status.set_serving(true);
     tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
@@ -172,38 +144,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown: shutdown_tx,
         tasks,
     })
-}
-
-fn engine_config(config: &Config, sip_port: u16, trunk: Peer, media: MediaConfig) -> EngineConfig {
-    let t1 = Duration::from_millis(config.sip.t1_ms);
-    EngineConfig {
-        local: LocalIdentity {
-            public_addr: config.sip.public_addr.clone(),
-            port: sip_port,
-            agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
-        },
-        trunk,
-        trusted_peers: config.sip.trusted_peers.clone(),
-        refuse_code: config.sip.refuse_code,
-        no_answer: Duration::from_secs(config.sip.no_answer_secs),
-        max_duration: (config.sip.max_call_secs > 0)
-            .then(|| Duration::from_secs(config.sip.max_call_secs)),
-        max_calls: config.sip.max_calls,
-        transactions: TransactionConfig {
-            timers: TimerConfig {
-                t1,
-                t2: Duration::from_millis(config.sip.t2_ms),
-                t4: Duration::from_millis(config.sip.t4_ms),
-                // 64·T1 is RFC 3261's 32 s at the default T1; shorter T1 (tests) shortens it.
-                timer_d: t1 * 64,
-                timer_c: None,
-            },
-            via_host: config.sip.public_addr.clone(),
-            via_port: Some(sip_port),
-            send_100_trying: true,
-        },
-        media,
-    }
 }
 
 async fn resolve(trunk: &str) -> Result<Peer, StartError> {

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use api::{EngineSnapshot, EngineStatus};
+use api::{SipSnapshot, SipStatus};
 use b2bua::Engine;
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
@@ -97,8 +97,8 @@ impl SharedStatus {
     }
 }
 
-impl EngineStatus for SharedStatus {
-    fn snapshot(&self) -> EngineSnapshot {
+impl SipStatus for SharedStatus {
+    fn snapshot(&self) -> SipSnapshot {
         let relaxed = Ordering::Relaxed;
         let (refused, failed) = self.outcomes.lock().clone();
         let transport = self.transport.lock().as_ref().map(TransportHandle::stats);
@@ -106,7 +106,7 @@ impl EngineStatus for SharedStatus {
             self.media_pairs_free.load(relaxed),
             self.media_pairs.load(relaxed),
         );
-        EngineSnapshot {
+        SipSnapshot {
             sip_serving: self.serving.load(relaxed),
             active_calls: self.active_calls.load(relaxed),
             dialogs: self.dialogs.load(relaxed),

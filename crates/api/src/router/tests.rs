@@ -10,15 +10,15 @@ use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http_body::Frame;
 
 use super::*;
-use crate::{ApiConfig, EngineSnapshot, EngineStatus, ManualClock, NoEngine};
+use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
 
 const TTL: Duration = Duration::from_secs(120);
 const TOKEN: &str = "t0ken-secret";
 
-struct FixedEngine(EngineSnapshot);
+struct FixedSip(SipSnapshot);
 
-impl EngineStatus for FixedEngine {
-    fn snapshot(&self) -> EngineSnapshot {
+impl SipStatus for FixedSip {
+    fn snapshot(&self) -> SipSnapshot {
         self.0.clone()
     }
 }
@@ -58,7 +58,7 @@ impl Reply {
     }
 }
 
-fn harness_with(config: ApiConfig, engine: Arc<dyn EngineStatus>) -> Harness {
+fn harness_with(settings: ApiSettings, sip: Arc<dyn SipStatus>) -> Harness {
     let control = Arc::new(CallControl::new(
         TTL,
         Duration::from_secs(600),
@@ -66,12 +66,12 @@ fn harness_with(config: ApiConfig, engine: Arc<dyn EngineStatus>) -> Harness {
         b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let clock = Arc::new(ManualClock::new());
-    let state = ApiState::new(control, config, engine).with_clock(clock.clone());
+    let state = ApiState::new(control, settings, sip).with_clock(clock.clone());
     Harness { state, clock }
 }
 
 fn harness() -> Harness {
-    harness_with(ApiConfig::default(), Arc::new(NoEngine))
+    harness_with(ApiSettings::default(), Arc::new(NoSip))
 }
 
 fn request(
@@ -328,7 +328,7 @@ async fn get_unknown_call_is_404() {
 }
 
 #[tokio::test]
-async fn healthz_follows_the_engine() {
+async fn healthz_follows_the_sip_side() {
     let down = harness();
     let reply = down.get("/healthz").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -337,10 +337,10 @@ async fn healthz_follows_the_engine() {
         json!({"status": "unavailable", "sip": false, "http": true})
     );
     let up = harness_with(
-        ApiConfig::default(),
-        Arc::new(FixedEngine(EngineSnapshot {
+        ApiSettings::default(),
+        Arc::new(FixedSip(SipSnapshot {
             sip_serving: true,
-            ..EngineSnapshot::default()
+            ..SipSnapshot::default()
         })),
     );
     let reply = up.get("/healthz").await;
@@ -354,8 +354,8 @@ async fn healthz_follows_the_engine() {
 }
 
 #[tokio::test]
-async fn metrics_exposes_engine_intents_and_http_counters() {
-    let engine = EngineSnapshot {
+async fn metrics_exposes_sip_side_intents_and_http_counters() {
+    let sip = SipSnapshot {
         sip_serving: true,
         active_calls: 7,
         dialogs: 13,
@@ -373,7 +373,7 @@ async fn metrics_exposes_engine_intents_and_http_counters() {
         media_ports_in_use: 8,
         media_ports_capacity: 10000,
     };
-    let h = harness_with(ApiConfig::default(), Arc::new(FixedEngine(engine)));
+    let h = harness_with(ApiSettings::default(), Arc::new(FixedSip(sip)));
     h.make_call("1001", "2001", "3001").await;
     h.make_call("1002", "2002", "3002").await;
     h.callin("1003", "2003").await;
@@ -518,11 +518,11 @@ async fn failed_body_read_is_400() {
 
 #[tokio::test]
 async fn oversize_bodies_are_413() {
-    let config = ApiConfig {
+    let settings = ApiSettings {
         max_body_bytes: 64,
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let h = harness_with(config, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoSip));
     let big = format!(
         r#"{{"caller":"2001","callee":"3001","pad":"{}"}}"#,
         "x".repeat(100)
@@ -684,11 +684,11 @@ async fn semantically_invalid_requests_are_422() {
 
 #[tokio::test]
 async fn tokens_guard_api_but_not_health_or_metrics() {
-    let config = ApiConfig {
+    let settings = ApiSettings {
         tokens: vec!["other".into(), TOKEN.into()],
-        ..ApiConfig::default()
+        ..ApiSettings::default()
     };
-    let h = harness_with(config, Arc::new(NoEngine));
+    let h = harness_with(settings, Arc::new(NoSip));
     let body = r#"{"caller":"2001","callee":"3001"}"#;
     let path = "/api/user/1001/makecall";
     let bearer = format!("Bearer {TOKEN}");
@@ -749,7 +749,7 @@ async fn tokens_guard_api_but_not_health_or_metrics() {
 #[tokio::test]
 async fn without_tokens_no_authorization_is_needed() {
     let h = harness();
-    assert!(h.state.config.tokens.is_empty());
+    assert!(h.state.settings.tokens.is_empty());
     h.make_call("1001", "2001", "3001").await;
     // A stray Authorization header is ignored.
     let reply = h
@@ -815,7 +815,7 @@ async fn makecall_beyond_the_intent_limit_is_503() {
         b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let h = Harness {
-        state: ApiState::new(control, ApiConfig::default(), Arc::new(NoEngine)),
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip)),
         clock: Arc::new(ManualClock::new()),
     };
     h.make_call("1001", "2001", "3001").await;

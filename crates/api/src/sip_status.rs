@@ -1,16 +1,19 @@
-//! [`EngineStatus`]: what the SIP engine tells the API, without the API depending on it.
+//! [`SipStatus`]: the live status of the SIP side (transport, call engine and media relay)
+//! that `/healthz` and `/metrics` report, without the API holding any of them.
 
-/// Implemented by the SIP engine so `/healthz` and `/metrics` can report on it; the API crate
-/// does not depend on the engine, the binary wires the two together.
-pub trait EngineStatus: Send + Sync {
-    /// A consistent-enough copy of the engine's state and counters, taken per scrape.
-    fn snapshot(&self) -> EngineSnapshot;
+/// The SIP side's live status, as `/healthz` (`sip_serving`) and `/metrics` (the counters)
+/// report it. The call engine is owned by the SIP task alone, so the API never reads it: the
+/// binary implements this over what that task publishes and hands it to
+/// [`crate::ApiState::new`].
+pub trait SipStatus: Send + Sync {
+    /// A consistent-enough copy of the SIP side's state and counters, taken per request.
+    fn snapshot(&self) -> SipSnapshot;
 }
 
-/// The engine's health and counters at one moment. Counters are totals since start-up.
+/// The SIP side's health and counters at one moment. Counters are totals since start-up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EngineSnapshot {
-    /// The SIP listeners are bound and the engine accepts requests.
+pub struct SipSnapshot {
+    /// The SIP listeners are bound and the call engine accepts requests.
     pub sip_serving: bool,
     /// Calls with at least one leg up (trying, ringing or answered).
     pub active_calls: u64,
@@ -40,13 +43,13 @@ pub struct EngineSnapshot {
     pub media_ports_capacity: u64,
 }
 
-/// An engine that is not there: `sip_serving` is false and every counter zero. For tests and
-/// for running the API alone.
+/// No SIP side at all: `sip_serving` is false and every counter zero. For tests and for
+/// running the API alone.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NoEngine;
+pub struct NoSip;
 
-impl EngineStatus for NoEngine {
-    fn snapshot(&self) -> EngineSnapshot {
-        EngineSnapshot::default()
+impl SipStatus for NoSip {
+    fn snapshot(&self) -> SipSnapshot {
+        SipSnapshot::default()
     }
 }
