@@ -1,10 +1,14 @@
-//! SIP messages: parsing from bytes, writing to bytes, typed access to the headers above layers need.
+//! SIP messages: parsing from bytes, writing to bytes, typed access to the headers the layers
+//! above need, and the requests derived from an INVITE by rule: its CANCEL ([`build_cancel`],
+//! RFC 3261 §9.1) and the ACK for a non-2xx final response ([`build_ack_for_non_2xx`],
+//! §17.1.1.3), in `builders.rs`.
 //!
 //! rsip 0.4 is the URI grammar underneath ([`Uri`]); the message framing, header model and typed
 //! headers are sip-core's own, because rsip 0.4 ignores compact header names, does not frame by
 //! `Content-Length`, writes bodies through a lossy UTF-8 conversion, rejects folded lines and
 //! whitespace before `:`, and reads only one value of a multi-value header. See `parse.rs`.
 
+mod builders;
 mod header;
 mod params;
 mod parse;
@@ -16,6 +20,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+pub use builders::{build_ack_for_non_2xx, build_cancel};
 pub use header::{split_top_level_commas, Header, HeaderName, Headers};
 pub use params::Params;
 pub use parse::{bad_request_for, find_head_end, ParseLimits};

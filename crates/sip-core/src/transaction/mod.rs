@@ -42,6 +42,9 @@ use timer::{Armed, Slot};
 
 pub use timer::{TimerConfig, TimerQueue};
 
+/// Re-exported from [`crate::message`], where they now live, for callers that found them here.
+pub use crate::message::{build_ack_for_non_2xx, build_cancel};
+
 /// Identifies a client transaction (a request we sent) for the lifetime of the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientTxId(pub u64);
@@ -1053,64 +1056,6 @@ fn state_name(state: ServerState) -> &'static str {
         ServerState::Accepted => "Accepted",
         ServerState::Confirmed => "Confirmed",
     }
-}
-
-/// The CANCEL for an INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number and top
-/// Via (branch included) as the INVITE, the INVITE's Route set, method CANCEL.
-pub fn build_cancel(invite: &Request) -> Request {
-    let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
-    if let Some(via) = invite.headers.get(&HeaderName::Via) {
-        cancel.headers.push(HeaderName::Via, via);
-    }
-    for name in [
-        HeaderName::MaxForwards,
-        HeaderName::From,
-        HeaderName::To,
-        HeaderName::CallId,
-    ] {
-        if let Some(value) = invite.headers.get(&name) {
-            cancel.headers.push(name.clone(), value);
-        }
-    }
-    if let Ok(cseq) = invite.headers.cseq() {
-        cancel
-            .headers
-            .push(HeaderName::CSeq, format!("{} CANCEL", cseq.seq));
-    }
-    for route in invite.headers.get_all(&HeaderName::Route) {
-        cancel.headers.push(HeaderName::Route, route);
-    }
-    cancel
-}
-
-/// The ACK a client INVITE transaction sends for a non-2xx final (§17.1.1.3): the INVITE's
-/// Request-URI, top Via, From, Call-ID and Route, the response's To (with its tag), CSeq
-/// number of the INVITE with method ACK.
-pub fn build_ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
-    let mut ack = Request::new(Method::Ack, invite.uri.clone());
-    if let Some(via) = invite.headers.get(&HeaderName::Via) {
-        ack.headers.push(HeaderName::Via, via);
-    }
-    if let Some(mf) = invite.headers.get(&HeaderName::MaxForwards) {
-        ack.headers.push(HeaderName::MaxForwards, mf);
-    }
-    for (name, source) in [
-        (HeaderName::From, &invite.headers),
-        (HeaderName::To, &response.headers),
-        (HeaderName::CallId, &invite.headers),
-    ] {
-        if let Some(value) = source.get(&name) {
-            ack.headers.push(name.clone(), value);
-        }
-    }
-    if let Ok(cseq) = invite.headers.cseq() {
-        ack.headers
-            .push(HeaderName::CSeq, format!("{} ACK", cseq.seq));
-    }
-    for route in invite.headers.get_all(&HeaderName::Route) {
-        ack.headers.push(HeaderName::Route, route);
-    }
-    ack
 }
 
 /// The deadline `slot` of transaction `tx` has armed, if the transaction is still alive: what
