@@ -133,6 +133,9 @@ impl From<&str> for HeaderName {
 }
 
 /// One header row: a name and its value, trimmed and unfolded.
+///
+/// It exists as the unit of [`Headers`]: order is kept row by row, and a multi-value header
+/// has one row per entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub name: HeaderName,

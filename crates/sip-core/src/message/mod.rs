@@ -28,6 +28,9 @@ pub use typed::{CSeq, NameAddr, Transport, Via, BRANCH_MAGIC_COOKIE};
 pub use uri::{Scheme, Uri};
 
 /// Why bytes from the wire are not a SIP message.
+///
+/// It exists so that a refusal says what was wrong: the transport logs it and puts it in the
+/// reason phrase of the 400 it answers with ([`bad_request_for`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("message of {size} bytes exceeds the {max}-byte limit")]
@@ -146,6 +149,9 @@ pub struct Request {
 }
 
 /// A SIP response.
+///
+/// Fields are public for the same reason as [`Request`]'s; [`Response::to_request`] copies
+/// the headers a response must repeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -155,6 +161,9 @@ pub struct Response {
 }
 
 /// A parsed SIP message.
+///
+/// It exists because bytes from the wire are either, and the parser and the transaction
+/// layer's [`handle_message`](crate::transaction::TransactionLayer::handle_message) take both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Request(Request),

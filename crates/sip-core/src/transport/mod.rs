@@ -77,6 +77,9 @@ impl Default for TransportConfig {
 }
 
 /// What the transport reports to the layers above.
+///
+/// It exists so that the receive loops and the application talk through one channel: the
+/// application owns the sans-IO layers and feeds them these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransportEvent {
     /// A parsed message. For requests the top Via is already stamped with `received`/`rport`.
