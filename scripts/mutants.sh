@@ -20,7 +20,7 @@ if (($# > 0)) && [[ $1 != -* ]]; then
 fi
 for module in "${modules[@]}"; do
     case $module in
-    transaction) args=(-p sip-core -f 'crates/sip-core/src/transaction/*.rs' -e 'crates/sip-core/src/transaction/tests.rs') ;;
+    transaction) args=(-p sip-core -f 'crates/sip-core/src/transaction/*.rs' -f crates/sip-core/src/message/builders.rs -e 'crates/sip-core/src/transaction/tests.rs') ;;
     engine) args=(-p b2bua -f 'crates/b2bua/src/engine/*.rs' -e 'crates/b2bua/src/engine/tests.rs') ;;
     intent) args=(-p b2bua -f 'crates/b2bua/src/intent.rs') ;;
     *) echo "scripts/mutants.sh: unknown module $module (transaction, engine, intent)" >&2; exit 2 ;;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use callbridge::config::Config;
 use callbridge::Running;
+use sip_core::message::{build_ack_for_non_2xx, build_cancel};
 use sip_core::{ids, HeaderName, Message, Method, NameAddr, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -441,45 +442,15 @@ impl Phone {
         self.ua.send(ack).await;
     }
 
-    /// CANCEL of the last INVITE (same branch, §9.1).
+    /// CANCEL of the last INVITE (same branch, RFC 3261 §9.1), built as sip-core builds it.
     pub fn cancel(&self) -> Request {
-        let invite = self.invite.as_ref().expect("an INVITE to cancel");
-        let mut cancel = Request::new(Method::Cancel, invite.uri.clone());
-        for name in [
-            HeaderName::Via,
-            HeaderName::MaxForwards,
-            HeaderName::From,
-            HeaderName::To,
-            HeaderName::CallId,
-        ] {
-            if let Some(value) = invite.headers.get(&name) {
-                cancel.headers.push(name.clone(), value);
-            }
-        }
-        cancel
-            .headers
-            .push(HeaderName::CSeq, format!("{} CANCEL", self.cseq));
-        cancel
+        build_cancel(self.invite.as_ref().expect("an INVITE to cancel"))
     }
 
-    /// The ACK for a non-2xx final response to the INVITE (same branch, response's To).
+    /// The ACK for a non-2xx final response to the last INVITE (same branch, the response's
+    /// To; §17.1.1.3), built as sip-core builds it.
     pub fn ack_failure(&self, response: &Response) -> Request {
-        let invite = self.invite.as_ref().expect("the INVITE");
-        let mut ack = Request::new(Method::Ack, invite.uri.clone());
-        for (name, value) in [
-            (HeaderName::Via, invite.headers.get(&HeaderName::Via)),
-            (HeaderName::MaxForwards, Some("70")),
-            (HeaderName::From, invite.headers.get(&HeaderName::From)),
-            (HeaderName::To, response.headers.get(&HeaderName::To)),
-            (HeaderName::CallId, invite.headers.get(&HeaderName::CallId)),
-        ] {
-            if let Some(value) = value {
-                ack.headers.push(name, value);
-            }
-        }
-        ack.headers
-            .push(HeaderName::CSeq, format!("{} ACK", self.cseq));
-        ack
+        build_ack_for_non_2xx(self.invite.as_ref().expect("the INVITE"), response)
     }
 }
 

@@ -5,13 +5,16 @@
 //! - [`message`]: bytes ⇄ [`Message`]. rsip 0.4 checks URI grammar; framing, the header model
 //!   (compact names, folding, multi-value rows, byte bodies, `Content-Length` recomputed on
 //!   write) and the typed headers are our own, because rsip gets those wrong (see the module).
+//!   The CANCEL and the ACK for a non-2xx that RFC 3261 derives from an INVITE are built here
+//!   too ([`build_cancel`], [`build_ack_for_non_2xx`]).
 //! - [`transport`]: UDP and TCP on one port under tokio, with a sans-IO [`StreamFramer`]
 //!   (`Content-Length` framing, CRLF keep-alives), `received`/`rport` stamping, responses on
 //!   the connection their request came on, and malformed input answered 400 or dropped — both
 //!   counted.
-//! - [`transaction`]: the RFC 3261 §17 state machines (and RFC 6026) in one sans-IO
-//!   [`TransactionLayer`]: feed it messages and the time, drain transmits and events. All
-//!   timers live in one heap; tests drive them with a fake clock.
+//! - [`transaction`]: the RFC 3261 §17 state machines (and RFC 6026) behind one sans-IO
+//!   [`TransactionLayer`]: feed it messages and the time, drain transmits and events. Client
+//!   and server transactions have a module each, with the INVITE and non-INVITE machines apart;
+//!   all timers live in one heap ([`TimerQueue`]); tests drive them with a fake clock.
 //! - [`dialog`]: UAC/UAS dialogs (§12): ids, CSeq spaces, route sets, target refresh, and the
 //!   in-dialog requests and ACKs built from them.
 //!
@@ -21,6 +24,9 @@
 //!
 //! [`StreamFramer`]: transport::StreamFramer
 //! [`TransactionLayer`]: transaction::TransactionLayer
+//! [`TimerQueue`]: transaction::TimerQueue
+//! [`build_cancel`]: message::build_cancel
+//! [`build_ack_for_non_2xx`]: message::build_ack_for_non_2xx
 
 pub mod capacity;
 pub mod dialog;

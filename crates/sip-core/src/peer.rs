@@ -46,6 +46,9 @@ impl Peer {
 }
 
 /// Bytes to send to a peer. Produced by `poll_transmit()` of the sans-IO layers.
+///
+/// It exists so that the layers that decide what to send never own a socket: the driver hands
+/// each `Transmit` to the transport as is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub to: Peer,

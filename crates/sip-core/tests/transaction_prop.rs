@@ -27,9 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use sip_core::message::{build_ack_for_non_2xx, build_cancel};
 use sip_core::transaction::{
-    build_ack_for_non_2xx, build_cancel, ClientState, ClientTxId, ServerState, ServerTxId,
-    TimerConfig, TransactionConfig, TransactionLayer, TxError, TxEvent, TxId,
+    ClientState, ClientTxId, ServerState, ServerTxId, TimerConfig, TransactionConfig,
+    TransactionLayer, TxError, TxEvent, TxId,
 };
 use sip_core::{HeaderName, Message, ParseLimits, Peer, Request, Response};
 

@@ -133,6 +133,9 @@ impl From<&str> for HeaderName {
 }
 
 /// One header row: a name and its value, trimmed and unfolded.
+///
+/// It exists as the unit of [`Headers`]: order is kept row by row, and a multi-value header
+/// has one row per entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub name: HeaderName,
@@ -165,6 +168,15 @@ impl Headers {
             .iter()
             .find(|h| &h.name == name)
             .map(|h| h.value.as_str())
+    }
+
+    /// The value of the first row with this name, to rewrite in place (the row keeps its
+    /// position; every other row is untouched).
+    pub fn get_mut(&mut self, name: &HeaderName) -> Option<&mut String> {
+        self.rows
+            .iter_mut()
+            .find(|h| &h.name == name)
+            .map(|h| &mut h.value)
     }
 
     /// Every value with this name, in message order.
@@ -329,6 +341,18 @@ mod tests {
                 "sip:d@z"
             ]
         );
+    }
+
+    #[test]
+    fn get_mut_rewrites_only_the_first_row_of_the_name() {
+        let mut h = Headers::new();
+        h.push(HeaderName::To, "t");
+        h.push(HeaderName::Via, "a");
+        h.push(HeaderName::Via, "b");
+        *h.get_mut(&HeaderName::Via).unwrap() = "c".into();
+        let rows: Vec<_> = h.iter().map(|r| r.value.as_str()).collect();
+        assert_eq!(rows, vec!["t", "c", "b"]);
+        assert!(h.get_mut(&HeaderName::Route).is_none());
     }
 
     #[test]

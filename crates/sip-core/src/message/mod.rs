@@ -1,10 +1,14 @@
-//! SIP messages: parsing from bytes, writing to bytes, typed access to the headers above layers need.
+//! SIP messages: parsing from bytes, writing to bytes, typed access to the headers the layers
+//! above need, and the requests derived from an INVITE by rule: its CANCEL ([`build_cancel`],
+//! RFC 3261 §9.1) and the ACK for a non-2xx final response ([`build_ack_for_non_2xx`],
+//! §17.1.1.3), in `builders.rs`.
 //!
 //! rsip 0.4 is the URI grammar underneath ([`Uri`]); the message framing, header model and typed
 //! headers are sip-core's own, because rsip 0.4 ignores compact header names, does not frame by
 //! `Content-Length`, writes bodies through a lossy UTF-8 conversion, rejects folded lines and
 //! whitespace before `:`, and reads only one value of a multi-value header. See `parse.rs`.
 
+mod builders;
 mod header;
 mod params;
 mod parse;
@@ -16,6 +20,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
+pub use builders::{build_ack_for_non_2xx, build_cancel};
 pub use header::{split_top_level_commas, Header, HeaderName, Headers};
 pub use params::Params;
 pub use parse::{bad_request_for, find_head_end, ParseLimits};
@@ -23,6 +28,9 @@ pub use typed::{CSeq, NameAddr, Transport, Via, BRANCH_MAGIC_COOKIE};
 pub use uri::{Scheme, Uri};
 
 /// Why bytes from the wire are not a SIP message.
+///
+/// It exists so that a refusal says what was wrong: the transport logs it and puts it in the
+/// reason phrase of the 400 it answers with ([`bad_request_for`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("message of {size} bytes exceeds the {max}-byte limit")]
@@ -141,6 +149,9 @@ pub struct Request {
 }
 
 /// A SIP response.
+///
+/// Fields are public for the same reason as [`Request`]'s; [`Response::to_request`] copies
+/// the headers a response must repeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -150,6 +161,9 @@ pub struct Response {
 }
 
 /// A parsed SIP message.
+///
+/// It exists because bytes from the wire are either, and the parser and the transaction
+/// layer's [`handle_message`](crate::transaction::TransactionLayer::handle_message) take both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Request(Request),

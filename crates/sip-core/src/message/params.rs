@@ -5,6 +5,9 @@ use std::fmt;
 use super::ParseError;
 
 /// An ordered list of `;name[=value]` parameters; names compare case-insensitively.
+///
+/// It exists so that URIs, Via and name-addrs share one parameter model that keeps order and
+/// valueless parameters (`;rport`, `;lr`) and writes them back as they came.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Params(Vec<(String, Option<String>)>);
 

@@ -13,6 +13,9 @@ use super::uri::truncate;
 use super::{copy_response_headers, Message, Method, ParseError, Request, Response, Uri};
 
 /// Limits applied to every message read from the wire.
+///
+/// It exists so that a peer cannot make the parser hold or scan unbounded input; the transport
+/// takes them from its configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseLimits {
     /// Largest accepted message, header section and body together (default 64 KiB).

@@ -8,6 +8,10 @@ use super::uri::{push_host, split_host_port, split_params, truncate, Uri};
 use super::{Method, ParseError};
 
 /// A SIP transport protocol as named in Via and URI `transport=` parameters.
+///
+/// It exists because reliability decides behaviour across the layers (retransmission timers,
+/// where responses go); only UDP and TCP are carried, the others are parsed so that they can
+/// be named and refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     Udp,
@@ -58,6 +62,10 @@ impl fmt::Display for Transport {
 pub const BRANCH_MAGIC_COOKIE: &str = "z9hG4bK";
 
 /// One Via entry: `SIP/2.0/UDP host:port;branch=...;rport;received=...`.
+///
+/// It exists because the top Via drives transaction matching (branch, sent-by), where
+/// responses go (`rport`, `received`) and what the transport stamps (RFC 3581); one Via row
+/// holds one entry (see [`HeaderName::is_multi_value`](crate::HeaderName::is_multi_value)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Via {
     pub transport: Transport,
@@ -271,6 +279,9 @@ fn parse_display_name(text: &str) -> Option<Option<String>> {
 }
 
 /// The CSeq header: a sequence number and a method.
+///
+/// It exists because both halves are read apart: the method keys client transactions and
+/// CANCEL/ACK matching, the number orders in-dialog requests (§12.2.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CSeq {
     pub seq: u32,

@@ -7,6 +7,9 @@ use super::params::Params;
 use super::ParseError;
 
 /// The scheme of a URI.
+///
+/// It exists so that `tel:` URIs (which rsip 0.4 reads as a host) and other schemes are told
+/// apart from `sip:`/`sips:` before the rest of the URI is interpreted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scheme {
     Sip,

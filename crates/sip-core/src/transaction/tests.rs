@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::message::ParseLimits;
+use crate::message::{HeaderName, Method, ParseLimits};
 use crate::peer::ConnectionId;
 
 const T4: Duration = Duration::from_secs(5);

@@ -10,6 +10,9 @@ use bytes::{Bytes, BytesMut};
 use crate::message::{find_head_end, ParseError};
 
 /// One unit cut from a stream by [`StreamFramer`].
+///
+/// It exists because a TCP stream carries keep-alives between messages, which the connection
+/// must answer or note but never parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// The bytes of one complete message (header section and exactly `Content-Length` body

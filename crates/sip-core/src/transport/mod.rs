@@ -25,6 +25,8 @@ use tokio::sync::{mpsc, watch};
 pub use framer::{Frame, FramingError, StreamFramer};
 pub use stats::TransportStats;
 
+#[cfg(test)]
+use crate::message::Header;
 use crate::message::{bad_request_for, HeaderName, Headers, Message, ParseError, ParseLimits};
 use crate::peer::{response_destination, stamp_received, ConnectionId, Peer, Transmit};
 use crate::Transport;
@@ -75,6 +77,9 @@ impl Default for TransportConfig {
 }
 
 /// What the transport reports to the layers above.
+///
+/// It exists so that the receive loops and the application talk through one channel: the
+/// application owns the sans-IO layers and feeds them these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransportEvent {
     /// A parsed message. For requests the top Via is already stamped with `received`/`rport`.
@@ -311,7 +316,7 @@ async fn shut_down(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Stamps `received`/`rport` on the top Via (RFC 3261 §18.2.1, RFC 3581 §4), rewriting that
-/// row in place so that header order is kept.
+/// row in place: header order is kept and no other row is touched.
 fn stamp_top_via(headers: &mut Headers, from: &Peer) {
     let Ok(top) = headers.top_via() else {
         return;
@@ -319,17 +324,97 @@ fn stamp_top_via(headers: &mut Headers, from: &Peer) {
     let Some(stamped) = stamp_received(&top, from) else {
         return;
     };
-    let mut value = Some(stamped.to_string());
-    let mut rewritten = Headers::with_capacity(headers.len());
-    for row in headers.iter() {
-        let new_value = match row.name {
-            HeaderName::Via => value.take(),
-            _ => None,
+    if let Some(value) = headers.get_mut(&HeaderName::Via) {
+        *value = stamped.to_string();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamping_rewrites_the_top_via_in_place_and_nothing_else() {
+        let text = "INVITE sip:bob@example.com SIP/2.0\r\n\
+             Max-Forwards: 70\r\n\
+             Via: SIP/2.0/UDP phone.invalid:5062;branch=z9hG4bK-top;rport\r\n\
+             From: <sip:alice@example.com>;tag=a\r\n\
+             v: SIP/2.0/UDP proxy.invalid;branch=z9hG4bK-second;rport\r\n\
+             To: <sip:bob@example.com>\r\n\
+             Via: SIP/2.0/TCP 10.0.0.1, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK-fourth\r\n\
+             Call-ID: c1\r\n\
+             CSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n";
+        let Ok(Message::Request(request)) =
+            Message::parse(text.as_bytes(), &ParseLimits::default())
+        else {
+            panic!("fixture does not parse");
         };
-        rewritten.push(
-            row.name.clone(),
-            new_value.unwrap_or_else(|| row.value.clone()),
+        let before: Vec<Header> = request.headers.iter().cloned().collect();
+        let mut headers = request.headers.clone();
+        let from = Peer::udp("192.0.2.7:40000".parse().unwrap());
+        stamp_top_via(&mut headers, &from);
+        let after: Vec<Header> = headers.iter().cloned().collect();
+
+        assert_eq!(after.len(), before.len(), "no row added or removed");
+        let top = before
+            .iter()
+            .position(|h| h.name == HeaderName::Via)
+            .unwrap();
+        assert_eq!(
+            after[top].value,
+            "SIP/2.0/UDP phone.invalid:5062;branch=z9hG4bK-top;rport=40000;received=192.0.2.7"
+        );
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert_eq!(a.name, b.name, "row {i} kept its place");
+            if i != top {
+                assert_eq!(a.value, b.value, "row {i} untouched");
+            }
+        }
+        // The lower Vias (one of them from a compact `v:` row, two from one comma row) are as
+        // parsed.
+        let vias: Vec<&str> = headers.get_all(&HeaderName::Via).collect();
+        assert_eq!(vias.len(), 4);
+        assert_eq!(
+            vias[1],
+            "SIP/2.0/UDP proxy.invalid;branch=z9hG4bK-second;rport"
+        );
+        // On the wire, only the top Via's line differs.
+        let mut stamped = request.clone();
+        stamped.headers = headers;
+        let (old, new) = (request.to_bytes(), stamped.to_bytes());
+        let (old, new) = (
+            std::str::from_utf8(&old).unwrap(),
+            std::str::from_utf8(&new).unwrap(),
+        );
+        let changed: Vec<(&str, &str)> = old
+            .split("\r\n")
+            .zip(new.split("\r\n"))
+            .filter(|(o, n)| o != n)
+            .collect();
+        assert_eq!(old.split("\r\n").count(), new.split("\r\n").count());
+        assert_eq!(
+            changed,
+            vec![(
+                "Via: SIP/2.0/UDP phone.invalid:5062;branch=z9hG4bK-top;rport",
+                "Via: SIP/2.0/UDP phone.invalid:5062;branch=z9hG4bK-top;rport=40000;received=192.0.2.7"
+            )]
         );
     }
-    *headers = rewritten;
+
+    #[test]
+    fn a_top_via_that_needs_nothing_is_left_alone() {
+        let mut headers = Headers::new();
+        headers.push(
+            HeaderName::Via,
+            "SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK-1",
+        );
+        headers.push(
+            HeaderName::Via,
+            "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-2;rport",
+        );
+        let before = headers.clone();
+        stamp_top_via(&mut headers, &Peer::udp("192.0.2.7:5060".parse().unwrap()));
+        assert_eq!(headers, before);
+    }
 }
