@@ -10,7 +10,10 @@
 //! ([`Dialog::create_request`], [`Dialog::create_ack`]).
 //!
 //! Nothing here does I/O, starts timers or adds a Via: the transaction layer adds the Via
-//! (with a fresh branch) and sends the request to the address [`Dialog::next_hop`] resolves to.
+//! (with a fresh branch), and the caller picks the peer to send to. [`Dialog::next_hop`] is
+//! RFC 3261 §12.2.1.1's answer (the first route, or the remote target); callbridge's engine
+//! does not use it, since each of its legs has exactly one peer (the trunk, or the source of
+//! leg A's INVITE) and every in-dialog request of that leg goes there.
 
 mod id;
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Armed {
 }
 
 /// A min-heap of deadlines with lazy deletion: the one deadline structure of the transaction
-/// layer (keyed by transaction and [`Slot`]) and of the call engine (keyed by call and call
+/// layer (keyed by transaction and timer slot) and of the call engine (keyed by call and call
 /// timer).
 ///
 /// The owner records, next to each keyed thing, the deadline it currently has armed; pushing a
