@@ -40,6 +40,10 @@ impl MediaBridge {
                         Ok(()) => MediaEvent::Opened { stream },
                         Err(error) => MediaEvent::OpenFailed {
                             stream,
+                            port: match &error {
+                                media::OpenError::Bind { port, .. } => Some(*port),
+                                _ => None,
+                            },
                             reason: error.to_string(),
                         },
                     };
@@ -80,6 +84,17 @@ impl MediaBridge {
             engine.handle_media_event(now, MediaEvent::Counters { stream, counters });
         }
         self.pump(engine, now);
+    }
+
+    /// Tells the engine which ports of its relay range cannot be bound now (another socket
+    /// holds them: the SIP or API port, another process), so that no call is given them.
+    /// Run once at start-up, after every listener of this process is bound.
+    pub fn probe(&self, engine: &mut Engine, first: u16, last: u16, now: Instant) -> usize {
+        let busy = self.driver.unbindable_ports(first, last);
+        for &port in &busy {
+            engine.handle_media_event(now, MediaEvent::PortUnavailable { port });
+        }
+        busy.len()
     }
 
     /// Streams the driver relays now.

@@ -85,8 +85,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let trunk = resolve(&config.sip.trunk).await?;
     let media_config = config.media.media_config()?;
+    let (first_port, last_port) = (media_config.first_port, media_config.last_port);
     let media = MediaBridge::new(config.media.driver_config());
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         config
             .sip
             .engine_config(sip_addr.port(), trunk, media_config),
@@ -108,6 +109,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let api_settings = config.api.api_settings();
     let api_state = Arc::new(ApiState::new(control.clone(), api_settings, status.clone()));
 
+    // Ports of the relay range that something already holds (the SIP port, another process)
+    // are taken out of the pool now, rather than failing the first call given them.
+    let busy = media.probe(&mut engine, first_port, last_port, Instant::now());
+    if busy > 0 {
+        tracing::warn!(
+            busy,
+            "ports of media.rtp_ports are in use by other sockets; not used"
+        );
+    }
+    status.publish(&engine);
     status.set_serving(true);
     tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
     let grace = Duration::from_secs(config.sip.shutdown_grace_secs);

@@ -161,6 +161,24 @@ impl<K: Copy + Eq + Hash + Debug + Send + Sync + 'static> MediaDriver<K> {
             .map(|(key, stream)| (*key, stream.shared.counters()))
     }
 
+    /// The ports of `first..=last` that cannot be bound on the driver's address now (held by
+    /// another socket of this or another process): each even port `p` of the range is tried
+    /// with `p + 1`, and every port that fails is returned. Each socket is closed again at
+    /// once. For a start-up check of the range, before any stream is open.
+    pub fn unbindable_ports(&self, first: u16, last: u16) -> Vec<u16> {
+        let ip = self.config.bind_ip;
+        let start = first + first % 2;
+        let mut busy = Vec::new();
+        for rtp in (start..last).step_by(2).filter(|&p| p > 0) {
+            for port in [rtp, rtp + 1] {
+                if std::net::UdpSocket::bind(SocketAddr::new(ip, port)).is_err() {
+                    busy.push(port);
+                }
+            }
+        }
+        busy
+    }
+
     /// How many streams are open.
     pub fn len(&self) -> usize {
         self.streams.len()

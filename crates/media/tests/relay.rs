@@ -556,3 +556,15 @@ async fn open_on_a_busy_port_fails_and_leaves_nothing_bound() {
     ));
     assert_eq!(driver.len(), 1);
 }
+
+#[tokio::test]
+async fn the_probe_names_exactly_the_ports_another_socket_holds() {
+    let (first, last) = port_range(8);
+    let driver = driver();
+    assert!(driver.unbindable_ports(first, last).is_empty());
+    let held = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, first + 3)).unwrap();
+    assert_eq!(driver.unbindable_ports(first, last), [first + 3]);
+    drop(held);
+    // The probe itself holds nothing afterwards.
+    assert!((first..=last).all(bindable));
+}

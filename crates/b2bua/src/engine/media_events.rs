@@ -29,8 +29,20 @@ impl Engine {
                     tracing::trace!(parent: &call.span, index = stream.index, "media stream open");
                 }
             }
-            MediaEvent::OpenFailed { stream, reason } => {
+            MediaEvent::PortUnavailable { port } => {
+                if self.media.pool.withdraw(port) {
+                    tracing::debug!(port, "media port unavailable; its pair is not used");
+                }
+            }
+            MediaEvent::OpenFailed {
+                stream,
+                port,
+                reason,
+            } => {
                 self.stats.media_open_failures += 1;
+                if let Some(port) = port {
+                    self.media.pool.withdraw(port);
+                }
                 let Some(call) = self.calls.get(&stream.call) else {
                     return;
                 };
@@ -131,9 +143,11 @@ impl Engine {
         total
     }
 
-    /// Relay port pairs free now, and how many the range holds.
+    /// Relay port pairs free now, and how many the range holds (withdrawn pairs, which
+    /// cannot be bound, not counted).
     pub fn media_ports(&self) -> (usize, usize) {
-        (self.media.pool.available(), self.media.pool.capacity())
+        let pool = &self.media.pool;
+        (pool.available(), pool.capacity() - pool.withdrawn())
     }
 
     /// Streams open in the driver, as far as the engine knows (every `Open` not yet

@@ -1004,6 +1004,7 @@ fn a_stream_the_driver_cannot_open_ends_the_call_with_503_and_cancels_leg_b() {
         h.now,
         MediaEvent::OpenFailed {
             stream,
+            port: Some(30003),
             reason: "port busy".into(),
         },
     );
@@ -1017,6 +1018,20 @@ fn a_stream_the_driver_cannot_open_ends_the_call_with_503_and_cancels_leg_b() {
     let cancel = find_request(&sent, "CANCEL");
     h.feed(&answer(&cancel, 200, "btag", ""), trunk());
     h.feed(&answer(&b_invite, 487, "btag", ""), trunk());
+    h.assert_drained();
+    // The busy pair (30002/30003) is out of the pool; the next call gets neither it nor a
+    // port of it, and 30000 comes round again after the rest.
+    assert_eq!(h.engine.media_ports(), (49, 49));
+    h.engine
+        .handle_media_event(h.now, MediaEvent::PortUnavailable { port: 30004 });
+    assert_eq!(h.engine.media_ports(), (48, 48));
+    let (_, b_invite) = start_call(&mut h, SDP_A);
+    assert_eq!(
+        audio_port(&b_invite.body),
+        Some(30008),
+        "30006 to A, 30008 to B"
+    );
+    callee_refuses(&mut h, &b_invite, "z9hG4bKa1");
     h.assert_drained();
 }
 
@@ -1909,6 +1924,7 @@ fn media_events_for_unknown_calls_are_ignored() {
         h.now,
         MediaEvent::OpenFailed {
             stream,
+            port: None,
             reason: "x".into(),
         },
     );

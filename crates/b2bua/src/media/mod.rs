@@ -107,8 +107,17 @@ pub enum MediaEvent {
     /// The stream's sockets are bound and relaying.
     Opened { stream: StreamId },
     /// The stream's sockets could not be bound (a port held by another process): the call
-    /// cannot carry media and ends as `resources_exhausted`.
-    OpenFailed { stream: StreamId, reason: String },
+    /// cannot carry media and ends as `resources_exhausted`, and the pair of `port` (when
+    /// known) leaves the pool for good, so no later call is given it.
+    OpenFailed {
+        stream: StreamId,
+        port: Option<u16>,
+        reason: String,
+    },
+    /// A port of the relay range cannot be bound (found by the driver's start-up probe, e.g.
+    /// the SIP port itself, or another process's socket): its pair leaves the pool before any
+    /// call is given it.
+    PortUnavailable { port: u16 },
     /// The stream's counters, on a [`MediaCommand::Report`] or the driver's periodic report.
     Counters {
         stream: StreamId,

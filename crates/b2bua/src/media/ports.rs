@@ -6,9 +6,10 @@
 //! next one, and the media driver has closed the old sockets long before the port comes round
 //! again). It binds nothing: the engine tells the media driver which ports to open
 //! ([`super::MediaCommand::Open`]), and a port the driver cannot bind comes back as
-//! [`super::MediaEvent::OpenFailed`].
+//! [`super::MediaEvent::OpenFailed`] or, from the driver's start-up probe,
+//! [`super::MediaEvent::PortUnavailable`]; its pair is then withdrawn from the pool for good.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// The even ports of a range, shared by every call of one engine.
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub struct PortPool {
     last: u16,
     capacity: usize,
     free: VecDeque<u16>,
+    /// Pairs that cannot be bound (held by another socket): never handed out again.
+    withdrawn: BTreeSet<u16>,
 }
 
 impl PortPool {
@@ -34,6 +37,7 @@ impl PortPool {
             last,
             capacity: free.len(),
             free,
+            withdrawn: BTreeSet::new(),
         }
     }
 
@@ -57,10 +61,31 @@ impl PortPool {
         self.free.pop_front()
     }
 
-    /// Gives a pair taken with [`reserve`](Self::reserve) back, to the end of the list.
+    /// Gives a pair taken with [`reserve`](Self::reserve) back, to the end of the list (unless
+    /// it was withdrawn meanwhile).
     pub fn release(&mut self, rtp: u16) {
         debug_assert!(!self.free.contains(&rtp), "port {rtp} released twice");
-        self.free.push_back(rtp);
+        if !self.withdrawn.contains(&rtp) {
+            self.free.push_back(rtp);
+        }
+    }
+
+    /// Takes the pair holding `port` (RTP or RTCP) out of the pool for good: free, it leaves
+    /// the free list; held, it is not given back on release. Ports outside the range are
+    /// ignored. Returns whether the pair was newly withdrawn.
+    pub fn withdraw(&mut self, port: u16) -> bool {
+        let rtp = port & !1;
+        let in_range = rtp >= self.first && u32::from(rtp) < u32::from(self.last) && rtp > 0;
+        if !in_range || !self.withdrawn.insert(rtp) {
+            return false;
+        }
+        self.free.retain(|&p| p != rtp);
+        true
+    }
+
+    /// Pairs withdrawn because they cannot be bound.
+    pub fn withdrawn(&self) -> usize {
+        self.withdrawn.len()
     }
 }
 
@@ -90,6 +115,26 @@ mod tests {
         assert_eq!(pool.reserve(), Some(30000));
         pool.release(b);
         assert_eq!(pool.available(), 1);
+    }
+
+    #[test]
+    fn withdrawn_pairs_are_never_handed_out_again() {
+        let mut pool = PortPool::new(30000, 30007);
+        assert!(pool.withdraw(30003), "the RTCP port names its pair");
+        assert!(!pool.withdraw(30002), "already withdrawn");
+        assert!(
+            !pool.withdraw(29998) && !pool.withdraw(30008),
+            "outside the range"
+        );
+        let held = pool.reserve().unwrap();
+        assert_eq!(held, 30000);
+        assert!(pool.withdraw(held));
+        pool.release(held);
+        assert_eq!((pool.available(), pool.withdrawn()), (2, 2));
+        assert_eq!(
+            [pool.reserve(), pool.reserve(), pool.reserve()],
+            [Some(30004), Some(30006), None]
+        );
     }
 
     #[test]
