@@ -1,4 +1,21 @@
-//! Shared fixtures for the benchmarks.
+//! The benchmarks' shared parts: fixtures for the criterion benches, and the pieces of the load
+//! tools (`src/bin/media_load.rs`) split by what they know about.
+//!
+//! - [`process`]: the spawned server's CPU seconds and PSS from `/proc`, the load average, and
+//!   the guard that stops it.
+//! - [`http`]: the bare HTTP/1.1 client for callbridge's API and `/metrics`.
+//! - [`sip_ua`]: the scripted phone and trunk callee that bridge calls through callbridge.
+//! - [`rtp`]: the RTP generator and checker that measures a relay.
+//! - [`rtpengine`]: the reference relay's command line and `ng` client.
+//!
+//! sip-tests uses [`sip_ua::audio_sdp`], [`sip_ua::callee_reply`] and [`http::exchange`] rather
+//! than keeping copies; this crate cannot use sip-tests, which starts the whole server.
+
+pub mod http;
+pub mod process;
+pub mod rtp;
+pub mod rtpengine;
+pub mod sip_ua;
 
 /// A typical audio SDP offer (PCMU, PCMA, telephone-event), 255 bytes: the body of
 /// [`typical_invite`] and the input of the SDP rewrite bench.
