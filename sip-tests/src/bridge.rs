@@ -9,7 +9,6 @@ use callbridge::config::Config;
 use callbridge::Running;
 use sip_core::message::{build_ack_for_non_2xx, build_cancel};
 use sip_core::{ids, HeaderName, Message, Method, NameAddr, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{request, sdp, TestUa};
 
@@ -241,49 +240,17 @@ impl Bridge {
     }
 }
 
-/// A bare HTTP/1.1 exchange (`Connection: close`), enough for a JSON API under test.
+/// A bare HTTP/1.1 exchange (`Connection: close`), enough for a JSON API under test: the load
+/// tools' [`exchange`](callbridge_benches::http::exchange), panicking on a connection error.
 pub async fn http_raw(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    callbridge_benches::http::exchange(addr, method, path, body)
         .await
-        .expect("connect to the API");
-    let body = body.unwrap_or("");
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write HTTP request");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .expect("HTTP response in time")
-        .expect("read HTTP response");
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    // A chunked body (hyper without Content-Length) would need decoding; the API always
-    // sends Content-Length.
-    (status, body)
+        .unwrap_or_else(|e| panic!("HTTP {method} {path}: {e}"))
 }
 
 /// The user's phone, calling through the trunk: keeps its side of leg A's dialog.
@@ -472,27 +439,10 @@ impl CalleeDialog {
 
     /// A response to `request` (the INVITE or any request on leg B) with our tag, Contact and
     /// optional SDP.
+    /// (The load tools' [`callee_reply`](callbridge_benches::sip_ua::callee_reply).)
     pub fn reply(&self, request: &Request, status: u16, with_sdp: Option<SocketAddr>) -> Response {
-        let mut response = Response::to_request(request, status, None);
-        if let Ok(to) = response.headers.to() {
-            if to.tag().is_none() {
-                response
-                    .headers
-                    .set(HeaderName::To, to.with_tag(&self.tag).to_string());
-            }
-        }
-        if status > 100 && status < 300 {
-            response
-                .headers
-                .push(HeaderName::Contact, "<sip:callee@127.0.0.1>");
-        }
-        if let Some(addr) = with_sdp {
-            response
-                .headers
-                .push(HeaderName::ContentType, "application/sdp");
-            response.body = sdp(addr, 2).into();
-        }
-        response
+        let body = with_sdp.map(|addr| sdp(addr, 2));
+        callbridge_benches::sip_ua::callee_reply(request, status, &self.tag, body.as_deref())
     }
 
     /// A request from the callee inside leg B's dialog (BYE, re-INVITE).

@@ -267,15 +267,10 @@ fn take_frame(buffer: &mut BytesMut) -> Option<Vec<u8>> {
     Some(buffer.split_to(body_start + length).to_vec())
 }
 
-/// A minimal audio SDP offer/answer whose media address is `addr`.
+/// A minimal audio SDP offer/answer whose media address is `addr` (no `a=ptime`): the load
+/// tools' [`audio_sdp`](callbridge_benches::sip_ua::audio_sdp), shared rather than copied.
 pub fn sdp(addr: SocketAddr, session_id: u64) -> String {
-    format!(
-        "v=0\r\no=- {session_id} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
-         a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
-        ip = addr.ip(),
-        port = addr.port()
-    )
+    callbridge_benches::sip_ua::audio_sdp(addr, session_id, None)
 }
 
 /// Parses SIP text written with `\n` line ends (converted to CRLF) into a message; the
