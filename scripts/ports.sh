@@ -8,9 +8,12 @@
 # They set a variable rather than print, so that they run in this shell (not a $(...) subshell)
 # and remember what they handed out: two calls never return overlapping ports.
 
-# Ports bound now (any state, TCP and UDP, IPv4 and IPv6), one per line, from /proc/net.
+# Ports bound now (any state, TCP and UDP, IPv4 and IPv6), one per line, from /proc/net. The hex
+# port is converted by hand: strtonum is gawk's, and Debian's awk is mawk (where the call failed
+# silently and every port looked free).
 ports_in_use() {
-    awk 'FNR > 1 { split($2, local, ":"); print strtonum("0x" local[2]) }' \
+    awk 'function hex(s,   i, n) { n = 0; s = toupper(s); for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return n }
+         FNR > 1 { n = split($2, local, ":"); print hex(local[n]) }' \
         /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null | sort -un
 }
 

@@ -14,10 +14,21 @@
 #   kamailio:   Debian kamailio with benches/load/kamailio.cfg (tm + rr: record_route, t_relay
 #               to the callee, in-dialog ACK/BYE by loose_route); the callee runs
 #               benches/load/callee_uas_rr.xml (callee_uas.xml echoing Record-Route).
+#               Kamailio runs with its TLSF memory manager (-x tlsf -X tlsf, KAMAILIO_MEM), not
+#               its default: Debian's build defaults to q_malloc, the debugging allocator, whose
+#               free-list walk (qm_malloc) took two thirds of Kamailio's CPU here and made it
+#               1.0-1.9 ms per call instead of 0.2-0.45, so it failed at 1,600 calls/s.
 #
-# For each server and each rate the server is started fresh, the callee SIPp and then the
-# caller SIPp run RATE calls/s for DURATION seconds, each call held HOLD_MS, and the harness
-# records:
+# Both servers and both SIPps ask for the same UDP socket buffers (UDP_BUF_BYTES, 4 MiB:
+# callbridge's default sip.recv_buffer_bytes; Kamailio -b, whose default cap is 256 KiB; SIPp
+# -buff_size, whose default is 64 KiB): a burst then queues in the kernel instead of being dropped
+# and retransmitted 500 ms later. The drops each socket saw are recorded (/proc/net/udp).
+#
+# The rates are run in increasing order, each rate for every server in turn (callbridge, then
+# Kamailio, at the same rate a few seconds apart, so both see the same background load on this
+# shared machine); a server that failed MAX_FAILS rates in a row runs no higher rate. For each
+# run the server is started fresh, the callee SIPp and then the caller SIPp run RATE calls/s for
+# DURATION seconds, each call held HOLD_MS, and the harness records:
 #   - calls attempted / successful / failed (caller SIPp; callee failures are added), and
 #     whether the rate was clean (every call successful on both sides, no failed call);
 #   - retransmissions seen by SIPp (caller + callee, Retransmissions(C));
@@ -28,30 +39,50 @@
 #     RSS for the single-process callbridge, and not double-counting Kamailio's shared memory)
 #     sampled every 0.5 s, with the caller SIPp's CurrentCall at that moment; the growth over
 #     the pre-call baseline at the sample with the most calls up, divided by those calls, is the
-#     "KiB per active call"; peak is VmHWM (callbridge) / the highest PSS sample (Kamailio).
-# "Highest clean rate" = highest rate with no failed call.
+#     "KiB per active call"; peak is VmHWM (callbridge) / the highest PSS sample (Kamailio);
+#   - UDP receive-buffer drops on the server's, the caller's and the callee's socket;
+#   - the CPU everything else used meanwhile (other jobs on this shared machine), in %.
+# "Highest clean rate" = highest rate with no failed call (a failed call on either SIPp, or one
+# that never finished, makes the rate fail; retransmissions and drops alone do not).
 #
 # Usage:  benches/load/signalling.sh            (as root: installs sip-tester and kamailio with
 #                                                apt-get if missing, builds callbridge release)
 #         QUICK=1 benches/load/signalling.sh    (one rate, 100 calls/s for 10 s; exits non-zero
 #                                                on any failed call through callbridge)
 # Environment (all optional):
-#   RATES="100 200 400 800 1600"  calls per second (QUICK=1: 100)
+#   RATES="100 200 400 800 1600 2400 3200 4000 5000 6000 7000 8000"   calls per second (QUICK=1: 100)
+#   MAX_FAILS=2              a server that failed this many rates in a row skips the higher ones
+#   QUIET_PCT=10 QUIET_WAIT=120   before each run, wait up to QUIET_WAIT s for the machine to be
+#                            below QUIET_PCT % CPU (the machine is shared; see wait_quiet;
+#                            QUICK=1: QUIET_WAIT=0, no wait)
+#   RETRY_DISTURBED=1        run a failed rate again once if other work used >= QUIET_PCT % of the
+#                            machine during it, or held ports of callbridge's relay range (0: never)
 #   DURATION=15              seconds of new calls per rate (QUICK=1: 10)
 #   HOLD_MS=1000             call hold time (SIPp -d)
 #   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>.
 #                            (Before 0ee0d5f callbridge kept a call's relay ports until its last
 #                            transaction ended, 64*T1 after the BYE, and the port range limited
 #                            the sustained rate; the ports are now freed when the call ends.)
-#   KAMAILIO_CHILDREN=2      Kamailio UDP workers;  KAMAILIO_SHM_MB=512  KAMAILIO_PKG_MB=16
+#   KAMAILIO_CHILDREN=2      Kamailio UDP workers;  KAMAILIO_PKG_MB=16
+#   KAMAILIO_SHM_MB=2048     Kamailio shared memory (-m): its transactions linger 5 s (wt_timer)
+#                            after each call's INVITE and BYE, about 12 KiB each: 460 MiB at
+#                            3,200 calls/s, 1 GiB at 6,000 (512, the old value, ran out above ~3,500)
+#   KAMAILIO_MEM=tlsf        Kamailio's memory manager for shm and pkg (-x/-X: tlsf, fm, or qm,
+#                            the packaged default, to reproduce the old figures)
+#   UDP_BUF_BYTES=4194304    SO_RCVBUF/SO_SNDBUF every SIP socket asks for (callbridge
+#                            sip.recv_buffer_bytes/send_buffer_bytes, Kamailio -b, SIPp -buff_size;
+#                            the kernel caps it at net.core.rmem_max/wmem_max)
 #   CALLBRIDGE_BIN=path      use this binary instead of building one (CARGO_TARGET_DIR honoured)
 #   OUT=file                 results markdown (default benches/results/signalling.md; QUICK=1:
 #                            <workdir>/signalling.md, so a quick run does not replace the results)
 #   WORKDIR=dir              logs and SIPp statistics (default: a fresh temp dir, kept)
 #   BASE_PORT=35060          server SIP port; caller +2, callee +20, Kamailio +10, API +3000,
 #                            SIPp media +1000/+1100; moved by 100s until all are free
-#   RTP_PORTS=first-last     callbridge's media.rtp_ports (default: 15500 ports, 7750 pairs at 2 per
-#                            call, chosen free at run time below the ephemeral range)
+#   RTP_PORTS=first-last     callbridge's media.rtp_ports (default: 22000 ports, 11000 pairs at 2 per
+#                            call, about 5,500 calls up at once, chosen free at run time below the
+#                            ephemeral range, or the widest of 16000/10000/6000 that is free; above
+#                            about 5,000 calls/s held 1 s this range, not callbridge, may be the
+#                            limit: see the port refusals column)
 #   NO_INSTALL=1             do not try apt-get
 set -euo pipefail
 
@@ -63,7 +94,7 @@ die() { echo "benches/load/signalling.sh: $*" >&2; exit 1; }
 
 # The command as given (the variables set in the environment), for the results.
 cmd_env=""
-for v in QUICK RATES DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB RTP_PORTS BASE_PORT CALLBRIDGE_BIN CARGO_TARGET_DIR; do
+for v in QUICK RATES MAX_FAILS QUIET_PCT QUIET_WAIT RETRY_DISTURBED DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB KAMAILIO_MEM UDP_BUF_BYTES RTP_PORTS BASE_PORT CALLBRIDGE_BIN CARGO_TARGET_DIR; do
     if [[ -n ${!v:-} ]]; then printf -v cmd_env '%s%s=%q ' "$cmd_env" "$v" "${!v}"; fi
 done
 
@@ -72,23 +103,38 @@ if [[ $QUICK == 1 ]]; then
     RATES=${RATES:-100}
     DURATION=${DURATION:-10}
 else
-    RATES=${RATES:-100 200 400 800 1600}
+    RATES=${RATES:-100 200 400 800 1600 2400 3200 4000 5000 6000 7000 8000}
     DURATION=${DURATION:-15}
 fi
 HOLD_MS=${HOLD_MS:-1000}
 SERVERS=${SERVERS:-callbridge kamailio}
 KAMAILIO_CHILDREN=${KAMAILIO_CHILDREN:-2}
-KAMAILIO_SHM_MB=${KAMAILIO_SHM_MB:-512}
+KAMAILIO_SHM_MB=${KAMAILIO_SHM_MB:-2048}
 KAMAILIO_PKG_MB=${KAMAILIO_PKG_MB:-16}
+KAMAILIO_MEM=${KAMAILIO_MEM:-tlsf}
+UDP_BUF_BYTES=${UDP_BUF_BYTES:-4194304}
+MAX_FAILS=${MAX_FAILS:-2}
+QUIET_PCT=${QUIET_PCT:-10}
+if [[ $QUICK == 1 ]]; then QUIET_WAIT=${QUIET_WAIT:-0}; else QUIET_WAIT=${QUIET_WAIT:-120}; fi
+RETRY_DISTURBED=${RETRY_DISTURBED:-1}
 # shellcheck source=../../scripts/ports.sh
 source "$repo/scripts/ports.sh"
-[[ -n ${RTP_PORTS:-} ]] || free_port_range RTP_PORTS 15500
+# The widest free range it can get (22000 ports hold about 5,500 calls up at once; another user's
+# relay test may hold ports of the space below the ephemeral range).
+if [[ -z ${RTP_PORTS:-} ]]; then
+    for len in 22000 16000 10000 6000; do free_port_range RTP_PORTS "$len" 2>/dev/null && break; done
+    [[ -n ${RTP_PORTS:-} ]] || die "no free range of 6000 relay ports below the ephemeral range"
+fi
 HOST=127.0.0.1
 CLK_TCK=$(getconf CLK_TCK)
 
 for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES: '$r' is not a positive integer"; done
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer"
 [[ $HOLD_MS =~ ^[0-9]+$ ]] || die "HOLD_MS must be a non-negative integer"
+[[ $MAX_FAILS =~ ^[1-9][0-9]*$ ]] || die "MAX_FAILS must be a positive integer"
+for v in QUIET_PCT QUIET_WAIT RETRY_DISTURBED; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"; done
+[[ $UDP_BUF_BYTES =~ ^[1-9][0-9]*$ ]] || die "UDP_BUF_BYTES must be a positive integer"
+[[ $KAMAILIO_MEM =~ ^(tlsf|fm|qm)$ ]] || die "KAMAILIO_MEM must be tlsf, fm or qm"
 for s in $SERVERS; do
     [[ $s == callbridge || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ]] || die "SERVERS: unknown server '$s'"
 done
@@ -155,14 +201,16 @@ else
 fi
 results=$work/results.tsv
 : >"$results"
+: >"$work/superseded.tsv"
 
 # ---------------------------------------------------------------------------------------------
-# Processes: the server, the callee SIPp, the memory sampler. Stopped by pid on exit.
-srv_pid="" callee_pid="" sampler_pid=""
+# Processes: the server, the two SIPps, the memory sampler. Stopped by pid on exit.
+srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port=""
 # shellcheck source=../../scripts/proc.sh
 source "$repo/scripts/proc.sh"
 cleanup() {
     stop_pid "$sampler_pid"
+    stop_pid "$caller_pid"
     stop_pid "$callee_pid"
     stop_pid "$srv_pid"
     echo "benches/load/signalling.sh: logs and SIPp statistics in $work"
@@ -215,6 +263,48 @@ hwm_kib() { # VmHWM, summed (for Kamailio this counts shared memory once per pro
     awk '$1 == "VmHWM:" { s += $2 } END { print s + 0 }' "${files[@]}" 2>/dev/null || echo 0
 }
 nprocs() { server_pids | wc -l; }
+pid_ticks() { # utime + stime of one process (0 when it is gone)
+    local rest
+    rest=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return 0; }
+    rest=${rest##*) }
+    read -r -a f <<<"$rest"
+    echo $((f[11] + f[12]))
+}
+machine_ticks() { # "busy total" ticks over all CPUs (/proc/stat). busy: user nice system steal;
+    # not irq and softirq, which the kernel does not charge to any process (here: mostly the
+    # loopback delivery of the benchmark's own datagrams).
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+}
+# UDP sockets bound to a port of RTP_PORTS, whoever holds them: with no callbridge running,
+# another process's (another user's relay test on this machine).
+rtp_range_bound() {
+    local first=${RTP_PORTS%-*} last=${RTP_PORTS#*-}
+    ports_in_use | awk -v a="$first" -v b="$last" '$1 >= a && $1 <= b { n++ } END { print n + 0 }'
+}
+# The machine is shared, and with the scheduler's autogroups another session's busy job takes its
+# share of the cores whatever its nice level: a run started then can collapse into retransmissions
+# that have nothing to do with the server. Before each run, wait (at most QUIET_WAIT seconds) until
+# the machine's CPU use over 5 s is below QUIET_PCT.
+wait_quiet() {
+    local waited=0 busy0 total0 busy1 total1 pct
+    ((QUIET_WAIT > 0)) || return 0
+    while :; do
+        read -r busy0 total0 < <(machine_ticks)
+        sleep 5
+        read -r busy1 total1 < <(machine_ticks)
+        pct=$(((busy1 - busy0) * 100 / (total1 - total0 > 0 ? total1 - total0 : 1)))
+        waited=$((waited + 5))
+        if ((pct < QUIET_PCT)); then
+            ((waited > 5)) && log "machine quiet (CPU ${pct} %) after ${waited} s"
+            return 0
+        fi
+        if ((waited >= QUIET_WAIT)); then
+            log "machine still busy (CPU ${pct} % over 5 s) after ${waited} s; running anyway"
+            return 0
+        fi
+        ((waited % 30 == 5)) && log "machine busy (CPU ${pct} % over 5 s); waiting"
+    done
+}
 
 # Value of column $2 in the last row of SIPp statistics file $1 (-trace_stat, ';'-separated).
 stat_col() {
@@ -226,18 +316,38 @@ stat_col() {
 }
 num() { [[ $1 =~ ^[0-9]+$ ]] && echo "$1" || echo 0; }
 
-# Memory sampler: every 0.5 s "epoch_ms pss_kib rss_kib current_calls" (current calls from the
-# caller SIPp's statistics file, written every second).
+# Sampler: every 0.5 s "epoch_ms pss_kib rss_kib current_calls drops_server drops_caller
+# drops_callee caller_ticks callee_ticks" (current calls from the caller SIPp's statistics file,
+# written every second; a SIPp's CPU ticks as last seen before it exits).
 start_sampler() { # file caller-stat-file
     local file=$1 stat=$2
     (
         while :; do
             read -r pss rss < <(mem_kib)
-            printf '%s %s %s %s\n' "$(date +%s%3N)" "$pss" "$rss" "$(num "$(stat_col "$stat" CurrentCall)")"
+            printf '%s %s %s %s %s %s\n' "$(date +%s%3N)" "$pss" "$rss" "$(num "$(stat_col "$stat" CurrentCall)")" \
+                "$(udp_drops)" "$(pid_ticks "$caller_pid") $(pid_ticks "$callee_pid")"
             sleep 0.5
         done
     ) >"$file" 2>/dev/null &
     sampler_pid=$!
+}
+
+# "server caller callee": datagrams the kernel dropped on a full receive buffer, on the UDP
+# sockets of the server's, the caller SIPp's and the callee SIPp's port (skmem d; a socket's count
+# starts at 0 when it is created). One ss query, filtered in the kernel (sock_diag): reading
+# /proc/net/udp instead costs about 0.2 s of CPU per read once callbridge holds its thousands of
+# relay sockets, which would load the machine under test.
+udp_drops() {
+    ss -Huanm "( sport = :$srv_port or sport = :$CALLER_PORT or sport = :$CALLEE_PORT )" 2>/dev/null |
+        awk -v a="$srv_port" -v b="$CALLER_PORT" -v c="$CALLEE_PORT" '
+            /skmem:/ { if (match($0, /,d[0-9]+\)/)) n[port] += substr($0, RSTART + 2, RLENGTH - 3); next }
+            { k = split($4, l, ":"); port = l[k] }
+            END { print n[a] + 0, n[b] + 0, n[c] + 0 }'
+}
+# The receive and send buffer sizes the kernel granted the UDP socket on port $1 (ss skmem rb, tb).
+udp_bufs() {
+    ss -Huamn "sport = :$1" 2>/dev/null | grep -o 'skmem:([^)]*)' | head -1 |
+        awk -F'[(,)]' '{ for (i = 2; i <= NF; i++) { if ($i ~ /^rb/) rb = substr($i, 3); if ($i ~ /^tb/) tb = substr($i, 3) } } END { print (rb ? rb : "?") "/" (tb ? tb : "?") }'
 }
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
@@ -258,6 +368,8 @@ start_server() { # server name -> srv_pid, sip target "host:port"
             --set "api.listen=$HOST:$API_PORT" \
             --set "intent.ttl_secs=900" \
             --set "log.filter=warn" \
+            --set "sip.recv_buffer_bytes=$UDP_BUF_BYTES" \
+            --set "sip.send_buffer_bytes=$UDP_BUF_BYTES" \
             "${extra[@]}" \
             >"$work/$name.server.log" 2>&1 &
         srv_pid=$!
@@ -267,11 +379,14 @@ start_server() { # server name -> srv_pid, sip target "host:port"
             sleep 0.2
         done
         [[ $(http_code "$api/healthz") == 200 ]] || die "callbridge: GET /healthz did not answer 200 within 30 s"
-        target=$HOST:$SIP_PORT
+        target=$HOST:$SIP_PORT srv_port=$SIP_PORT
     else
         # -DD: the main process stays in the foreground (its workers are its children); -E: log
         # to stderr (debug=0 in the config: warnings and errors, as callbridge's log.filter=warn).
+        # -x/-X: the memory manager (see the top of this file); -b: the receive buffer the
+        # auto-probing may grow to (Kamailio 5.6 has no send-buffer option: wmem_default).
         kamailio -f "$kam_cfg" -DD -E -m "$KAMAILIO_SHM_MB" -M "$KAMAILIO_PKG_MB" \
+            -x "$KAMAILIO_MEM" -X "$KAMAILIO_MEM" -b "$UDP_BUF_BYTES" \
             -A "LISTEN=udp:$HOST:$KAM_PORT" -A "CALLEE_URI=\"sip:$HOST:$CALLEE_PORT\"" \
             -A "CHILDREN=$KAMAILIO_CHILDREN" \
             >"$work/$name.server.log" 2>&1 &
@@ -283,7 +398,7 @@ start_server() { # server name -> srv_pid, sip target "host:port"
         done
         port_busy "$KAM_PORT" || die "kamailio is not listening on $KAM_PORT"
         sleep 1 # let every worker start
-        target=$HOST:$KAM_PORT
+        target=$HOST:$KAM_PORT srv_port=$KAM_PORT
     fi
 }
 
@@ -318,13 +433,15 @@ run_one() {
     local csv=$work/$name.csv
     awk -v n="$calls" 'BEGIN { print "SEQUENTIAL"; for (i = 0; i < n; i++) printf "%d;%d;%d\n", 1000000 + i, 2000000 + i, 3000000 + i }' >"$csv"
 
+    local foreign_before=0
+    [[ $server == callbridge* ]] && foreign_before=$(rtp_range_bound)
     start_server "$server" "$name"
     log "$server started (pid $srv_pid, $(nprocs) process(es)), SIP at $target"
 
     local scen_callee=$repo/sipp-scenarios/callee_uas.xml
     [[ $server == kamailio ]] && scen_callee=$here/callee_uas_rr.xml
     local budget=$((DURATION + hold_s + 60))
-    sipp -sf "$scen_callee" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_CALLEE" -t u1 \
+    sipp -sf "$scen_callee" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_CALLEE" -t u1 -buff_size "$UDP_BUF_BYTES" \
         -m "$calls" -recv_timeout 20000 -timeout "${budget}s" -timeout_error -nostdin \
         -trace_stat -stf "$work/$name.callee.stat.csv" -fd 1 \
         -trace_err -error_file "$work/$name.callee.errors.log" \
@@ -345,20 +462,26 @@ run_one() {
         log "$calls intents registered in ${t_int} s"
     fi
 
+    log "UDP buffers granted (receive/send bytes): server $(udp_bufs "$srv_port"), callee SIPp $(udp_bufs "$CALLEE_PORT")"
     sleep 1
-    local cpu0 pss0 rss0
+    local cpu0 pss0 rss0 callee_ticks0 busy0 total0
     cpu0=$(cpu_ticks)
+    callee_ticks0=$(pid_ticks "$callee_pid")
+    read -r busy0 total0 < <(machine_ticks)
     read -r pss0 rss0 < <(mem_kib)
-    start_sampler "$work/$name.mem.txt" "$work/$name.caller.stat.csv"
 
     local rc=0 t_calls=$SECONDS
     sipp "$target" -sf "$here/trunk_uac.xml" -inf "$csv" -i "$HOST" -p "$CALLER_PORT" \
-        -mp "$MEDIA_CALLER" -t u1 -m "$calls" -r "$rate" -d "$HOLD_MS" -l "$calls" \
+        -mp "$MEDIA_CALLER" -t u1 -buff_size "$UDP_BUF_BYTES" -m "$calls" -r "$rate" -d "$HOLD_MS" -l "$calls" \
         -recv_timeout 20000 -timeout "${budget}s" -timeout_error -nostdin \
         -trace_stat -stf "$work/$name.caller.stat.csv" -fd 1 \
         -trace_err -error_file "$work/$name.caller.errors.log" \
         -trace_screen -screen_file "$work/$name.caller.screen.log" \
-        >"$work/$name.caller.out" 2>&1 || rc=$?
+        >"$work/$name.caller.out" 2>&1 &
+    caller_pid=$!
+    start_sampler "$work/$name.mem.txt" "$work/$name.caller.stat.csv"
+    wait "$caller_pid" || rc=$?
+    caller_pid=""
     local caller_secs=$((SECONDS - t_calls))
 
     # The callee exits once it has seen every call through (+4 s timewait); if calls were lost
@@ -376,8 +499,10 @@ run_one() {
         wait "$callee_pid" || crc=$?
     fi
     callee_pid=""
-    local cpu1 hwm pss1 rss1 alive=yes
+    local cpu1 hwm pss1 rss1 alive=yes srv_drops_end busy1 total1
     cpu1=$(cpu_ticks)
+    read -r busy1 total1 < <(machine_ticks)
+    read -r srv_drops_end _ < <(udp_drops)
     hwm=$(hwm_kib)
     read -r pss1 rss1 < <(mem_kib)
     stop_pid "$sampler_pid"
@@ -385,8 +510,21 @@ run_one() {
     kill -0 "$srv_pid" 2>/dev/null || alive=no
     local warn_lines
     warn_lines=$(grep -ciE 'warn|error|crit' "$work/$name.server.log" || true)
+    # callbridge: calls refused because the relay port range was used up (503), from /metrics.
+    local port_refusals=- foreign_ports=0
+    if [[ $server == callbridge* ]]; then
+        port_refusals=$(curl -s --max-time 2 "$api/metrics" 2>/dev/null |
+            awk '/^callbridge_calls_failed_total\{reason="resources_exhausted"\}/ { n += $2 } END { print n + 0 }')
+    fi
     stop_pid "$srv_pid"
     srv_pid=""
+    # Ports of callbridge's relay range that another process held before the run or still holds
+    # after it (another user's relay test on this shared machine): callbridge skips them, and
+    # refuses calls when it meets too many in a row. Such a run counts as disturbed.
+    if [[ $server == callbridge* ]]; then
+        foreign_ports=$(rtp_range_bound)
+        ((foreign_before > foreign_ports)) && foreign_ports=$foreign_before
+    fi
 
     local cs=$work/$name.caller.stat.csv ce=$work/$name.callee.stat.csv
     local created ok failed retr ce_ok ce_failed ce_retr
@@ -425,6 +563,18 @@ run_one() {
     read -r peak_calls peak_pss max_pss < <(awk -v p0="$pss0" '
         { if ($4 >= pc) { pc = $4; pp = $2 } if ($2 > mx) mx = $2 }
         END { print pc + 0, (pp ? pp : p0), (mx ? mx : p0) }' "$work/$name.mem.txt")
+    # UDP receive-buffer drops over the run (server, caller SIPp, callee SIPp): the highest count
+    # sampled (SIPp's sockets are gone once it exits), the server's also read at the end.
+    local drops_srv drops_caller drops_callee
+    read -r drops_srv drops_caller drops_callee < <(awk -v e="$srv_drops_end" '
+        { if ($5 > a) a = $5; if ($6 > b) b = $6; if ($7 > c) c = $7 }
+        END { if (e > a) a = e; print a + 0, b + 0, c + 0 }' "$work/$name.mem.txt")
+    # CPU of everything else on the machine over the run (other jobs, steal, this harness's own
+    # sampling), in % of all cores: busy ticks minus the server's and the two SIPps'.
+    local sipp_ticks others_pct
+    sipp_ticks=$(awk -v c0="$callee_ticks0" '{ if ($8 > a) a = $8; if ($9 > b) b = $9 } END { print a + (b > c0 ? b - c0 : 0) }' "$work/$name.mem.txt")
+    others_pct=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v s=$((cpu1 - cpu0)) -v p="$sipp_ticks" \
+        'BEGIN { o = b - s - p; if (o < 0) o = 0; printf "%.0f", (t > 0 ? 100 * o / t : 0) }')
     local cpu_ms per_call_kib
     cpu_ms=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.3f", d * 1000 / hz / n; else print "n/a" }')
     per_call_kib=$(awk -v a="$peak_pss" -v b="$pss0" -v n="$peak_calls" 'BEGIN { if (n > 0) printf "%.1f", (a - b) / n; else print "n/a" }')
@@ -436,17 +586,44 @@ run_one() {
         "callee_ok=$ce_ok callee_failed=$ce_failed retrans=$retr+$ce_retr achieved=${achieved}cps" \
         "cpu=${cpu_total_ms}ms (${cpu_ms} ms/call) pss0=${pss0}KiB peak_calls=$peak_calls" \
         "pss@peak=${peak_pss}KiB (${per_call_kib} KiB/call) peak=${peak_kib}KiB server_alive=$alive" \
-        "server_log_warnings=$warn_lines clean=$clean"
+        "server_log_warnings=$warn_lines udp_drops(server/caller/callee)=$drops_srv/$drops_caller/$drops_callee port_refusals=$port_refusals foreign_rtp_ports=$foreign_ports sipp_cpu=$((sipp_ticks * 1000 / CLK_TCK))ms others_cpu=${others_pct}% clean=$clean"
     printf '%s\t' "$server" "$rate" "$calls" "$created" "$ok" "$all_failed" "$retr" "$ce_retr" \
         "$achieved" "$cpu_total_ms" "$cpu_ms" "$pss0" "$peak_calls" "$peak_pss" "$per_call_kib" \
         "$peak_kib" "$pss1" "$warn_lines" "$alive" "$t_int" >>"$results"
-    printf '%s\n' "$clean" >>"$results"
+    # Columns 22-27 after "clean" (21): UDP drops at the server, caller and callee; port
+    # refusals; the others' CPU %; relay-range ports bound by another process.
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$clean" "$drops_srv" "$drops_caller" "$drops_callee" "$port_refusals" "$others_pct" "$foreign_ports" >>"$results"
 }
 
+# Rate by rate, every server at each rate before the next rate (see the top of this file).
+declare -A fails_in_a_row=() skipped_from=()
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-for server in $SERVERS; do
-    for rate in $RATES; do
+for rate in $RATES; do
+    for server in $SERVERS; do
+        if ((${fails_in_a_row[$server]:-0} >= MAX_FAILS)); then
+            [[ -n ${skipped_from[$server]:-} ]] || skipped_from[$server]=$rate
+            log "== $server at $rate calls/s: skipped ($MAX_FAILS rates in a row failed)"
+            continue
+        fi
+        wait_quiet
         run_one "$server" "$rate"
+        # A failed run during which other work took more than QUIET_PCT of the machine, or
+        # another process held ports of callbridge's relay range, is run again once (the first
+        # attempt is kept in superseded.tsv and listed in the results).
+        read -r clean others foreign < <(awk -F'\t' -v s="$server" -v r="$rate" '$1 == s && $2 == r { c = $21; o = $26; f = $27 } END { print c, o + 0, f + 0 }' "$results")
+        if [[ $clean != yes ]] && ((RETRY_DISTURBED > 0 && (others >= QUIET_PCT || foreign > 0))); then
+            log "$server@$rate failed while other work used ${others} % of the machine and held $foreign relay ports: running it again"
+            awk -F'\t' -v s="$server" -v r="$rate" '$1 == s && $2 == r' "$results" >>"$work/superseded.tsv"
+            awk -F'\t' -v s="$server" -v r="$rate" '!($1 == s && $2 == r)' "$results" >"$results.tmp"
+            mv "$results.tmp" "$results"
+            wait_quiet
+            run_one "$server" "$rate"
+        fi
+        if [[ $(awk -F'\t' -v s="$server" -v r="$rate" '$1 == s && $2 == r { c = $21 } END { print c }' "$results") == yes ]]; then
+            fails_in_a_row[$server]=0
+        else
+            fails_in_a_row[$server]=$((${fails_in_a_row[$server]:-0} + 1))
+        fi
     done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -473,7 +650,9 @@ cmd="${cmd_env}benches/load/signalling.sh"
     echo "- Machine: $(nproc) vCPU ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr); load average $load_before before, $load_after after."
     echo "  Server, caller SIPp and callee SIPp all run on this machine over loopback: at the higher rates"
     echo "  the three processes compete for the $(nproc) cores, so a failing rate may be SIPp's limit as much as the server's."
-    echo "- Software: callbridge $cb_rev$cb_dirty (release profile); $(kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }' || echo kamailio) with \`benches/load/kamailio.cfg\` ($KAMAILIO_CHILDREN UDP workers, -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB); $(sipp -v 2>/dev/null | awk 'NF { sub(/\.$/, "", $2); print $1, $2; exit }' | tr -d '\r')"
+    echo "- Software: callbridge $cb_rev$cb_dirty (release profile); $(kamailio -v 2>/dev/null | awk 'NR == 1 { print $2, $3 }' || echo kamailio) with \`benches/load/kamailio.cfg\` ($KAMAILIO_CHILDREN UDP workers, -m $KAMAILIO_SHM_MB -M $KAMAILIO_PKG_MB, memory manager \`-x $KAMAILIO_MEM -X $KAMAILIO_MEM\`); $(sipp -v 2>/dev/null | awk 'NF { sub(/\.$/, "", $2); print $1, $2; exit }' | tr -d '\r')"
+    echo "- UDP socket buffers: every SIP socket asks for $UDP_BUF_BYTES bytes (callbridge \`sip.recv_buffer_bytes\`/\`send_buffer_bytes\`, Kamailio \`-b\`, SIPp \`-buff_size\`; net.core.rmem_max $(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo ?))."
+    echo "- Order: rate by rate, each rate run for every server ($SERVERS) before the next; a server that failed $MAX_FAILS rates in a row runs no higher rate."
     echo "- Command: \`$cmd\` (effective: RATES=\"$RATES\" DURATION=$DURATION HOLD_MS=$HOLD_MS)"
     echo "- Each run: fresh server; callee SIPp (\`sipp-scenarios/callee_uas.xml\`, or \`benches/load/callee_uas_rr.xml\`"
     echo "  for Kamailio); for callbridge one intent per call registered first (one kept-alive curl, POST makecall);"
@@ -485,20 +664,48 @@ cmd="${cmd_env}benches/load/signalling.sh"
     echo "  before the calls (callbridge: with the intents registered); *KiB/active call* = PSS growth over the base"
     echo "  at the sample (every 0.5 s) with the most calls up (caller SIPp's CurrentCall) divided by those calls;"
     echo "  *peak* = VmHWM (callbridge) or the highest summed PSS sample (Kamailio; RSS would count its shared"
-    echo "  memory once per process); *after* = PSS when the callee exited."
+    echo "  memory once per process); *after* = PSS when the callee exited; *UDP drops* = datagrams the kernel"
+    echo "  dropped on a full receive buffer (\`/proc/net/udp\`), server / caller SIPp / callee SIPp; *port refusals* ="
+    echo "  callbridge's calls refused with 503 because its relay port range ($RTP_PORTS) was used up; *others' CPU* ="
+    echo "  CPU used during the run by everything but the server and the two SIPps (other jobs on this shared"
+    echo "  machine, steal, the harness's sampling; not irq/softirq time), in % of all cores. Each run waits first (up to $QUIET_WAIT s) for"
+    echo "  the machine to be below $QUIET_PCT % busy; a failed run during which others used ≥ $QUIET_PCT %, or during which"
+    echo "  another process held ports of callbridge's relay range, is run again once."
     echo
     for server in $SERVERS; do
         echo "### $server"
         echo
-        echo "| rate (cps) | calls | successful | failed | retrans | achieved cps | CPU ms/call | base MiB | max calls up | KiB/active call | peak MiB | after MiB | clean |"
-        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"
-        awk -F'\t' -v s="$server" '$1 == s' "$results" | while IFS=$'\t' read -r _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean; do
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-                "$rate" "$calls" "$ok" "$failed" "$((retr + ce_retr))" "$ach" "$cpu_ms" "$(mib "$pss0")" \
-                "$pc" "$pck" "$(mib "$peak")" "$(mib "$pss1")" "$clean"
-        done
+        refusals_col="" refusals_sep=""
+        [[ $server == callbridge* ]] && refusals_col=" port refusals |" refusals_sep="---:|"
+        echo "| rate (cps) | calls | successful | failed | retrans | UDP drops | achieved cps | CPU ms/call | base MiB | max calls up | KiB/active call | peak MiB | after MiB |$refusals_col others' CPU | clean |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|$refusals_sep---:|:---:|"
+        row() { # one results.tsv line on stdin -> one table row
+            local _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign
+            while IFS=$'\t' read -r _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign; do
+                refusals_cell=""
+                if [[ $server == callbridge* ]]; then
+                    refusals_cell=" $refusals |"
+                    ((${foreign:-0} > 0)) && refusals_cell=" $refusals ($foreign ports of the range held by others) |"
+                fi
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |%s %s %% | %s |\n' \
+                    "$rate" "$calls" "$ok" "$failed" "$((retr + ce_retr))" "$d_srv / $d_caller / $d_callee" "$ach" "$cpu_ms" "$(mib "$pss0")" \
+                    "$pc" "$pck" "$(mib "$peak")" "$(mib "$pss1")" "$refusals_cell" "$others" "$clean"
+            done
+        }
+        awk -F'\t' -v s="$server" '$1 == s' "$results" | row
         echo
         echo "Highest clean rate: **$(best_rate "$server")** calls/s (of the rates tried)."
+        if [[ -n ${skipped_from[$server]:-} ]]; then
+            echo "Not run from $(printf '%s' "${skipped_from[$server]}") calls/s on: $MAX_FAILS rates in a row had failed."
+        fi
+        if awk -F'\t' -v s="$server" '$1 == s { f = 1 } END { exit !f }' "$work/superseded.tsv"; then
+            echo
+            echo "Run again because other work used ≥ $QUIET_PCT % of the machine, or held ports of the relay range, during a failed first attempt (first attempts):"
+            echo
+            echo "| rate (cps) | calls | successful | failed | retrans | UDP drops | achieved cps | CPU ms/call | base MiB | max calls up | KiB/active call | peak MiB | after MiB |$refusals_col others' CPU | clean |"
+            echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|$refusals_sep---:|:---:|"
+            awk -F'\t' -v s="$server" '$1 == s' "$work/superseded.tsv" | row
+        fi
         echo
     done
     if [[ " $SERVERS " == *" kamailio "* ]]; then
@@ -522,6 +729,8 @@ cmd="${cmd_env}benches/load/signalling.sh"
             echo "- CPU ms per call, same rate (a run with failed calls is marked †: its figure covers the calls that succeeded):"
             for rate in $RATES; do
                 a=$(cpu_at "$cb" "$rate") b=$(cpu_at kamailio "$rate")
+                [[ -z $a && -z $b ]] && continue
+                a=${a:-not run} b=${b:-not run}
                 mark=""
                 [[ $(clean_at "$cb" "$rate") == yes && $(clean_at kamailio "$rate") == yes ]] || mark=" †"
                 if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN { exit !(b > 0) }'; then
