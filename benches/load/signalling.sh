@@ -167,24 +167,27 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------------------------------------
-# Ports: BASE_PORT and the offsets from it, moved together by 100s until none is bound.
+# Ports: BASE_PORT and the offsets from it, moved together by 100s until none is bound. Chosen
+# again before every run: on this shared machine another user's run may bind one meanwhile.
 port_busy() { [[ -n $(ss -Htuln "sport = :$1" 2>/dev/null) ]]; }
-base0=${BASE_PORT:-35060}
-busy=""
-for try in 0 1 2 3 4 5 6 7 8 9; do
-    b=$((base0 + try * 100))
-    SIP_PORT=$b CALLER_PORT=$((b + 2)) KAM_PORT=$((b + 10)) CALLEE_PORT=$((b + 20))
-    API_PORT=$((b + 3000)) MEDIA_CALLEE=$((b + 1000)) MEDIA_CALLER=$((b + 1100))
-    busy=""
-    for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $MEDIA_CALLEE $MEDIA_CALLER; do
-        port_busy "$p" && busy="$busy $p"
+choose_ports() {
+    local base0=${BASE_PORT:-35060} busy="" try b p
+    for try in 0 1 2 3 4 5 6 7 8 9; do
+        b=$((base0 + try * 100))
+        SIP_PORT=$b CALLER_PORT=$((b + 2)) KAM_PORT=$((b + 10)) CALLEE_PORT=$((b + 20))
+        API_PORT=$((b + 3000)) MEDIA_CALLEE=$((b + 1000)) MEDIA_CALLER=$((b + 1100))
+        busy=""
+        for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $MEDIA_CALLEE $MEDIA_CALLER; do
+            port_busy "$p" && busy="$busy $p"
+        done
+        [[ -z $busy ]] && break
+        [[ -n ${BASE_PORT:-} ]] && break
+        log "ports in use:$busy; trying the next set"
     done
-    [[ -z $busy ]] && break
-    [[ -n ${BASE_PORT:-} ]] && break
-    log "ports in use:$busy; trying the next set"
-done
-[[ -z $busy ]] || die "no free set of ports (busy:$busy)"
-api=http://$HOST:$API_PORT
+    [[ -z $busy ]] || die "no free set of ports (busy:$busy)"
+    api=http://$HOST:$API_PORT
+}
+choose_ports
 
 if [[ -n ${WORKDIR:-} ]]; then
     work=$WORKDIR
@@ -433,6 +436,7 @@ run_one() {
     local csv=$work/$name.csv
     awk -v n="$calls" 'BEGIN { print "SEQUENTIAL"; for (i = 0; i < n; i++) printf "%d;%d;%d\n", 1000000 + i, 2000000 + i, 3000000 + i }' >"$csv"
 
+    choose_ports
     local foreign_before=0
     [[ $server == callbridge* ]] && foreign_before=$(rtp_range_bound)
     start_server "$server" "$name"
