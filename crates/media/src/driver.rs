@@ -167,10 +167,11 @@ impl<K: Copy + Eq + Hash + Debug + Send + Sync + 'static> MediaDriver<K> {
     /// once. For a start-up check of the range, before any stream is open.
     pub fn unbindable_ports(&self, first: u16, last: u16) -> Vec<u16> {
         let ip = self.config.bind_ip;
-        let start = first + first % 2;
+        // In u32: a range ending at 65535 must not overflow `rtp + 1`.
+        let start = u32::from(first) + u32::from(first % 2);
         let mut busy = Vec::new();
-        for rtp in (start..last).step_by(2).filter(|&p| p > 0) {
-            for port in [rtp, rtp + 1] {
+        for rtp in (start..u32::from(last)).step_by(2).filter(|&p| p > 0) {
+            for port in [rtp, rtp + 1].map(|p| p as u16) {
                 if std::net::UdpSocket::bind(SocketAddr::new(ip, port)).is_err() {
                     busy.push(port);
                 }

@@ -568,3 +568,15 @@ async fn the_probe_names_exactly_the_ports_another_socket_holds() {
     // The probe itself holds nothing afterwards.
     assert!((first..=last).all(bindable));
 }
+
+#[tokio::test]
+async fn the_probe_takes_a_range_reaching_the_last_port() {
+    // Only checks that the arithmetic holds at the top of the port space (no overflow panic).
+    let driver = driver();
+    let busy = driver.unbindable_ports(65534, 65535);
+    assert!(busy.len() <= 2);
+    assert!(
+        driver.unbindable_ports(65535, 65535).is_empty(),
+        "no pair fits"
+    );
+}
