@@ -167,6 +167,18 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         ),
     );
     registry.register(
+        "sip_refused_messages",
+        "SIP messages refused at the trust boundary, by why: from an untrusted source \
+         (answered once statelessly or dropped), or inside a call from a peer other than the leg's",
+        family_of_counters(
+            "reason",
+            &[
+                ("untrusted_source".to_owned(), sip.sip_untrusted),
+                ("wrong_peer".to_owned(), sip.sip_wrong_peer),
+            ],
+        ),
+    );
+    registry.register(
         "media_packets_relayed",
         "RTP and RTCP packets relayed between the legs",
         counter(sip.media_packets_relayed),

@@ -91,7 +91,8 @@ fn route(path: &str) -> Option<Route<'_>> {
 ///   (`caller` of the intent) or the intent's `callee` (the seed's example).
 /// * `GET /api/calls/{callid}` → `200` the call record, `404 unknown_call`.
 /// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true}`, or
-///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving.
+///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving, and
+///   `503 {"status":"draining","sip":false,"http":true}` from the start of a shutdown.
 /// * `GET /metrics` → OpenMetrics text; not behind tokens (scrapers rarely carry them; protect
 ///   it with the listen address or the network).
 ///
@@ -276,8 +277,11 @@ fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiErro
 }
 
 fn healthz(state: &ApiState) -> Response<Full<Bytes>> {
-    let sip = state.sip.snapshot().sip_serving;
-    let (status, word) = if sip {
+    let snapshot = state.sip.snapshot();
+    let sip = snapshot.sip_serving && !snapshot.draining;
+    let (status, word) = if snapshot.draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if sip {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")

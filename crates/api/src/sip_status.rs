@@ -15,6 +15,8 @@ pub trait SipStatus: Send + Sync {
 pub struct SipSnapshot {
     /// The SIP listeners are bound and the call engine accepts requests.
     pub sip_serving: bool,
+    /// A shutdown has begun: no new calls are taken (`/healthz` says `draining`).
+    pub draining: bool,
     /// Calls with at least one leg up (trying, ringing or answered).
     pub active_calls: u64,
     /// SIP dialogs held (early and confirmed).
@@ -34,6 +36,10 @@ pub struct SipSnapshot {
     pub sip_malformed_answered: u64,
     /// Malformed SIP messages dropped without an answer.
     pub sip_malformed_dropped: u64,
+    /// SIP messages from sources outside the trust boundary (answered once or dropped).
+    pub sip_untrusted: u64,
+    /// Requests inside a call from a trusted source that is not the leg's peer.
+    pub sip_wrong_peer: u64,
     /// RTP/RTCP packets relayed between the legs (both directions).
     pub media_packets_relayed: u64,
     /// Packets dropped by the relay (not RTP/RTCP, wrong source after latching).

@@ -41,7 +41,7 @@ impl CallControl {
         clock: WallClock,
     ) -> CallControl {
         CallControl {
-            intents: IntentTable::with_limit(intent_ttl, max_intents, clock.anchor_micros()),
+            intents: IntentTable::with_limit(intent_ttl, max_intents),
             registry: CallRegistry::new(retention, max_ended, clock),
         }
     }

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -152,19 +152,16 @@ pub fn normalize_number(number: &str) -> &str {
 
 impl IntentTable {
     pub fn new(ttl: Duration) -> IntentTable {
-        IntentTable::with_limit(ttl, DEFAULT_MAX_PENDING, 1)
+        IntentTable::with_limit(ttl, DEFAULT_MAX_PENDING)
     }
 
     /// A table that refuses new telnums once `max_pending` intents are held (replacing an
-    /// intent of a telnum already held is always allowed). Call ids count up from
-    /// `first_callid`: give the start-up time in microseconds
-    /// ([`WallClock::anchor_micros`](crate::registry::WallClock::anchor_micros)) and they stay
-    /// unique across restarts too.
-    pub fn with_limit(ttl: Duration, max_pending: usize, first_callid: u64) -> IntentTable {
+    /// intent of a telnum already held is always allowed).
+    pub fn with_limit(ttl: Duration, max_pending: usize) -> IntentTable {
         IntentTable {
             ttl,
             max_pending,
-            ids: CallIdGenerator::new(first_callid),
+            ids: CallIdGenerator,
             pending: AtomicUsize::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(State::default())).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
@@ -329,22 +326,20 @@ impl IntentTable {
     }
 }
 
-/// Issues call ids: decimal, unique within a process and, when the counter starts at the
-/// start-up time in microseconds, across restarts too.
+/// Issues call ids: 20 decimal digits drawn from the thread-local CSPRNG (ChaCha, seeded by
+/// the OS), about 66 random bits (SPEC: at least 64). A callid is what `GET /api/calls/{id}`
+/// takes, so one token holder must not be able to guess another user's from its own: counting
+/// up, as the first version did, gave every call record away.
 #[derive(Debug)]
-struct CallIdGenerator {
-    next: AtomicU64,
-}
+struct CallIdGenerator;
+
+/// The smallest and one past the largest id: every id has exactly 20 digits.
+const CALLID_RANGE: std::ops::Range<u128> = 10_000_000_000_000_000_000..100_000_000_000_000_000_000;
 
 impl CallIdGenerator {
-    fn new(first: u64) -> CallIdGenerator {
-        CallIdGenerator {
-            next: AtomicU64::new(first),
-        }
-    }
-
     fn next(&self) -> String {
-        self.next.fetch_add(1, Ordering::Relaxed).to_string()
+        use rand::Rng;
+        rand::thread_rng().gen_range(CALLID_RANGE).to_string()
     }
 }
 
@@ -375,6 +370,35 @@ mod tests {
         );
         assert!(table.is_empty());
         assert_eq!(table.next_expiry(), None);
+    }
+
+    #[test]
+    fn call_ids_are_twenty_random_digits_and_not_sequential() {
+        let ids: Vec<u128> = (0..2000)
+            .map(|_| CallIdGenerator.next())
+            .map(|id| {
+                assert!(id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()), "{id}");
+                id.parse().unwrap()
+            })
+            .collect();
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        // Consecutive ids are far apart: knowing one says nothing about the next. (A counter
+        // gives differences of 1; random draws over ~2^66 differ by more than 2^40 except with
+        // probability ~2^-26 per pair.)
+        let close = ids
+            .windows(2)
+            .filter(|w| w[0].abs_diff(w[1]) < 1 << 40)
+            .count();
+        assert_eq!(close, 0);
+        // Every digit position varies (the leading one over 1-9).
+        for position in 0..20 {
+            let digits: std::collections::HashSet<u8> = ids
+                .iter()
+                .map(|id| id.to_string().as_bytes()[position])
+                .collect();
+            assert!(digits.len() >= 9, "digit {position} barely varies");
+        }
     }
 
     #[test]
@@ -570,7 +594,7 @@ mod limit_tests {
 
     #[test]
     fn the_limit_holds_across_shards_under_concurrent_makecalls() {
-        let table = std::sync::Arc::new(IntentTable::with_limit(Duration::from_secs(120), 1000, 1));
+        let table = std::sync::Arc::new(IntentTable::with_limit(Duration::from_secs(120), 1000));
         let now = Instant::now();
         let accepted: usize = (0..4)
             .map(|t| {
@@ -610,7 +634,7 @@ mod limit_tests {
 
     #[test]
     fn a_full_table_refuses_new_numbers_but_accepts_replacements() {
-        let table = IntentTable::with_limit(Duration::from_secs(120), 2, 1);
+        let table = IntentTable::with_limit(Duration::from_secs(120), 2);
         let t0 = Instant::now();
         table.register(t0, "1001", "2001", "3001").unwrap();
         table.register(t0, "1002", "2002", "3002").unwrap();

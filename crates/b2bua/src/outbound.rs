@@ -14,14 +14,22 @@ pub struct LocalIdentity {
     pub public_addr: String,
     /// The SIP port (same for UDP and TCP).
     pub port: u16,
-    /// Value of the Server / User-Agent header.
-    pub agent: String,
+    /// Value of the Server (responses) and User-Agent (requests) header (`sip.server_header`).
+    /// `None`: the header is omitted, so that a scanner learns nothing it could look up.
+    pub agent: Option<String>,
 }
 
 impl LocalIdentity {
     /// Our Contact for a leg: `<sip:user@public_addr:port>`.
     pub fn contact(&self, user: &str) -> Uri {
         Uri::sip(Some(user), &self.public_addr, Some(self.port))
+    }
+
+    /// Adds `Server` (or, for a request, `User-Agent`) naming callbridge, if configured.
+    pub fn sign(&self, headers: &mut sip_core::Headers, name: HeaderName) {
+        if let Some(agent) = &self.agent {
+            headers.push(name, agent.clone());
+        }
     }
 }
 
@@ -68,7 +76,7 @@ pub fn leg_b_invite(
         NameAddr::new(from_uri).to_string(),
     );
     h.push(HeaderName::Allow, ALLOW);
-    h.push(HeaderName::UserAgent, local.agent.clone());
+    local.sign(h, HeaderName::UserAgent);
     copy_body(&a_invite.headers, h, &body);
     request.body = body;
     request
@@ -96,9 +104,7 @@ pub fn relay_response_to_a(
             NameAddr::new(local.contact(contact_user)).to_string(),
         );
     }
-    response
-        .headers
-        .push(HeaderName::Server, local.agent.clone());
+    local.sign(&mut response.headers, HeaderName::Server);
     copy_body(&from_b.headers, &mut response.headers, &body);
     response.body = body;
     response
@@ -122,9 +128,7 @@ pub fn local_response(
             .headers
             .push(HeaderName::Reason, reason_header(status, text));
     }
-    response
-        .headers
-        .push(HeaderName::Server, local.agent.clone());
+    local.sign(&mut response.headers, HeaderName::Server);
     response
 }
 
@@ -180,7 +184,7 @@ mod tests {
         LocalIdentity {
             public_addr: "192.0.2.10".into(),
             port: 5060,
-            agent: "callbridge".into(),
+            agent: Some("callbridge".into()),
         }
     }
 

@@ -12,8 +12,10 @@ pub enum Refusal {
     TooManyHops,
     /// The INVITE cannot start a dialog (no Contact).
     Malformed,
-    /// `sip.max_calls` calls are live.
+    /// `sip.max_calls` calls are live, or the engine has fallen behind its input.
     Overloaded,
+    /// The process is shutting down (SIGTERM): no new calls.
+    ShuttingDown,
     /// No relay ports are free.
     MediaExhausted,
     /// No intent matches the call (none, expired, or for another dedicated number).
@@ -28,6 +30,7 @@ impl Refusal {
             Refusal::TooManyHops => "too_many_hops",
             Refusal::Malformed => "malformed",
             Refusal::Overloaded => "overloaded",
+            Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",
             Refusal::NoIntent(no) => no.code(),
         }

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use api::ApiSettings;
-use b2bua::engine::EngineConfig;
+use b2bua::engine::{EngineConfig, UntrustedReply};
 use b2bua::media::MediaConfig;
 use b2bua::outbound::LocalIdentity;
 use b2bua::{CallControl, WallClock};
@@ -67,16 +67,25 @@ pub struct SipSection {
     pub public_addr: String,
     /// Where outbound (B-leg) INVITEs are sent, `host:port`.
     pub trunk: String,
-    /// Sources allowed to send INVITEs; others get 403.
+    /// Sources whose SIP is processed statefully, besides the trunk's address.
     pub trusted_peers: Vec<IpNet>,
+    /// What a request from any other source gets: `"403"` (one stateless 403) or `"drop"`.
+    pub untrusted_reply: UntrustedReplyKey,
     /// Final response when no intent matches.
     pub refuse_code: u16,
     /// No-answer timeout of the outbound leg.
     pub no_answer_secs: u64,
     /// Maximum call duration after answer; 0 means unlimited.
     pub max_call_secs: u64,
-    /// Calls held at once; further INVITEs get 503.
+    /// Calls held at once; further INVITEs get a stateless 503 with Retry-After.
     pub max_calls: usize,
+    /// Messages queued for the call engine beyond which new INVITEs get a stateless 503
+    /// (the engine has fallen behind its input).
+    pub overload_backlog: usize,
+    /// The Retry-After of those 503s, in seconds.
+    pub retry_after_secs: u64,
+    /// Server/User-Agent value; empty: the header is omitted.
+    pub server_header: String,
     /// How long ended calls stay queryable through `GET /api/calls/{callid}`.
     pub call_retention_secs: u64,
     /// At most this many ended calls are kept for the API (oldest dropped first).
@@ -103,10 +112,14 @@ impl Default for SipSection {
             public_addr: "127.0.0.1".into(),
             trunk: "127.0.0.1:5080".into(),
             trusted_peers: vec![loopback_net()],
+            untrusted_reply: UntrustedReplyKey::default(),
             refuse_code: 403,
             no_answer_secs: 60,
-            max_call_secs: 0,
+            max_call_secs: 14_400,
             max_calls: 10_000,
+            overload_backlog: 256,
+            retry_after_secs: 5,
+            server_header: String::new(),
             call_retention_secs: 3600,
             max_ended_calls: 100_000,
             shutdown_grace_secs: 5,
@@ -143,14 +156,18 @@ impl SipSection {
             local: LocalIdentity {
                 public_addr: self.public_addr.clone(),
                 port: sip_port,
-                agent: concat!("callbridge/", env!("CARGO_PKG_VERSION")).into(),
+                agent: (!self.server_header.trim().is_empty())
+                    .then(|| self.server_header.trim().to_owned()),
             },
             trunk,
             trusted_peers: self.trusted_peers.clone(),
+            untrusted_reply: self.untrusted_reply.0,
             refuse_code: self.refuse_code,
             no_answer: Duration::from_secs(self.no_answer_secs),
             max_duration: (self.max_call_secs > 0).then(|| Duration::from_secs(self.max_call_secs)),
             max_calls: self.max_calls,
+            overload_backlog: self.overload_backlog,
+            retry_after: Duration::from_secs(self.retry_after_secs),
             transactions: self.transaction_config(sip_port),
             media,
         }
@@ -173,6 +190,43 @@ impl SipSection {
         }
     }
 }
+
+/// `sip.untrusted_reply`: `"403"` (also the number 403, as an environment variable gives it)
+/// or `"drop"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UntrustedReplyKey(pub UntrustedReply);
+
+impl Serialize for UntrustedReplyKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self.0 {
+            UntrustedReply::Forbidden => "403",
+            UntrustedReply::Drop => "drop",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for UntrustedReplyKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(403) => Ok(UntrustedReplyKey(UntrustedReply::Forbidden)),
+            Raw::Text(text) if text == "403" => Ok(UntrustedReplyKey(UntrustedReply::Forbidden)),
+            Raw::Text(text) if text == "drop" => Ok(UntrustedReplyKey(UntrustedReply::Drop)),
+            _ => Err(serde::de::Error::custom(
+                "sip.untrusted_reply must be \"403\" or \"drop\"",
+            )),
+        }
+    }
+}
+
+/// Longest duration any `*_secs` key may say: ten years. Beyond it a deadline computed
+/// from the monotonic clock could overflow (which would panic), and no operator means it.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// `duration` in whole milliseconds, for the `*_ms` keys.
 fn millis(duration: Duration) -> u64 {
@@ -411,6 +465,37 @@ impl Config {
                 "sip.t1_ms must be > 0 and sip.t2_ms >= sip.t1_ms".into(),
             ));
         }
+        let durations = [
+            ("sip.no_answer_secs", self.sip.no_answer_secs),
+            ("sip.max_call_secs", self.sip.max_call_secs),
+            ("sip.call_retention_secs", self.sip.call_retention_secs),
+            ("sip.shutdown_grace_secs", self.sip.shutdown_grace_secs),
+            ("sip.retry_after_secs", self.sip.retry_after_secs),
+            ("sip.t1_ms", self.sip.t1_ms / 1000),
+            ("sip.t2_ms", self.sip.t2_ms / 1000),
+            ("sip.t4_ms", self.sip.t4_ms / 1000),
+            ("media.inactivity_secs", self.media.inactivity_secs),
+            ("intent.ttl_secs", self.intent.ttl_secs),
+        ];
+        if let Some((key, value)) = durations.iter().find(|(_, v)| *v > MAX_SECS) {
+            return Err(ConfigError::Invalid(format!(
+                "{key} = {value} is beyond the longest duration accepted ({MAX_SECS} s)"
+            )));
+        }
+        // 64·T1 (Timers B, F, H) must stay representable, and far from overflowing.
+        if self.sip.t1_ms > 60_000 {
+            return Err(ConfigError::Invalid("sip.t1_ms must be at most 60000".into()));
+        }
+        if self.sip.retry_after_secs == 0 || self.sip.retry_after_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "sip.retry_after_secs must be 1-3600".into(),
+            ));
+        }
+        if self.sip.server_header.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::Invalid(
+                "sip.server_header must not contain control characters".into(),
+            ));
+        }
         if self.intent.ttl_secs == 0 {
             return Err(ConfigError::Invalid("intent.ttl_secs must be > 0".into()));
         }
@@ -567,13 +652,23 @@ mod tests {
         assert_eq!(timers.timer_d, Duration::from_millis(50 * 64));
         assert_eq!(engine.transactions.via_host, "sbc.example");
         assert_eq!(engine.transactions.via_port, Some(5099));
-        assert_eq!(
-            Config::default()
-                .sip
-                .engine_config(1, trunk, Config::default().media.media_config().unwrap())
-                .max_duration,
-            None
+        let defaults = Config::default().sip.engine_config(
+            1,
+            trunk,
+            Config::default().media.media_config().unwrap(),
         );
+        // SPEC: 4 h by default; 0 means unlimited.
+        assert_eq!(defaults.max_duration, Some(Duration::from_secs(14_400)));
+        assert_eq!(defaults.local.agent, None, "no Server/User-Agent by default");
+        assert_eq!(defaults.untrusted_reply, UntrustedReply::Forbidden);
+        let unlimited = SipSection {
+            max_call_secs: 0,
+            server_header: " Acme SBC ".into(),
+            ..SipSection::default()
+        }
+        .engine_config(1, trunk, Config::default().media.media_config().unwrap());
+        assert_eq!(unlimited.max_duration, None);
+        assert_eq!(unlimited.local.agent.as_deref(), Some("Acme SBC"));
 
         let api = c.api.api_settings();
         assert_eq!(api.tokens, vec!["t".to_string()]);
@@ -587,6 +682,37 @@ mod tests {
         let now = std::time::Instant::now();
         assert!(control.make_call(now, "1001", "2001", "3001").is_ok());
         assert!(control.make_call(now, "1002", "2002", "3002").is_err());
+    }
+
+    #[test]
+    fn untrusted_reply_and_deadline_overflows_are_checked_at_start_up() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &[]);
+        let reply = |pairs: &[(&str, &str)]| load(pairs).map(|c| c.sip.untrusted_reply.0);
+        assert_eq!(
+            reply(&[("CALLBRIDGE_SIP_UNTRUSTED_REPLY", "403")]).unwrap(),
+            UntrustedReply::Forbidden
+        );
+        assert_eq!(
+            reply(&[("CALLBRIDGE_SIP_UNTRUSTED_REPLY", "drop")]).unwrap(),
+            UntrustedReply::Drop
+        );
+        assert!(reply(&[("CALLBRIDGE_SIP_UNTRUSTED_REPLY", "404")]).is_err());
+        assert!(reply(&[("CALLBRIDGE_SIP_UNTRUSTED_REPLY", "ignore")]).is_err());
+        // Printed as it is written in SPEC, and read back the same.
+        let printed = toml::to_string(&Config::default()).unwrap();
+        assert!(printed.contains("untrusted_reply = \"403\""), "{printed}");
+        for key in [
+            "CALLBRIDGE_SIP_NO_ANSWER_SECS",
+            "CALLBRIDGE_SIP_MAX_CALL_SECS",
+            "CALLBRIDGE_SIP_SHUTDOWN_GRACE_SECS",
+            "CALLBRIDGE_MEDIA_INACTIVITY_SECS",
+            "CALLBRIDGE_INTENT_TTL_SECS",
+        ] {
+            let error = load(&[(key, "9223372036854775807")]).unwrap_err();
+            assert!(error.to_string().contains("longest duration"), "{key}: {error}");
+        }
+        assert!(load(&[("CALLBRIDGE_SIP_T1_MS", "4000000000")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_RETRY_AFTER_SECS", "0")]).is_err());
     }
 
     #[test]

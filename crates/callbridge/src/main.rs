@@ -36,6 +36,7 @@ struct Cli {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    abort_on_panic();
     // Purging of freed pages happens in jemalloc's own thread, on time, rather than only when
     // some thread next allocates (a bridged call's relay allocates nothing, so a quiet process
     // would otherwise keep the pages of a past burst).
@@ -93,6 +94,19 @@ async fn serve(config: Config) -> ExitCode {
     running.shutdown();
     running.join().await;
     ExitCode::SUCCESS
+}
+
+/// A panic in any thread or task ends the process, after the default message (with the
+/// panicking thread and location) is printed. Without it tokio would catch the panic of the SIP
+/// task, and the process would go on with its HTTP side saying OK and no SIP at all; a
+/// supervisor (deploy/callbridge.service, `Restart=always`) brings a dead process back.
+fn abort_on_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("callbridge: aborting after a panic");
+        std::process::abort();
+    }));
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (what service managers and `docker stop` send).

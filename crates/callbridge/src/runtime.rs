@@ -50,9 +50,10 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts a clean shutdown: calls are ended (BYE, CANCEL, 503); SIP keeps serving until
-    /// no call or transaction is left (at most `sip.shutdown_grace_secs`), then closes.
-    /// `/healthz` says 503 from the start of the drain; the API closes once SIP has stopped.
+    /// Starts a clean shutdown: `/healthz` says `503 draining` and new INVITEs get 503 at
+    /// once; live calls get `sip.shutdown_grace_secs` to end, then are hung up (BYE, CANCEL,
+    /// 503), and SIP keeps serving until their transactions are done (at most 64·T1), then
+    /// closes. The API closes once SIP has stopped.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -122,6 +123,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     status.set_serving(true);
     tracing::info!(%sip_addr, %api_addr, trunk = %trunk.addr, "callbridge serving");
     let grace = Duration::from_secs(config.sip.shutdown_grace_secs);
+    let hangup = hangup_wait(Duration::from_millis(config.sip.t1_ms));
     // Dropped when the SIP task ends (however it ends): the API stays up through the drain,
     // so that /healthz answers `503` while calls are being hung up (SPEC: "at once"), and
     // closes only once SIP has stopped.
@@ -134,7 +136,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         events,
         shutdown_rx.clone(),
         status.clone(),
-        grace,
+        (grace, hangup),
     );
     tasks.push(tokio::spawn(async move {
         sip.await;
@@ -173,6 +175,32 @@ async fn resolve(trunk: &str) -> Result<Peer, StartError> {
 /// Most transport events handled before timers and transmits are serviced again.
 const BATCH: usize = 64;
 
+/// Where a shutdown stands. SIGTERM starts [`Drain::Grace`]: `/healthz` says `draining`, new
+/// INVITEs get 503, live calls go on. When they have all ended, or the grace period is over,
+/// [`Drain::HangUp`]: every call left gets its BYE (or CANCEL, or 503), and the task waits for
+/// those transactions — at most `hangup_wait` — before it stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drain {
+    Serving,
+    Grace { until: tokio::time::Instant },
+    HangUp { until: tokio::time::Instant },
+}
+
+impl Drain {
+    fn deadline(self) -> Option<tokio::time::Instant> {
+        match self {
+            Drain::Serving => None,
+            Drain::Grace { until } | Drain::HangUp { until } => Some(until),
+        }
+    }
+}
+
+/// How long a shutdown waits for the transactions of its BYEs and CANCELs: 64·T1, the time
+/// any transaction is allowed to take (Timers B and F).
+pub(crate) fn hangup_wait(t1: Duration) -> Duration {
+    t1.saturating_mul(64)
+}
+
 /// The SIP task: the only owner of the engine.
 async fn sip_task(
     mut engine: Engine,
@@ -181,9 +209,9 @@ async fn sip_task(
     mut events: mpsc::Receiver<TransportEvent>,
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
-    grace: Duration,
+    (grace, hangup): (Duration, Duration),
 ) {
-    let mut drain_until: Option<tokio::time::Instant> = None;
+    let mut drain = Drain::Serving;
     // The driver's media counters go to the engine (and from there to the call records and
     // metrics) once a second, not per packet.
     let mut media_tick = tokio::time::interval(Duration::from_secs(1));
@@ -193,6 +221,9 @@ async fn sip_task(
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
+                // What is still queued behind this message: the engine sheds new INVITEs
+                // while it is far behind, so that its calls' messages keep their time.
+                engine.set_input_backlog(events.len());
                 handle_transport_event(&mut engine, event);
                 for _ in 0..BATCH {
                     match events.try_recv() {
@@ -210,15 +241,26 @@ async fn sip_task(
                 engine.publish_media_stats(now);
                 status.publish_media(&engine, media.stream_count());
             }
-            _ = shutdown.wait_for(|stop| *stop), if drain_until.is_none() => {
-                tracing::info!(calls = engine.call_count(), "shutting down: ending calls");
-                // /healthz turns 503 now, before the drain, so that load balancers stop
-                // sending calls while the live ones are hung up.
-                status.set_serving(false);
-                engine.shutdown(Instant::now());
-                drain_until = Some(tokio::time::Instant::now() + grace);
+            _ = shutdown.wait_for(|stop| *stop), if drain == Drain::Serving => {
+                tracing::info!(calls = engine.call_count(), ?grace, "shutting down: no new calls; live calls get the grace period");
+                // /healthz turns 503 now, so that load balancers stop sending calls.
+                status.set_draining();
+                engine.start_drain();
+                drain = Drain::Grace { until: tokio::time::Instant::now() + grace };
             }
-            _ = sleep_until(drain_until), if drain_until.is_some() => break,
+            _ = sleep_until(drain.deadline()), if drain != Drain::Serving => {
+                match drain {
+                    Drain::Grace { .. } => {
+                        tracing::info!(calls = engine.call_count(), "grace period over: hanging up the calls left");
+                        engine.shutdown(Instant::now());
+                        drain = Drain::HangUp { until: tokio::time::Instant::now() + hangup };
+                    }
+                    _ => {
+                        tracing::warn!(calls = engine.call_count(), "stopping with transactions unfinished");
+                        break;
+                    }
+                }
+            }
         }
         // Media commands first: a call that cannot open its media is refused in this same
         // step, and its SIP answers go out below with the rest.
@@ -227,7 +269,7 @@ async fn sip_task(
             transport.send(transmit);
         }
         status.publish(&engine);
-        if drain_until.is_some() && drained(&engine) {
+        if drain != Drain::Serving && drained(&engine) {
             break;
         }
     }

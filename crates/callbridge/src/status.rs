@@ -16,12 +16,16 @@ type Outcomes = (Vec<(String, u64)>, Vec<(String, u64)>);
 #[derive(Default)]
 pub struct SharedStatus {
     serving: AtomicBool,
+    /// A shutdown has begun: `/healthz` says `draining`.
+    draining: AtomicBool,
     calls: AtomicU64,
     active_calls: AtomicU64,
     dialogs: AtomicU64,
     client_transactions: AtomicU64,
     server_transactions: AtomicU64,
     bridged: AtomicU64,
+    untrusted: AtomicU64,
+    wrong_peer: AtomicU64,
     /// Sum of the refusal and failure counters when the maps were last copied: the maps are
     /// copied only when it changes, not on every published batch.
     outcomes_seen: AtomicU64,
@@ -54,6 +58,11 @@ impl SharedStatus {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
+    /// The shutdown has begun: from now on `/healthz` answers `503 draining`.
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Copies the engine's counts (called by the SIP task; cheap unless outcomes changed).
     pub(crate) fn publish(&self, engine: &Engine) {
         let relaxed = Ordering::Relaxed;
@@ -71,6 +80,8 @@ impl SharedStatus {
         self.media_pairs.store(pairs as u64, relaxed);
         let stats = engine.stats();
         self.bridged.store(stats.calls_bridged, relaxed);
+        self.untrusted.store(stats.untrusted_messages, relaxed);
+        self.wrong_peer.store(stats.wrong_peer_messages, relaxed);
         let total: u64 =
             stats.calls_refused.values().sum::<u64>() + stats.calls_failed.values().sum::<u64>();
         if self.outcomes_seen.swap(total, relaxed) != total {
@@ -108,6 +119,7 @@ impl SipStatus for SharedStatus {
         );
         SipSnapshot {
             sip_serving: self.serving.load(relaxed),
+            draining: self.draining.load(relaxed),
             active_calls: self.active_calls.load(relaxed),
             dialogs: self.dialogs.load(relaxed),
             client_transactions: self.client_transactions.load(relaxed),
@@ -117,6 +129,8 @@ impl SipStatus for SharedStatus {
             calls_failed: failed,
             sip_malformed_answered: transport.as_ref().map_or(0, |t| t.malformed_answered),
             sip_malformed_dropped: transport.as_ref().map_or(0, |t| t.malformed_dropped),
+            sip_untrusted: self.untrusted.load(relaxed),
+            sip_wrong_peer: self.wrong_peer.load(relaxed),
             media_packets_relayed: self.media_relayed.load(relaxed),
             media_packets_dropped: self.media_dropped.load(relaxed),
             media_ports_in_use: 2 * pairs.saturating_sub(free),

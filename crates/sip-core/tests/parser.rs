@@ -1048,6 +1048,15 @@ fn unparseable_mandatory_headers_are_errors() {
             "To: <sip:bob@example.com>",
             "To: \"Mr. J. User <sip:bob@example.com>",
         ),
+        // RFC 4475 §3.1.2.14 (badaspec): whitespace inside the angle brackets.
+        (
+            "To: <sip:bob@example.com>",
+            "To: \"Watson, Thomas\" < sip:bob@example.com >",
+        ),
+        (
+            "From: <sip:alice@example.com>",
+            "From: <sip:alice@example.com >",
+        ),
         ("CSeq: 7 INVITE", "CSeq: seven INVITE"),
         // RFC 4475 §3.1.2.5 (scalar02): CSeq number far too large.
         ("CSeq: 7 INVITE", "CSeq: 36893488147419103232 INVITE"),

@@ -351,6 +351,21 @@ async fn healthz_follows_the_sip_side() {
     );
     let head = up.send(request(Method::HEAD, "/healthz", &[], "")).await;
     assert_eq!(head.status, StatusCode::OK);
+    // From the first moment of a shutdown, while SIP still serves the live calls.
+    let draining = harness_with(
+        ApiSettings::default(),
+        Arc::new(FixedSip(SipSnapshot {
+            sip_serving: true,
+            draining: true,
+            ..SipSnapshot::default()
+        })),
+    );
+    let reply = draining.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        reply.json(),
+        json!({"status": "draining", "sip": false, "http": true})
+    );
 }
 
 #[tokio::test]
@@ -368,6 +383,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         calls_failed: vec![("callee_rejected".into(), 4)],
         sip_malformed_answered: 8,
         sip_malformed_dropped: 9,
+        sip_untrusted: 11,
+        sip_wrong_peer: 12,
+        draining: false,
         media_packets_relayed: 1000,
         media_packets_dropped: 3,
         media_ports_in_use: 8,
@@ -403,6 +421,8 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         "callbridge_calls_failed_total{reason=\"callee_rejected\"} 4",
         "callbridge_sip_malformed_total{handling=\"answered\"} 8",
         "callbridge_sip_malformed_total{handling=\"dropped\"} 9",
+        "callbridge_sip_refused_messages_total{reason=\"untrusted_source\"} 11",
+        "callbridge_sip_refused_messages_total{reason=\"wrong_peer\"} 12",
         "callbridge_http_requests_total{class=\"2xx\"} 3",
         "callbridge_http_requests_total{class=\"4xx\"} 1",
         "callbridge_http_requests_total{class=\"5xx\"} 0",

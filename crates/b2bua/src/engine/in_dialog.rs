@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use sip_core::dialog::{DialogId, DialogState};
 use sip_core::transaction::{ClientTxId, ServerTxId, TxId};
-use sip_core::{HeaderName, Method, NameAddr, Request, Response};
+use sip_core::{HeaderName, Method, NameAddr, Peer, Request, Response};
 
 use super::{destination, Engine};
 use crate::call::{CallKey, DeferredAck, Leg, Relay};
@@ -18,13 +18,26 @@ use crate::registry::{CallState, EndCause, Party};
 const MAX_UNANSWERED_RELAYS: usize = 16;
 
 impl Engine {
-    pub(super) fn on_in_dialog(&mut self, now: Instant, tx: ServerTxId, request: Request) {
+    pub(super) fn on_in_dialog(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: Request,
+        from: Peer,
+    ) {
         let owner = DialogId::for_incoming_request(&request)
             .and_then(|id| self.dialog_owner.get(&id).copied());
         let Some((key, leg)) = owner else {
             self.stats.unmatched_requests += 1;
             return self.respond(now, tx, &request, 481, None, None);
         };
+        if !self.is_leg_peer(leg, from) {
+            // Not this leg's peer: refused, and the call does not even hear of it.
+            self.stats.wrong_peer_messages += 1;
+            tracing::info!(?leg, source = %from.addr, method = %request.method.as_str(),
+                "in-dialog request from another peer than the leg's refused");
+            return self.respond(now, tx, &request, 403, None, Some("Not this dialog's peer"));
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return self.respond(now, tx, &request, 481, None, None);
         };
@@ -329,10 +342,22 @@ impl Engine {
 
     /// An ACK for a 2xx we sent. It completes a late-offer exchange when the other leg's
     /// ACK was waiting for the SDP answer it carries.
-    pub(super) fn on_ack(&mut self, now: Instant, tx: Option<ServerTxId>, request: Request) {
+    pub(super) fn on_ack(
+        &mut self,
+        now: Instant,
+        tx: Option<ServerTxId>,
+        request: Request,
+        from: Peer,
+    ) {
         let Some(tx) = tx else {
             return;
         };
+        let leg = DialogId::for_incoming_request(&request)
+            .and_then(|id| self.dialog_owner.get(&id).map(|&(_, leg)| leg));
+        if leg.is_some_and(|leg| !self.is_leg_peer(leg, from)) {
+            self.stats.wrong_peer_messages += 1;
+            return;
+        }
         let Some(&key) = self.tx_owner.get(&TxId::Server(tx)) else {
             return;
         };

@@ -30,7 +30,7 @@ impl Engine {
             .unwrap_or(false);
         match request.method {
             Method::Cancel => self.on_cancel(now, tx, &request, cancels),
-            _ if in_dialog => self.on_in_dialog(now, tx, request),
+            _ if in_dialog => self.on_in_dialog(now, tx, request, from),
             Method::Invite => self.on_new_invite(now, tx, request, from),
             Method::Options => {
                 let mut response = local_response(&self.config.local, &request, 200, None, None);
@@ -69,22 +69,9 @@ impl Engine {
         self.respond(now, tx, request, status, None, Some(text));
     }
 
+    /// A new INVITE that passed the door (trusted source, room for a call): refused, or
+    /// matched to its intent and leg B placed.
     fn on_new_invite(&mut self, now: Instant, tx: ServerTxId, request: Request, from: Peer) {
-        let trusted = self
-            .config
-            .trusted_peers
-            .iter()
-            .any(|net| net.contains(&from.addr.ip()));
-        if !trusted {
-            return self.refuse(
-                now,
-                tx,
-                &request,
-                403,
-                Refusal::UntrustedSource,
-                "Untrusted source",
-            );
-        }
         if let Some(Ok(0)) = request.headers.max_forwards() {
             return self.refuse(
                 now,
@@ -103,16 +90,6 @@ impl Engine {
                 400,
                 Refusal::Malformed,
                 "Missing Contact",
-            );
-        }
-        if self.active_call_count() >= self.config.max_calls {
-            return self.refuse(
-                now,
-                tx,
-                &request,
-                503,
-                Refusal::Overloaded,
-                "Too many calls",
             );
         }
         if !self.media.has_capacity() {

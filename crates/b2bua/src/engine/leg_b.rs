@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use sip_core::dialog::{Dialog, DialogId};
 use sip_core::transaction::{ClientTxId, TxId};
-use sip_core::{HeaderName, Method, Response};
+use sip_core::{HeaderName, Method, Peer, Response};
 
 use super::Engine;
 use crate::call::{CallKey, CallTimer, DeferredAck, Leg};
@@ -298,8 +298,10 @@ impl Engine {
 
     /// A response that matches no transaction: a 2xx to leg B's INVITE retransmitted after
     /// the transaction ended gets its ACK again (RFC 3261 §13.2.2.4).
-    pub(super) fn on_stray_response(&mut self, response: Response) {
-        if response.class() != 2 {
+    pub(super) fn on_stray_response(&mut self, response: Response, from: Peer) {
+        // Only a 2xx of leg B's INVITE, retransmitted by the trunk, is answered (its ACK
+        // again, RFC 3261 §13.2.2.4); any other response matching nothing is never answered.
+        if response.class() != 2 || !self.is_trunk(from.addr.ip()) {
             return;
         }
         let is_invite = response

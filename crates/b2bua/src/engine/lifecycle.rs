@@ -277,10 +277,23 @@ impl Engine {
         }
     }
 
-    /// Ends every call (process shutdown): BYE to bridged calls, 503 and CANCEL to the
-    /// rest. The runtime keeps driving the engine until [`Engine::call_count`] is 0 or its
-    /// grace period runs out.
+    /// The first step of a shutdown (SIGTERM): from now on every new INVITE gets a
+    /// stateless 503, while live calls go on. The runtime gives them `sip.shutdown_grace_secs`
+    /// to end by themselves, then calls [`Engine::shutdown`].
+    pub fn start_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether [`Engine::start_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Ends every call (the grace period is over): BYE to bridged calls, 503 and CANCEL to
+    /// the rest. New INVITEs are refused from here on too. The runtime keeps driving the
+    /// engine until no call or transaction is left, or a bound runs out.
     pub fn shutdown(&mut self, now: Instant) {
+        self.draining = true;
         let keys: Vec<CallKey> = self.calls.keys().copied().collect();
         for key in keys {
             self.hang_up(now, key, Party::System, EndCause::Shutdown);

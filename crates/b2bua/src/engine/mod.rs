@@ -8,6 +8,7 @@
 //! transaction or dialog; calls keep their state in [`Call`] and the steps of each flow live
 //! in the submodules:
 //!
+//! - [`door`]: the trust boundary and overload shedding, before any transaction exists;
 //! - [`incoming`]: a new INVITE on leg A (trust, intent, leg B), CANCEL, out-of-dialog requests;
 //! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
@@ -15,6 +16,7 @@
 //!   has finished;
 //! - [`media_events`]: media events from the driver, the media inactivity check, media counters.
 
+mod door;
 mod in_dialog;
 mod incoming;
 mod leg_b;
@@ -40,22 +42,31 @@ use crate::control::CallControl;
 use crate::media::{MediaCommand, MediaConfig, MediaPlane};
 use crate::outbound::{local_response, LocalIdentity};
 
+pub use door::UntrustedReply;
+
 /// What the engine needs to know about its surroundings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub local: LocalIdentity,
     /// Where leg B's INVITEs go (`sip.trunk`).
     pub trunk: Peer,
-    /// Sources allowed to send INVITEs (`sip.trusted_peers`); others get 403.
+    /// Sources whose SIP is processed statefully (`sip.trusted_peers`), besides the trunk.
     pub trusted_peers: Vec<IpNet>,
+    /// What requests from every other source get (`sip.untrusted_reply`).
+    pub untrusted_reply: UntrustedReply,
     /// Final status when no intent matches (`sip.refuse_code`).
     pub refuse_code: u16,
     /// Leg B unanswered this long: CANCEL it, 480 on leg A (`sip.no_answer_secs`).
     pub no_answer: Duration,
     /// Bridged calls longer than this are hung up (`sip.max_call_secs`; `None`: no limit).
     pub max_duration: Option<Duration>,
-    /// Calls held at once; beyond it new INVITEs get 503.
+    /// Calls held at once; beyond it new INVITEs get a stateless 503.
     pub max_calls: usize,
+    /// Transport messages waiting for the engine beyond which new INVITEs get a stateless
+    /// 503 (`sip.overload_backlog`): the engine has fallen behind its input.
+    pub overload_backlog: usize,
+    /// The `Retry-After` of those 503s (`sip.retry_after_secs`).
+    pub retry_after: Duration,
     pub transactions: TransactionConfig,
     /// Media anchoring: the relay port range, the address written in SDP, the inactivity
     /// timeout.
@@ -78,6 +89,11 @@ pub struct EngineStats {
     pub media_ended: crate::media::DirectionStats,
     /// Media streams the driver could not open (a relay port held by another process).
     pub media_open_failures: u64,
+    /// Messages from sources outside the trust boundary (answered statelessly or dropped).
+    pub untrusted_messages: u64,
+    /// Requests inside a call from a trusted source that is not that leg's peer (403), and
+    /// ACKs so sent (dropped).
+    pub wrong_peer_messages: u64,
 }
 
 /// All calls of one callbridge instance. See the module documentation.
@@ -107,6 +123,13 @@ pub struct Engine {
     /// Rate limit of the "media ports exhausted" warning.
     exhausted_logged_at: Option<Instant>,
     exhausted_since_log: u64,
+    /// Rate limit of the "untrusted source" log line.
+    untrusted_log: door::SourceLog,
+    /// Set by [`Engine::start_drain`]: new INVITEs are refused.
+    draining: bool,
+    /// Transport messages queued for the engine, as the runtime last said
+    /// ([`Engine::set_input_backlog`]).
+    input_backlog: usize,
 }
 
 impl Engine {
@@ -129,6 +152,9 @@ impl Engine {
             ending: 0,
             exhausted_logged_at: None,
             exhausted_since_log: 0,
+            untrusted_log: door::SourceLog::default(),
+            draining: false,
+            input_backlog: 0,
         }
     }
 
@@ -160,12 +186,28 @@ impl Engine {
         self.dialog_owner.len()
     }
 
-    /// A message from the transport.
+    /// A message from the transport. It passes the trust boundary first (see [`door`]).
     pub fn handle_message(&mut self, now: Instant, message: Message, from: Peer) {
-        if let Err(error) = self.layer.handle_message(now, message, from) {
-            tracing::debug!(%error, ?from, "message dropped by the transaction layer");
+        match self.admit(now, &message, from) {
+            door::Admission::Stateful => {
+                if let Err(error) = self.layer.handle_message(now, message, from) {
+                    tracing::debug!(%error, ?from, "message dropped by the transaction layer");
+                }
+                self.process_events(now);
+            }
+            door::Admission::Stateless(response) => {
+                if let Err(error) = self.layer.send_stateless_response(&response, from) {
+                    tracing::debug!(%error, ?from, "stateless answer not sent");
+                }
+            }
+            door::Admission::Drop => {}
         }
-        self.process_events(now);
+    }
+
+    /// How many transport messages wait for the engine (the runtime's queue). Beyond
+    /// `overload_backlog`, new INVITEs are shed with a stateless 503 until it drains.
+    pub fn set_input_backlog(&mut self, queued: usize) {
+        self.input_backlog = queued;
     }
 
     /// The transport could not deliver to `peer`.
@@ -219,9 +261,9 @@ impl Engine {
                 from,
                 cancels,
             } => self.on_request(now, tx, request, from, cancels),
-            TxEvent::Ack { tx, request, .. } => self.on_ack(now, tx, request),
+            TxEvent::Ack { tx, request, from } => self.on_ack(now, tx, request, from),
             TxEvent::Response { tx, response, .. } => self.on_response(now, tx, response),
-            TxEvent::StrayResponse { response, .. } => self.on_stray_response(response),
+            TxEvent::StrayResponse { response, from } => self.on_stray_response(response, from),
             TxEvent::Timeout(id) | TxEvent::TransportError(id) => self.on_tx_failure(now, id),
             TxEvent::Terminated(id) => self.on_terminated(id),
         }

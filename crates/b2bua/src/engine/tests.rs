@@ -91,14 +91,17 @@ impl Harness {
             local: LocalIdentity {
                 public_addr: "127.0.0.1".into(),
                 port: 5060,
-                agent: "callbridge-test".into(),
+                agent: None,
             },
             trunk: trunk(),
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
+            untrusted_reply: super::UntrustedReply::Forbidden,
             refuse_code: 403,
             no_answer: Duration::from_secs(60),
             max_duration: None,
             max_calls: 100,
+            overload_backlog: 256,
+            retry_after: Duration::from_secs(5),
             transactions: TransactionConfig {
                 via_host: "127.0.0.1".into(),
                 via_port: Some(5060),
@@ -460,7 +463,9 @@ fn untrusted_source_is_refused_before_the_intent_table() {
     let stranger = Peer::udp("10.1.1.1:5060".parse().unwrap());
     h.feed(&leg_a_invite("1001", "2001", "z9hG4bKu1", SDP_A), stranger);
     let sent = h.sent();
-    assert_eq!(statuses(&sent, stranger), [100, 403]);
+    // One stateless answer: no 100 Trying, no transaction (tests/door.rs has the rest).
+    assert_eq!(statuses(&sent, stranger), [403]);
+    assert_eq!(h.engine.transactions().server_count(), 0);
     assert!(methods(&sent, trunk()).is_empty());
     assert_eq!(
         h.engine.stats().calls_refused.get("untrusted_source"),
@@ -1085,7 +1090,8 @@ fn max_calls_counts_live_calls_not_ended_ones_still_lingering() {
         r.headers.set(HeaderName::CallId, "second@10.9.9.9");
     }
     h.feed(&second, phone());
-    assert_eq!(statuses(&h.sent(), phone()), [100, 503]);
+    // Shed statelessly, before any transaction (tests/door.rs).
+    assert_eq!(statuses(&h.sent(), phone()), [503]);
     // The first call fails; its transactions linger (Timer D) but it no longer counts.
     callee_refuses(&mut h, &b_invite, "z9hG4bKa1");
     assert_eq!(h.engine.call_count(), 1);
@@ -1944,3 +1950,5 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
     caller_hangs_up(&mut h, &a_tag, 2);
     h.assert_drained();
 }
+
+mod door;

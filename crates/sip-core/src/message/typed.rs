@@ -180,7 +180,13 @@ impl NameAddr {
             let display = text[..open].trim();
             let after_open = &text[open + 1..];
             let close = after_open.find('>').ok_or_else(bad)?;
-            let uri = Uri::parse(&after_open[..close])?;
+            let inner = &after_open[..close];
+            // RFC 3261 §25.1: LAQUOT is `SWS "<"` and RAQUOT `">" SWS`; no whitespace may sit
+            // inside the brackets (RFC 4475 §3.1.2.14, badaspec: `< sip:t.watson@example.org >`).
+            if inner.bytes().any(|b| b.is_ascii_whitespace()) {
+                return Err(bad());
+            }
+            let uri = Uri::parse(inner)?;
             let params = Params::parse(after_open[close + 1..].trim())?;
             let display_name = parse_display_name(display).ok_or_else(bad)?;
             Ok(NameAddr {

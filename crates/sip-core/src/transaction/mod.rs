@@ -43,6 +43,7 @@
 mod client;
 mod key;
 mod server;
+mod stateless;
 mod timer;
 
 #[cfg(test)]
@@ -205,6 +206,8 @@ pub struct TransactionStats {
     pub stray_acks: u64,
     /// Messages that could not be keyed (no usable Via/CSeq) and were dropped.
     pub unmatchable: u64,
+    /// Responses sent without a transaction ([`TransactionLayer::send_stateless_response`]).
+    pub stateless_responses: u64,
 }
 
 /// What the state machines produce besides their own state: timer deadlines, bytes to send,

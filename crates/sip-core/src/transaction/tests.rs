@@ -1083,6 +1083,7 @@ fn client_stats_count_retransmissions_absorbed_finals_timeouts_strays_and_unmatc
             stray_responses: 1,
             stray_acks: 0,
             unmatchable: 2,
+            stateless_responses: 0,
         }
     );
     h.assert_empty();
@@ -1155,6 +1156,7 @@ fn server_stats_count_retransmissions_absorbed_copies_timeouts_and_stray_acks() 
             stray_responses: 0,
             stray_acks: 1,
             unmatchable: 0,
+            stateless_responses: 0,
         }
     );
     h.assert_empty();
@@ -1262,4 +1264,25 @@ fn ack_for_2xx_finds_the_newer_twin_after_the_older_one_ends() {
     h.run_until(ms(33_000));
     assert_eq!(h.events(), [TxEvent::Terminated(TxId::Server(newer_tx))]);
     h.assert_empty();
+}
+
+#[test]
+fn stateless_answers_hold_nothing_and_copies_of_live_requests_are_recognised() {
+    let mut h = Harness::new();
+    let invite = incoming("INVITE", "z9hG4bKsl1", 1);
+    assert!(!h.layer.has_server_transaction(&invite));
+    let response = Response::to_request(&invite, 503, None);
+    h.layer
+        .send_stateless_response(&response, udp_peer())
+        .unwrap();
+    let sent: Vec<Transmit> = std::iter::from_fn(|| h.layer.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((h.layer.client_count(), h.layer.server_count()), (0, 0));
+    assert_eq!(h.layer.poll_timeout(), None, "nothing to retransmit");
+    assert_eq!(h.layer.stats().stateless_responses, 1);
+    // Once a transaction exists, its copies (and its ACK) are the layer's.
+    h.layer
+        .handle_message(h.now, Message::Request(invite.clone()), udp_peer())
+        .unwrap();
+    assert!(h.layer.has_server_transaction(&invite));
 }
