@@ -272,6 +272,13 @@ impl Phone {
         Phone::with(TestUa::udp(bridge.sip).await, user)
     }
 
+    /// A UDP phone on the loopback address `ip` (another `127.0.0.x` stands for another
+    /// host).
+    pub async fn udp_from(bridge: &Bridge, user: &str, ip: &str) -> Phone {
+        let local = SocketAddr::new(ip.parse().expect("ip"), 0);
+        Phone::with(TestUa::udp_at(local, bridge.sip).await, user)
+    }
+
     pub async fn tcp(bridge: &Bridge, user: &str) -> Phone {
         Phone::with(TestUa::tcp(bridge.sip).await, user)
     }
@@ -534,4 +541,31 @@ pub fn assert_anchored(body: &[u8], range: (u16, u16), direction: &str) {
         text.contains(&format!("a={direction}")),
         "direction changed:\n{text}"
     );
+}
+
+/// Leg A INVITE → leg B INVITE at the callee, answered with 180 then 200; leg A sees both,
+/// ACKs. Returns the phone and the callee's dialog.
+pub async fn bridged_call(bridge: &mut Bridge, phone: &mut Phone) -> CalleeDialog {
+    phone.call("2001").await;
+    let invite = expect_request(&mut bridge.callee, Method::Invite).await;
+    let dialog = CalleeDialog::new(invite.clone());
+    bridge.callee.send(dialog.reply(&invite, 100, None)).await;
+    bridge.callee.send(dialog.reply(&invite, 180, None)).await;
+    let ringing = phone.ua.expect_response(180).await;
+    phone.learn(&ringing);
+    let callee_media = bridge.callee.local_addr();
+    bridge
+        .callee
+        .send(dialog.reply(&invite, 200, Some(callee_media)))
+        .await;
+    let ok = phone.ua.expect_response(200).await;
+    phone.learn(&ok);
+    // Media anchored: the phone is told to send to callbridge, not to the callee.
+    assert_anchored(&ok.body, bridge.rtp_ports, "sendrecv");
+    assert_anchored(&invite.body, bridge.rtp_ports, "sendrecv");
+    // callbridge ACKs leg B's 200.
+    let ack = expect_request(&mut bridge.callee, Method::Ack).await;
+    assert_eq!(ack.headers.call_id(), invite.headers.call_id());
+    phone.ack().await;
+    dialog
 }

@@ -60,7 +60,17 @@ impl TestUa {
 
     /// A TCP endpoint connected to `server`.
     pub async fn tcp(server: SocketAddr) -> TestUa {
-        let stream = TcpStream::connect(server).await.expect("connect over TCP");
+        TestUa::tcp_from("127.0.0.1".parse().expect("ip"), server).await
+    }
+
+    /// A TCP endpoint connected to `server` from the loopback address `ip` (another
+    /// `127.0.0.x` stands for another host).
+    pub async fn tcp_from(ip: std::net::IpAddr, server: SocketAddr) -> TestUa {
+        let socket = tokio::net::TcpSocket::new_v4().expect("TCP socket");
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .expect("bind the TCP client");
+        let stream = socket.connect(server).await.expect("connect over TCP");
         let local = stream.local_addr().expect("local addr");
         TestUa {
             socket: Socket::Tcp {

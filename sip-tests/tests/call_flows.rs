@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use sip_core::{HeaderName, Message, Method, Request, Response};
-use sip_tests::bridge::{assert_anchored, expect_request, Bridge, CalleeDialog, Options, Phone};
+use sip_tests::bridge::{
+    assert_anchored, bridged_call, expect_request, Bridge, CalleeDialog, Options, Phone,
+};
 use sip_tests::{message, sdp};
 
 /// An SDP offer or answer for `addr` whose direction attribute is `direction`: each relayed
@@ -35,33 +37,6 @@ fn phone_reply(phone: &Phone, request: &Request, status: u16, body: Option<Strin
         Some(body) => with_sdp(response, body),
         None => response,
     }
-}
-
-/// Leg A INVITE → leg B INVITE at the callee, answered with 180 then 200; leg A sees both,
-/// ACKs. Returns the phone and the callee's dialog.
-async fn bridged_call(bridge: &mut Bridge, phone: &mut Phone) -> CalleeDialog {
-    phone.call("2001").await;
-    let invite = expect_request(&mut bridge.callee, Method::Invite).await;
-    let dialog = CalleeDialog::new(invite.clone());
-    bridge.callee.send(dialog.reply(&invite, 100, None)).await;
-    bridge.callee.send(dialog.reply(&invite, 180, None)).await;
-    let ringing = phone.ua.expect_response(180).await;
-    phone.learn(&ringing);
-    let callee_media = bridge.callee.local_addr();
-    bridge
-        .callee
-        .send(dialog.reply(&invite, 200, Some(callee_media)))
-        .await;
-    let ok = phone.ua.expect_response(200).await;
-    phone.learn(&ok);
-    // Media anchored: the phone is told to send to callbridge, not to the callee.
-    assert_anchored(&ok.body, bridge.rtp_ports, "sendrecv");
-    assert_anchored(&invite.body, bridge.rtp_ports, "sendrecv");
-    // callbridge ACKs leg B's 200.
-    let ack = expect_request(&mut bridge.callee, Method::Ack).await;
-    assert_eq!(ack.headers.call_id(), invite.headers.call_id());
-    phone.ack().await;
-    dialog
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,24 +428,6 @@ async fn reinvite_is_relayed_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn untrusted_source_is_refused_without_touching_the_intent() {
-    let mut bridge = Bridge::start_with(Options {
-        trusted_peers: vec!["127.0.0.2/32".into()],
-        ..Options::default()
-    })
-    .await;
-    let callid = bridge.makecall("1001", "2001", "3001").await;
-    let mut phone = Phone::udp(&bridge, "1001").await;
-    // The intent was never consumed: still pending, its record still an intent.
-    expect_refused_keeping(&mut bridge, &mut phone, 403, 1).await;
-    assert_eq!(bridge.call(&callid).await["state"], "intent");
-    // Counted under the reason the engine gives (an operator's alert keys on it), and under
-    // that one only.
-    assert_eq!(bridge.refused("untrusted_source").await, 1);
-    assert_eq!(bridge.refused("no_intent").await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_headers_are_understood() {
     let mut bridge = Bridge::start().await;
     bridge.makecall("1001", "2001", "3001").await;
@@ -566,85 +523,6 @@ async fn malformed_sip_gets_400_and_the_server_keeps_serving() {
     assert!(
         text.contains("callbridge_sip_malformed_total{handling=\"dropped\"} 1"),
         "{text}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_hangs_up_bridged_calls_on_both_legs() {
-    let mut bridge = Bridge::start_with(Options {
-        // Room for the drain below (its last transaction ends 64·T1 = 3.2 s after it began)
-        // on a loaded machine; the drain ends as soon as nothing is left, not at the grace.
-        extra: vec!["sip.shutdown_grace_secs=20".into()],
-        ..Options::default()
-    })
-    .await;
-    let callid = bridge.makecall("1001", "2001", "3001").await;
-    let mut phone = Phone::udp(&bridge, "1001").await;
-    let dialog = bridged_call(&mut bridge, &mut phone).await;
-    bridge.wait_call_state(&callid, "answered").await;
-    bridge.running.shutdown();
-    let bye_a = expect_request(&mut phone.ua, Method::Bye).await;
-    assert!(bye_a
-        .headers
-        .get(&HeaderName::Reason)
-        .is_some_and(|r| r.contains("shutdown")));
-    // Draining: the API still answers, and /healthz already says SIP is not serving, so a
-    // load balancer stops sending calls while these are hung up.
-    let (status, health) = bridge.http("GET", "/healthz", None).await;
-    assert_eq!(status, 503, "{health}");
-    assert_eq!(health["sip"], false, "{health}");
-    phone
-        .ua
-        .send(sip_core::Response::to_request(&bye_a, 200, None))
-        .await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    assert!(bye_b
-        .headers
-        .get(&HeaderName::Reason)
-        .is_some_and(|r| r.contains("shutdown")));
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
-    // The trunk's keep-alive during the drain is answered; its transaction belongs to no
-    // call and outlives this one (it began later), so SIP must keep serving past the last
-    // call until it ends.
-    let trunk = bridge.callee.local_addr();
-    let options = sip_tests::request(&format!(
-        "OPTIONS sip:{sip} SIP/2.0\n\
-         Via: SIP/2.0/UDP {trunk};branch={branch};rport\n\
-         Max-Forwards: 70\n\
-         From: <sip:trunk@{trunk}>;tag={tag}\n\
-         To: <sip:{sip}>\n\
-         Call-ID: {call_id}\n\
-         CSeq: 1 OPTIONS\n\n",
-        sip = bridge.sip,
-        branch = sip_core::ids::new_branch(),
-        tag = sip_core::ids::new_tag(),
-        call_id = sip_core::ids::new_call_id("trunk.test"),
-    ));
-    bridge.callee.send(options).await;
-    bridge.callee.expect_response(200).await;
-    let record = bridge.running.control.call(&callid).expect("record");
-    assert_eq!(record.end_cause, Some(b2bua::EndCause::Shutdown));
-    assert_eq!(record.ended_by, Some(b2bua::Party::System));
-    // Relay ports go with the calls, before SIP stops.
-    bridge.assert_ports_free().await;
-
-    // SIP stops (within the grace period) once no call and no transaction is left; the API
-    // closes after it. What SIP held when it stopped is what it published last.
-    let Bridge { running, api, .. } = bridge;
-    let status = running.status.clone();
-    let control = running.control.clone();
-    tokio::time::timeout(Duration::from_secs(30), running.join())
-        .await
-        .expect("callbridge stops (bounded by its 20 s grace period)");
-    assert_eq!(
-        status.held(),
-        (0, 0, 0),
-        "(calls, dialogs, transactions) left when SIP stopped"
-    );
-    assert_eq!(control.intents().len(), 0);
-    assert!(
-        tokio::net::TcpStream::connect(api).await.is_err(),
-        "the API still accepts connections after the shutdown"
     );
 }
 

@@ -377,7 +377,10 @@ mod tests {
         let ids: Vec<u128> = (0..2000)
             .map(|_| CallIdGenerator.next())
             .map(|id| {
-                assert!(id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()), "{id}");
+                assert!(
+                    id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit()),
+                    "{id}"
+                );
                 id.parse().unwrap()
             })
             .collect();

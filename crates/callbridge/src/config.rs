@@ -84,6 +84,9 @@ pub struct SipSection {
     pub overload_backlog: usize,
     /// The Retry-After of those 503s, in seconds.
     pub retry_after_secs: u64,
+    /// Server transactions held at once; beyond it new out-of-dialog requests get a
+    /// stateless 503 (each is memory held for up to 64·T1).
+    pub max_server_transactions: usize,
     /// Server/User-Agent value; empty: the header is omitted.
     pub server_header: String,
     /// How long ended calls stay queryable through `GET /api/calls/{callid}`.
@@ -119,6 +122,7 @@ impl Default for SipSection {
             max_calls: 10_000,
             overload_backlog: 256,
             retry_after_secs: 5,
+            max_server_transactions: 100_000,
             server_header: String::new(),
             call_retention_secs: 3600,
             max_ended_calls: 100_000,
@@ -168,6 +172,7 @@ impl SipSection {
             max_calls: self.max_calls,
             overload_backlog: self.overload_backlog,
             retry_after: Duration::from_secs(self.retry_after_secs),
+            max_server_transactions: self.max_server_transactions,
             transactions: self.transaction_config(sip_port),
             media,
         }
@@ -484,7 +489,9 @@ impl Config {
         }
         // 64·T1 (Timers B, F, H) must stay representable, and far from overflowing.
         if self.sip.t1_ms > 60_000 {
-            return Err(ConfigError::Invalid("sip.t1_ms must be at most 60000".into()));
+            return Err(ConfigError::Invalid(
+                "sip.t1_ms must be at most 60000".into(),
+            ));
         }
         if self.sip.retry_after_secs == 0 || self.sip.retry_after_secs > 3600 {
             return Err(ConfigError::Invalid(
@@ -659,7 +666,10 @@ mod tests {
         );
         // SPEC: 4 h by default; 0 means unlimited.
         assert_eq!(defaults.max_duration, Some(Duration::from_secs(14_400)));
-        assert_eq!(defaults.local.agent, None, "no Server/User-Agent by default");
+        assert_eq!(
+            defaults.local.agent, None,
+            "no Server/User-Agent by default"
+        );
         assert_eq!(defaults.untrusted_reply, UntrustedReply::Forbidden);
         let unlimited = SipSection {
             max_call_secs: 0,
@@ -709,7 +719,10 @@ mod tests {
             "CALLBRIDGE_INTENT_TTL_SECS",
         ] {
             let error = load(&[(key, "9223372036854775807")]).unwrap_err();
-            assert!(error.to_string().contains("longest duration"), "{key}: {error}");
+            assert!(
+                error.to_string().contains("longest duration"),
+                "{key}: {error}"
+            );
         }
         assert!(load(&[("CALLBRIDGE_SIP_T1_MS", "4000000000")]).is_err());
         assert!(load(&[("CALLBRIDGE_SIP_RETRY_AFTER_SECS", "0")]).is_err());

@@ -52,7 +52,7 @@ pub struct Running {
 impl Running {
     /// Starts a clean shutdown: `/healthz` says `503 draining` and new INVITEs get 503 at
     /// once; live calls get `sip.shutdown_grace_secs` to end, then are hung up (BYE, CANCEL,
-    /// 503), and SIP keeps serving until their transactions are done (at most 64·T1), then
+    /// 503), and SIP keeps serving until their transactions are done (at most 128·T1), then
     /// closes. The API closes once SIP has stopped.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
@@ -195,10 +195,11 @@ impl Drain {
     }
 }
 
-/// How long a shutdown waits for the transactions of its BYEs and CANCELs: 64·T1, the time
-/// any transaction is allowed to take (Timers B and F).
+/// How long a shutdown waits for the transactions of its BYEs and CANCELs: 128·T1. A
+/// cancelled INVITE may get its final response up to 64·T1 after the CANCEL (Timer B), and
+/// then absorbs retransmissions of it for 64·T1 more (Timer D).
 pub(crate) fn hangup_wait(t1: Duration) -> Duration {
-    t1.saturating_mul(64)
+    t1.saturating_mul(128)
 }
 
 /// The SIP task: the only owner of the engine.

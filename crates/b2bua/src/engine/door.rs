@@ -10,7 +10,9 @@
 //! - A new INVITE from a trusted source while the engine is draining, holds `sip.max_calls`
 //!   calls, or has fallen behind its input (`sip.overload_backlog` messages queued) gets a
 //!   stateless `503` with `Retry-After`: shedding it costs one response, and the messages of
-//!   existing calls (which are never shed) keep the engine's time.
+//!   existing calls (which are never shed) keep the engine's time. So does any new
+//!   out-of-dialog request while `sip.max_server_transactions` server transactions are held:
+//!   what bounds the memory a trusted flood can take.
 //! - Everything else goes to the transaction layer. Inside a call, a request on leg B must
 //!   come from the trunk (checked in `in_dialog.rs`), and a response must come from where its
 //!   request went (checked by the transaction layer).
@@ -91,7 +93,12 @@ impl SourceLog {
 impl Engine {
     /// Whether `ip` may talk to the engine statefully: a trusted peer or the trunk.
     pub(super) fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.is_trunk(ip) || self.config.trusted_peers.iter().any(|net| net.contains(&ip))
+        self.is_trunk(ip)
+            || self
+                .config
+                .trusted_peers
+                .iter()
+                .any(|net| net.contains(&ip))
     }
 
     /// Whether `ip` is the trunk's: the only source leg B's requests and responses may
@@ -136,9 +143,30 @@ impl Engine {
                 }
             };
         }
-        let new_invite = request.method == Method::Invite
-            && request.headers.to().is_ok_and(|to| to.tag().is_none());
-        if !new_invite || self.layer.has_server_transaction(request) {
+        let out_of_dialog = request.headers.to().is_ok_and(|to| to.tag().is_none())
+            && !matches!(request.method, Method::Ack | Method::Cancel);
+        if !out_of_dialog || self.layer.has_server_transaction(request) {
+            return Admission::Stateful;
+        }
+        if self.layer.server_count() >= self.config.max_server_transactions {
+            // Every new transaction is memory held for up to 64·T1: past the bound, nothing
+            // new is taken on until some end. The calls' own requests still are.
+            if request.method == Method::Invite {
+                *self
+                    .stats
+                    .calls_refused
+                    .entry(Refusal::Overloaded.code())
+                    .or_default() += 1;
+            }
+            let retry_after = self.config.retry_after.as_secs().max(1);
+            return Admission::Stateless(self.stateless(
+                request,
+                503,
+                "Overloaded",
+                Some(retry_after),
+            ));
+        }
+        if request.method != Method::Invite {
             return Admission::Stateful;
         }
         let shed = if self.draining {
@@ -207,7 +235,11 @@ fn stateless_tag(request: &Request) -> String {
     // response that is never part of a dialog needs.
     #[allow(deprecated)]
     let mut hasher = std::hash::SipHasher::new();
-    request.headers.call_id().unwrap_or_default().hash(&mut hasher);
+    request
+        .headers
+        .call_id()
+        .unwrap_or_default()
+        .hash(&mut hasher);
     request
         .headers
         .from()

@@ -67,6 +67,9 @@ pub struct EngineConfig {
     pub overload_backlog: usize,
     /// The `Retry-After` of those 503s (`sip.retry_after_secs`).
     pub retry_after: Duration,
+    /// Server transactions held at once; beyond it new out-of-dialog requests get a
+    /// stateless 503 (`sip.max_server_transactions`).
+    pub max_server_transactions: usize,
     pub transactions: TransactionConfig,
     /// Media anchoring: the relay port range, the address written in SDP, the inactivity
     /// timeout.

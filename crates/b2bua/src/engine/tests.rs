@@ -102,6 +102,7 @@ impl Harness {
             max_calls: 100,
             overload_backlog: 256,
             retry_after: Duration::from_secs(5),
+            max_server_transactions: 1000,
             transactions: TransactionConfig {
                 via_host: "127.0.0.1".into(),
                 via_port: Some(5060),

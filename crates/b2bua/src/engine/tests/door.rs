@@ -45,34 +45,55 @@ fn an_untrusted_invite_gets_one_stateless_403_no_bigger_than_itself() {
     for _ in 0..3 {
         h.feed(&invite, stranger());
         let sent = h.sent();
-        assert_eq!(statuses(&sent, stranger()), [403], "exactly one datagram back");
-        assert_eq!(transactions(&h), (0, 0), "no transaction, so no retransmission");
+        assert_eq!(
+            statuses(&sent, stranger()),
+            [403],
+            "exactly one datagram back"
+        );
+        assert_eq!(
+            transactions(&h),
+            (0, 0),
+            "no transaction, so no retransmission"
+        );
         answers.push(sent[0].1.to_bytes());
     }
     // Copies get byte-identical answers (RFC 3261 §8.2.7): the To tag is not random.
     assert!(answers.windows(2).all(|w| w[0] == w[1]));
-    assert!(answers[0].len() < size_in, "{} bytes back for {size_in}", answers[0].len());
+    assert!(
+        answers[0].len() < size_in,
+        "{} bytes back for {size_in}",
+        answers[0].len()
+    );
     let refusal = Message::parse(&answers[0], &ParseLimits::default()).unwrap();
     assert!(response_of(&refusal).headers.to().unwrap().tag().is_some());
     assert!(header(&refusal, "Server").is_none() && header(&refusal, "Reason").is_none());
     // Nothing is armed: a flood leaves nothing behind to expire.
     assert_eq!(h.engine.poll_timeout(), None);
     assert_eq!(h.engine.stats().untrusted_messages, 3);
-    assert_eq!(h.engine.stats().calls_refused.get("untrusted_source"), Some(&3));
+    assert_eq!(
+        h.engine.stats().calls_refused.get("untrusted_source"),
+        Some(&3)
+    );
     h.assert_drained_keeping(&[&intent.callid]);
 }
 
 #[test]
 fn untrusted_acks_responses_and_everything_with_drop_get_nothing() {
     let mut h = Harness::configured(|c| c.untrusted_reply = UntrustedReply::Drop);
-    h.feed(&leg_a_invite("1001", "2001", "z9hG4bKd1", SDP_A), stranger());
+    h.feed(
+        &leg_a_invite("1001", "2001", "z9hG4bKd1", SDP_A),
+        stranger(),
+    );
     h.feed(&out_of_dialog("OPTIONS", "z9hG4bKd2"), stranger());
     assert!(h.sent().is_empty());
     let mut h = Harness::new();
     h.feed(&out_of_dialog("ACK", "z9hG4bKd3"), stranger());
     let invite = request_of(&leg_a_invite("1001", "2001", "z9hG4bKd4", "")).clone();
     h.feed(&answer(&invite, 200, "x", ""), stranger());
-    assert!(h.sent().is_empty(), "an ACK and a response are never answered");
+    assert!(
+        h.sent().is_empty(),
+        "an ACK and a response are never answered"
+    );
     assert_eq!(h.engine.stats().untrusted_messages, 2);
     h.assert_drained();
 }
@@ -193,7 +214,10 @@ fn a_backlogged_engine_sheds_new_invites_but_serves_its_calls() {
     );
     let sent = h.sent();
     assert_eq!(statuses(&sent, trunk()), [200]);
-    h.feed(&answer(&find_request(&sent, "BYE"), 200, "atag", ""), phone());
+    h.feed(
+        &answer(&find_request(&sent, "BYE"), 200, "atag", ""),
+        phone(),
+    );
     // Caught up: the same caller dials again and gets through.
     h.engine.set_input_backlog(0);
     h.feed(&invite, phone());
@@ -220,8 +244,33 @@ fn while_draining_new_invites_get_503_and_live_calls_go_on() {
     let sent = h.sent();
     assert_eq!(statuses(&sent, phone()), [503]);
     assert!(methods(&sent, trunk()).is_empty());
-    assert_eq!(h.engine.stats().calls_refused.get("shutting_down"), Some(&1));
+    assert_eq!(
+        h.engine.stats().calls_refused.get("shutting_down"),
+        Some(&1)
+    );
     assert_eq!(h.control.call(&callid).unwrap().state, CallState::Answered);
     caller_hangs_up(&mut h, &a_tag, 2);
     h.assert_drained_keeping(&[&late.callid]);
+}
+
+#[test]
+fn past_max_server_transactions_new_requests_are_shed_and_calls_go_on() {
+    let mut h = Harness::configured(|c| c.max_server_transactions = 3);
+    let (callid, _, a_tag) = bridged_call(&mut h);
+    // The call's INVITE transaction still absorbs ACK copies (1 held); two OPTIONS fill it.
+    for branch in ["z9hG4bKo1", "z9hG4bKo2"] {
+        h.feed(&out_of_dialog("OPTIONS", branch), phone());
+        assert_eq!(statuses(&h.sent(), phone()), [200]);
+    }
+    let held = transactions(&h);
+    assert_eq!(held.1, 3);
+    h.feed(&out_of_dialog("OPTIONS", "z9hG4bKo3"), phone());
+    let sent = h.sent();
+    assert_eq!(statuses(&sent, phone()), [503]);
+    assert_eq!(header(&sent[0].1, "Retry-After"), Some("5"));
+    assert_eq!(transactions(&h), held);
+    // The call's own BYE is still taken on.
+    caller_hangs_up(&mut h, &a_tag, 2);
+    assert_eq!(h.control.call(&callid).unwrap().state, CallState::Ended);
+    h.assert_drained();
 }
