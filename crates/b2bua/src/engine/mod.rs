@@ -307,11 +307,35 @@ impl Engine {
 
 /// Where requests on a leg go: leg A back to where its INVITE came from (the trunk, or a
 /// phone behind NAT), leg B to the trunk.
+///
+/// Over TCP, leg A's requests go on the connection its INVITE came on while it is open; the
+/// address beside it is the dialog's next hop (its first route, else its remote target,
+/// RFC 3261 §12.2.1.1), not the peer's ephemeral source port, so that a connection that
+/// dropped mid-call is opened again to where the dialog says and a BYE still reaches leg A.
 fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
     match leg {
+        Leg::A if call.a.source.is_reliable() => {
+            let hop = call
+                .a
+                .dialog
+                .as_ref()
+                .and_then(|d| hop_address(d.next_hop()));
+            Peer {
+                addr: hop.unwrap_or(call.a.source.addr),
+                ..call.a.source
+            }
+        }
         Leg::A => call.a.source,
         Leg::B => trunk,
     }
+}
+
+/// The address of `uri` when its host is an IP literal (a name would need RFC 3263
+/// resolution, which the engine, doing no I/O, leaves to the transport's caller).
+fn hop_address(uri: &sip_core::Uri) -> Option<std::net::SocketAddr> {
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, uri.port().unwrap_or(5060)))
 }
 
 fn log_refused(error: TxError) {

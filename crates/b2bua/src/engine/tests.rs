@@ -1953,3 +1953,4 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 }
 
 mod door;
+mod reliable;
