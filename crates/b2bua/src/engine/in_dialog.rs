@@ -34,8 +34,10 @@ impl Engine {
         if !self.is_leg_peer(leg, from) {
             // Not this leg's peer: refused, and the call does not even hear of it.
             self.stats.wrong_peer_messages += 1;
-            tracing::info!(?leg, source = %from.addr, method = %request.method.as_str(),
-                "in-dialog request from another peer than the leg's refused");
+            if let Some(unlogged) = self.wrong_peer_log.allow(now) {
+                tracing::info!(?leg, source = %from.addr, method = %request.method.as_str(),
+                    unlogged, "in-dialog request from another peer than the leg's refused");
+            }
             return self.respond(now, tx, &request, 403, None, Some("Not this dialog's peer"));
         }
         let Some(call) = self.calls.get_mut(&key) else {

@@ -64,7 +64,9 @@ impl Engine {
         text: &str,
     ) {
         let code = reason.code();
-        tracing::info!(status, reason = code, "incoming call refused");
+        if let Some(unlogged) = self.refusal_log.allow(now) {
+            tracing::info!(status, reason = code, unlogged, "incoming call refused");
+        }
         *self.stats.calls_refused.entry(code).or_default() += 1;
         self.respond(now, tx, request, status, None, Some(text));
     }
@@ -283,17 +285,11 @@ impl Engine {
     /// Relay ports ran out: warn once per burst (at most every 10 s) with how many calls
     /// were refused since the last warning, instead of once per refused call.
     fn log_media_exhausted(&mut self, now: Instant) {
-        self.exhausted_since_log += 1;
-        let due = self
-            .exhausted_logged_at
-            .is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 10);
-        if due {
+        if let Some(unlogged) = self.exhausted_log.allow(now) {
             tracing::warn!(
-                refused = self.exhausted_since_log,
+                refused_since_last = unlogged + 1,
                 "media ports exhausted (media.rtp_ports); refusing calls with 503"
             );
-            self.exhausted_logged_at = Some(now);
-            self.exhausted_since_log = 0;
         }
     }
 }

@@ -22,6 +22,7 @@ mod incoming;
 mod leg_b;
 mod lifecycle;
 mod media_events;
+mod throttle;
 
 #[cfg(test)]
 mod tests;
@@ -123,9 +124,11 @@ pub struct Engine {
     /// Calls in `Ending` (outcome decided, last transactions lingering): they do not count
     /// against `max_calls`.
     ending: usize,
-    /// Rate limit of the "media ports exhausted" warning.
-    exhausted_logged_at: Option<Instant>,
-    exhausted_since_log: u64,
+    /// Rate limits of the log lines a peer can trigger: "media ports exhausted" (one per
+    /// 10 s), refused calls and requests from the wrong peer (10 a second each).
+    exhausted_log: throttle::LogThrottle,
+    refusal_log: throttle::LogThrottle,
+    wrong_peer_log: throttle::LogThrottle,
     /// Rate limit of the "untrusted source" log line.
     untrusted_log: door::SourceLog,
     /// Set by [`Engine::start_drain`]: new INVITEs are refused.
@@ -153,8 +156,9 @@ impl Engine {
             timers: TimerQueue::new(),
             stats: EngineStats::default(),
             ending: 0,
-            exhausted_logged_at: None,
-            exhausted_since_log: 0,
+            exhausted_log: throttle::LogThrottle::new(Duration::from_secs(10), 1),
+            refusal_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
+            wrong_peer_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
             untrusted_log: door::SourceLog::default(),
             draining: false,
             input_backlog: 0,
