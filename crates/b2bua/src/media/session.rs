@@ -8,14 +8,19 @@
 //! records B's and advertises the A-facing ports. Re-offers reuse the ports; a changed address
 //! makes the driver forget that leg's latch. [`CallMedia::close`] closes every stream and gives
 //! its ports back.
+//!
+//! What each leg is sent names nothing of the other ([`SessionDescription::rewrite`]): its `o=`
+//! is callbridge's own, kept per direction by `Outgoing` — a random session id for the call
+//! and a version that moves on by one exactly when the description sent to that leg changes.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use rand::Rng;
 
-use super::sdp::{RelayPorts, SessionDescription};
+use super::sdp::{Origin, RelayPorts, SessionDescription};
 use super::{
     MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, StreamCounters, StreamId,
     MAX_STREAMS,
@@ -73,12 +78,62 @@ struct Stream {
     closed: bool,
 }
 
+/// What callbridge has sent one leg: its own `o=` towards that leg, and the last body, so
+/// that the version moves on exactly when the description does (RFC 3264 §8: a re-offer of
+/// the same session keeps the version, any change increments it by one). The only owner of
+/// the `o=` state of a direction.
+#[derive(Debug)]
+struct Outgoing {
+    origin: Origin,
+    /// The last body sent, `None` before the first. Shared with the message that carried it.
+    last: Option<Bytes>,
+}
+
+impl Outgoing {
+    fn new() -> Outgoing {
+        // Random, so that nothing ties it to the sender's `o=`, to the other direction or to
+        // another call. Id and version must fit a signed 64-bit integer (RFC 3264 §5); below
+        // 2^62 the id keeps the margin that RFC asks of a first version.
+        let session_id = rand::thread_rng().gen_range(1..1u64 << 62);
+        Outgoing {
+            origin: Origin {
+                session_id,
+                version: 1,
+            },
+            last: None,
+        }
+    }
+
+    /// Rewrites `sdp` for this leg (see [`SessionDescription::rewrite`]) and returns the body
+    /// to send: with the current version if nothing changed since the last body, else the
+    /// next one.
+    fn write(
+        &mut self,
+        sdp: &mut SessionDescription,
+        plane: &MediaPlane,
+        relay: &[Option<RelayPorts>],
+    ) -> Bytes {
+        sdp.rewrite(plane.config.public_ip, relay, self.origin);
+        let mut body = sdp.to_bytes();
+        // Both written with the same `o=`: they differ exactly when the content does.
+        if self.last.as_ref().is_some_and(|last| *last != body) {
+            self.origin.version = self.origin.version.saturating_add(1);
+            sdp.set_origin(self.origin);
+            body = sdp.to_bytes();
+        }
+        self.last = Some(body.clone());
+        body
+    }
+}
+
 /// The media of one call. See the module documentation.
 #[derive(Debug)]
 pub struct CallMedia {
     call: CallKey,
     /// By `m=` position; `None` for a stream never enabled.
     streams: Vec<Option<Stream>>,
+    /// What leg A / leg B has been sent (by [`Leg::index`]).
+    outgoing: [Outgoing; 2],
     /// Whether leg A / leg B has sent SDP.
     seen: [bool; 2],
     /// When both legs had sent SDP: where the inactivity window starts.
@@ -90,6 +145,7 @@ impl CallMedia {
         CallMedia {
             call,
             streams: Vec::new(),
+            outgoing: [Outgoing::new(), Outgoing::new()],
             seen: [false; 2],
             both_seen_at: None,
         }
@@ -216,14 +272,14 @@ impl CallMedia {
                 Leg::B => stream.a_facing,
             });
         }
-        sdp.rewrite(plane.config.public_ip, &relay);
+        let body = self.outgoing[from.other().index()].write(&mut sdp, plane, &relay);
 
         self.seen[from.index()] = true;
         if self.seen == [true; 2] && self.both_seen_at.is_none() {
             self.both_seen_at = Some(now);
             plane.newly_active.push(self.call);
         }
-        Ok(sdp.to_bytes())
+        Ok(body)
     }
 
     /// Closes every stream (the driver closes its sockets) and gives its ports back. The
@@ -504,5 +560,151 @@ mod tests {
             super::super::DirectionStats::default(),
             "a report for an unknown stream is ignored"
         );
+    }
+
+    /// The `o=` of a forwarded body: session id and version, after checking that it is
+    /// callbridge's (no user name, the public address).
+    fn origin_of(body: &Bytes) -> (u64, u64) {
+        let text = std::str::from_utf8(body).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("o=- "))
+            .unwrap_or_else(|| panic!("no o=- line in {text}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[2..], ["IN", "IP4", "192.0.2.1"], "{text}");
+        (fields[0].parse().unwrap(), fields[1].parse().unwrap())
+    }
+
+    /// A body that names its sender (`who`) everywhere it can.
+    fn revealing_sdp(who: &str, ip: &str, port: u16) -> Bytes {
+        Bytes::from(format!(
+            "v=0\r\no={who}-user 5550100 5550100 IN IP4 {ip}\r\ns=Call from {who}\r\n\
+i=Desk of {who}\r\nu=http://{who}.example/\r\ne={who}@mail.example\r\np=+1 555 {port}\r\n\
+c=IN IP4 {ip}\r\nt=0 0\r\na=ice-options:trickle\r\n\
+m=audio {port} RTP/SAVP 0 101\r\na=ice-ufrag:{who}frag\r\na=ice-pwd:{who}pwd\r\n\
+a=candidate:1 1 UDP 2130706431 {ip} {port} typ host\r\n\
+a=candidate:2 1 UDP 1694498815 198.51.100.9 {port} typ srflx raddr {ip} rport {port}\r\n\
+a=end-of-candidates\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+a=ptime:20\r\na=sendrecv\r\n"
+        ))
+    }
+
+    #[test]
+    fn each_leg_sees_callbridges_origin_and_nothing_of_the_other_leg() {
+        let mut plane = plane(30000, 30099);
+        let t0 = Instant::now();
+        let mut media = CallMedia::new(CALL);
+        let offer = revealing_sdp("alice", "10.11.12.13", 4000);
+        let to_b = media.towards_b(t0, &offer, &mut plane).unwrap();
+        let answer = revealing_sdp("bob", "172.16.5.6", 5000);
+        let to_a = media.towards_a(t0, &answer, &mut plane).unwrap();
+        for (body, secrets) in [
+            (
+                &to_b,
+                ["alice", "10.11.12.13", "5550100", "198.51.100.9", "4000"],
+            ),
+            (
+                &to_a,
+                ["bob", "172.16.5.6", "5550100", "198.51.100.9", "5000"],
+            ),
+        ] {
+            let text = std::str::from_utf8(body).unwrap();
+            // The o= line is checked by `origin_of`; its random id could hold any digits.
+            let (_, rest) = text.split_once("\r\ns=").unwrap();
+            for secret in secrets {
+                assert!(!rest.contains(secret), "{secret:?} forwarded in:\n{text}");
+            }
+            assert!(text.starts_with("v=0\r\no=- "), "{text}");
+            assert!(
+                text.contains("\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"),
+                "{text}"
+            );
+            for kept in [
+                "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+a=ptime:20\r\na=sendrecv\r\n",
+                " RTP/SAVP 0 101\r\n",
+            ] {
+                assert!(text.contains(kept), "{kept:?} lost in:\n{text}");
+            }
+            assert!(
+                !text.contains("\r\na=ice") && !text.contains("candidate"),
+                "{text}"
+            );
+        }
+        // One session id per direction, neither derived from what the legs sent.
+        let (id_b, version_b) = origin_of(&to_b);
+        let (id_a, version_a) = origin_of(&to_a);
+        assert_ne!(id_a, id_b);
+        assert_eq!((version_a, version_b), (1, 1));
+        // The relay still learnt where each leg wants its media.
+        let remotes: Vec<_> = drain(&mut plane)
+            .into_iter()
+            .filter_map(|c| match c {
+                MediaCommand::SetRemote { leg, rtp, .. } => Some((leg, rtp)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            remotes,
+            [
+                (Leg::A, addr("10.11.12.13:4000")),
+                (Leg::B, addr("172.16.5.6:5000"))
+            ]
+        );
+    }
+
+    #[test]
+    fn the_version_moves_on_by_one_exactly_when_what_a_leg_is_sent_changes() {
+        let mut plane = plane(30000, 30099);
+        let t0 = Instant::now();
+        let mut media = CallMedia::new(CALL);
+        let mut to_b = |media: &mut CallMedia, body: &Bytes| {
+            let out = media.towards_b(t0, body, &mut plane).unwrap();
+            (origin_of(&out), out)
+        };
+        let ((id, v1), first) = to_b(&mut media, &sdp("10.0.0.1", &[4000]));
+        assert!(v1 < 1 << 62);
+        // The same offer again (a re-INVITE refreshing the session): the same body, byte for
+        // byte, version included.
+        let ((same_id, v), again) = to_b(&mut media, &sdp("10.0.0.1", &[4000]));
+        assert_eq!((same_id, v, &again), (id, v1, &first));
+        // Only the sender's o= differs (its own version bump): nothing forwarded changed.
+        let bumped = Bytes::from(
+            String::from_utf8(sdp("10.0.0.1", &[4000]).to_vec())
+                .unwrap()
+                .replace("o=x 1 1 ", "o=x 1 2 "),
+        );
+        assert_eq!(to_b(&mut media, &bumped).0, (id, v1));
+        // Hold (a new direction): one more.
+        let hold = Bytes::from(
+            String::from_utf8(sdp("10.0.0.1", &[4000]).to_vec())
+                .unwrap()
+                .replace(
+                    "telephone-event/8000\r\n",
+                    "telephone-event/8000\r\na=sendonly\r\n",
+                ),
+        );
+        assert_eq!(to_b(&mut media, &hold).0, (id, v1 + 1));
+        assert_eq!(to_b(&mut media, &hold).0, (id, v1 + 1));
+        // A new address of leg A is not a change for leg B: its media still goes to the relay.
+        let moved = Bytes::from(
+            String::from_utf8(hold.to_vec())
+                .unwrap()
+                .replace("10.0.0.1", "10.0.0.5"),
+        );
+        assert_eq!(to_b(&mut media, &moved).0, (id, v1 + 1));
+        // A second stream, then back to the first offer: one each.
+        assert_eq!(
+            to_b(&mut media, &sdp("10.0.0.1", &[4000, 4002])).0,
+            (id, v1 + 2)
+        );
+        assert_eq!(to_b(&mut media, &sdp("10.0.0.1", &[4000])).0, (id, v1 + 3));
+        // Leg A's own version did not move with leg B's.
+        let to_a = media
+            .towards_a(t0, &sdp("10.0.0.2", &[5000]), &mut plane)
+            .unwrap();
+        assert_eq!(origin_of(&to_a).1, 1);
     }
 }
