@@ -85,8 +85,19 @@ struct Stream {
 #[derive(Debug)]
 struct Outgoing {
     origin: Origin,
-    /// The last body sent, `None` before the first. Shared with the message that carried it.
-    last: Option<Bytes>,
+    /// A 64-bit keyed hash of the last body sent, `None` before the first: what tells a
+    /// changed description from a repeated one, in 8 bytes rather than a copy of the body
+    /// kept for the whole call (the chance that a change goes unseen is 2^-64).
+    last: Option<u64>,
+}
+
+/// The hasher of [`Outgoing::last`]: SipHash with a key drawn per process, so that no peer
+/// can craft two bodies that collide.
+fn body_hash(body: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(body)
 }
 
 impl Outgoing {
@@ -116,12 +127,13 @@ impl Outgoing {
         sdp.rewrite(plane.config.public_ip, relay, self.origin);
         let mut body = sdp.to_bytes();
         // Both written with the same `o=`: they differ exactly when the content does.
-        if self.last.as_ref().is_some_and(|last| *last != body) {
+        if self.last.is_some_and(|last| last != body_hash(&body)) {
             self.origin.version = self.origin.version.saturating_add(1);
             sdp.set_origin(self.origin);
             body = sdp.to_bytes();
         }
-        self.last = Some(body.clone());
+        // The body as sent, with the version in force: the next one is written with it too.
+        self.last = Some(body_hash(&body));
         body
     }
 }
