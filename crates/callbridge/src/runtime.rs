@@ -255,9 +255,9 @@ fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
     let now = Instant::now();
     match event {
         TransportEvent::Message { message, from } => engine.handle_message(now, message, from),
-        TransportEvent::SendFailed { to, error } => {
-            tracing::debug!(?to, %error, "send failed");
-            engine.handle_transport_error(now, &to);
+        TransportEvent::SendFailed { to, origin, error } => {
+            tracing::debug!(?to, ?origin, %error, "send failed");
+            engine.handle_transport_error(now, origin);
         }
         TransportEvent::ConnectionClosed { .. } => {}
     }

@@ -156,10 +156,7 @@ async fn udp_request_is_stamped_and_response_comes_back() {
 
     let destination = sip_core::peer::response_destination(&via, from);
     assert_eq!(destination, from);
-    handle.send(Transmit {
-        to: destination,
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(destination, ok_for(&request)));
     let response = parse_response(&recv_datagram(&client).await);
     assert_eq!(response.status, 200);
     assert_eq!(response.headers.top_via().unwrap(), via);
@@ -206,20 +203,17 @@ async fn tcp_response_goes_back_on_the_same_connection() {
     assert_eq!(via.received(), Some("127.0.0.1"));
     assert_eq!(handle.connection_count(), 1);
 
-    handle.send(Transmit {
-        to: from,
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(from, ok_for(&request)));
     let mut framer = StreamFramer::new(65_536);
     let response = read_response(&mut client, &mut framer).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.headers.call_id(), Some("tcp-1"));
 
     // Without the connection id, the open connection to that address is reused.
-    handle.send(Transmit {
-        to: Peer::tcp(client_addr, None),
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(client_addr, None),
+        ok_for(&request),
+    ));
     assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
     assert_eq!(handle.connection_count(), 1);
 
@@ -443,16 +437,16 @@ async fn tcp_send_without_connection_opens_one_and_reuses_it() {
     let remote = listener.local_addr().unwrap();
 
     let first = options("TCP", "127.0.0.1;branch=z9hG4bK-out1", "out-1");
-    handle.send(Transmit {
-        to: Peer::tcp(remote, None),
-        bytes: Bytes::from(first.clone()),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, None),
+        Bytes::from(first.clone()),
+    ));
     // Queued while the connection is still opening: must use the same connection.
     let second = options("TCP", "127.0.0.1;branch=z9hG4bK-out2", "out-2");
-    handle.send(Transmit {
-        to: Peer::tcp(remote, None),
-        bytes: Bytes::from(second.clone()),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, None),
+        Bytes::from(second.clone()),
+    ));
     let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
     let mut framer = StreamFramer::new(65_536);
     for expected in [&first, &second] {
@@ -495,12 +489,11 @@ async fn tcp_connect_failure_is_reported() {
         listener.local_addr().unwrap()
     };
     let to = Peer::tcp(closed, None);
-    handle.send(Transmit {
-        to,
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(to, Bytes::from_static(b"x")));
     match next_event(&mut events).await {
-        TransportEvent::SendFailed { to: failed, error } => {
+        TransportEvent::SendFailed {
+            to: failed, error, ..
+        } => {
             assert_eq!(failed, to);
             assert!(!error.is_empty());
         }
@@ -516,10 +509,10 @@ async fn stale_connection_id_falls_back_to_the_address() {
     let (handle, _events) = start(config()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let remote = listener.local_addr().unwrap();
-    handle.send(Transmit {
-        to: Peer::tcp(remote, Some(ConnectionId(999_999))),
-        bytes: Bytes::from(options("TCP", "127.0.0.1;branch=z9hG4bK-s", "stale")),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, Some(ConnectionId(999_999))),
+        Bytes::from(options("TCP", "127.0.0.1;branch=z9hG4bK-s", "stale")),
+    ));
     let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
     let mut framer = StreamFramer::new(65_536);
     assert!(matches!(
@@ -588,19 +581,16 @@ async fn unsupported_transport_and_shutdown_fail_sends() {
         addr: "127.0.0.1:5061".parse().unwrap(),
         connection: None,
     };
-    handle.send(Transmit {
-        to,
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(to, Bytes::from_static(b"x")));
     assert!(matches!(
         next_event(&mut events).await,
         TransportEvent::SendFailed { .. }
     ));
     handle.shutdown();
-    handle.send(Transmit {
-        to: Peer::udp("127.0.0.1:9".parse().unwrap()),
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(
+        Peer::udp("127.0.0.1:9".parse().unwrap()),
+        Bytes::from_static(b"x"),
+    ));
     assert!(matches!(
         next_event(&mut events).await,
         TransportEvent::SendFailed { .. }
