@@ -500,3 +500,25 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
         Err(_) => Err(format!("write stalled for {WRITE_STALL_TIMEOUT:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::QueueBudget;
+
+    #[test]
+    fn the_byte_budget_bounds_the_queue_but_never_blocks_an_empty_one() {
+        let budget = QueueBudget::new(100);
+        assert!(budget.try_reserve(60));
+        assert!(!budget.try_reserve(50), "60 + 50 > 100");
+        assert!(budget.try_reserve(40));
+        budget.release(60);
+        assert!(budget.try_reserve(50));
+        budget.release(90);
+        // Empty: one message of any size goes, and nothing behind it.
+        assert!(budget.try_reserve(1_000));
+        assert!(!budget.try_reserve(1));
+        budget.release(1_000);
+        budget.release(1_000);
+        assert!(budget.try_reserve(100), "release never underflows");
+    }
+}
