@@ -67,7 +67,8 @@ pub struct SipSection {
     pub public_addr: String,
     /// Where outbound (B-leg) INVITEs are sent, `host:port`.
     pub trunk: String,
-    /// Sources allowed to send INVITEs; others get 403.
+    /// Sources allowed to send INVITEs; others get 403. With the trunk's address, also the
+    /// only sources whose TCP connections are accepted (SPEC "Trust boundary").
     pub trusted_peers: Vec<IpNet>,
     /// Final response when no intent matches.
     pub refuse_code: u16,
@@ -85,6 +86,13 @@ pub struct SipSection {
     pub shutdown_grace_secs: u64,
     /// Largest SIP message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// TCP connections open at once, accepted and opened. A share of them (as many as one IP
+    /// may hold, at most half) is kept for the trunk, so that others cannot lock it out.
+    pub max_connections: usize,
+    /// TCP connections one remote IP may hold; further ones are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// A TCP connection without traffic for this long is closed.
+    pub tcp_idle_secs: u64,
     /// Socket buffer sizes requested from the kernel.
     pub recv_buffer_bytes: usize,
     pub send_buffer_bytes: usize,
@@ -111,6 +119,9 @@ impl Default for SipSection {
             max_ended_calls: 100_000,
             shutdown_grace_secs: 5,
             max_message_bytes: transport.limits.max_message_size,
+            max_connections: transport.max_connections,
+            max_connections_per_ip: transport.max_connections_per_ip,
+            tcp_idle_secs: transport.tcp_idle_timeout.as_secs(),
             recv_buffer_bytes: transport.recv_buffer_bytes,
             send_buffer_bytes: transport.send_buffer_bytes,
             t1_ms: millis(timers.t1),
@@ -121,8 +132,15 @@ impl Default for SipSection {
 }
 
 impl SipSection {
-    /// The SIP transport's settings: where it binds, its socket buffers and message size limit.
-    pub fn transport_config(&self) -> TransportConfig {
+    /// The SIP transport's settings: where it binds, its socket buffers, message size limit
+    /// and TCP admission. `trunk` is the resolved address of `self.trunk`: trusted for TCP
+    /// like `trusted_peers`, and given the connections reserved for the trunk.
+    pub fn transport_config(&self, trunk: IpAddr) -> TransportConfig {
+        let trunk = IpNet::from(trunk.to_canonical());
+        let mut trusted = self.trusted_peers.clone();
+        if !trusted.contains(&trunk) {
+            trusted.push(trunk);
+        }
         TransportConfig {
             bind: self.listen,
             recv_buffer_bytes: self.recv_buffer_bytes,
@@ -131,6 +149,11 @@ impl SipSection {
                 max_message_size: self.max_message_bytes,
                 ..ParseLimits::default()
             },
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            tcp_idle_timeout: Duration::from_secs(self.tcp_idle_secs),
+            trusted,
+            priority: vec![trunk],
             ..TransportConfig::default()
         }
     }
@@ -334,6 +357,12 @@ impl Default for LogSection {
 
 const ENV_PREFIX: &str = "CALLBRIDGE_";
 
+/// Beyond this, `sip.max_connections` is a typo rather than a plan: each connection is a file
+/// descriptor and a task.
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// A day: an idle timeout longer than that keeps dead connections for good.
+const MAX_TCP_IDLE_SECS: u64 = 86_400;
+
 impl Config {
     /// Builds the configuration from the optional file, the given environment variables and
     /// the `section.key=value` overrides, in that order of increasing precedence.
@@ -405,6 +434,25 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sip.max_message_bytes must be at least 1024".into(),
             ));
+        }
+        let sip = &self.sip;
+        if !(1..=MAX_CONNECTIONS).contains(&sip.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.max_connections {} must be between 1 and {MAX_CONNECTIONS}",
+                sip.max_connections
+            )));
+        }
+        if !(1..=sip.max_connections).contains(&sip.max_connections_per_ip) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.max_connections_per_ip {} must be between 1 and sip.max_connections ({})",
+                sip.max_connections_per_ip, sip.max_connections
+            )));
+        }
+        if !(1..=MAX_TCP_IDLE_SECS).contains(&sip.tcp_idle_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.tcp_idle_secs {} must be between 1 and {MAX_TCP_IDLE_SECS}",
+                sip.tcp_idle_secs
+            )));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err(ConfigError::Invalid(
@@ -494,12 +542,26 @@ mod tests {
     #[test]
     fn defaults_are_the_libraries_defaults() {
         let c = Config::default();
+        let trunk_ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let transport = c.sip.transport_config(trunk_ip);
         assert_eq!(
-            c.sip.transport_config(),
+            transport,
             TransportConfig {
                 bind: c.sip.listen,
+                // 127.0.0.0/8 (trusted_peers) and the trunk.
+                trusted: vec![loopback_net(), "127.0.0.1/32".parse().unwrap()],
+                priority: vec!["127.0.0.1/32".parse().unwrap()],
                 ..TransportConfig::default()
             }
+        );
+        // SPEC's defaults.
+        assert_eq!(
+            (
+                c.sip.max_connections,
+                c.sip.max_connections_per_ip,
+                c.sip.tcp_idle_secs
+            ),
+            (1024, 64, 600)
         );
         let trunk = Peer::udp("127.0.0.1:5080".parse().unwrap());
         let engine =
@@ -530,6 +592,9 @@ mod tests {
                 "sip.max_message_bytes=2048".into(),
                 "sip.recv_buffer_bytes=1000".into(),
                 "sip.send_buffer_bytes=2000".into(),
+                "sip.max_connections=300".into(),
+                "sip.max_connections_per_ip=7".into(),
+                "sip.tcp_idle_secs=30".into(),
                 "sip.t1_ms=50".into(),
                 "sip.t2_ms=400".into(),
                 "sip.t4_ms=500".into(),
@@ -540,13 +605,27 @@ mod tests {
             ],
         )
         .unwrap();
-        let transport = c.sip.transport_config();
+        let transport = c.sip.transport_config("192.0.2.1".parse().unwrap());
         assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(transport.limits.max_message_size, 2048);
         assert_eq!(
             (transport.recv_buffer_bytes, transport.send_buffer_bytes),
             (1000, 2000)
         );
+        assert_eq!(
+            (transport.max_connections, transport.max_connections_per_ip),
+            (300, 7)
+        );
+        assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(30));
+        // TCP is accepted from the trusted peers and the trunk; the trunk has the reserve.
+        assert_eq!(
+            transport.trusted,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(transport.priority, vec!["192.0.2.1/32".parse().unwrap()]);
 
         let trunk = Peer::udp("192.0.2.1:5060".parse().unwrap());
         let engine =
@@ -628,6 +707,43 @@ mod tests {
         assert!(Config::load(None, env(&[("CALLBRIDGE_MEDIA_RTP_PORTS", "9-3")]), &[]).is_err());
         assert!(Config::load(None, env(&[("CALLBRIDGE_SIP_LISTEN", "nope")]), &[]).is_err());
         assert!(Config::load(None, env(&[]), &["bad".into()]).is_err());
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_the_environment_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "2048"),
+                ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "16"),
+                ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "120"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.sip.max_connections, 2048);
+        assert_eq!(c.sip.max_connections_per_ip, 16);
+        assert_eq!(c.sip.tcp_idle_secs, 120);
+        // They show in --print-config (the serialized configuration).
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("max_connections_per_ip = 16"), "{printed}");
+        for bad in [
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "0"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "100000000"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "0"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "5000"),
+            ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "0"),
+            ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "1000000"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "-1"),
+        ] {
+            assert!(
+                matches!(
+                    Config::load(None, env(&[bad]), &[]),
+                    Err(ConfigError::Invalid(_) | ConfigError::Syntax { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]
