@@ -28,7 +28,7 @@ use b2bua::outbound::LocalIdentity;
 use b2bua::{CallControl, WallClock};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sip_core::transaction::{TimerConfig, TransactionConfig};
+use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
@@ -93,6 +93,10 @@ pub struct SipSection {
     pub max_connections_per_ip: usize,
     /// A TCP connection without traffic for this long is closed.
     pub tcp_idle_secs: u64,
+    /// A request bound for UDP that is larger than this goes over TCP instead (RFC 3261
+    /// §18.1.1; back to UDP if the TCP connection fails). 1300 when the path MTU is unknown;
+    /// 65507 turns the switch off.
+    pub udp_max_request_bytes: usize,
     /// Socket buffer sizes requested from the kernel.
     pub recv_buffer_bytes: usize,
     pub send_buffer_bytes: usize,
@@ -122,6 +126,7 @@ impl Default for SipSection {
             max_connections: transport.max_connections,
             max_connections_per_ip: transport.max_connections_per_ip,
             tcp_idle_secs: transport.tcp_idle_timeout.as_secs(),
+            udp_max_request_bytes: TransactionConfig::default().udp_max_request,
             recv_buffer_bytes: transport.recv_buffer_bytes,
             send_buffer_bytes: transport.send_buffer_bytes,
             t1_ms: millis(timers.t1),
@@ -192,6 +197,7 @@ impl SipSection {
             },
             via_host: self.public_addr.clone(),
             via_port: Some(sip_port),
+            udp_max_request: self.udp_max_request_bytes,
             ..TransactionConfig::default()
         }
     }
@@ -362,6 +368,9 @@ const ENV_PREFIX: &str = "CALLBRIDGE_";
 const MAX_CONNECTIONS: usize = 1 << 20;
 /// A day: an idle timeout longer than that keeps dead connections for good.
 const MAX_TCP_IDLE_SECS: u64 = 86_400;
+/// Below this, `sip.udp_max_request_bytes` would send nearly every request over TCP (RFC 791
+/// has every IPv4 path carry 576-byte datagrams).
+const MIN_UDP_REQUEST: usize = 500;
 
 impl Config {
     /// Builds the configuration from the optional file, the given environment variables and
@@ -452,6 +461,13 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "sip.tcp_idle_secs {} must be between 1 and {MAX_TCP_IDLE_SECS}",
                 sip.tcp_idle_secs
+            )));
+        }
+        if !(MIN_UDP_REQUEST..=MAX_UDP_PAYLOAD).contains(&sip.udp_max_request_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.udp_max_request_bytes {} must be between {MIN_UDP_REQUEST} and \
+                 {MAX_UDP_PAYLOAD}",
+                sip.udp_max_request_bytes
             )));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
@@ -572,6 +588,10 @@ mod tests {
             engine.transactions.send_100_trying,
             TransactionConfig::default().send_100_trying
         );
+        assert_eq!(
+            engine.transactions.udp_max_request,
+            TransactionConfig::default().udp_max_request
+        );
         assert_eq!(c.api.api_settings(), ApiSettings::default());
         assert_eq!(c.intent.max_pending, b2bua::intent::DEFAULT_MAX_PENDING);
     }
@@ -595,6 +615,7 @@ mod tests {
                 "sip.max_connections=300".into(),
                 "sip.max_connections_per_ip=7".into(),
                 "sip.tcp_idle_secs=30".into(),
+                "sip.udp_max_request_bytes=1400".into(),
                 "sip.t1_ms=50".into(),
                 "sip.t2_ms=400".into(),
                 "sip.t4_ms=500".into(),
@@ -646,6 +667,7 @@ mod tests {
         assert_eq!(timers.timer_d, Duration::from_millis(50 * 64));
         assert_eq!(engine.transactions.via_host, "sbc.example");
         assert_eq!(engine.transactions.via_port, Some(5099));
+        assert_eq!(engine.transactions.udp_max_request, 1400);
         assert_eq!(
             Config::default()
                 .sip
@@ -735,6 +757,8 @@ mod tests {
             ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "0"),
             ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "1000000"),
             ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "-1"),
+            ("CALLBRIDGE_SIP_UDP_MAX_REQUEST_BYTES", "10"),
+            ("CALLBRIDGE_SIP_UDP_MAX_REQUEST_BYTES", "70000"),
         ] {
             assert!(
                 matches!(

@@ -1058,6 +1058,20 @@ fn a_response_from_another_ip_is_dropped_and_counted() {
     assert_eq!(h.transmits().len(), 1, "the ACK");
 }
 
+#[test]
+fn nothing_is_ever_sent_in_answer_to_a_stray_response() {
+    // A response matching no transaction is passed up as stray and nothing more: no ACK, no
+    // error response (answering responses would make us a reflector).
+    let mut h = Harness::new();
+    let request = incoming("INVITE", "z9hG4bKnotours", 1);
+    for status in [100, 180, 200, 486, 503] {
+        h.feed(reply(&request, status, Some("t1")), udp_peer());
+    }
+    assert!(h.transmits().is_empty());
+    assert_eq!(h.layer.stats().stray_responses, 5);
+    assert_eq!(h.layer.client_count(), 0);
+}
+
 /// An INVITE whose body makes it `size` bytes or a little more.
 fn large_invite(size: usize) -> Request {
     let mut request = outgoing("INVITE");
