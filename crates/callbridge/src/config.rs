@@ -28,7 +28,7 @@ use b2bua::outbound::LocalIdentity;
 use b2bua::{CallControl, WallClock};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sip_core::transaction::{TimerConfig, TransactionConfig};
+use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
@@ -67,7 +67,8 @@ pub struct SipSection {
     pub public_addr: String,
     /// Where outbound (B-leg) INVITEs are sent, `host:port`.
     pub trunk: String,
-    /// Sources whose SIP is processed statefully, besides the trunk's address.
+    /// Sources whose SIP is processed statefully, besides the trunk's address; with it,
+    /// also the only sources whose TCP connections are accepted (SPEC "Trust boundary").
     pub trusted_peers: Vec<IpNet>,
     /// What a request from any other source gets: `"403"` (one stateless 403) or `"drop"`.
     pub untrusted_reply: UntrustedReplyKey,
@@ -97,6 +98,17 @@ pub struct SipSection {
     pub shutdown_grace_secs: u64,
     /// Largest SIP message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// TCP connections open at once, accepted and opened. A share of them (as many as one IP
+    /// may hold, at most half) is kept for the trunk, so that others cannot lock it out.
+    pub max_connections: usize,
+    /// TCP connections one remote IP may hold; further ones are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// A TCP connection without traffic for this long is closed.
+    pub tcp_idle_secs: u64,
+    /// A request bound for UDP that is larger than this goes over TCP instead (RFC 3261
+    /// §18.1.1; back to UDP if the TCP connection fails). 1300 when the path MTU is unknown;
+    /// 65507 turns the switch off.
+    pub udp_max_request_bytes: usize,
     /// Socket buffer sizes requested from the kernel.
     pub recv_buffer_bytes: usize,
     pub send_buffer_bytes: usize,
@@ -128,6 +140,10 @@ impl Default for SipSection {
             max_ended_calls: 100_000,
             shutdown_grace_secs: 5,
             max_message_bytes: transport.limits.max_message_size,
+            max_connections: transport.max_connections,
+            max_connections_per_ip: transport.max_connections_per_ip,
+            tcp_idle_secs: transport.tcp_idle_timeout.as_secs(),
+            udp_max_request_bytes: TransactionConfig::default().udp_max_request,
             recv_buffer_bytes: transport.recv_buffer_bytes,
             send_buffer_bytes: transport.send_buffer_bytes,
             t1_ms: millis(timers.t1),
@@ -138,8 +154,15 @@ impl Default for SipSection {
 }
 
 impl SipSection {
-    /// The SIP transport's settings: where it binds, its socket buffers and message size limit.
-    pub fn transport_config(&self) -> TransportConfig {
+    /// The SIP transport's settings: where it binds, its socket buffers, message size limit
+    /// and TCP admission. `trunk` is the resolved address of `self.trunk`: trusted for TCP
+    /// like `trusted_peers`, and given the connections reserved for the trunk.
+    pub fn transport_config(&self, trunk: IpAddr) -> TransportConfig {
+        let trunk = IpNet::from(trunk.to_canonical());
+        let mut trusted = self.trusted_peers.clone();
+        if !trusted.contains(&trunk) {
+            trusted.push(trunk);
+        }
         TransportConfig {
             bind: self.listen,
             recv_buffer_bytes: self.recv_buffer_bytes,
@@ -148,6 +171,11 @@ impl SipSection {
                 max_message_size: self.max_message_bytes,
                 ..ParseLimits::default()
             },
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            tcp_idle_timeout: Duration::from_secs(self.tcp_idle_secs),
+            trusted,
+            priority: vec![trunk],
             ..TransportConfig::default()
         }
     }
@@ -191,6 +219,7 @@ impl SipSection {
             },
             via_host: self.public_addr.clone(),
             via_port: Some(sip_port),
+            udp_max_request: self.udp_max_request_bytes,
             ..TransactionConfig::default()
         }
     }
@@ -393,6 +422,15 @@ impl Default for LogSection {
 
 const ENV_PREFIX: &str = "CALLBRIDGE_";
 
+/// Beyond this, `sip.max_connections` is a typo rather than a plan: each connection is a file
+/// descriptor and a task.
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// A day: an idle timeout longer than that keeps dead connections for good.
+const MAX_TCP_IDLE_SECS: u64 = 86_400;
+/// Below this, `sip.udp_max_request_bytes` would send nearly every request over TCP (RFC 791
+/// has every IPv4 path carry 576-byte datagrams).
+const MIN_UDP_REQUEST: usize = 500;
+
 impl Config {
     /// Builds the configuration from the optional file, the given environment variables and
     /// the `section.key=value` overrides, in that order of increasing precedence.
@@ -464,6 +502,32 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sip.max_message_bytes must be at least 1024".into(),
             ));
+        }
+        let sip = &self.sip;
+        if !(1..=MAX_CONNECTIONS).contains(&sip.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.max_connections {} must be between 1 and {MAX_CONNECTIONS}",
+                sip.max_connections
+            )));
+        }
+        if !(1..=sip.max_connections).contains(&sip.max_connections_per_ip) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.max_connections_per_ip {} must be between 1 and sip.max_connections ({})",
+                sip.max_connections_per_ip, sip.max_connections
+            )));
+        }
+        if !(1..=MAX_TCP_IDLE_SECS).contains(&sip.tcp_idle_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.tcp_idle_secs {} must be between 1 and {MAX_TCP_IDLE_SECS}",
+                sip.tcp_idle_secs
+            )));
+        }
+        if !(MIN_UDP_REQUEST..=MAX_UDP_PAYLOAD).contains(&sip.udp_max_request_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.udp_max_request_bytes {} must be between {MIN_UDP_REQUEST} and \
+                 {MAX_UDP_PAYLOAD}",
+                sip.udp_max_request_bytes
+            )));
         }
         if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
             return Err(ConfigError::Invalid(
@@ -586,12 +650,26 @@ mod tests {
     #[test]
     fn defaults_are_the_libraries_defaults() {
         let c = Config::default();
+        let trunk_ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let transport = c.sip.transport_config(trunk_ip);
         assert_eq!(
-            c.sip.transport_config(),
+            transport,
             TransportConfig {
                 bind: c.sip.listen,
+                // 127.0.0.0/8 (trusted_peers) and the trunk.
+                trusted: vec![loopback_net(), "127.0.0.1/32".parse().unwrap()],
+                priority: vec!["127.0.0.1/32".parse().unwrap()],
                 ..TransportConfig::default()
             }
+        );
+        // SPEC's defaults.
+        assert_eq!(
+            (
+                c.sip.max_connections,
+                c.sip.max_connections_per_ip,
+                c.sip.tcp_idle_secs
+            ),
+            (1024, 64, 600)
         );
         let trunk = Peer::udp("127.0.0.1:5080".parse().unwrap());
         let engine =
@@ -601,6 +679,10 @@ mod tests {
         assert_eq!(
             engine.transactions.send_100_trying,
             TransactionConfig::default().send_100_trying
+        );
+        assert_eq!(
+            engine.transactions.udp_max_request,
+            TransactionConfig::default().udp_max_request
         );
         assert_eq!(c.api.api_settings(), ApiSettings::default());
         assert_eq!(c.intent.max_pending, b2bua::intent::DEFAULT_MAX_PENDING);
@@ -622,6 +704,10 @@ mod tests {
                 "sip.max_message_bytes=2048".into(),
                 "sip.recv_buffer_bytes=1000".into(),
                 "sip.send_buffer_bytes=2000".into(),
+                "sip.max_connections=300".into(),
+                "sip.max_connections_per_ip=7".into(),
+                "sip.tcp_idle_secs=30".into(),
+                "sip.udp_max_request_bytes=1400".into(),
                 "sip.t1_ms=50".into(),
                 "sip.t2_ms=400".into(),
                 "sip.t4_ms=500".into(),
@@ -632,13 +718,27 @@ mod tests {
             ],
         )
         .unwrap();
-        let transport = c.sip.transport_config();
+        let transport = c.sip.transport_config("192.0.2.1".parse().unwrap());
         assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(transport.limits.max_message_size, 2048);
         assert_eq!(
             (transport.recv_buffer_bytes, transport.send_buffer_bytes),
             (1000, 2000)
         );
+        assert_eq!(
+            (transport.max_connections, transport.max_connections_per_ip),
+            (300, 7)
+        );
+        assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(30));
+        // TCP is accepted from the trusted peers and the trunk; the trunk has the reserve.
+        assert_eq!(
+            transport.trusted,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(transport.priority, vec!["192.0.2.1/32".parse().unwrap()]);
 
         let trunk = Peer::udp("192.0.2.1:5060".parse().unwrap());
         let engine =
@@ -659,6 +759,7 @@ mod tests {
         assert_eq!(timers.timer_d, Duration::from_millis(50 * 64));
         assert_eq!(engine.transactions.via_host, "sbc.example");
         assert_eq!(engine.transactions.via_port, Some(5099));
+        assert_eq!(engine.transactions.udp_max_request, 1400);
         let defaults = Config::default().sip.engine_config(
             1,
             trunk,
@@ -767,6 +868,45 @@ mod tests {
         assert!(Config::load(None, env(&[("CALLBRIDGE_MEDIA_RTP_PORTS", "9-3")]), &[]).is_err());
         assert!(Config::load(None, env(&[("CALLBRIDGE_SIP_LISTEN", "nope")]), &[]).is_err());
         assert!(Config::load(None, env(&[]), &["bad".into()]).is_err());
+    }
+
+    #[test]
+    fn connection_limits_are_read_from_the_environment_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "2048"),
+                ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "16"),
+                ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "120"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.sip.max_connections, 2048);
+        assert_eq!(c.sip.max_connections_per_ip, 16);
+        assert_eq!(c.sip.tcp_idle_secs, 120);
+        // They show in --print-config (the serialized configuration).
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("max_connections_per_ip = 16"), "{printed}");
+        for bad in [
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "0"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "100000000"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "0"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS_PER_IP", "5000"),
+            ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "0"),
+            ("CALLBRIDGE_SIP_TCP_IDLE_SECS", "1000000"),
+            ("CALLBRIDGE_SIP_MAX_CONNECTIONS", "-1"),
+            ("CALLBRIDGE_SIP_UDP_MAX_REQUEST_BYTES", "10"),
+            ("CALLBRIDGE_SIP_UDP_MAX_REQUEST_BYTES", "70000"),
+        ] {
+            assert!(
+                matches!(
+                    Config::load(None, env(&[bad]), &[]),
+                    Err(ConfigError::Invalid(_) | ConfigError::Syntax { .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

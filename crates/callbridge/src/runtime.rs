@@ -75,7 +75,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let (transport, events) = SipTransport::bind(config.sip.transport_config())
+    // The trunk first: its address is trusted for TCP and holds the reserved connections,
+    // which the transport needs from the moment it accepts.
+    let trunk = resolve(&config.sip.trunk).await?;
+    let (transport, events) = SipTransport::bind(config.sip.transport_config(trunk.addr.ip()))
         .await
         .map_err(|source| StartError::Sip {
             addr: config.sip.listen,
@@ -84,7 +87,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let sip_addr = transport.local_addr();
     status.set_transport(transport.clone());
 
-    let trunk = resolve(&config.sip.trunk).await?;
     let media_config = config.media.media_config()?;
     let (first_port, last_port) = (media_config.first_port, media_config.last_port);
     let media = MediaBridge::new(config.media.driver_config());
@@ -298,9 +300,9 @@ fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
     let now = Instant::now();
     match event {
         TransportEvent::Message { message, from } => engine.handle_message(now, message, from),
-        TransportEvent::SendFailed { to, error } => {
-            tracing::debug!(?to, %error, "send failed");
-            engine.handle_transport_error(now, &to);
+        TransportEvent::SendFailed { to, origin, error } => {
+            tracing::debug!(?to, ?origin, %error, "send failed");
+            engine.handle_transport_error(now, origin);
         }
         TransportEvent::ConnectionClosed { .. } => {}
     }

@@ -6,6 +6,11 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::message::{Transport, Via};
+use crate::transaction::TxId;
+
+/// The largest UDP payload IPv4 can carry (65535 − 20 IP − 8 UDP header bytes): anything
+/// larger can never go over UDP, whatever the MTU.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Identifies one TCP connection of the transport, so that responses go back on the
 /// connection their request came on (RFC 3261 §18.2.2).
@@ -53,6 +58,22 @@ impl Peer {
 pub struct Transmit {
     pub to: Peer,
     pub bytes: Bytes,
+    /// The transaction that sent these bytes, if any. The transport hands it back in
+    /// `TransportEvent::SendFailed`, so that a failed send fails that transaction only
+    /// (RFC 3261 §17.1.4, §17.2.4) and not every other one with the same peer. `None` for
+    /// messages outside any transaction (the ACK for a 2xx, the transport's own 400s).
+    pub origin: Option<TxId>,
+}
+
+impl Transmit {
+    /// Bytes sent on behalf of no transaction: a failure to send them fails nothing.
+    pub fn stateless(to: Peer, bytes: Bytes) -> Transmit {
+        Transmit {
+            to,
+            bytes,
+            origin: None,
+        }
+    }
 }
 
 /// Where a server transaction sends its responses (RFC 3261 §18.2.2, RFC 3581 §4):

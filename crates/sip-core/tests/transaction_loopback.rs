@@ -84,9 +84,11 @@ impl Shared {
                     self.problem(format!("message from {from:?} refused: {e}"));
                 }
             }
-            TransportEvent::SendFailed { to, error } => {
+            TransportEvent::SendFailed { to, origin, error } => {
                 self.problem(format!("send to {to:?} failed: {error}"));
-                self.apply(|layer, _| layer.on_transport_error(&to));
+                if let Some(tx) = origin {
+                    self.apply(|layer, now| layer.on_send_failed(now, tx));
+                }
             }
             TransportEvent::ConnectionClosed { .. } => {}
         }
@@ -148,6 +150,7 @@ impl Endpoint {
             via_host: "127.0.0.1".into(),
             via_port: Some(transport.local_addr().port()),
             send_100_trying: true,
+            ..TransactionConfig::default()
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let (counts_tx, counts) = watch::channel((0, 0));

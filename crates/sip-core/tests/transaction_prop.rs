@@ -55,8 +55,9 @@ enum Op {
     Answer(usize, u16, bool),
     /// The user cancels the n-th request ever sent.
     Cancel(usize),
-    /// The transport reports it cannot reach the peer over TCP (or UDP).
-    TransportError(bool),
+    /// A send of the n-th client (`true`) or server transaction ever created failed: only
+    /// that transaction ends (a finished one: nothing happens).
+    TransportError(usize, bool),
     /// Time passes (milliseconds).
     Advance(u64),
 }
@@ -77,7 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (method, any::<bool>()).prop_map(|(m, t)| Op::Send(m, t)),
         4 => (0..8usize, status, any_tx).prop_map(|(i, s, a)| Op::Answer(i, s, a)),
         1 => (0..8usize).prop_map(Op::Cancel),
-        1 => proptest::bool::weighted(0.1).prop_map(Op::TransportError),
+        1 => (0..8usize, any::<bool>()).prop_map(|(i, c)| Op::TransportError(i, c)),
         // Mostly short steps, so that transactions meet each other; sometimes past every timer.
         3 => (0..2_000u64).prop_map(Op::Advance),
         1 => (0..40_000u64).prop_map(Op::Advance),
@@ -759,29 +760,28 @@ impl Model {
 
     // --- both
 
-    fn transport_error(&mut self, to: Peer) {
-        let same = |p: &Peer| p.addr == to.addr && p.transport == to.transport;
-        let clients: Vec<_> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| same(&c.to))
-            .map(|(id, c)| (*id, c.internal))
-            .collect();
-        for (id, internal) in clients {
-            if !internal {
-                self.events.push(Ev::TransportError(TxId::Client(id)));
+    /// A send of `tx` failed: it alone ends with `TransportError` (none for the layer's own
+    /// CANCELs), unless it is a client transaction that already passed its final up.
+    fn send_failed(&mut self, tx: TxId) {
+        match tx {
+            TxId::Client(id) => {
+                let Some(c) = self.clients.get(&id) else {
+                    return;
+                };
+                if matches!(c.state, ClientState::Completed | ClientState::Accepted) {
+                    return;
+                }
+                if !c.internal {
+                    self.events.push(Ev::TransportError(tx));
+                }
+                self.end_client(id);
             }
-            self.end_client(id);
-        }
-        let servers: Vec<_> = self
-            .servers
-            .iter()
-            .filter(|(_, s)| same(&s.destination))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in servers {
-            self.events.push(Ev::TransportError(TxId::Server(id)));
-            self.end_server(id);
+            TxId::Server(id) => {
+                if self.servers.contains_key(&id) {
+                    self.events.push(Ev::TransportError(tx));
+                    self.end_server(id);
+                }
+            }
         }
     }
 
@@ -961,9 +961,18 @@ fn run(ops: Vec<Op>, timer_c: Option<Duration>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(layer.cancel(now, id), want, "{}", what);
                 }
             }
-            Op::TransportError(tcp) => {
-                model.transport_error(peer(tcp));
-                layer.on_transport_error(&peer(tcp));
+            Op::TransportError(i, client) => {
+                let target = if client {
+                    let sent = model.sent.get(i % model.sent.len().max(1));
+                    sent.map(|(id, _)| TxId::Client(*id))
+                } else {
+                    let received = model.received.get(i % model.received.len().max(1));
+                    received.map(|(id, _)| TxId::Server(*id))
+                };
+                if let Some(tx) = target {
+                    model.send_failed(tx);
+                    layer.on_send_failed(now, tx);
+                }
             }
             Op::Advance(ms) => {
                 now += Duration::from_millis(ms);

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sip_core::transaction::{ClientTxId, TxId};
 use sip_core::transport::{
     Frame, SipTransport, StreamFramer, TransportConfig, TransportEvent, TransportHandle,
 };
@@ -156,10 +157,7 @@ async fn udp_request_is_stamped_and_response_comes_back() {
 
     let destination = sip_core::peer::response_destination(&via, from);
     assert_eq!(destination, from);
-    handle.send(Transmit {
-        to: destination,
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(destination, ok_for(&request)));
     let response = parse_response(&recv_datagram(&client).await);
     assert_eq!(response.status, 200);
     assert_eq!(response.headers.top_via().unwrap(), via);
@@ -206,20 +204,17 @@ async fn tcp_response_goes_back_on_the_same_connection() {
     assert_eq!(via.received(), Some("127.0.0.1"));
     assert_eq!(handle.connection_count(), 1);
 
-    handle.send(Transmit {
-        to: from,
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(from, ok_for(&request)));
     let mut framer = StreamFramer::new(65_536);
     let response = read_response(&mut client, &mut framer).await;
     assert_eq!(response.status, 200);
     assert_eq!(response.headers.call_id(), Some("tcp-1"));
 
     // Without the connection id, the open connection to that address is reused.
-    handle.send(Transmit {
-        to: Peer::tcp(client_addr, None),
-        bytes: ok_for(&request),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(client_addr, None),
+        ok_for(&request),
+    ));
     assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
     assert_eq!(handle.connection_count(), 1);
 
@@ -443,16 +438,16 @@ async fn tcp_send_without_connection_opens_one_and_reuses_it() {
     let remote = listener.local_addr().unwrap();
 
     let first = options("TCP", "127.0.0.1;branch=z9hG4bK-out1", "out-1");
-    handle.send(Transmit {
-        to: Peer::tcp(remote, None),
-        bytes: Bytes::from(first.clone()),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, None),
+        Bytes::from(first.clone()),
+    ));
     // Queued while the connection is still opening: must use the same connection.
     let second = options("TCP", "127.0.0.1;branch=z9hG4bK-out2", "out-2");
-    handle.send(Transmit {
-        to: Peer::tcp(remote, None),
-        bytes: Bytes::from(second.clone()),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, None),
+        Bytes::from(second.clone()),
+    ));
     let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
     let mut framer = StreamFramer::new(65_536);
     for expected in [&first, &second] {
@@ -495,12 +490,11 @@ async fn tcp_connect_failure_is_reported() {
         listener.local_addr().unwrap()
     };
     let to = Peer::tcp(closed, None);
-    handle.send(Transmit {
-        to,
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(to, Bytes::from_static(b"x")));
     match next_event(&mut events).await {
-        TransportEvent::SendFailed { to: failed, error } => {
+        TransportEvent::SendFailed {
+            to: failed, error, ..
+        } => {
             assert_eq!(failed, to);
             assert!(!error.is_empty());
         }
@@ -516,10 +510,10 @@ async fn stale_connection_id_falls_back_to_the_address() {
     let (handle, _events) = start(config()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let remote = listener.local_addr().unwrap();
-    handle.send(Transmit {
-        to: Peer::tcp(remote, Some(ConnectionId(999_999))),
-        bytes: Bytes::from(options("TCP", "127.0.0.1;branch=z9hG4bK-s", "stale")),
-    });
+    handle.send(Transmit::stateless(
+        Peer::tcp(remote, Some(ConnectionId(999_999))),
+        Bytes::from(options("TCP", "127.0.0.1;branch=z9hG4bK-s", "stale")),
+    ));
     let (mut server_side, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
     let mut framer = StreamFramer::new(65_536);
     assert!(matches!(
@@ -588,21 +582,252 @@ async fn unsupported_transport_and_shutdown_fail_sends() {
         addr: "127.0.0.1:5061".parse().unwrap(),
         connection: None,
     };
-    handle.send(Transmit {
-        to,
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(to, Bytes::from_static(b"x")));
     assert!(matches!(
         next_event(&mut events).await,
         TransportEvent::SendFailed { .. }
     ));
     handle.shutdown();
-    handle.send(Transmit {
-        to: Peer::udp("127.0.0.1:9".parse().unwrap()),
-        bytes: Bytes::from_static(b"x"),
-    });
+    handle.send(Transmit::stateless(
+        Peer::udp("127.0.0.1:9".parse().unwrap()),
+        Bytes::from_static(b"x"),
+    ));
     assert!(matches!(
         next_event(&mut events).await,
         TransportEvent::SendFailed { .. }
     ));
+}
+
+// ---- admission: who may hold a TCP connection ----------------------------------------------
+
+/// A TCP connection to `to` from the loopback address `source` (any 127.0.0.0/8 address is
+/// local on Linux, so a test can play several hosts).
+async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    timeout(WAIT, socket.connect(to)).await.unwrap().unwrap()
+}
+
+/// The transport closes (or resets) `stream` without a word.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 16];
+    let read = timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("refused connection not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// Sends an OPTIONS on `stream` and checks that the transport delivers it, from `source`:
+/// the connection was admitted.
+async fn assert_admitted(
+    stream: &mut TcpStream,
+    events: &mut Receiver<TransportEvent>,
+    source: &str,
+    call_id: &str,
+) {
+    let via = format!("{source};branch=z9hG4bK-{call_id}");
+    stream
+        .write_all(options("TCP", &via, call_id).as_bytes())
+        .await
+        .unwrap();
+    let (request, from) = next_request(events).await;
+    assert_eq!(from.addr.ip().to_string(), source);
+    assert_eq!(request.headers.call_id(), Some(call_id));
+}
+
+fn net(text: &str) -> ipnet::IpNet {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_from_an_untrusted_source_is_closed_at_accept() {
+    let mut config = config();
+    config.trusted = vec![net("127.0.0.1/32")];
+    let (handle, mut events) = start(config).await;
+    let mut attacker = connect_from("127.0.0.66", handle.local_addr()).await;
+    // Whatever it sends, nothing is read: the connection is closed at accept.
+    let _ = attacker
+        .write_all(options("TCP", "127.0.0.66;branch=z9hG4bK-evil", "evil").as_bytes())
+        .await;
+    assert_closed(&mut attacker).await;
+    let stats = handle.stats();
+    assert_eq!(stats.connections_refused_untrusted, 1);
+    assert_eq!(stats.connections_accepted, 0);
+    assert_eq!(stats.tcp_received, 0);
+    // A trusted source is served as before.
+    let mut friend = connect_from("127.0.0.1", handle.local_addr()).await;
+    assert_admitted(&mut friend, &mut events, "127.0.0.1", "friend").await;
+    assert_eq!(handle.connection_count(), 1);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn a_trusted_source_gets_at_most_max_connections_per_ip() {
+    let mut config = config();
+    config.trusted = vec![net("127.0.0.0/8")];
+    config.max_connections_per_ip = 3;
+    let (handle, mut events) = start(config).await;
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let mut stream = connect_from("127.0.0.5", handle.local_addr()).await;
+        assert_admitted(
+            &mut stream,
+            &mut events,
+            "127.0.0.5",
+            &format!("per-ip-{n}"),
+        )
+        .await;
+        held.push(stream);
+    }
+    let mut fourth = connect_from("127.0.0.5", handle.local_addr()).await;
+    assert_closed(&mut fourth).await;
+    assert_eq!(handle.stats().connections_refused_per_ip, 1);
+    // The three it holds still work, and another source is not affected.
+    assert_admitted(&mut held[0], &mut events, "127.0.0.5", "per-ip-again").await;
+    let mut other = connect_from("127.0.0.6", handle.local_addr()).await;
+    assert_admitted(&mut other, &mut events, "127.0.0.6", "per-ip-other").await;
+    assert_eq!(handle.connection_count(), 4);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn the_trunk_still_connects_when_others_have_filled_their_share() {
+    // 8 in all, 4 per IP: the last 4 are the trunk's (127.0.0.3).
+    let mut config = config();
+    config.trusted = vec![net("127.0.0.0/8")];
+    config.priority = vec![net("127.0.0.3/32")];
+    config.max_connections = 8;
+    config.max_connections_per_ip = 4;
+    let (handle, mut events) = start(config).await;
+    let mut held = Vec::new();
+    for n in 0..4 {
+        let mut stream = connect_from("127.0.0.2", handle.local_addr()).await;
+        assert_admitted(&mut stream, &mut events, "127.0.0.2", &format!("fill-{n}")).await;
+        held.push(stream);
+    }
+    // Everything but the trunk's reserve is taken: another trusted host is refused.
+    let mut late = connect_from("127.0.0.4", handle.local_addr()).await;
+    assert_closed(&mut late).await;
+    assert_eq!(handle.stats().connections_refused, 1);
+    // The trunk connects and its SIP gets through.
+    let mut trunk = connect_from("127.0.0.3", handle.local_addr()).await;
+    assert_admitted(&mut trunk, &mut events, "127.0.0.3", "trunk").await;
+    assert_eq!(handle.connection_count(), 5);
+    handle.shutdown();
+}
+
+// ---- failed sends fail their own transaction -----------------------------------------------
+
+fn origin(n: u64) -> Option<TxId> {
+    Some(TxId::Client(ClientTxId(n)))
+}
+
+#[tokio::test]
+async fn a_full_write_queue_fails_that_message_and_nothing_else() {
+    let mut config = config();
+    config.tcp_write_queue_messages = 2;
+    let (handle, mut events) = start(config).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client
+        .write_all(options("TCP", "127.0.0.1;branch=z9hG4bK-q", "queue").as_bytes())
+        .await
+        .unwrap();
+    let (request, from) = next_request(&mut events).await;
+    // Three sends without yielding: the connection task cannot drain in between (the test
+    // runtime has one thread), so the third finds the queue full.
+    for n in 1..=3 {
+        handle.send(Transmit {
+            to: from,
+            bytes: ok_for(&request),
+            origin: origin(n),
+        });
+    }
+    match next_event(&mut events).await {
+        TransportEvent::SendFailed { origin: failed, .. } => assert_eq!(failed, origin(3)),
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
+    // The first two go out on the same connection, which lives on for later sends.
+    let mut framer = StreamFramer::new(65_536);
+    for _ in 0..2 {
+        assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
+    }
+    handle.send(Transmit {
+        to: from,
+        bytes: ok_for(&request),
+        origin: origin(4),
+    });
+    assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
+    assert_eq!(handle.connection_count(), 1);
+    assert!(events.try_recv().is_err(), "no other failure");
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn a_write_queue_full_of_bytes_fails_that_message_and_nothing_else() {
+    let mut config = config();
+    config.tcp_write_queue_bytes = 100;
+    let (handle, mut events) = start(config).await;
+    let mut client = TcpStream::connect(handle.local_addr()).await.unwrap();
+    client
+        .write_all(options("TCP", "127.0.0.1;branch=z9hG4bK-qb", "queue-bytes").as_bytes())
+        .await
+        .unwrap();
+    let (request, from) = next_request(&mut events).await;
+    let response = ok_for(&request);
+    assert!(response.len() > 100);
+    // The first goes although it is larger than the budget (the queue is empty); the second
+    // does not fit behind it.
+    for n in 1..=2 {
+        handle.send(Transmit {
+            to: from,
+            bytes: response.clone(),
+            origin: origin(n),
+        });
+    }
+    match next_event(&mut events).await {
+        TransportEvent::SendFailed { origin: failed, .. } => assert_eq!(failed, origin(2)),
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
+    let mut framer = StreamFramer::new(65_536);
+    assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
+    // Written, so the room is back.
+    handle.send(Transmit {
+        to: from,
+        bytes: response,
+        origin: origin(3),
+    });
+    assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
+    assert!(events.try_recv().is_err(), "no other failure");
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn a_datagram_larger_than_udp_allows_fails_its_transaction() {
+    let (handle, mut events) = start(config()).await;
+    let (client, client_addr) = udp_client().await;
+    handle.send(Transmit {
+        to: Peer::udp(client_addr),
+        bytes: Bytes::from(vec![b'x'; 65_508]),
+        origin: origin(7),
+    });
+    match next_event(&mut events).await {
+        TransportEvent::SendFailed { origin: failed, .. } => assert_eq!(failed, origin(7)),
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
+    assert_eq!(handle.stats().udp_oversize_sends, 1);
+    // The socket is fine for the next one, as large as a datagram can be.
+    handle.send(Transmit {
+        to: Peer::udp(client_addr),
+        bytes: Bytes::from(vec![b'y'; 65_507]),
+        origin: origin(8),
+    });
+    let mut buf = vec![0u8; 70_000];
+    let (n, _) = timeout(WAIT, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 65_507);
+    handle.shutdown();
 }

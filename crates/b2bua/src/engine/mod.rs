@@ -217,9 +217,12 @@ impl Engine {
         self.input_backlog = queued;
     }
 
-    /// The transport could not deliver to `peer`.
-    pub fn handle_transport_error(&mut self, now: Instant, peer: &Peer) {
-        self.layer.on_transport_error(peer);
+    /// A send failed; `origin` is the transaction that made it (the transport's
+    /// `SendFailed { origin, .. }`). Only that transaction fails, not others to the same peer.
+    pub fn handle_transport_error(&mut self, now: Instant, origin: Option<TxId>) {
+        if let Some(tx) = origin {
+            self.layer.on_send_failed(now, tx);
+        }
         self.process_events(now);
     }
 

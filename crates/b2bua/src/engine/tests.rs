@@ -1361,8 +1361,17 @@ fn requests_outside_any_call_get_481_501_or_405() {
 #[test]
 fn transport_failure_towards_leg_b_answers_408() {
     let mut h = Harness::new();
-    let (callid, _) = start_call(&mut h, SDP_A);
-    h.engine.handle_transport_error(h.now, &trunk());
+    let intent = h.control.make_call(h.now, "1001", "2001", "3001").unwrap();
+    let callid = intent.callid;
+    h.feed(&leg_a_invite("1001", "2001", "z9hG4bKa1", SDP_A), phone());
+    let invite_b = std::iter::from_fn(|| h.engine.poll_transmit())
+        .find(|t| t.to == trunk())
+        .and_then(|t| t.origin)
+        .expect("the INVITE to the trunk names its transaction");
+    // A failed stateless send (no transaction) fails nothing.
+    h.engine.handle_transport_error(h.now, None);
+    assert!(h.sent().is_empty());
+    h.engine.handle_transport_error(h.now, Some(invite_b));
     let sent = h.sent();
     assert_eq!(statuses(&sent, phone()), [408]);
     let record = h.control.call(&callid).unwrap();

@@ -17,9 +17,9 @@ use bytes::Bytes;
 
 use crate::ids::new_branch;
 use crate::message::{
-    build_ack_for_non_2xx, build_cancel, HeaderName, Method, Request, Response, Via,
+    build_ack_for_non_2xx, build_cancel, HeaderName, Method, Request, Response, Transport, Via,
 };
-use crate::peer::Peer;
+use crate::peer::{Peer, MAX_UDP_PAYLOAD};
 
 use super::key::ClientKey;
 use super::timer::{Armed, Slot, TimerConfig};
@@ -62,6 +62,8 @@ pub(super) struct ClientTx {
     /// CANCEL transactions are created by the layer itself and report nothing.
     pub(super) internal: bool,
     pub(super) timer_c_fired: bool,
+    /// Sent over TCP although the user asked for UDP, because of its size (§18.1.1).
+    pub(super) upgraded: bool,
     pub(super) armed: Armed,
 }
 
@@ -108,7 +110,21 @@ impl TransactionLayer {
         }
         let id = ClientTxId(self.next_id());
         let invite = request.method == Method::Invite;
-        let bytes = request.to_bytes();
+        let mut bytes = request.to_bytes();
+        let mut to = to;
+        let mut upgraded = false;
+        let threshold = self.config.udp_max_request.min(MAX_UDP_PAYLOAD);
+        if to.transport == Transport::Udp
+            && bytes.len() > threshold
+            && set_top_via_transport(&mut request, Transport::Tcp)
+        {
+            // §18.1.1: too large for UDP, so TCP, and the top Via says so. (The length does
+            // not change: "UDP" and "TCP" are the same size.)
+            to = Peer::tcp(to.addr, None);
+            bytes = request.to_bytes();
+            upgraded = true;
+            self.out.stats.upgraded_to_tcp += 1;
+        }
         let timers = &self.config.timers;
         let mut tx = ClientTx {
             key: key.clone(),
@@ -127,6 +143,7 @@ impl TransactionLayer {
             cancelled: false,
             internal,
             timer_c_fired: false,
+            upgraded,
             armed: Armed::default(),
         };
         let tx_id = TxId::Client(id);
@@ -139,7 +156,7 @@ impl TransactionLayer {
         queue.arm(&mut tx.armed, tx_id, Slot::Timeout, now + timers.timeout());
         self.client_keys.insert(key, id);
         self.clients.insert(id, tx);
-        self.out.transmit(to, bytes);
+        self.out.transmit(to, bytes, Some(tx_id));
         Ok(id)
     }
 
@@ -175,7 +192,7 @@ impl TransactionLayer {
         to: Peer,
     ) -> Result<(), TxError> {
         self.ensure_via(&mut request, &to)?;
-        self.out.transmit(to, request.to_bytes());
+        self.out.transmit(to, request.to_bytes(), None);
         Ok(())
     }
 
@@ -248,6 +265,13 @@ impl TransactionLayer {
         let Some(t) = self.clients.get_mut(&id) else {
             return Ok(());
         };
+        if !same_host(&t.to, &from) {
+            // The branch is ours but the sender is not the peer we sent to: anyone who saw
+            // or guessed the branch could otherwise end (or answer) the transaction. Not a
+            // stray either, so that nothing above acts on it.
+            self.out.stats.wrong_source_responses += 1;
+            return Err(TxError::WrongSource);
+        }
         let timers = &self.config.timers;
         let reaction = if t.invite {
             t.invite_response(now, id, &response, timers, &mut self.out)
@@ -294,7 +318,7 @@ impl TransactionLayer {
                 let Some(interval) = next else {
                     return;
                 };
-                out.transmit(t.to, t.bytes.clone());
+                out.transmit(t.to, t.bytes.clone(), Some(tx_id));
                 out.stats.retransmissions += 1;
                 t.interval = interval;
                 out.timers
@@ -333,7 +357,62 @@ impl TransactionLayer {
     }
 }
 
+/// Whether a response from `from` may belong to a transaction that sent to `to`: the same
+/// IP (IPv4-mapped IPv6 counts as IPv4). The port and the connection are not compared: over
+/// UDP a peer may answer from another port of the same host, and over TCP the response may
+/// arrive on a new connection if ours closed (§18.1.2, §18.2.2).
+fn same_host(to: &Peer, from: &Peer) -> bool {
+    to.addr.ip().to_canonical() == from.addr.ip().to_canonical()
+}
+
+/// Rewrites the transport of `request`'s top Via in place (the row keeps its place, the
+/// others are untouched). `false` when there is no parseable top Via.
+fn set_top_via_transport(request: &mut Request, transport: Transport) -> bool {
+    let Ok(mut via) = request.headers.top_via() else {
+        return false;
+    };
+    via.transport = transport;
+    match request.headers.get_mut(&HeaderName::Via) {
+        Some(value) => {
+            *value = via.to_string();
+            true
+        }
+        None => false,
+    }
+}
+
 impl ClientTx {
+    /// §18.1.1: a request sent over TCP only because of its size, whose TCP send failed
+    /// before any response came, is retried over UDP (the connection may simply be refused:
+    /// not every UDP peer listens on TCP). Timer A/E starts as for a new UDP request; Timer
+    /// B/F keeps its deadline. `false` when this does not apply (the caller fails the
+    /// transaction), also when the request cannot fit in a datagram at all.
+    pub(super) fn fall_back_to_udp(
+        &mut self,
+        now: Instant,
+        id: ClientTxId,
+        timers: &TimerConfig,
+        out: &mut Output,
+    ) -> bool {
+        let no_response = matches!(self.state, ClientState::Calling | ClientState::Trying);
+        if !self.upgraded || !no_response || self.bytes.len() > MAX_UDP_PAYLOAD {
+            return false;
+        }
+        if !set_top_via_transport(&mut self.request, Transport::Udp) {
+            return false;
+        }
+        self.upgraded = false;
+        self.to = Peer::udp(self.to.addr);
+        self.bytes = self.request.to_bytes();
+        self.interval = timers.t1;
+        let tx_id = TxId::Client(id);
+        out.timers
+            .arm(&mut self.armed, tx_id, Slot::Retransmit, now + timers.t1);
+        out.transmit(self.to, self.bytes.clone(), Some(tx_id));
+        out.stats.udp_fallbacks += 1;
+        true
+    }
+
     /// The INVITE client machine (Figure 5, RFC 6026 Figure 5) takes a response.
     fn invite_response(
         &mut self,
@@ -375,7 +454,7 @@ impl ClientTx {
                 self.armed.clear(Slot::Retransmit);
                 self.armed.clear(Slot::Timeout);
                 let ack = build_ack_for_non_2xx(&self.request, response).to_bytes();
-                out.transmit(self.to, ack.clone());
+                out.transmit(self.to, ack.clone(), Some(tx_id));
                 self.ack = Some(ack);
                 if self.to.is_reliable() {
                     Reaction::PassUpThenTerminate
@@ -391,7 +470,7 @@ impl ClientTx {
             (ClientState::Completed, 300..) => {
                 // A retransmitted final: ACK it again.
                 if let Some(ack) = &self.ack {
-                    out.transmit(self.to, ack.clone());
+                    out.transmit(self.to, ack.clone(), Some(tx_id));
                 }
                 Reaction::Absorb
             }

@@ -27,7 +27,7 @@
 //!   events, stats, errors), and the dispatch: [`handle_message`](TransactionLayer::handle_message)
 //!   sends requests to the server side and responses to the client side,
 //!   [`handle_timeout`](TransactionLayer::handle_timeout) fires each due timer on its side,
-//!   the `poll_*` outputs, and transport failures, which end transactions of both sides.
+//!   the `poll_*` outputs, and failed sends, which end the one transaction that made them.
 //! - `client.rs`: client transactions (Figures 5 and 6, RFC 6026 Figure 5): creation and the
 //!   Via we add, the stateless ACK for a 2xx, CANCEL, response handling and Timers A–F, K, M
 //!   and C, with the INVITE and non-INVITE machines as separate functions.
@@ -56,6 +56,8 @@ use bytes::Bytes;
 
 use crate::message::{Message, Request, Response};
 use crate::peer::{Peer, Transmit};
+
+pub use crate::peer::MAX_UDP_PAYLOAD;
 
 use client::ClientTx;
 use key::{AckKey, ClientKey, ServerKey};
@@ -110,6 +112,12 @@ pub struct TransactionConfig {
     /// 200 ms; a B2BUA forwards the call and never answers that fast, so sending it at once
     /// stops the caller's Timer A retransmissions early).
     pub send_100_trying: bool,
+    /// A request bound for UDP that is larger than this (in bytes) goes over TCP instead
+    /// (RFC 3261 §18.1.1: 1300 when the path MTU is unknown, else MTU − 200). It is decided
+    /// here and not in the transport because §18.1.1 wants the top Via to name the transport
+    /// really used, and because the transport decides the transaction's timers (no Timer A/E
+    /// over TCP): both are the transaction's. Capped at [`MAX_UDP_PAYLOAD`].
+    pub udp_max_request: usize,
 }
 
 impl Default for TransactionConfig {
@@ -119,6 +127,7 @@ impl Default for TransactionConfig {
             via_host: "127.0.0.1".into(),
             via_port: Some(5060),
             send_100_trying: true,
+            udp_max_request: 1300,
         }
     }
 }
@@ -158,7 +167,8 @@ pub enum TxEvent {
     /// Timer B/F (no final response), C (no final after a provisional), H (no ACK for a
     /// non-2xx), L without an ACK for a 2xx, or a server non-INVITE the user never answered.
     Timeout(TxId),
-    /// The transport could not deliver to this transaction's peer.
+    /// A send of this transaction failed ([`TransactionLayer::on_send_failed`]); the
+    /// transaction has ended.
     TransportError(TxId),
     /// The transaction is gone; its id will never be seen again.
     Terminated(TxId),
@@ -185,6 +195,8 @@ pub enum TxError {
     NotAnInvite,
     #[error("message cannot be matched to a transaction: {0}")]
     Unmatchable(&'static str),
+    #[error("response for a client transaction from another address than its peer")]
+    WrongSource,
 }
 
 /// Counters of the layer, for metrics.
@@ -208,6 +220,16 @@ pub struct TransactionStats {
     pub unmatchable: u64,
     /// Responses sent without a transaction ([`TransactionLayer::send_stateless_response`]).
     pub stateless_responses: u64,
+    /// Responses whose branch matched a client transaction but which came from another IP
+    /// than the one the request was sent to: dropped, never shown to the transaction
+    /// (a response is accepted only from the leg's peer).
+    pub wrong_source_responses: u64,
+    /// Failed sends reported for live transactions ([`TransactionLayer::on_send_failed`]).
+    pub transport_errors: u64,
+    /// Requests sent over TCP instead of UDP because of their size (§18.1.1).
+    pub upgraded_to_tcp: u64,
+    /// Of those, requests retried over UDP because TCP failed before any response.
+    pub udp_fallbacks: u64,
 }
 
 /// What the state machines produce besides their own state: timer deadlines, bytes to send,
@@ -222,8 +244,10 @@ struct Output {
 }
 
 impl Output {
-    fn transmit(&mut self, to: Peer, bytes: Bytes) {
-        self.transmits.push_back(Transmit { to, bytes });
+    /// Queues bytes for the wire. `origin` is the transaction that sends them: a failed send
+    /// comes back as [`TransactionLayer::on_send_failed`] for it alone.
+    fn transmit(&mut self, to: Peer, bytes: Bytes, origin: Option<TxId>) {
+        self.transmits.push_back(Transmit { to, bytes, origin });
     }
 
     fn event(&mut self, event: TxEvent) {
@@ -366,31 +390,44 @@ impl TransactionLayer {
         }
     }
 
-    /// The transport failed to deliver to `peer` (RFC 3261 §17.1.4, §17.2.4): every
-    /// transaction sending there reports `TransportError` and ends.
-    pub fn on_transport_error(&mut self, peer: &Peer) {
-        let same = |p: &Peer| p.addr == peer.addr && p.transport == peer.transport;
-        let clients: Vec<ClientTxId> = self
-            .clients
-            .iter()
-            .filter(|(_, t)| same(&t.to))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in clients {
-            if self.clients.get(&id).is_some_and(|t| !t.internal) {
-                self.out.event(TxEvent::TransportError(TxId::Client(id)));
+    /// A send made by transaction `tx` failed (the transport's `SendFailed` for a
+    /// [`Transmit`] whose `origin` was `tx`): RFC 3261 §17.1.4 and §17.2.4, the transaction
+    /// is told and ends with [`TxEvent::TransportError`]. Only that transaction: others with
+    /// the same peer are untouched, since one failed send (a full write queue, an oversize
+    /// datagram) says nothing about theirs.
+    ///
+    /// Two exceptions, both client side. A request moved from UDP to TCP for its size
+    /// (§18.1.1) that has had no response yet is retried over UDP instead, as §18.1.1 asks
+    /// when the connection cannot be made. And a client transaction that already passed its
+    /// final response up (Completed, Accepted) has nothing left to tell the user: a failed
+    /// ACK is counted and the transaction runs on (a retransmitted final is ACKed again).
+    /// A `tx` that has already ended is ignored.
+    pub fn on_send_failed(&mut self, now: Instant, tx: TxId) {
+        match tx {
+            TxId::Client(id) => {
+                let Some(t) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                self.out.stats.transport_errors += 1;
+                if matches!(t.state, ClientState::Completed | ClientState::Accepted) {
+                    return;
+                }
+                if t.fall_back_to_udp(now, id, &self.config.timers, &mut self.out) {
+                    return;
+                }
+                if !t.internal {
+                    self.out.event(TxEvent::TransportError(tx));
+                }
+                self.terminate_client(id);
             }
-            self.terminate_client(id);
-        }
-        let servers: Vec<ServerTxId> = self
-            .servers
-            .iter()
-            .filter(|(_, t)| same(&t.destination))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in servers {
-            self.out.event(TxEvent::TransportError(TxId::Server(id)));
-            self.terminate_server(id);
+            TxId::Server(id) => {
+                if !self.servers.contains_key(&id) {
+                    return;
+                }
+                self.out.stats.transport_errors += 1;
+                self.out.event(TxEvent::TransportError(tx));
+                self.terminate_server(id);
+            }
         }
     }
 }

@@ -89,7 +89,8 @@ impl TransactionLayer {
             self.out.stats.absorbed += 1;
             if let Some(t) = self.servers.get(&id) {
                 if let (Some(bytes), false) = (&t.last_response, t.state == ServerState::Accepted) {
-                    self.out.transmit(t.destination, bytes.clone());
+                    let origin = Some(TxId::Server(id));
+                    self.out.transmit(t.destination, bytes.clone(), origin);
                 }
             }
             return Ok(());
@@ -121,7 +122,7 @@ impl TransactionLayer {
             armed: Armed::default(),
         };
         if invite {
-            tx.start_invite(&request, self.config.send_100_trying, &mut self.out);
+            tx.start_invite(id, &request, self.config.send_100_trying, &mut self.out);
         } else {
             tx.start_non_invite(now, id, &request, &self.config.timers, &mut self.out);
         }
@@ -227,7 +228,8 @@ impl TransactionLayer {
             t.non_invite_response_sent(now, tx, response.status, timers, &mut self.out)?
         };
         let bytes = response.to_bytes();
-        self.out.transmit(t.destination, bytes.clone());
+        self.out
+            .transmit(t.destination, bytes.clone(), Some(TxId::Server(tx)));
         t.last_response = Some(bytes);
         if terminate {
             self.terminate_server(tx);
@@ -280,10 +282,16 @@ impl TransactionLayer {
 impl ServerTx {
     /// A new INVITE: answer `100 Trying` at once if so configured (§17.2.1), so that the
     /// caller's Timer A stops; the 100 is what a retransmitted INVITE gets until we answer.
-    fn start_invite(&mut self, request: &Request, send_100_trying: bool, out: &mut Output) {
+    fn start_invite(
+        &mut self,
+        id: ServerTxId,
+        request: &Request,
+        send_100_trying: bool,
+        out: &mut Output,
+    ) {
         if send_100_trying {
             let trying = Response::to_request(request, 100, None).to_bytes();
-            out.transmit(self.destination, trying.clone());
+            out.transmit(self.destination, trying.clone(), Some(TxId::Server(id)));
             self.last_response = Some(trying);
         }
     }
@@ -410,7 +418,7 @@ impl ServerTx {
             return;
         }
         if let Some(bytes) = &self.last_response {
-            out.transmit(self.destination, bytes.clone());
+            out.transmit(self.destination, bytes.clone(), Some(TxId::Server(id)));
             out.stats.retransmissions += 1;
         }
         self.interval = (self.interval * 2).min(timers.t2);
@@ -449,7 +457,7 @@ impl ServerTx {
                 out.stats.timeouts += 1;
                 out.event(TxEvent::Timeout(TxId::Server(id)));
                 if let Some(bytes) = self.unanswered.take() {
-                    out.transmit(self.destination, bytes);
+                    out.transmit(self.destination, bytes, Some(TxId::Server(id)));
                 }
                 true
             }

@@ -30,7 +30,7 @@ impl TransactionLayer {
             .map_err(|_| TxError::Unmatchable("response without usable Via"))?;
         let to = response_destination(&via, request_source);
         self.out.stats.stateless_responses += 1;
-        self.out.transmit(to, response.to_bytes());
+        self.out.transmit(to, response.to_bytes(), None);
         Ok(())
     }
 }

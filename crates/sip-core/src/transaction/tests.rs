@@ -98,6 +98,7 @@ impl Harness {
                 via_host: "10.0.0.1".into(),
                 via_port: Some(5060),
                 send_100_trying: true,
+                ..TransactionConfig::default()
             }),
             start,
             now: start,
@@ -949,21 +950,249 @@ fn responses_go_to_rport_source_or_sent_by_port() {
 // ----- failures and bookkeeping ----------------------------------------------------------
 
 #[test]
-fn transport_error_ends_every_transaction_towards_that_peer() {
+fn a_failed_send_ends_only_the_transaction_that_made_it() {
     let mut h = Harness::new();
     let a = h.send(outgoing("INVITE"), udp_peer());
-    let other = Peer::udp("10.0.0.3:5060".parse().unwrap());
-    let b = h.send(outgoing("OPTIONS"), other);
+    let mut options = outgoing("OPTIONS");
+    options.headers.set(HeaderName::CallId, "c2@10.0.0.1");
+    let b = h.send(options, udp_peer());
     let s = h.receive(incoming("INVITE", "z9hG4bKs1", 1), udp_peer());
+    let origins: Vec<_> = h
+        .drain_transmits()
+        .into_iter()
+        .map(|(_, t)| t.origin)
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            Some(TxId::Client(a)),
+            Some(TxId::Client(b)),
+            Some(TxId::Server(s))
+        ],
+        "every transmit names its transaction"
+    );
     h.events();
-    h.layer.on_transport_error(&udp_peer());
-    let events = h.events();
-    for id in [TxId::Client(a), TxId::Server(s)] {
-        assert!(events.contains(&TxEvent::TransportError(id)), "{id:?}");
-        assert!(events.contains(&TxEvent::Terminated(id)), "{id:?}");
-    }
+
+    h.layer.on_send_failed(h.now, TxId::Client(a));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::TransportError(TxId::Client(a)),
+            TxEvent::Terminated(TxId::Client(a))
+        ]
+    );
+    // The same peer, untouched: the other client transaction still retransmits, the server
+    // transaction still answers.
     assert_eq!(h.layer.client_state(b), Some(ClientState::Trying));
+    assert_eq!(h.layer.server_state(s), Some(ServerState::Proceeding));
+    let resent = h.run_until(ms(500));
+    assert!(resent
+        .iter()
+        .any(|(_, t)| t.origin == Some(TxId::Client(b))));
+
+    h.layer.on_send_failed(h.now, TxId::Server(s));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::TransportError(TxId::Server(s)),
+            TxEvent::Terminated(TxId::Server(s))
+        ]
+    );
+    assert_eq!(h.layer.client_state(b), Some(ClientState::Trying));
+    // A report for a transaction that has ended already changes nothing.
+    h.layer.on_send_failed(h.now, TxId::Client(a));
+    assert!(h.events().is_empty());
     assert_eq!(h.layer.client_count(), 1);
+    assert_eq!(h.layer.stats().transport_errors, 2);
+}
+
+#[test]
+fn a_failed_ack_does_not_fail_a_transaction_that_has_its_final() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.drain_transmits();
+    h.feed(reply(&invite, 486, Some("b1")), udp_peer());
+    h.events();
+    let ack = h.layer.poll_transmit().unwrap();
+    assert_eq!(ack.origin, Some(TxId::Client(tx)));
+    h.layer.on_send_failed(h.now, TxId::Client(tx));
+    // The user has its final response; the ACK goes again with the next copy of the 486.
+    assert!(h.events().is_empty());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Completed));
+    h.feed(reply(&invite, 486, Some("b1")), udp_peer());
+    assert_eq!(h.transmits().len(), 1, "ACK re-sent");
+}
+
+#[test]
+fn a_response_from_another_ip_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let tx = h.send(outgoing("INVITE"), udp_peer());
+    let invite = h.layer.client_request(tx).unwrap().clone();
+    h.transmits();
+    h.events();
+    let intruder = Peer::udp("10.0.0.66:5062".parse().unwrap());
+    for status in [180, 486, 200] {
+        assert_eq!(
+            h.layer
+                .handle_message(h.now, reply(&invite, status, Some("x1")), intruder),
+            Err(TxError::WrongSource)
+        );
+    }
+    // Nothing passed up, nothing sent (no ACK for the 486), the INVITE still retransmits.
+    assert!(h.events().is_empty());
+    assert!(h.transmits().is_empty());
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Calling));
+    assert_eq!(h.layer.stats().wrong_source_responses, 3);
+    assert_eq!(h.layer.stats().stray_responses, 0);
+    assert_eq!(h.run_until(ms(500)).len(), 1, "Timer A still runs");
+
+    // The peer's own IP (any port, any transport) completes it.
+    let same_host = Peer::udp("10.0.0.2:6000".parse().unwrap());
+    h.feed(reply(&invite, 486, Some("b1")), same_host);
+    assert!(matches!(
+        &h.events()[..],
+        [TxEvent::Response { tx: t, response, .. }] if *t == tx && response.status == 486
+    ));
+    assert_eq!(h.layer.client_state(tx), Some(ClientState::Completed));
+    assert_eq!(h.transmits().len(), 1, "the ACK");
+}
+
+#[test]
+fn nothing_is_ever_sent_in_answer_to_a_stray_response() {
+    // A response matching no transaction is passed up as stray and nothing more: no ACK, no
+    // error response (answering responses would make us a reflector).
+    let mut h = Harness::new();
+    let request = incoming("INVITE", "z9hG4bKnotours", 1);
+    for status in [100, 180, 200, 486, 503] {
+        h.feed(reply(&request, status, Some("t1")), udp_peer());
+    }
+    assert!(h.transmits().is_empty());
+    assert_eq!(h.layer.stats().stray_responses, 5);
+    assert_eq!(h.layer.client_count(), 0);
+}
+
+/// An INVITE whose body makes it `size` bytes or a little more.
+fn large_invite(size: usize) -> Request {
+    let mut request = outgoing("INVITE");
+    request.body = bytes::Bytes::from(vec![b'a'; size]);
+    request
+        .headers
+        .set(HeaderName::ContentType, "application/sdp");
+    request
+}
+
+fn top_via_of(t: &Transmit) -> String {
+    match Message::parse(
+        &t.bytes,
+        &ParseLimits {
+            max_message_size: 200_000,
+            ..ParseLimits::default()
+        },
+    )
+    .unwrap()
+    {
+        Message::Request(r) => r.headers.get(&HeaderName::Via).unwrap().to_owned(),
+        Message::Response(_) => panic!("not a request"),
+    }
+}
+
+#[test]
+fn a_large_request_goes_over_tcp_and_back_to_udp_if_tcp_fails() {
+    let mut h = Harness::new();
+    let small = h.send(outgoing("OPTIONS"), udp_peer());
+    let sent = h.drain_transmits();
+    assert_eq!(sent[0].1.to, udp_peer(), "small requests stay on UDP");
+    let tx = h.send(large_invite(1300), udp_peer());
+    let sent = h.drain_transmits();
+    let [(_, first)] = &sent[..] else {
+        panic!("one transmit expected, got {sent:?}");
+    };
+    // §18.1.1: TCP, and the top Via says so.
+    assert_eq!(first.to, Peer::tcp(udp_peer().addr, None));
+    assert!(
+        top_via_of(first).starts_with("SIP/2.0/TCP "),
+        "{}",
+        top_via_of(first)
+    );
+    assert_eq!(h.layer.stats().upgraded_to_tcp, 1);
+    let branch = |t: &Transmit| {
+        let via = top_via_of(t);
+        via.split("branch=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let original_branch = branch(first);
+    // No Timer A over TCP.
+    assert!(h
+        .run_until(ms(2_000))
+        .iter()
+        .all(|(_, t)| t.origin != Some(TxId::Client(tx))));
+
+    // The connection is refused: the same request, same branch, over UDP, with Timer A.
+    h.layer.on_send_failed(h.now, TxId::Client(tx));
+    assert!(h.events().is_empty(), "not a failure yet");
+    let sent = h.drain_transmits();
+    let [(_, retry)] = &sent[..] else {
+        panic!("one transmit expected, got {sent:?}");
+    };
+    assert_eq!(retry.to, udp_peer());
+    assert!(top_via_of(retry).starts_with("SIP/2.0/UDP "));
+    assert_eq!(branch(retry), original_branch);
+    assert_eq!(h.layer.stats().udp_fallbacks, 1);
+    let resent = h.run_until(ms(2_500));
+    assert!(
+        resent
+            .iter()
+            .any(|(_, t)| t.origin == Some(TxId::Client(tx)) && t.to == udp_peer()),
+        "Timer A runs now"
+    );
+    // A failure over UDP too is final.
+    h.layer.on_send_failed(h.now, TxId::Client(tx));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::TransportError(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    assert!(h.layer.client_state(small).is_some());
+}
+
+#[test]
+fn a_request_too_large_for_any_datagram_fails_when_tcp_does() {
+    let mut h = Harness::new();
+    let tx = h.send(large_invite(MAX_UDP_PAYLOAD), udp_peer());
+    let sent = h.drain_transmits();
+    assert_eq!(sent[0].1.to, Peer::tcp(udp_peer().addr, None));
+    h.layer.on_send_failed(h.now, TxId::Client(tx));
+    assert_eq!(
+        h.events(),
+        [
+            TxEvent::TransportError(TxId::Client(tx)),
+            TxEvent::Terminated(TxId::Client(tx))
+        ]
+    );
+    assert!(h.drain_transmits().is_empty(), "no UDP retry");
+}
+
+#[test]
+fn responses_keep_the_transport_of_their_request_whatever_their_size() {
+    // §18.2.2 has no size rule for responses: a response to a UDP request goes back over UDP
+    // (the transport fails only datagrams above 65507 bytes, for this transaction).
+    let mut h = Harness::new();
+    let request = incoming("OPTIONS", "z9hG4bKbig", 1);
+    let tx = h.receive(request.clone(), udp_peer());
+    let mut ok = Response::to_request(&request, 200, None);
+    ok.body = bytes::Bytes::from(vec![b'a'; 4000]);
+    h.layer.send_response(h.now, tx, ok).unwrap();
+    let sent = h.drain_transmits();
+    assert_eq!(sent[0].1.to, udp_peer());
+    assert_eq!(sent[0].1.origin, Some(TxId::Server(tx)));
 }
 
 #[test]
@@ -1083,7 +1312,7 @@ fn client_stats_count_retransmissions_absorbed_finals_timeouts_strays_and_unmatc
             stray_responses: 1,
             stray_acks: 0,
             unmatchable: 2,
-            stateless_responses: 0,
+            ..TransactionStats::default()
         }
     );
     h.assert_empty();
@@ -1156,7 +1385,7 @@ fn server_stats_count_retransmissions_absorbed_copies_timeouts_and_stray_acks() 
             stray_responses: 0,
             stray_acks: 1,
             unmatchable: 0,
-            stateless_responses: 0,
+            ..TransactionStats::default()
         }
     );
     h.assert_empty();
@@ -1212,11 +1441,17 @@ fn transport_error_is_not_reported_for_the_layers_own_cancel() {
     let tx = h.send(outgoing("INVITE"), udp_peer());
     let invite = h.layer.client_request(tx).unwrap().clone();
     h.feed(reply(&invite, 180, Some("b1")), udp_peer());
+    h.drain_transmits();
     h.layer.cancel(h.now, tx).unwrap();
     assert_eq!(h.layer.client_count(), 2, "the INVITE and its CANCEL");
+    let cancel = h.layer.poll_transmit().unwrap().origin.unwrap();
+    assert_ne!(cancel, TxId::Client(tx));
     h.events();
-    h.layer.on_transport_error(&udp_peer());
-    // Both end; the user hears only about the transaction it started.
+    h.layer.on_send_failed(h.now, cancel);
+    // The CANCEL ends silently; the INVITE it was for is not touched.
+    assert!(h.events().is_empty());
+    assert_eq!(h.layer.client_count(), 1);
+    h.layer.on_send_failed(h.now, TxId::Client(tx));
     assert_eq!(
         h.events(),
         [

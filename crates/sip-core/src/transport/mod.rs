@@ -7,6 +7,7 @@
 //! requests are answered with 400 without reaching them. Stream framing lives in the sans-IO
 //! [`StreamFramer`].
 
+mod admission;
 mod framer;
 mod stats;
 mod tcp;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
 pub use framer::{Frame, FramingError, StreamFramer};
@@ -29,7 +31,9 @@ pub use stats::TransportStats;
 use crate::message::Header;
 use crate::message::{bad_request_for, HeaderName, Headers, Message, ParseError, ParseLimits};
 use crate::peer::{response_destination, stamp_received, ConnectionId, Peer, Transmit};
+use crate::transaction::TxId;
 use crate::Transport;
+use admission::Admission;
 use stats::{bump, StatsCounters};
 
 /// Events waiting for the application; when it falls this far behind, the receive loops wait
@@ -56,8 +60,28 @@ pub struct TransportConfig {
     pub limits: ParseLimits,
     /// A TCP connection with no traffic in either direction for this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// Most TCP connections (accepted plus opened) at once; further ones are refused.
+    /// Most TCP connections (accepted plus opened) at once. Of these, the last
+    /// `min(max_connections_per_ip, max_connections / 2)` are kept for `priority` sources:
+    /// other connections are refused once the rest are taken, so that the trunk can always
+    /// connect, and be connected to, however the other sources fill the table.
     pub max_connections: usize,
+    /// Most TCP connections one remote IP may hold (accepted and opened); further accepted
+    /// ones are refused. Connections we open are never refused for this: one per address is
+    /// reused.
+    pub max_connections_per_ip: usize,
+    /// Sources whose TCP connections are accepted; a connection from anywhere else is closed
+    /// at accept, before anything is read from it (SPEC "Trust boundary"). UDP is not
+    /// filtered here: the layers above answer untrusted requests statelessly.
+    pub trusted: Vec<IpNet>,
+    /// The trunk's addresses: trusted too, and entitled to the reserved share of
+    /// `max_connections`.
+    pub priority: Vec<IpNet>,
+    /// Messages queued for one TCP connection before sends to it fail (one by one: the
+    /// connection and the other transactions are unaffected).
+    pub tcp_write_queue_messages: usize,
+    /// Bytes queued for one TCP connection before sends to it fail, likewise. A single message
+    /// larger than this still goes when the queue is empty.
+    pub tcp_write_queue_bytes: usize,
     /// How long opening an outbound TCP connection may take before the send fails.
     pub connect_timeout: Duration,
 }
@@ -71,9 +95,22 @@ impl Default for TransportConfig {
             limits: ParseLimits::default(),
             tcp_idle_timeout: Duration::from_secs(600),
             max_connections: 1024,
+            max_connections_per_ip: 64,
+            trusted: loopback_nets(),
+            priority: Vec::new(),
+            tcp_write_queue_messages: 256,
+            tcp_write_queue_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// 127.0.0.0/8 and ::1: the default trust set, a local demo's.
+fn loopback_nets() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|net| net.parse().ok())
+        .collect()
 }
 
 /// What the transport reports to the layers above.
@@ -85,10 +122,17 @@ pub enum TransportEvent {
     /// A parsed message. For requests the top Via is already stamped with `received`/`rport`.
     /// `from.connection` is set for TCP: sending back to `from` uses the same connection.
     Message { message: Message, from: Peer },
-    /// A [`TransportHandle::send`] could not be carried out (RFC 3261 §18.4 transport error:
-    /// the transaction layer treats it like a timeout). UDP sends dropped because the socket
-    /// buffer is full are not reported (they count as loss; see [`TransportStats`]).
-    SendFailed { to: Peer, error: String },
+    /// A [`TransportHandle::send`] could not be carried out (RFC 3261 §18.4 transport error).
+    /// `origin` is the [`Transmit::origin`] of the failed send: the transaction that made it,
+    /// and the only one to fail (`TransactionLayer::on_send_failed`). UDP sends dropped
+    /// because the socket buffer is full are not reported (they count as loss; see
+    /// [`TransportStats`]); a datagram larger than [`MAX_UDP_PAYLOAD`](crate::peer::MAX_UDP_PAYLOAD)
+    /// is.
+    SendFailed {
+        to: Peer,
+        origin: Option<TxId>,
+        error: String,
+    },
     /// A TCP connection closed (by the peer, an error, the idle timeout or a framing error);
     /// its [`ConnectionId`] will not be used again.
     ConnectionClosed {
@@ -115,7 +159,14 @@ impl SipTransport {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let local_addr = udp.local_addr()?;
         let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+        let admission = Admission::new(
+            config.trusted.clone(),
+            config.priority.clone(),
+            config.max_connections,
+            config.max_connections_per_ip,
+        );
         let shared = Arc::new(Shared {
+            admission,
             runtime: tokio::runtime::Handle::current(),
             local_addr,
             udp,
@@ -204,6 +255,7 @@ impl TransportHandle {
 /// State shared by the handle and the tasks.
 pub(crate) struct Shared {
     config: TransportConfig,
+    admission: Admission,
     runtime: tokio::runtime::Handle,
     local_addr: SocketAddr,
     udp: tokio::net::UdpSocket,
@@ -233,24 +285,32 @@ impl Shared {
 
     fn send(self: &Arc<Self>, transmit: Transmit) {
         if self.is_shut_down() {
-            self.send_failed(transmit.to, "transport is shut down".into());
+            self.send_failed(
+                transmit.to,
+                transmit.origin,
+                "transport is shut down".into(),
+            );
             return;
         }
         match transmit.to.transport {
             Transport::Udp => self.send_udp(&transmit),
             Transport::Tcp => tcp::send(self, transmit),
-            other => self.send_failed(transmit.to, format!("transport {other} is not supported")),
+            other => self.send_failed(
+                transmit.to,
+                transmit.origin,
+                format!("transport {other} is not supported"),
+            ),
         }
     }
 
     /// Reports a failed send from non-async code: if the event queue is full the report is
     /// dropped (and logged) rather than blocking the sender.
-    fn send_failed(&self, to: Peer, error: String) {
+    fn send_failed(&self, to: Peer, origin: Option<TxId>, error: String) {
         bump(&self.stats.send_errors);
-        tracing::debug!(?to, %error, "send failed");
+        tracing::debug!(?to, ?origin, %error, "send failed");
         if let Err(e) = self
             .events
-            .try_send(TransportEvent::SendFailed { to, error })
+            .try_send(TransportEvent::SendFailed { to, origin, error })
         {
             tracing::warn!(
                 ?to,

@@ -32,8 +32,16 @@ pub struct TransportStats {
     pub connections_accepted: u64,
     /// TCP connections opened by the transport to send.
     pub connections_opened: u64,
-    /// TCP connections refused because `max_connections` were already open.
+    /// TCP connections refused because `max_connections` were already open (or, for a source
+    /// outside the priority set, all but the trunk's reserve).
     pub connections_refused: u64,
+    /// TCP connections closed at accept because their source is not trusted.
+    pub connections_refused_untrusted: u64,
+    /// TCP connections closed at accept because their source IP held
+    /// `max_connections_per_ip` already.
+    pub connections_refused_per_ip: u64,
+    /// Sends refused because the message is larger than any UDP datagram.
+    pub udp_oversize_sends: u64,
     /// TCP connections closed by the idle timeout.
     pub connections_idle_closed: u64,
     /// TCP connections currently open (gauge).
@@ -57,6 +65,9 @@ pub(crate) struct StatsCounters {
     pub connections_accepted: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_refused: AtomicU64,
+    pub connections_refused_untrusted: AtomicU64,
+    pub connections_refused_per_ip: AtomicU64,
+    pub udp_oversize_sends: AtomicU64,
     pub connections_idle_closed: AtomicU64,
     pub connections_open: AtomicU64,
     pub keepalives: AtomicU64,
@@ -88,6 +99,9 @@ impl StatsCounters {
             connections_accepted: get(&self.connections_accepted),
             connections_opened: get(&self.connections_opened),
             connections_refused: get(&self.connections_refused),
+            connections_refused_untrusted: get(&self.connections_refused_untrusted),
+            connections_refused_per_ip: get(&self.connections_refused_per_ip),
+            udp_oversize_sends: get(&self.udp_oversize_sends),
             connections_idle_closed: get(&self.connections_idle_closed),
             connections_open: get(&self.connections_open),
             keepalives: get(&self.keepalives),

@@ -7,7 +7,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use super::stats::bump;
 use super::{shut_down, Inbound, Shared, TransportConfig};
-use crate::peer::{Peer, Transmit};
+use crate::peer::{Peer, Transmit, MAX_UDP_PAYLOAD};
 
 /// Creates the non-blocking UDP socket with the configured buffer sizes, logging what the
 /// kernel granted (Linux caps at net.core.rmem_max/wmem_max and reports double the request).
@@ -88,7 +88,7 @@ pub(super) async fn receive_loop(shared: Arc<Shared>) {
                     break;
                 }
             }
-            Inbound::Answer(bytes, to) => shared.send_udp(&Transmit { to, bytes }),
+            Inbound::Answer(bytes, to) => shared.send_udp(&Transmit::stateless(to, bytes)),
             Inbound::Ignore => {}
         }
     }
@@ -101,6 +101,21 @@ impl Shared {
     /// The send goes through the raw socket rather than tokio's `try_send_to`, which reports
     /// `WouldBlock` until the reactor has first seen the socket writable.
     pub(super) fn send_udp(&self, transmit: &Transmit) {
+        if transmit.bytes.len() > MAX_UDP_PAYLOAD {
+            // Never fits a datagram, whatever the path (RFC 3261 §18.1.1 sends large requests
+            // over TCP; this is what is left: a response to a UDP request, or a request with
+            // nowhere else to go). Only the transaction that sent it fails.
+            bump(&self.stats.udp_oversize_sends);
+            self.send_failed(
+                transmit.to,
+                transmit.origin,
+                format!(
+                    "{} bytes exceed the largest UDP datagram ({MAX_UDP_PAYLOAD})",
+                    transmit.bytes.len()
+                ),
+            );
+            return;
+        }
         let socket = SockRef::from(&self.udp);
         match socket.send_to(&transmit.bytes, &SockAddr::from(transmit.to.addr)) {
             Ok(_) => bump(&self.stats.sent),
@@ -108,7 +123,7 @@ impl Shared {
                 bump(&self.stats.udp_send_dropped);
                 tracing::debug!(to = %transmit.to.addr, "UDP send buffer full; datagram dropped");
             }
-            Err(e) => self.send_failed(transmit.to, e.to_string()),
+            Err(e) => self.send_failed(transmit.to, transmit.origin, e.to_string()),
         }
     }
 }
