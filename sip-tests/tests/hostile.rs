@@ -249,6 +249,9 @@ async fn spoofed_cancel_and_answer_of_a_ringing_call_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
     const MAX_SERVER_TX: u64 = 2000;
+    // About 4,000 INVITEs a second: several times what this (debug) build bridges, and
+    // beyond what it refuses statefully (each refusal is a transaction held 64·T1).
+    const PER_5MS: usize = 20;
     let mut bridge = Bridge::start_with(guarded(&[
         "sip.max_server_transactions=2000",
         "sip.overload_backlog=64",
@@ -270,7 +273,7 @@ async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
         let end = Instant::now() + Duration::from_secs(3);
         let (mut n, mut peak) = (0, 0);
         while Instant::now() < end {
-            for _ in 0..100 {
+            for _ in 0..PER_5MS {
                 let _ = flooder.send_to(invite_text(from, server, n).as_bytes(), server);
                 n += 1;
             }
@@ -307,13 +310,25 @@ async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
         "flood: {sent} INVITEs in 3 s, {answers} datagrams read back ({shed} × 503), \
          peak transactions {peak}, the call's BYE served in {served_in:?}"
     );
-    assert!(sent >= 20_000, "the flood was only {sent} INVITEs");
+    assert!(sent >= 8_000, "the flood was only {sent} INVITEs");
     assert!(
         peak <= MAX_SERVER_TX + 16,
         "transactions held peaked at {peak}, beyond sip.max_server_transactions"
     );
-    assert!(shed > 0, "nothing was shed with 503 ({answers} answers)");
-    assert!(bridge.refused("overloaded").await > 0);
+    // Shed: with a stateless 503 by the engine, or unread by the transport at the last resort.
+    let overloaded = bridge.refused("overloaded").await;
+    let unread = metric(&bridge, "callbridge_sip_shed_unread_total").await;
+    eprintln!("shed: {overloaded} × 503 (counted), {unread} unread; {shed} of the 503s read back");
+    assert!(
+        overloaded + unread > 0,
+        "nothing was shed ({answers} answers)"
+    );
+    // In-dialog messages have their own queue: the BYE does not wait behind the flood (about
+    // 20 ms measured; a retransmission is 500 ms).
+    assert!(
+        served_in < Duration::from_secs(3),
+        "the BYE took {served_in:?}"
+    );
     let record = bridge.wait_call_state(&callid, "ended").await;
     assert_eq!(record["ended_by"], "callee");
 
@@ -544,10 +559,20 @@ fn assert_private(body: &[u8], who: &str, sender_media: SocketAddr, what: &str) 
         "ice-".to_owned(),
         "candidate".to_owned(),
     ] {
-        assert!(!text.contains(&secret), "{what} carries {secret:?}:\n{text}");
+        assert!(
+            !text.contains(&secret),
+            "{what} carries {secret:?}:\n{text}"
+        );
     }
-    for line in ["s=-", "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15"] {
-        assert!(text.lines().any(|l| l == line), "{what} lost {line}:\n{text}");
+    for line in [
+        "s=-",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=fmtp:101 0-15",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{what} lost {line}:\n{text}"
+        );
     }
     assert!(
         text.lines()
@@ -600,7 +625,11 @@ async fn no_sdp_that_crosses_names_its_sender() {
     bridge.wait_call_state(&callid, "answered").await;
     // A re-INVITE from the callee (a codec change, say), answered by the phone.
     let local = bridge.callee.local_addr();
-    let reinvite = dialog.in_dialog(Method::Invite, local, Some(revealing_sdp("bob", callee_media)));
+    let reinvite = dialog.in_dialog(
+        Method::Invite,
+        local,
+        Some(revealing_sdp("bob", callee_media)),
+    );
     bridge.callee.send(reinvite).await;
     let reinvite_a = expect_request(&mut phone.ua, Method::Invite).await;
     assert_private(&reinvite_a.body, "bob", callee_media, "re-INVITE to leg A");
@@ -612,7 +641,12 @@ async fn no_sdp_that_crosses_names_its_sender() {
     let answer = with_body(answer, revealing_sdp("alice", phone_media));
     phone.ua.send(answer).await;
     let answer_b = bridge.callee.expect_response(200).await;
-    assert_private(&answer_b.body, "alice", phone_media, "re-INVITE's 200 to leg B");
+    assert_private(
+        &answer_b.body,
+        "alice",
+        phone_media,
+        "re-INVITE's 200 to leg B",
+    );
     expect_request(&mut phone.ua, Method::Ack).await;
     // An UPDATE from the phone.
     let update = phone.in_dialog(Method::Update, Some(revealing_sdp("alice", phone_media)));
@@ -625,7 +659,12 @@ async fn no_sdp_that_crosses_names_its_sender() {
     );
     bridge.callee.send(update_ok).await;
     let update_ok_a = phone.ua.expect_response(200).await;
-    assert_private(&update_ok_a.body, "bob", callee_media, "UPDATE's 200 to leg A");
+    assert_private(
+        &update_ok_a.body,
+        "bob",
+        callee_media,
+        "UPDATE's 200 to leg A",
+    );
     let bye = phone.in_dialog(Method::Bye, None);
     phone.ua.send(bye).await;
     phone.ua.expect_response(200).await;

@@ -179,6 +179,12 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         ),
     );
     registry.register(
+        "sip_shed_unread",
+        "New SIP requests dropped unread by the transport because the engine had fallen far \
+         behind (the messages of existing calls are never dropped so)",
+        counter(sip.sip_shed_unread),
+    );
+    registry.register(
         "media_packets_relayed",
         "RTP and RTCP packets relayed between the legs",
         counter(sip.media_packets_relayed),

@@ -40,6 +40,8 @@ pub struct SipSnapshot {
     pub sip_untrusted: u64,
     /// Requests inside a call from a trusted source that is not the leg's peer.
     pub sip_wrong_peer: u64,
+    /// New requests the transport dropped unread because the engine was far behind.
+    pub sip_shed_unread: u64,
     /// RTP/RTCP packets relayed between the legs (both directions).
     pub media_packets_relayed: u64,
     /// Packets dropped by the relay (not RTP/RTCP, wrong source after latching).

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use api::ApiState;
 use b2bua::engine::Engine;
 use b2bua::{CallControl, WallClock};
-use sip_core::transport::{SipTransport, TransportEvent, TransportHandle};
+use sip_core::transport::{SipTransport, TransportEvent, TransportEvents, TransportHandle};
 use sip_core::Peer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -209,7 +209,7 @@ async fn sip_task(
     mut engine: Engine,
     mut media: MediaBridge,
     transport: TransportHandle,
-    mut events: mpsc::Receiver<TransportEvent>,
+    mut events: TransportEvents,
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
     (grace, hangup): (Duration, Duration),
@@ -224,14 +224,14 @@ async fn sip_task(
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
-                // What is still queued behind this message: the engine sheds new INVITEs
-                // while it is far behind, so that its calls' messages keep their time.
-                engine.set_input_backlog(events.len());
+                // New requests still queued: the engine sheds new INVITEs with a 503 while
+                // it is far behind, so that its calls' messages keep their time.
+                engine.set_input_backlog(events.new_requests_queued());
                 handle_transport_event(&mut engine, event);
                 for _ in 0..BATCH {
                     match events.try_recv() {
-                        Ok(event) => handle_transport_event(&mut engine, event),
-                        Err(_) => break,
+                        Some(event) => handle_transport_event(&mut engine, event),
+                        None => break,
                     }
                 }
             }

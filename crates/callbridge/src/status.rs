@@ -131,6 +131,7 @@ impl SipStatus for SharedStatus {
             sip_malformed_dropped: transport.as_ref().map_or(0, |t| t.malformed_dropped),
             sip_untrusted: self.untrusted.load(relaxed),
             sip_wrong_peer: self.wrong_peer.load(relaxed),
+            sip_shed_unread: transport.as_ref().map_or(0, |t| t.shed_requests),
             media_packets_relayed: self.media_relayed.load(relaxed),
             media_packets_dropped: self.media_dropped.load(relaxed),
             media_ports_in_use: 2 * pairs.saturating_sub(free),

@@ -13,7 +13,9 @@ use sip_core::ids::{new_call_id, new_tag};
 use sip_core::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionConfig, TransactionLayer, TxEvent, TxId,
 };
-use sip_core::transport::{SipTransport, TransportConfig, TransportEvent, TransportHandle};
+use sip_core::transport::{
+    SipTransport, TransportConfig, TransportEvent, TransportEvents, TransportHandle,
+};
 use sip_core::{HeaderName, Method, Peer, Request, Response, Transmit, Transport, Uri};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -100,7 +102,7 @@ impl Shared {
 }
 
 /// Feeds transport events and expired deadlines into the layer until the transport closes.
-async fn pump(shared: Arc<Shared>, mut transport_events: mpsc::Receiver<TransportEvent>) {
+async fn pump(shared: Arc<Shared>, mut transport_events: TransportEvents) {
     loop {
         let deadline = shared.lock().poll_timeout();
         tokio::select! {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use sip_core::transaction::{ClientTxId, TxId};
 use sip_core::transport::{
-    Frame, SipTransport, StreamFramer, TransportConfig, TransportEvent, TransportHandle,
+    Frame, SipTransport, StreamFramer, TransportConfig, TransportEvent, TransportEvents,
+    TransportHandle,
 };
 use sip_core::{ConnectionId, Message, ParseLimits, Peer, Request, Response, Transmit, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -24,18 +24,18 @@ fn config() -> TransportConfig {
     }
 }
 
-async fn start(config: TransportConfig) -> (TransportHandle, Receiver<TransportEvent>) {
+async fn start(config: TransportConfig) -> (TransportHandle, TransportEvents) {
     SipTransport::bind(config).await.expect("bind transport")
 }
 
-async fn next_event(events: &mut Receiver<TransportEvent>) -> TransportEvent {
+async fn next_event(events: &mut TransportEvents) -> TransportEvent {
     timeout(WAIT, events.recv())
         .await
         .expect("timed out waiting for a transport event")
         .expect("event channel closed")
 }
 
-async fn next_request(events: &mut Receiver<TransportEvent>) -> (Request, Peer) {
+async fn next_request(events: &mut TransportEvents) -> (Request, Peer) {
     match next_event(events).await {
         TransportEvent::Message {
             message: Message::Request(request),
@@ -380,7 +380,7 @@ async fn udp_malformed_with_parseable_via_gets_400() {
 /// order, so once it arrives the earlier one has been handled.
 async fn send_then_sync(
     handle: &TransportHandle,
-    events: &mut Receiver<TransportEvent>,
+    events: &mut TransportEvents,
     client: &UdpSocket,
     datagram: &[u8],
 ) {
@@ -623,7 +623,7 @@ async fn assert_closed(stream: &mut TcpStream) {
 /// the connection was admitted.
 async fn assert_admitted(
     stream: &mut TcpStream,
-    events: &mut Receiver<TransportEvent>,
+    events: &mut TransportEvents,
     source: &str,
     call_id: &str,
 ) {
@@ -760,7 +760,7 @@ async fn a_full_write_queue_fails_that_message_and_nothing_else() {
     });
     assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
     assert_eq!(handle.connection_count(), 1);
-    assert!(events.try_recv().is_err(), "no other failure");
+    assert!(events.try_recv().is_none(), "no other failure");
     handle.shutdown();
 }
 
@@ -799,7 +799,7 @@ async fn a_write_queue_full_of_bytes_fails_that_message_and_nothing_else() {
         origin: origin(3),
     });
     assert_eq!(read_response(&mut client, &mut framer).await.status, 200);
-    assert!(events.try_recv().is_err(), "no other failure");
+    assert!(events.try_recv().is_none(), "no other failure");
     handle.shutdown();
 }
 
@@ -830,4 +830,54 @@ async fn a_datagram_larger_than_udp_allows_fails_its_transaction() {
         .unwrap();
     assert_eq!(n, 65_507);
     handle.shutdown();
+}
+
+#[tokio::test]
+async fn a_flood_of_new_requests_never_delays_a_request_of_an_existing_dialog() {
+    let (transport, mut events) = start(config()).await;
+    let server = transport.local_addr();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = client.local_addr().unwrap();
+    // Nobody reads the events meanwhile: 2,000 new requests, then one in-dialog BYE.
+    for n in 0..2000 {
+        let text = options(
+            "UDP",
+            &format!("{local};branch=z9hG4bKnew{n}"),
+            &format!("new-{n}"),
+        );
+        client.send_to(text.as_bytes(), server).await.unwrap();
+    }
+    let bye = options("UDP", &format!("{local};branch=z9hG4bKbye"), "dialog-1")
+        .replace("OPTIONS sip:", "BYE sip:")
+        .replace("CSeq: 1 OPTIONS", "CSeq: 2 BYE")
+        .replace(
+            "To: <sip:bob@example.com>",
+            "To: <sip:bob@example.com>;tag=ours",
+        );
+    client.send_to(bye.as_bytes(), server).await.unwrap();
+    // Everything sent has been read off the socket (the receive loop never waited)...
+    let deadline = std::time::Instant::now() + WAIT;
+    while transport.stats().udp_received < 2001 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            transport.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...the BYE is the first event read, ahead of every queued new request...
+    let (first, _) = next_request(&mut events).await;
+    assert_eq!(first.method, sip_core::Method::Bye);
+    // ...and what did not fit the new-request queue was dropped and counted.
+    let stats = transport.stats();
+    let mut queued = 0;
+    while events.try_recv().is_some() {
+        queued += 1;
+    }
+    assert_eq!(queued as u64 + stats.shed_requests, 2000, "{stats:?}");
+    assert!(
+        stats.shed_requests > 0 && queued > 0,
+        "{queued} queued, {stats:?}"
+    );
+    transport.shutdown();
 }

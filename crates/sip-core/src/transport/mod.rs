@@ -36,9 +36,28 @@ use crate::Transport;
 use admission::Admission;
 use stats::{bump, StatsCounters};
 
-/// Events waiting for the application; when it falls this far behind, the receive loops wait
-/// (and the kernel buffers, then drops, UDP datagrams).
+/// Events of existing transactions and calls (responses, in-dialog requests, ACKs, CANCELs,
+/// transport reports) waiting for the application; when it falls this far behind, the
+/// receive loops wait (and the kernel buffers, then drops, UDP datagrams).
 const EVENT_QUEUE: usize = 1024;
+
+/// New out-of-dialog requests waiting for the application, in their own queue: when it is
+/// full, further ones are dropped unread (and counted) instead of making the receive loops
+/// wait, so a flood of new requests never delays the messages of existing calls (see
+/// [`TransportEvents`]).
+const NEW_REQUEST_QUEUE: usize = 512;
+
+/// Whether `message` would start something new: a request outside any dialog other than the
+/// ACK and CANCEL that belong to an existing transaction.
+fn starts_something(message: &Message) -> bool {
+    match message {
+        Message::Request(request) => {
+            !matches!(request.method, crate::Method::Ack | crate::Method::Cancel)
+                && request.headers.to().is_ok_and(|to| to.tag().is_none())
+        }
+        Message::Response(_) => false,
+    }
+}
 
 /// How the transport binds and what it accepts from the wire.
 ///
@@ -141,6 +160,48 @@ pub enum TransportEvent {
     },
 }
 
+/// The events of one transport, in two queues read with priority: everything that belongs
+/// to existing transactions and calls first, new out-of-dialog requests after. Why two: under
+/// a flood of new INVITEs, a BYE or a response must not wait behind them (SPEC "Trust
+/// boundary": messages of existing calls keep priority).
+#[derive(Debug)]
+pub struct TransportEvents {
+    calls: mpsc::Receiver<TransportEvent>,
+    new: mpsc::Receiver<TransportEvent>,
+}
+
+impl TransportEvents {
+    /// The next event, existing calls' first; `None` once the transport has stopped.
+    pub async fn recv(&mut self) -> Option<TransportEvent> {
+        tokio::select! {
+            biased;
+            event = self.calls.recv() => event,
+            event = self.new.recv() => event,
+        }
+    }
+
+    /// The next event if one is queued (existing calls' first).
+    pub fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.calls.try_recv().or_else(|_| self.new.try_recv()).ok()
+    }
+
+    /// New out-of-dialog requests waiting: how far behind the application is with work it
+    /// could refuse.
+    pub fn new_requests_queued(&self) -> usize {
+        self.new.len()
+    }
+
+    /// Every event waiting, in both queues.
+    pub fn len(&self) -> usize {
+        self.calls.len() + self.new.len()
+    }
+
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.new.is_empty()
+    }
+}
+
 /// Entry point of the transport: see [`SipTransport::bind`]. (A namespace; never constructed.)
 #[derive(Debug)]
 pub enum SipTransport {}
@@ -151,14 +212,13 @@ impl SipTransport {
     ///
     /// The tasks run until [`TransportHandle::shutdown`] is called or the event receiver is
     /// dropped (noticed at the next event).
-    pub async fn bind(
-        config: TransportConfig,
-    ) -> io::Result<(TransportHandle, mpsc::Receiver<TransportEvent>)> {
+    pub async fn bind(config: TransportConfig) -> io::Result<(TransportHandle, TransportEvents)> {
         let (udp, listener) = bind_sockets(&config)?;
         let udp = tokio::net::UdpSocket::from_std(udp)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let local_addr = udp.local_addr()?;
-        let (events, receiver) = mpsc::channel(EVENT_QUEUE);
+        let (events, calls) = mpsc::channel(EVENT_QUEUE);
+        let (new_requests, new) = mpsc::channel(NEW_REQUEST_QUEUE);
         let admission = Admission::new(
             config.trusted.clone(),
             config.priority.clone(),
@@ -174,6 +234,7 @@ impl SipTransport {
             connections: parking_lot::Mutex::new(tcp::ConnectionTable::default()),
             next_connection: AtomicU64::new(1),
             events,
+            new_requests,
             shutdown: watch::channel(false).0,
             config,
         });
@@ -182,7 +243,7 @@ impl SipTransport {
             .runtime
             .spawn(tcp::accept_loop(shared.clone(), listener));
         tracing::info!(%local_addr, "SIP transport listening on UDP and TCP");
-        Ok((TransportHandle { shared }, receiver))
+        Ok((TransportHandle { shared }, TransportEvents { calls, new }))
     }
 }
 
@@ -263,6 +324,8 @@ pub(crate) struct Shared {
     connections: parking_lot::Mutex<tcp::ConnectionTable>,
     next_connection: AtomicU64,
     events: mpsc::Sender<TransportEvent>,
+    /// New out-of-dialog requests (see [`NEW_REQUEST_QUEUE`]).
+    new_requests: mpsc::Sender<TransportEvent>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -320,8 +383,28 @@ impl Shared {
     }
 
     /// Delivers an event from a task, waiting for room. `false` when nobody listens any more.
+    ///
+    /// A new out-of-dialog request (no To tag; not an ACK or CANCEL) goes to its own queue
+    /// and never waits: when that queue is full it is dropped and counted, so that a flood of
+    /// new requests never makes the receive loop stop reading, and the responses, in-dialog
+    /// requests, ACKs and CANCELs of existing calls behind it in the socket buffer still get
+    /// in. (The application sheds earlier, with a 503, at its own backlog limit; this is the
+    /// last resort once it cannot keep up even with that.) The sender retransmits a dropped
+    /// request, as it would one lost on the network.
     async fn deliver(&self, event: TransportEvent) -> bool {
-        self.events.send(event).await.is_ok()
+        let new =
+            matches!(&event, TransportEvent::Message { message, .. } if starts_something(message));
+        if !new {
+            return self.events.send(event).await.is_ok();
+        }
+        match self.new_requests.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bump(&self.stats.shed_requests);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     /// Parses one received message (a datagram or a TCP frame) and decides what to do with it.

@@ -48,6 +48,9 @@ pub struct TransportStats {
     pub connections_open: u64,
     /// Keep-alives received: CRLF-only UDP datagrams, CRLFCRLF pings and CRLF pongs on TCP.
     pub keepalives: u64,
+    /// New out-of-dialog requests dropped unread because their queue was full (the
+    /// application far behind): what keeps the messages of existing calls moving.
+    pub shed_requests: u64,
 }
 
 /// The live counters behind [`TransportStats`].
@@ -71,6 +74,7 @@ pub(crate) struct StatsCounters {
     pub connections_idle_closed: AtomicU64,
     pub connections_open: AtomicU64,
     pub keepalives: AtomicU64,
+    pub shed_requests: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -105,6 +109,7 @@ impl StatsCounters {
             connections_idle_closed: get(&self.connections_idle_closed),
             connections_open: get(&self.connections_open),
             keepalives: get(&self.keepalives),
+            shed_requests: get(&self.shed_requests),
         }
     }
 }
