@@ -17,8 +17,8 @@ use bytes::Bytes;
 
 use super::sdp::{RelayPorts, SessionDescription};
 use super::{
-    MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, StreamCounters, StreamId,
-    MAX_STREAMS,
+    MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, SignallingIps, StreamCounters,
+    StreamId, MAX_STREAMS,
 };
 use crate::call::{CallKey, Leg};
 
@@ -77,6 +77,8 @@ struct Stream {
 #[derive(Debug)]
 pub struct CallMedia {
     call: CallKey,
+    /// Given to every stream the call opens.
+    signalling: SignallingIps,
     /// By `m=` position; `None` for a stream never enabled.
     streams: Vec<Option<Stream>>,
     /// Whether leg A / leg B has sent SDP.
@@ -86,9 +88,12 @@ pub struct CallMedia {
 }
 
 impl CallMedia {
-    pub fn new(call: CallKey) -> CallMedia {
+    /// The media of call `call`, whose legs signal from `signalling` (leg A: where its INVITE
+    /// came from; leg B: the trunk).
+    pub fn new(call: CallKey, signalling: SignallingIps) -> CallMedia {
         CallMedia {
             call,
+            signalling,
             streams: Vec::new(),
             seen: [false; 2],
             both_seen_at: None,
@@ -185,6 +190,7 @@ impl CallMedia {
                 stream: self.stream_id(index),
                 a_facing: stream.a_facing,
                 b_facing: stream.b_facing,
+                signalling: self.signalling,
             });
             self.streams[index] = Some(stream);
         }
@@ -363,6 +369,15 @@ mod tests {
     }
 
     const CALL: CallKey = CallKey(7);
+
+    /// The signalling IPs of the calls here: a PBX for leg A, the trunk for leg B.
+    fn signalling() -> SignallingIps {
+        SignallingIps {
+            a: Some("10.0.0.100".parse().unwrap()),
+            b: Some("198.51.100.1".parse().unwrap()),
+        }
+    }
+
     const S0: StreamId = StreamId {
         call: CALL,
         index: 0,
@@ -372,7 +387,7 @@ mod tests {
     fn offer_and_answer_open_one_stream_and_point_each_leg_at_its_own_ports() {
         let mut plane = plane(30000, 30099);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let to_b = media
             .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
             .unwrap();
@@ -393,6 +408,7 @@ mod tests {
                         rtp: 30002,
                         rtcp: 30003
                     },
+                    signalling: signalling(),
                 },
                 MediaCommand::SetRemote {
                     stream: S0,
@@ -448,7 +464,7 @@ mod tests {
     #[test]
     fn exhaustion_takes_no_port_and_too_many_streams_is_malformed() {
         let mut plane = plane(30000, 30005); // three pairs: one stream and a half
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let t0 = Instant::now();
         assert_eq!(
             media.towards_b(t0, &sdp("10.0.0.1", &[4000, 4002]), &mut plane),
@@ -473,7 +489,7 @@ mod tests {
     fn counters_feed_the_stats_and_the_inactivity_window() {
         let mut plane = plane(30000, 30099);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         media
             .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
             .unwrap();
