@@ -162,7 +162,7 @@ impl Call {
             intent,
             span,
             state: CallState::Trying,
-            media: CallMedia::new(key),
+            media: CallMedia::new(key, Default::default()),
             a,
             b,
             relays: HashMap::new(),

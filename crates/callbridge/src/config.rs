@@ -277,20 +277,61 @@ fn loopback_net() -> IpNet {
 pub struct MediaSection {
     /// Address written into SDP `c=` lines.
     pub public_ip: IpAddr,
-    /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP.
+    /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP. Each stream's
+    /// ports are drawn from it at random.
     pub rtp_ports: String,
     pub inactivity_secs: u64,
     /// Local address the relay sockets bind (default: all addresses).
     pub bind_ip: IpAddr,
+    /// Which sources teach a leg its media peer (SPEC.md "Trust boundary"). Both modes take
+    /// the SDP address at once and for good, and a source on the SDP's IP or the leg's
+    /// signalling IP at once (never moving to another IP); sources of no such standing are
+    /// dropped until the leg has learned. `heuristic` then, after `learning_secs` with
+    /// nothing better, takes the first source seen, provisionally: a later exact or same-IP
+    /// packet replaces it. `strict` never does.
+    pub learning: MediaLearning,
+    /// The heuristic's wait, from a leg's first packet, for a source of standing (at most
+    /// 3600).
+    pub learning_secs: u64,
+}
+
+/// `media.learning`: the media driver's [`media::LearningMode`], as the configuration spells
+/// it (anything else is refused at start-up).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaLearning {
+    Heuristic,
+    Strict,
+}
+
+impl From<media::LearningMode> for MediaLearning {
+    fn from(mode: media::LearningMode) -> Self {
+        match mode {
+            media::LearningMode::Heuristic => MediaLearning::Heuristic,
+            media::LearningMode::Strict => MediaLearning::Strict,
+        }
+    }
+}
+
+impl From<MediaLearning> for media::LearningMode {
+    fn from(mode: MediaLearning) -> Self {
+        match mode {
+            MediaLearning::Heuristic => media::LearningMode::Heuristic,
+            MediaLearning::Strict => media::LearningMode::Strict,
+        }
+    }
 }
 
 impl Default for MediaSection {
     fn default() -> Self {
+        let learning = media::DriverConfig::default().learning;
         MediaSection {
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             rtp_ports: "20000-29999".into(),
             inactivity_secs: 60,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            learning: learning.mode.into(),
+            learning_secs: learning.window.as_secs(),
         }
     }
 }
@@ -324,10 +365,36 @@ impl MediaSection {
         })
     }
 
-    /// The media driver's settings (where relay sockets bind; buffers as the driver's default).
+    /// The learning settings, refused when `learning_secs` is beyond
+    /// [`media::LearningConfig::MAX_WINDOW`].
+    pub fn learning_config(&self) -> Result<media::LearningConfig, ConfigError> {
+        let window = Duration::from_secs(self.learning_secs);
+        if window > media::LearningConfig::MAX_WINDOW {
+            return Err(ConfigError::Invalid(format!(
+                "media.learning_secs {} is more than {} (an hour)",
+                self.learning_secs,
+                media::LearningConfig::MAX_WINDOW.as_secs()
+            )));
+        }
+        Ok(media::LearningConfig {
+            mode: self.learning.into(),
+            window,
+        })
+    }
+
+    /// The media driver's settings (where relay sockets bind, how streams learn their peers;
+    /// buffers as the driver's default). A `learning_secs` that [`Config::validate`] would
+    /// refuse is capped.
     pub fn driver_config(&self) -> media::DriverConfig {
+        let learning = self
+            .learning_config()
+            .unwrap_or_else(|_| media::LearningConfig {
+                mode: self.learning.into(),
+                window: media::LearningConfig::MAX_WINDOW,
+            });
         media::DriverConfig {
             bind_ip: self.bind_ip,
+            learning,
             ..media::DriverConfig::default()
         }
     }
@@ -571,6 +638,7 @@ impl Config {
             return Err(ConfigError::Invalid("intent.ttl_secs must be > 0".into()));
         }
         self.media.port_range()?;
+        self.media.learning_config()?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated
@@ -642,6 +710,8 @@ mod tests {
         assert_eq!(c.media.public_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.media.port_range().unwrap(), (20000, 29999));
         assert_eq!(c.media.inactivity_secs, 60);
+        assert_eq!(c.media.learning, MediaLearning::Heuristic);
+        assert_eq!(c.media.learning_secs, 3);
         assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.api.tokens.is_empty());
         assert_eq!(c.intent.ttl_secs, 120);
@@ -686,6 +756,63 @@ mod tests {
         );
         assert_eq!(c.api.api_settings(), ApiSettings::default());
         assert_eq!(c.intent.max_pending, b2bua::intent::DEFAULT_MAX_PENDING);
+        assert_eq!(
+            c.media.driver_config(),
+            media::DriverConfig {
+                bind_ip: c.media.bind_ip,
+                ..media::DriverConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn media_learning_from_file_env_and_overrides() {
+        let c = Config::load(None, env(&[("CALLBRIDGE_MEDIA_LEARNING", "strict")]), &[]).unwrap();
+        assert_eq!(c.media.learning, MediaLearning::Strict);
+        let c = Config::load(
+            None,
+            env(&[("CALLBRIDGE_MEDIA_LEARNING_SECS", "10")]),
+            &["media.learning=heuristic".into()],
+        )
+        .unwrap();
+        let learning = c.media.driver_config().learning;
+        assert_eq!(learning.mode, media::LearningMode::Heuristic);
+        assert_eq!(learning.window, Duration::from_secs(10));
+        let c = Config::load(None, env(&[]), &["media.learning_secs=0".into()]).unwrap();
+        assert_eq!(c.media.driver_config().learning.window, Duration::ZERO);
+        // --print-config writes the keys, and reading them back gives the same configuration.
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("learning = \"heuristic\""), "{printed}");
+        assert!(printed.contains("learning_secs = 0"), "{printed}");
+        let reread: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(reread, c);
+    }
+
+    #[test]
+    fn media_learning_values_outside_the_contract_are_refused() {
+        let error = Config::load(None, env(&[("CALLBRIDGE_MEDIA_LEARNING", "loose")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("loose") && error.contains("strict"),
+            "{error}"
+        );
+        let error = Config::load(None, env(&[]), &["media.learning_secs=3601".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("media.learning_secs 3601"), "{error}");
+        assert!(Config::load(None, env(&[]), &["media.learning_secs=3600".into()]).is_ok());
+        assert!(Config::load(None, env(&[]), &["media.learning_secs=-1".into()]).is_err());
+        assert!(Config::load(None, env(&[]), &["media.learning=1".into()]).is_err());
+        // An absurd value that skipped validation is capped, not overflowed.
+        let section = MediaSection {
+            learning_secs: u64::MAX,
+            ..MediaSection::default()
+        };
+        assert_eq!(
+            section.driver_config().learning.window,
+            media::LearningConfig::MAX_WINDOW
+        );
     }
 
     #[test]

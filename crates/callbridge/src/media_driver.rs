@@ -35,8 +35,16 @@ impl MediaBridge {
                     stream,
                     a_facing,
                     b_facing,
+                    signalling,
                 } => {
-                    let event = match self.driver.open(stream, a_facing.rtp, b_facing.rtp) {
+                    let signalling = media::SignallingIps {
+                        a: signalling.a,
+                        b: signalling.b,
+                    };
+                    let opened = self
+                        .driver
+                        .open(stream, a_facing.rtp, b_facing.rtp, signalling);
+                    let event = match opened {
                         Ok(()) => MediaEvent::Opened { stream },
                         Err(error) => MediaEvent::OpenFailed {
                             stream,

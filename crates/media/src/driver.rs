@@ -12,24 +12,30 @@ use tokio::task::JoinHandle;
 
 use crate::relay::{clock_base, Relay, Shared, Sockets};
 use crate::socket::bind_pair;
-use crate::stream::{Leg, StreamCounters};
+use crate::stream::{LearningConfig, Leg, SignallingIps, StreamCounters, StreamState};
 
-/// How the driver binds relay sockets (`media.*` of the configuration).
+/// How the driver binds relay sockets and how its streams learn their peers (`media.*` of the
+/// configuration): one setting for every stream, so it is the driver's, not each command's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
     /// Where relay sockets bind (`media.bind_ip`).
     pub bind_ip: IpAddr,
     /// SO_RCVBUF/SO_SNDBUF asked per socket; the kernel may grant less.
     pub socket_buffer_bytes: usize,
+    /// Which sources may teach a leg its peer, and how long the heuristic waits for a good one
+    /// (`media.learning`, `media.learning_secs`; the rules are in [`StreamState`]'s module).
+    pub learning: LearningConfig,
 }
 
 impl Default for DriverConfig {
     /// Every address (`0.0.0.0`), 256 KiB buffers: room for ~1 s of 50 packet/s audio bursts
     /// many times over, so a scheduling hiccup of the relay task does not drop packets.
+    /// Heuristic learning with a 3 s window.
     fn default() -> Self {
         DriverConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             socket_buffer_bytes: 256 * 1024,
+            learning: LearningConfig::default(),
         }
     }
 }
@@ -95,10 +101,18 @@ impl<K: Copy + Eq + Hash + Debug + Send + Sync + 'static> MediaDriver<K> {
 
     /// Binds RTP/RTCP sockets on a_port/a_port+1 (leg A sends there) and b_port/b_port+1
     /// (leg B sends there) and starts relaying between them. On error nothing stays bound.
+    /// `signalling`: where each leg's signalling comes from, a source of media the stream
+    /// learns at once like the SDP's IP.
     ///
     /// Nothing is forwarded towards a leg until its address is known, from
-    /// [`MediaDriver::set_remote`] or from its first packet.
-    pub fn open(&mut self, key: K, a_port: u16, b_port: u16) -> Result<(), OpenError> {
+    /// [`MediaDriver::set_remote`] or from its packets (by the learning rules).
+    pub fn open(
+        &mut self,
+        key: K,
+        a_port: u16,
+        b_port: u16,
+        signalling: SignallingIps,
+    ) -> Result<(), OpenError> {
         if self.streams.contains_key(&key) {
             return Err(OpenError::AlreadyOpen);
         }
@@ -109,7 +123,8 @@ impl<K: Copy + Eq + Hash + Debug + Send + Sync + 'static> MediaDriver<K> {
             let _context = self.runtime.enter();
             Sockets::from_std([a_rtp, a_rtcp, b_rtp, b_rtcp]).map_err(OpenError::Register)?
         };
-        let shared = Arc::new(Shared::new(sockets));
+        let state = StreamState::new(self.config.learning, signalling);
+        let shared = Arc::new(Shared::new(sockets, state));
         let task = self.runtime.spawn(Relay::new(shared.clone()));
         tracing::debug!(?key, a_port, b_port, "media stream open");
         self.streams.insert(key, Stream { shared, task });
@@ -117,7 +132,7 @@ impl<K: Copy + Eq + Hash + Debug + Send + Sync + 'static> MediaDriver<K> {
     }
 
     /// Where `leg` receives this stream's media (its latest SDP). When different from the
-    /// previous addresses, the leg's latches are forgotten. Returns false for an unknown key.
+    /// previous addresses, what the leg learned is forgotten. Returns false for an unknown key.
     ///
     /// Takes effect before the next datagram the stream looks at.
     pub fn set_remote(

@@ -7,19 +7,25 @@
 //!
 //! ## Inputs
 //!
-//! - [`MediaDriver::open`]`(key, a_port, b_port)`: bind the A-facing pair (`a_port` RTP,
-//!   `a_port + 1` RTCP; leg A sends there) and the B-facing pair, and start relaying.
+//! - [`DriverConfig`]: where to bind, and how streams learn their legs' peers
+//!   ([`LearningConfig`]: `heuristic` or `strict`, and the learning window).
+//! - [`MediaDriver::open`]`(key, a_port, b_port, signalling)`: bind the A-facing pair
+//!   (`a_port` RTP, `a_port + 1` RTCP; leg A sends there) and the B-facing pair, and start
+//!   relaying; `signalling` ([`SignallingIps`]) is where each leg's SIP comes from.
 //! - [`MediaDriver::set_remote`]`(key, leg, rtp, rtcp)`: where a leg receives, from its latest
-//!   SDP. A changed address forgets the leg's latches.
+//!   SDP. A changed address forgets what the leg learned.
 //! - [`MediaDriver::close`]`(key)`: stop; the four ports are free when it returns.
 //! - Datagrams, arriving on the sockets.
 //!
 //! ## Outputs
 //!
 //! - Forwarded datagrams, untouched, out of the socket of the same kind facing the other leg
-//!   (symmetric RTP), to the latched source of that leg or else its SDP address.
+//!   (symmetric RTP), to the learned source of that leg or else its SDP address. Packets from
+//!   sources a leg has not learned (someone spraying the relay's ports) are neither relayed
+//!   nor sent anything.
 //! - [`StreamCounters`] per stream ([`MediaDriver::counters`], [`MediaDriver::all_counters`]):
-//!   packets, bytes and drops per direction, the latched RTP sources, the time of the last
+//!   packets, bytes and drops (those for their source apart) per direction, the latched RTP
+//!   sources, the time of the last
 //!   valid packet (the engine's media-inactivity timer runs on it).
 //!
 //! ## Parts
@@ -35,9 +41,9 @@
 //!
 //! - [`packet`]: RTP or RTCP, from the bytes ([`is_rtp`], [`is_rtcp`]).
 //! - [`StreamState`]: the rules of one stream as a plain state machine: told each datagram
-//!   (with `now` as an argument; no socket, no clock), it answers a [`Verdict`]. Latching
-//!   rules, RFC 5761 muxed RTCP, drops: all unit-tested there. The learning policy is one
-//!   function of it.
+//!   (with `now` as an argument; no socket, no clock), it answers a [`Verdict`]. Learning
+//!   rules (exact SDP address, same IP, the heuristic's provisional fallback), RFC 5761 muxed
+//!   RTCP, drops: all unit-tested there. The learning policy is one function of it.
 //! - The relay task (private): one per stream, a hand-written future polling its four
 //!   sockets' read readiness, draining each into a per-thread buffer in batches of 64. It is
 //!   thin, so another I/O backend could replace it around the same [`StreamState`].
@@ -46,14 +52,19 @@
 //! ## Use
 //!
 //! ```no_run
-//! use media::{DriverConfig, Leg, MediaDriver};
+//! use media::{DriverConfig, Leg, MediaDriver, SignallingIps};
 //!
 //! # async fn run() -> Result<(), media::OpenError> {
 //! let mut driver = MediaDriver::new(DriverConfig::default(), tokio::runtime::Handle::current());
 //! // The engine picked ports 30000/30001 (A-facing) and 30002/30003 (B-facing) for call 7's
-//! // first stream, and wrote them into the SDP it sent to A and to B.
+//! // first stream, and wrote them into the SDP it sent to A and to B. A's INVITE came from
+//! // a PBX at 192.0.2.10, B is reached through the trunk at 198.51.100.1.
 //! let key = (7u64, 0u8);
-//! driver.open(key, 30000, 30002)?;
+//! let signalling = SignallingIps {
+//!     a: Some("192.0.2.10".parse().unwrap()),
+//!     b: Some("198.51.100.1".parse().unwrap()),
+//! };
+//! driver.open(key, 30000, 30002, signalling)?;
 //! // A's offer, then B's answer.
 //! driver.set_remote(key, Leg::A, Some("192.0.2.1:4000".parse().unwrap()), None);
 //! driver.set_remote(key, Leg::B, Some("192.0.2.2:5000".parse().unwrap()), None);
@@ -77,5 +88,6 @@ mod stream;
 pub use driver::{DriverConfig, MediaDriver, OpenError};
 pub use packet::{is_rtcp, is_rtp};
 pub use stream::{
-    DirectionCounters, DropReason, Leg, SocketKind, StreamCounters, StreamState, Verdict,
+    DirectionCounters, DropReason, LearningConfig, LearningMode, Leg, SignallingIps, SocketKind,
+    StreamCounters, StreamState, Verdict, REBIND_QUIET,
 };

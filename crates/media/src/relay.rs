@@ -100,6 +100,7 @@ struct AtomicDirection {
     packets: AtomicU64,
     bytes: AtomicU64,
     dropped: AtomicU64,
+    foreign: AtomicU64,
 }
 
 impl AtomicDirection {
@@ -107,6 +108,7 @@ impl AtomicDirection {
         self.packets.store(counters.packets, Ordering::Relaxed);
         self.bytes.store(counters.bytes, Ordering::Relaxed);
         self.dropped.store(counters.dropped, Ordering::Relaxed);
+        self.foreign.store(counters.foreign, Ordering::Relaxed);
     }
 
     fn load(&self) -> DirectionCounters {
@@ -114,6 +116,7 @@ impl AtomicDirection {
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            foreign: self.foreign.load(Ordering::Relaxed),
         }
     }
 }
@@ -130,11 +133,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(sockets: Sockets) -> Shared {
+    pub(crate) fn new(sockets: Sockets, state: StreamState) -> Shared {
         Shared {
             inner: Mutex::new(Inner {
                 sockets: Some(sockets),
-                state: StreamState::new(),
+                state,
                 published_latched: [None; 2],
             }),
             directions: Default::default(),

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use media::{DriverConfig, Leg, MediaDriver, OpenError, StreamCounters};
+use media::{
+    DriverConfig, LearningConfig, LearningMode, Leg, MediaDriver, OpenError, SignallingIps,
+    StreamCounters,
+};
 use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::time::timeout;
@@ -176,7 +179,9 @@ struct Call {
 async fn call() -> Call {
     let mut driver = driver();
     let (first, _) = port_range(4);
-    driver.open(KEY, first, first + 2).unwrap();
+    driver
+        .open(KEY, first, first + 2, SignallingIps::default())
+        .unwrap();
     let (a, b) = (Phone::new().await, Phone::new().await);
     assert!(driver.set_remote(KEY, Leg::A, Some(a.rtp_addr()), Some(a.rtcp_addr())));
     assert!(driver.set_remote(KEY, Leg::B, Some(b.rtp_addr()), Some(b.rtcp_addr())));
@@ -418,7 +423,13 @@ async fn set_remote_forgets_the_latch_and_the_new_address_latches() {
 async fn nothing_is_forwarded_towards_a_leg_without_an_address() {
     let mut driver = driver();
     let (first, _) = port_range(4);
-    driver.open(KEY, first, first + 2).unwrap();
+    // No SDP from either leg, but both signal from loopback: the phones' media is learned
+    // from their signalling IP.
+    let loopback = SignallingIps {
+        a: Some(LOCALHOST.into()),
+        b: Some(LOCALHOST.into()),
+    };
+    driver.open(KEY, first, first + 2, loopback).unwrap();
     let a = Phone::new().await;
     a.rtp
         .send_to(&rtp_packet(1, 1), (LOCALHOST, first))
@@ -458,7 +469,12 @@ async fn close_frees_the_ports_before_it_returns() {
     assert_eq!(c.driver.counters(KEY), None);
     assert!(c.driver.is_empty());
     // And the same key and ports open again.
-    c.driver.open(KEY, ports[0], ports[2]).unwrap();
+    c.driver
+        .open(KEY, ports[0], ports[2], SignallingIps::default())
+        .unwrap();
+    assert!(c
+        .driver
+        .set_remote(KEY, Leg::A, Some(c.a.rtp_addr()), Some(c.a.rtcp_addr())));
     c.a.rtp
         .send_to(&rtp_packet(2, 2), c.to_a_side.0)
         .await
@@ -472,7 +488,12 @@ async fn close_frees_the_ports_while_the_relay_is_busy() {
     let mut driver = driver();
     for round in 0..20 {
         let (first, _) = port_range(4);
-        driver.open(round, first, first + 2).unwrap();
+        // The flood's source is learned at once: it is on leg A's signalling IP.
+        let signalling = SignallingIps {
+            a: Some(LOCALHOST.into()),
+            b: None,
+        };
+        driver.open(round, first, first + 2, signalling).unwrap();
         let b = StdUdpSocket::bind((LOCALHOST, 0)).unwrap();
         driver.set_remote(round, Leg::B, Some(b.local_addr().unwrap()), None);
         let stop = Arc::new(AtomicBool::new(false));
@@ -507,8 +528,12 @@ async fn close_frees_the_ports_while_the_relay_is_busy() {
 async fn dropping_the_driver_closes_every_stream() {
     let mut driver = driver();
     let (first, last) = port_range(8);
-    driver.open(1, first, first + 2).unwrap();
-    driver.open(2, first + 4, first + 6).unwrap();
+    driver
+        .open(1, first, first + 2, SignallingIps::default())
+        .unwrap();
+    driver
+        .open(2, first + 4, first + 6, SignallingIps::default())
+        .unwrap();
     assert_eq!(driver.len(), 2);
     assert!((first..=last).all(|p| !bindable(p)));
     drop(driver);
@@ -522,7 +547,7 @@ async fn open_on_a_busy_port_fails_and_leaves_nothing_bound() {
     // Each of the four ports in turn is held by someone else.
     for busy_port in first..=last {
         let busy = StdUdpSocket::bind((LOCALHOST, busy_port)).unwrap();
-        match driver.open(KEY, first, first + 2) {
+        match driver.open(KEY, first, first + 2, SignallingIps::default()) {
             Err(OpenError::Bind { port, source }) => {
                 assert_eq!(port, busy_port);
                 assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
@@ -538,20 +563,22 @@ async fn open_on_a_busy_port_fails_and_leaves_nothing_bound() {
     }
     // A stream's own ports overlap: its second pair cannot be bound either.
     assert!(matches!(
-        driver.open(KEY, first, first + 1),
+        driver.open(KEY, first, first + 1, SignallingIps::default()),
         Err(OpenError::Bind { port, .. }) if port == first + 1
     ));
     assert!((first..=last).all(bindable));
     // No RTCP port above 65535.
     assert!(matches!(
-        driver.open(KEY, first, u16::MAX),
+        driver.open(KEY, first, u16::MAX, SignallingIps::default()),
         Err(OpenError::Bind { port: u16::MAX, .. })
     ));
     assert!((first..=last).all(bindable));
     // Free again: it opens, and a second open of the key is refused without binding.
-    driver.open(KEY, first, first + 2).unwrap();
+    driver
+        .open(KEY, first, first + 2, SignallingIps::default())
+        .unwrap();
     assert!(matches!(
-        driver.open(KEY, first + 100, first + 102),
+        driver.open(KEY, first + 100, first + 102, SignallingIps::default()),
         Err(OpenError::AlreadyOpen)
     ));
     assert_eq!(driver.len(), 1);
@@ -579,4 +606,104 @@ async fn the_probe_takes_a_range_reaching_the_last_port() {
         driver.unbindable_ports(65535, 65535).is_empty(),
         "no pair fits"
     );
+}
+
+/// Issue 10: someone spraying valid RTP and RTCP at every port of a stream from before the
+/// phones speak (127.0.0.66, neither leg's SDP nor signalling IP) is never relayed and never
+/// sent anything; the phones, sending from their SDP addresses, are learned and hear only
+/// each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sprayer_during_set_up_neither_hears_nor_is_heard() {
+    let config = DriverConfig {
+        bind_ip: LOCALHOST.into(),
+        learning: LearningConfig {
+            mode: LearningMode::Heuristic,
+            // Longer than the test: the fallback must not be what decides it.
+            window: Duration::from_secs(600),
+        },
+        ..DriverConfig::default()
+    };
+    let mut driver = MediaDriver::new(config, Handle::current());
+    let (first, last) = port_range(4);
+    let loopback = SignallingIps {
+        a: Some(LOCALHOST.into()),
+        b: Some(LOCALHOST.into()),
+    };
+    driver.open(KEY, first, first + 2, loopback).unwrap();
+    let (a, b) = (Phone::new().await, Phone::new().await);
+    driver.set_remote(KEY, Leg::A, Some(a.rtp_addr()), Some(a.rtcp_addr()));
+    driver.set_remote(KEY, Leg::B, Some(b.rtp_addr()), Some(b.rtcp_addr()));
+
+    let attacker = StdUdpSocket::bind((Ipv4Addr::new(127, 0, 0, 66), 0)).unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spray = {
+        let (attacker, stop) = (attacker.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            let (rtp, rtcp) = (rtp_packet(666, 0x66), rtcp_packet(0x66));
+            while !stop.load(Ordering::Relaxed) {
+                for port in first..=last {
+                    let packet = if port % 2 == 0 { &rtp } else { &rtcp };
+                    let _ = attacker.send_to(packet, (LOCALHOST, port));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    // The spray reaches all four sockets before the phones speak: dropped for its source.
+    counters_until(&driver, |s| s.a_to_b.foreign > 10 && s.b_to_a.foreign > 10).await;
+
+    const ROUNDS: u16 = 50;
+    let (to_a_side, to_b_side) = (
+        SocketAddr::from((LOCALHOST, first)),
+        SocketAddr::from((LOCALHOST, first + 2)),
+    );
+    for seq in 0..ROUNDS {
+        a.rtp.send_to(&rtp_packet(seq, 1), to_a_side).await.unwrap();
+        assert_eq!(
+            recv(&b.rtp).await,
+            (rtp_packet(seq, 1), to_b_side),
+            "B hears A"
+        );
+        b.rtp.send_to(&rtp_packet(seq, 2), to_b_side).await.unwrap();
+        assert_eq!(
+            recv(&a.rtp).await,
+            (rtp_packet(seq, 2), to_a_side),
+            "A hears B"
+        );
+        let rtcp = |port: u16| SocketAddr::from((LOCALHOST, port + 1));
+        a.rtcp.send_to(&rtcp_packet(1), rtcp(first)).await.unwrap();
+        assert_eq!(recv(&b.rtcp).await, (rtcp_packet(1), rtcp(first + 2)));
+        b.rtcp
+            .send_to(&rtcp_packet(2), rtcp(first + 2))
+            .await
+            .unwrap();
+        assert_eq!(recv(&a.rtcp).await, (rtcp_packet(2), rtcp(first)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    spray.join().unwrap();
+    let counters = counters_until(&driver, |s| {
+        s.a_to_b.packets == 2 * u64::from(ROUNDS) && s.b_to_a.packets == 2 * u64::from(ROUNDS)
+    })
+    .await;
+    assert_eq!(counters.latched_a, Some(a.rtp_addr()));
+    assert_eq!(counters.latched_b, Some(b.rtp_addr()));
+    // Every relayed packet is accounted for by what the phones received in order, so none
+    // went to the attacker; and its socket indeed holds nothing.
+    let mut buffer = [0u8; 2048];
+    match attacker.recv_from(&mut buffer) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the attacker received {other:?}"),
+    }
+    // Nothing of the attacker's is still on its way to a phone either.
+    for socket in [&a.rtp, &a.rtcp, &b.rtp, &b.rtcp] {
+        match socket.try_recv_from(&mut buffer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a phone received more: {other:?}"),
+        }
+    }
+    // Every drop was the attacker's, refused for its source.
+    for direction in [counters.a_to_b, counters.b_to_a] {
+        assert_eq!(direction.dropped, direction.foreign, "{counters:?}");
+    }
 }

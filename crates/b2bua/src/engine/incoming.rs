@@ -9,7 +9,7 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
-use crate::media::{CallMedia, MediaError};
+use crate::media::{CallMedia, MediaError, SignallingIps};
 use crate::outbound::{leg_b_invite, local_response, ALLOW};
 use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
@@ -160,7 +160,11 @@ impl Engine {
         };
         let key = CallKey(self.next_key);
         self.next_key += 1;
-        let mut media = CallMedia::new(key);
+        let signalling = SignallingIps {
+            a: Some(from.addr.ip()),
+            b: Some(self.config.trunk.addr.ip()),
+        };
+        let mut media = CallMedia::new(key, signalling);
         let body = if request.body.is_empty() {
             request.body.clone()
         } else {

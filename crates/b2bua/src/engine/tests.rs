@@ -13,7 +13,7 @@ use super::{Engine, EngineConfig};
 use crate::call::{CallKey, Leg};
 use crate::control::CallControl;
 use crate::media::{
-    DirectionStats, MediaCommand, MediaConfig, MediaEvent, StreamCounters, StreamId,
+    DirectionStats, MediaCommand, MediaConfig, MediaEvent, PortPool, StreamCounters, StreamId,
 };
 use crate::outbound::LocalIdentity;
 use crate::registry::{CallState, EndCause, Party, WallClock};
@@ -37,8 +37,8 @@ struct Harness {
     open_streams: std::collections::BTreeSet<StreamId>,
 }
 
-/// The relay range of the tests: a call's first stream gets 30000 (A-facing) and 30002
-/// (B-facing), the next call's 30004 and 30006, and so on.
+/// The relay range of the tests: ports are drawn at random from it, by a pool seeded with
+/// [`PORT_SEED`] (see [`first_call_ports`]).
 fn media_config() -> MediaConfig {
     MediaConfig {
         public_ip: "192.0.2.1".parse().unwrap(),
@@ -48,6 +48,16 @@ fn media_config() -> MediaConfig {
         // call ends (`assert_drained`); the media timeout tests shorten it.
         inactivity: Duration::from_secs(3600),
     }
+}
+
+/// The seed of every harness's port pool, so that draws are the same on every run.
+const PORT_SEED: u64 = 10;
+
+/// The A-facing and B-facing RTP ports of the first stream of a harness's first call.
+fn first_call_ports() -> (u16, u16) {
+    let config = media_config();
+    let mut pool = PortPool::with_seed(config.first_port, config.last_port, PORT_SEED);
+    (pool.reserve().unwrap(), pool.reserve().unwrap())
 }
 
 /// The `m=audio` port of an SDP body: which relay ports a rewritten body points at.
@@ -62,9 +72,10 @@ fn audio_port(body: &[u8]) -> Option<u16> {
 /// did not go through the media at all.
 fn towards(body: &[u8]) -> &'static str {
     let anchored = std::str::from_utf8(body).is_ok_and(|t| t.contains("c=IN IP4 192.0.2.1\r\n"));
+    let (a_facing, b_facing) = first_call_ports();
     match (anchored, audio_port(body)) {
-        (true, Some(30002)) => "b",
-        (true, Some(30000)) => "a",
+        (true, Some(port)) if port == b_facing => "b",
+        (true, Some(port)) if port == a_facing => "a",
         _ => "untouched",
     }
 }
@@ -111,8 +122,11 @@ impl Harness {
             media: media_config(),
         };
         adjust(&mut config);
+        let (first, last) = (config.media.first_port, config.media.last_port);
+        let mut engine = Engine::new(config, control.clone());
+        engine.media.pool = PortPool::with_seed(first, last, PORT_SEED);
         Harness {
-            engine: Engine::new(config, control.clone()),
+            engine,
             control,
             now,
             open_streams: Default::default(),
@@ -1006,11 +1020,12 @@ fn a_stream_the_driver_cannot_open_ends_the_call_with_503_and_cancels_leg_b() {
     h.sent();
     h.media();
     let stream = first_stream(&h);
+    let (a_facing, b_facing) = first_call_ports();
     h.engine.handle_media_event(
         h.now,
         MediaEvent::OpenFailed {
             stream,
-            port: Some(30003),
+            port: Some(b_facing + 1),
             reason: "port busy".into(),
         },
     );
@@ -1025,18 +1040,32 @@ fn a_stream_the_driver_cannot_open_ends_the_call_with_503_and_cancels_leg_b() {
     h.feed(&answer(&cancel, 200, "btag", ""), trunk());
     h.feed(&answer(&b_invite, 487, "btag", ""), trunk());
     h.assert_drained();
-    // The busy pair (30002/30003) is out of the pool; the next call gets neither it nor a
-    // port of it, and 30000 comes round again after the rest.
+    // The busy pair (B-facing, its RTCP port failed) is out of the pool, and so is the pair
+    // the start-up probe finds busy; the A-facing pair is back.
     assert_eq!(h.engine.media_ports(), (49, 49));
+    let probed = (30000..30099)
+        .step_by(2)
+        .find(|&p| p != a_facing && p != b_facing)
+        .unwrap();
     h.engine
-        .handle_media_event(h.now, MediaEvent::PortUnavailable { port: 30004 });
+        .handle_media_event(h.now, MediaEvent::PortUnavailable { port: probed });
     assert_eq!(h.engine.media_ports(), (48, 48));
+    // The next call gets neither withdrawn pair nor a port of one.
     let (_, b_invite) = start_call(&mut h, SDP_A);
-    assert_eq!(
-        audio_port(&b_invite.body),
-        Some(30008),
-        "30006 to A, 30008 to B"
-    );
+    let opened = h.media();
+    let Some(MediaCommand::Open {
+        a_facing: next_a,
+        b_facing: next_b,
+        ..
+    }) = opened.first()
+    else {
+        panic!("{opened:?}");
+    };
+    assert_eq!(audio_port(&b_invite.body), Some(next_b.rtp));
+    for port in [next_a.rtp, next_b.rtp] {
+        assert!((30000..30099).contains(&port) && port % 2 == 0, "{port}");
+        assert!(port != b_facing && port != probed, "{port} was withdrawn");
+    }
     callee_refuses(&mut h, &b_invite, "z9hG4bKa1");
     h.assert_drained();
 }

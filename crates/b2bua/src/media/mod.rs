@@ -17,7 +17,7 @@ pub mod ports;
 pub mod sdp;
 pub mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -75,20 +75,33 @@ pub struct StreamId {
     pub index: usize,
 }
 
+/// Where each leg's signalling comes from: leg A, the peer its INVITE came from; leg B, the
+/// trunk. The driver learns media from these IPs at once, as from the SDP's IP (SPEC.md
+/// "Trust boundary"): for a phone behind NAT, whose SDP names a private address, it is the
+/// only public IP known. Fixed for the call, so it goes with [`MediaCommand::Open`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignallingIps {
+    pub a: Option<IpAddr>,
+    pub b: Option<IpAddr>,
+}
+
 /// What the engine asks of the media driver. Commands come out of
 /// [`Engine::poll_media_command`](crate::Engine::poll_media_command) in the order they must
 /// be carried out (a `Close` of a port always before an `Open` that reuses it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MediaCommand {
     /// Bind the stream's sockets — leg A sends to `a_facing`, leg B to `b_facing` — and start
-    /// relaying between them. Answered by [`MediaEvent::Opened`] or [`MediaEvent::OpenFailed`].
+    /// relaying between them; media from a leg's `signalling` IP is learned like media from
+    /// its SDP's IP. Answered by [`MediaEvent::Opened`] or [`MediaEvent::OpenFailed`].
     Open {
         stream: StreamId,
         a_facing: RelayPorts,
         b_facing: RelayPorts,
+        signalling: SignallingIps,
     },
     /// Where `leg` receives this stream's media, from its latest SDP (`None`: nowhere, e.g.
-    /// on hold with `0.0.0.0`). The driver forgets what it had learned of that leg.
+    /// on hold with `0.0.0.0`). The driver forgets what it had learned of that leg and sends
+    /// the other leg's media here until it learns the leg's peer again.
     SetRemote {
         stream: StreamId,
         leg: Leg,
@@ -132,8 +145,8 @@ pub struct DirectionStats {
     pub packets: u64,
     /// Bytes of those packets (UDP payload).
     pub bytes: u64,
-    /// Packets received and not forwarded: not RTP/RTCP, from a source other than the latched
-    /// one, with nowhere to go yet, or refused by the kernel on send.
+    /// Packets received and not forwarded: not RTP/RTCP, from a source the leg has not learned,
+    /// with nowhere to go yet, or refused by the kernel on send.
     pub dropped: u64,
 }
 

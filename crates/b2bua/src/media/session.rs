@@ -22,8 +22,8 @@ use rand::Rng;
 
 use super::sdp::{Origin, RelayPorts, SessionDescription};
 use super::{
-    MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, StreamCounters, StreamId,
-    MAX_STREAMS,
+    MediaCommand, MediaConfig, MediaError, MediaStats, PortPool, SignallingIps, StreamCounters,
+    StreamId, MAX_STREAMS,
 };
 use crate::call::{CallKey, Leg};
 
@@ -142,6 +142,8 @@ impl Outgoing {
 #[derive(Debug)]
 pub struct CallMedia {
     call: CallKey,
+    /// Given to every stream the call opens.
+    signalling: SignallingIps,
     /// By `m=` position; `None` for a stream never enabled.
     streams: Vec<Option<Stream>>,
     /// What leg A / leg B has been sent (by [`Leg::index`]).
@@ -153,9 +155,12 @@ pub struct CallMedia {
 }
 
 impl CallMedia {
-    pub fn new(call: CallKey) -> CallMedia {
+    /// The media of call `call`, whose legs signal from `signalling` (leg A: where its INVITE
+    /// came from; leg B: the trunk).
+    pub fn new(call: CallKey, signalling: SignallingIps) -> CallMedia {
         CallMedia {
             call,
+            signalling,
             streams: Vec::new(),
             outgoing: [Outgoing::new(), Outgoing::new()],
             seen: [false; 2],
@@ -253,6 +258,7 @@ impl CallMedia {
                 stream: self.stream_id(index),
                 a_facing: stream.a_facing,
                 b_facing: stream.b_facing,
+                signalling: self.signalling,
             });
             self.streams[index] = Some(stream);
         }
@@ -431,6 +437,15 @@ mod tests {
     }
 
     const CALL: CallKey = CallKey(7);
+
+    /// The signalling IPs of the calls here: a PBX for leg A, the trunk for leg B.
+    fn signalling() -> SignallingIps {
+        SignallingIps {
+            a: Some("10.0.0.100".parse().unwrap()),
+            b: Some("198.51.100.1".parse().unwrap()),
+        }
+    }
+
     const S0: StreamId = StreamId {
         call: CALL,
         index: 0,
@@ -439,14 +454,22 @@ mod tests {
     #[test]
     fn offer_and_answer_open_one_stream_and_point_each_leg_at_its_own_ports() {
         let mut plane = plane(30000, 30099);
+        // The pool draws at random: the same seed replayed says which pairs come out.
+        plane.pool = PortPool::with_seed(30000, 30099, 42);
+        let mut replay = PortPool::with_seed(30000, 30099, 42);
+        let (a, b) = (replay.reserve().unwrap(), replay.reserve().unwrap());
+        assert_ne!(a, b);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let to_b = media
             .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
             .unwrap();
         let text = String::from_utf8(to_b.to_vec()).unwrap();
         assert!(text.contains("c=IN IP4 192.0.2.1\r\n"), "{text}");
-        assert!(text.contains("m=audio 30002 RTP/AVP 0 101\r\n"), "{text}");
+        assert!(
+            text.contains(&format!("m=audio {b} RTP/AVP 0 101\r\n")),
+            "{text}"
+        );
         assert!(text.contains("a=rtpmap:101 telephone-event/8000\r\n"));
         assert_eq!(
             drain(&mut plane),
@@ -454,13 +477,14 @@ mod tests {
                 MediaCommand::Open {
                     stream: S0,
                     a_facing: RelayPorts {
-                        rtp: 30000,
-                        rtcp: 30001
+                        rtp: a,
+                        rtcp: a + 1
                     },
                     b_facing: RelayPorts {
-                        rtp: 30002,
-                        rtcp: 30003
+                        rtp: b,
+                        rtcp: b + 1
                     },
+                    signalling: signalling(),
                 },
                 MediaCommand::SetRemote {
                     stream: S0,
@@ -476,7 +500,7 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8(to_a.to_vec())
             .unwrap()
-            .contains("m=audio 30000 "));
+            .contains(&format!("m=audio {a} ")));
         assert_eq!(
             drain(&mut plane),
             [MediaCommand::SetRemote {
@@ -516,7 +540,7 @@ mod tests {
     #[test]
     fn exhaustion_takes_no_port_and_too_many_streams_is_malformed() {
         let mut plane = plane(30000, 30005); // three pairs: one stream and a half
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let t0 = Instant::now();
         assert_eq!(
             media.towards_b(t0, &sdp("10.0.0.1", &[4000, 4002]), &mut plane),
@@ -541,7 +565,7 @@ mod tests {
     fn counters_feed_the_stats_and_the_inactivity_window() {
         let mut plane = plane(30000, 30099);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         media
             .towards_b(t0, &sdp("10.0.0.1", &[4000]), &mut plane)
             .unwrap();
@@ -606,7 +630,7 @@ a=ptime:20\r\na=sendrecv\r\n"
     fn each_leg_sees_callbridges_origin_and_nothing_of_the_other_leg() {
         let mut plane = plane(30000, 30099);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let offer = revealing_sdp("alice", "10.11.12.13", 4000);
         let to_b = media.towards_b(t0, &offer, &mut plane).unwrap();
         let answer = revealing_sdp("bob", "172.16.5.6", 5000);
@@ -671,7 +695,7 @@ a=ptime:20\r\na=sendrecv\r\n",
     fn the_version_moves_on_by_one_exactly_when_what_a_leg_is_sent_changes() {
         let mut plane = plane(30000, 30099);
         let t0 = Instant::now();
-        let mut media = CallMedia::new(CALL);
+        let mut media = CallMedia::new(CALL, signalling());
         let mut to_b = |media: &mut CallMedia, body: &Bytes| {
             let out = media.towards_b(t0, body, &mut plane).unwrap();
             (origin_of(&out), out)
