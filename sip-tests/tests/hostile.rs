@@ -672,3 +672,84 @@ async fn no_sdp_that_crosses_names_its_sender() {
     bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
     bridge.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_slots_cannot_be_exhausted_by_strangers_or_one_trusted_host() {
+    let mut bridge = Bridge::start_with(Options {
+        trusted_peers: vec!["127.0.0.1/32".into(), "127.0.0.2/32".into()],
+        extra: vec![
+            "sip.max_connections=64".into(),
+            "sip.max_connections_per_ip=8".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let connect_from = |ip: &'static str| {
+        let server = bridge.sip;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+                .expect("bind");
+            socket.connect(server).await
+        }
+    };
+    // 300 connections from a stranger, held open by the client.
+    let mut strangers = Vec::new();
+    for _ in 0..300 {
+        if let Ok(stream) = connect_from(ATTACKER).await {
+            strangers.push(stream);
+        }
+    }
+    // 40 from one trusted host that is not the trunk: only its 8 are kept.
+    let mut greedy = Vec::new();
+    for _ in 0..40 {
+        if let Ok(stream) = connect_from("127.0.0.2").await {
+            greedy.push(stream);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused_untrusted = metric(
+            &bridge,
+            "callbridge_sip_connections_refused_total{reason=\"untrusted\"}",
+        )
+        .await;
+        let refused_per_ip = metric(
+            &bridge,
+            "callbridge_sip_connections_refused_total{reason=\"per_ip\"}",
+        )
+        .await;
+        if refused_untrusted == 300 && refused_per_ip == 32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused: {refused_untrusted} untrusted, {refused_per_ip} beyond the per-IP limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&bridge, "callbridge_sip_connections").await, 8);
+    // A stranger's connection is closed before anything is read: it reads EOF or a reset.
+    let mut stream = strangers.pop().expect("a stranger's connection");
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut byte),
+    )
+    .await
+    .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The trusted phone still calls over TCP, and the call bridges.
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::tcp(&bridge, "1001").await;
+    let dialog = bridged_call(&mut bridge, &mut phone).await;
+    bridge.wait_call_state(&callid, "answered").await;
+    let bye = phone.in_dialog(Method::Bye, None);
+    phone.ua.send(bye).await;
+    phone.ua.expect_response(200).await;
+    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
+    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    bridge.assert_drained().await;
+    drop((strangers, greedy));
+}

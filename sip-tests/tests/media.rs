@@ -871,3 +871,110 @@ async fn fifty_calls_set_up_at_once_relay_media_and_hang_up_at_once() {
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
+
+/// Receives every packet at `socket` for `window`, returning their SSRCs.
+async fn ssrcs_within(socket: &UdpSocket, window: Duration) -> Vec<u32> {
+    let end = Instant::now() + window;
+    let mut buf = vec![0u8; 2048];
+    let mut seen = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match tokio::time::timeout(left, socket.recv_from(&mut buf)).await {
+            Ok(Ok((len, _))) if len >= 12 => {
+                seen.push(u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    seen
+}
+
+/// SPEC "Trust boundary", media learning: a host spraying RTP at every port of the relay
+/// range — from before the call is set up until after it ends — neither hears anyone nor is
+/// heard, on either leg, and the honest peers are learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_spraying_the_relay_range_neither_hears_nor_is_heard() {
+    const EVIL: u32 = 0xE711;
+    let mut bridge = Bridge::start().await;
+    let (first, last) = bridge.rtp_ports;
+    let attacker = std::sync::Arc::new(
+        UdpSocket::bind("127.0.0.66:0")
+            .await
+            .expect("bind the attacker on another loopback address"),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spray = {
+        let (attacker, stop) = (attacker.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seq = 0u16;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for port in first..=last {
+                    let _ = attacker.send_to(&rtp(seq, EVIL), ("127.0.0.1", port)).await;
+                }
+                seq = seq.wrapping_add(1);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // The spray is on before the INVITE: the call's ports are sprayed from their first moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (phone_rtp, callee_rtp) = (socket().await, socket().await);
+    let mut call = bridged(
+        &mut bridge,
+        "1001",
+        sdp_with(phone_rtp.local_addr().unwrap(), None, "sendrecv"),
+        sdp_with(callee_rtp.local_addr().unwrap(), None, "sendrecv"),
+    )
+    .await;
+    // Both honest peers talk for a while, the spray going on throughout.
+    for seq in 0..100u16 {
+        phone_rtp
+            .send_to(&rtp(seq, 0xA), call.to_relay_from_phone)
+            .await
+            .unwrap();
+        callee_rtp
+            .send_to(&rtp(seq, 0xB), call.to_relay_from_callee)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each side heard the other and nobody else (whatever was queued meanwhile).
+    let at_callee = ssrcs_within(&callee_rtp, Duration::from_millis(300)).await;
+    let at_phone = ssrcs_within(&phone_rtp, Duration::from_millis(300)).await;
+    assert!(
+        at_callee.iter().all(|s| *s == 0xA) && at_callee.len() >= 90,
+        "the callee heard {} packets, {} of the attacker",
+        at_callee.len(),
+        at_callee.iter().filter(|s| **s == EVIL).count()
+    );
+    assert!(
+        at_phone.iter().all(|s| *s == 0xB) && at_phone.len() >= 90,
+        "the phone heard {} packets, {} of the attacker",
+        at_phone.len(),
+        at_phone.iter().filter(|s| **s == EVIL).count()
+    );
+    // The attacker heard nothing at all.
+    let heard = ssrcs_within(&attacker, Duration::from_millis(200)).await;
+    assert!(
+        heard.is_empty(),
+        "the attacker received {} packets",
+        heard.len()
+    );
+    // The record shows the honest sources latched.
+    let record = bridge.call(&call.callid).await;
+    assert_eq!(
+        record["media"]["latched_a"],
+        phone_rtp.local_addr().unwrap().to_string(),
+        "{record}"
+    );
+    assert_eq!(
+        record["media"]["latched_b"],
+        callee_rtp.local_addr().unwrap().to_string(),
+        "{record}"
+    );
+    hang_up(&mut bridge, &mut call).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spray.await.expect("spray task");
+    bridge.assert_drained().await;
+    bridge.assert_ports_free().await;
+}

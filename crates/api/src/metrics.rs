@@ -179,6 +179,27 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         ),
     );
     registry.register(
+        "sip_connections",
+        "SIP TCP connections open",
+        gauge(sip.sip_connections),
+    );
+    registry.register(
+        "sip_connections_refused",
+        "SIP TCP connections closed at accept, by reason: untrusted source, the per-IP limit, \
+         the total (or all but the trunk's reserve) reached",
+        family_of_counters(
+            "reason",
+            &[
+                (
+                    "untrusted".to_owned(),
+                    sip.sip_connections_refused_untrusted,
+                ),
+                ("per_ip".to_owned(), sip.sip_connections_refused_per_ip),
+                ("full".to_owned(), sip.sip_connections_refused_full),
+            ],
+        ),
+    );
+    registry.register(
         "sip_shed_unread",
         "New SIP requests dropped unread by the transport because the engine had fallen far \
          behind (the messages of existing calls are never dropped so)",

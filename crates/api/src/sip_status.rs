@@ -42,6 +42,13 @@ pub struct SipSnapshot {
     pub sip_wrong_peer: u64,
     /// New requests the transport dropped unread because the engine was far behind.
     pub sip_shed_unread: u64,
+    /// TCP connections open (gauge).
+    pub sip_connections: u64,
+    /// TCP connections closed at accept: from an untrusted source, beyond the per-IP limit,
+    /// beyond the total (or all but the trunk's reserve).
+    pub sip_connections_refused_untrusted: u64,
+    pub sip_connections_refused_per_ip: u64,
+    pub sip_connections_refused_full: u64,
     /// RTP/RTCP packets relayed between the legs (both directions).
     pub media_packets_relayed: u64,
     /// Packets dropped by the relay (not RTP/RTCP, wrong source after latching).

@@ -132,6 +132,14 @@ impl SipStatus for SharedStatus {
             sip_untrusted: self.untrusted.load(relaxed),
             sip_wrong_peer: self.wrong_peer.load(relaxed),
             sip_shed_unread: transport.as_ref().map_or(0, |t| t.shed_requests),
+            sip_connections: transport.as_ref().map_or(0, |t| t.connections_open),
+            sip_connections_refused_untrusted: transport
+                .as_ref()
+                .map_or(0, |t| t.connections_refused_untrusted),
+            sip_connections_refused_per_ip: transport
+                .as_ref()
+                .map_or(0, |t| t.connections_refused_per_ip),
+            sip_connections_refused_full: transport.as_ref().map_or(0, |t| t.connections_refused),
             media_packets_relayed: self.media_relayed.load(relaxed),
             media_packets_dropped: self.media_dropped.load(relaxed),
             media_ports_in_use: 2 * pairs.saturating_sub(free),
