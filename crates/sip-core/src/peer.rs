@@ -77,14 +77,21 @@ impl Transmit {
 }
 
 /// Where a server transaction sends its responses (RFC 3261 §18.2.2, RFC 3581 §4):
-/// on a reliable transport, back over the connection the request came on; on UDP, to the
+/// on a reliable transport, back over the connection the request came on while it is open,
+/// and otherwise over a new connection to the source IP and the sent-by port (default 5060,
+/// 5061 for TLS) — not to the source port, which was the peer's ephemeral one; on UDP, to the
 /// source address when the top Via asked for `rport`, otherwise to the `received` address (the
 /// source IP) and the sent-by port (default 5060).
 pub fn response_destination(top_via: &Via, request_source: Peer) -> Peer {
-    if request_source.is_reliable() || top_via.rport().is_some() {
+    if !request_source.is_reliable() && top_via.rport().is_some() {
         return request_source;
     }
-    let port = top_via.port.unwrap_or(5060);
+    let default_port = if request_source.transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    let port = top_via.port.unwrap_or(default_port);
     Peer {
         addr: SocketAddr::new(request_source.addr.ip(), port),
         ..request_source
@@ -130,8 +137,16 @@ mod tests {
         );
         let rport = via("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bK1;rport");
         assert_eq!(response_destination(&rport, source), source);
+        // Over TCP: the connection first; beside it the sent-by port, for a new connection
+        // if that one has closed (the source port was the peer's ephemeral one).
         let tcp = Peer::tcp("10.0.0.9:40001".parse().unwrap(), Some(ConnectionId(7)));
-        assert_eq!(response_destination(&plain, tcp), tcp);
+        let plain_tcp = via("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bK1;rport");
+        assert_eq!(
+            response_destination(&plain_tcp, tcp),
+            Peer::tcp("10.0.0.9:5070".parse().unwrap(), Some(ConnectionId(7)))
+        );
+        let no_port = via("SIP/2.0/TCP host.example;branch=z9hG4bK1");
+        assert_eq!(response_destination(&no_port, tcp).addr.port(), 5060);
     }
 
     #[test]

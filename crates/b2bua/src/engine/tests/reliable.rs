@@ -31,7 +31,14 @@ fn a_bye_to_a_tcp_leg_a_names_its_connection_and_the_dialogs_next_hop() {
         .iter()
         .find(|(_, m)| matches!(m, Message::Response(r) if r.status == 200))
         .expect("the 200 to leg A");
-    assert_eq!(ok.0, caller, "responses go back on the connection");
+    assert_eq!(
+        ok.0,
+        Peer {
+            addr: "127.0.0.1:5062".parse().unwrap(),
+            ..caller
+        },
+        "responses go back on the connection, else to the Via's sent-by port"
+    );
     h.feed(
         &in_dialog_from_b(&b_invite, "btag", "BYE", 2, "z9hG4bKbb", ""),
         trunk(),
