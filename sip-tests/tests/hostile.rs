@@ -249,9 +249,9 @@ async fn spoofed_cancel_and_answer_of_a_ringing_call_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
     const MAX_SERVER_TX: u64 = 2000;
-    // About 4,000 INVITEs a second: several times what this (debug) build bridges, and
-    // beyond what it refuses statefully (each refusal is a transaction held 64·T1).
-    const PER_5MS: usize = 20;
+    // 4,000 INVITEs a second: several times what this (debug) build bridges, and beyond
+    // what it refuses statefully (each refusal is a transaction held 64·T1).
+    const PER_MS: usize = 4;
     let mut bridge = Bridge::start_with(guarded(&[
         "sip.max_server_transactions=2000",
         "sip.overload_backlog=64",
@@ -270,15 +270,18 @@ async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
     let server = bridge.sip;
     let status = bridge.running.status.clone();
     let flood = std::thread::spawn(move || {
-        let end = Instant::now() + Duration::from_secs(3);
+        let start = Instant::now();
+        let end = start + Duration::from_secs(3);
         let (mut n, mut peak) = (0, 0);
         while Instant::now() < end {
-            for _ in 0..PER_5MS {
+            // Paced by the clock, not by sleeps: PER_MS INVITEs for every millisecond gone.
+            let due = start.elapsed().as_millis() as usize * PER_MS;
+            while n < due {
                 let _ = flooder.send_to(invite_text(from, server, n).as_bytes(), server);
                 n += 1;
             }
             peak = peak.max(status.held().2);
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         (n, peak, flooder)
     });
@@ -310,7 +313,9 @@ async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
         "flood: {sent} INVITEs in 3 s, {answers} datagrams read back ({shed} × 503), \
          peak transactions {peak}, the call's BYE served in {served_in:?}"
     );
-    assert!(sent >= 8_000, "the flood was only {sent} INVITEs");
+    // The flooder may fall short of its pace on a loaded machine; what matters is that the
+    // server had to shed (below).
+    assert!(sent >= 3_000, "the flood was only {sent} INVITEs");
     assert!(
         peak <= MAX_SERVER_TX + 16,
         "transactions held peaked at {peak}, beyond sip.max_server_transactions"
