@@ -54,10 +54,12 @@
 //! ## Modules
 //!
 //! - [`intent`] and [`registry`], shared with the HTTP API through [`CallControl`];
-//! - [`engine`]: the B2BUA (every call's two legs over one transaction layer);
+//! - [`engine`]: the B2BUA (every call's two legs over one transaction layer), with the trust
+//!   boundary at its door: untrusted sources answered statelessly or not at all, new INVITEs
+//!   shed with a stateless 503 under overload, in-dialog requests only from the leg's peer;
 //! - [`call`]: the state of one call; [`outbound`]: what callbridge writes on each leg;
-//! - [`media`]: the one place where SDP is touched, the relay port pool, the media commands
-//!   and events;
+//! - [`media`]: the one place where SDP is touched (rewritten so that it names nothing of its
+//!   origin), the relay port pool (ports drawn at random), the media commands and events;
 //! - [`refusal`]: why an incoming call was refused.
 
 pub mod call;

@@ -10,9 +10,15 @@
 //! - [`transport`]: UDP and TCP on one port under tokio, with a sans-IO [`StreamFramer`]
 //!   (`Content-Length` framing, CRLF keep-alives), `received`/`rport` stamping, responses on
 //!   the connection their request came on, and malformed input answered 400 or dropped — both
-//!   counted.
+//!   counted. TCP connections pass a sans-IO admission check at accept (trusted sources only,
+//!   a per-IP limit, a reserve for the trunk); write queues are bounded; a failed send names
+//!   the one transaction it fails. Received events come in two queues ([`TransportEvents`]):
+//!   the messages of existing transactions first, new out-of-dialog requests after (dropped,
+//!   counted, when their queue is full), so a flood never delays a call's BYE.
 //! - [`transaction`]: the RFC 3261 §17 state machines (and RFC 6026) behind one sans-IO
-//!   [`TransactionLayer`]: feed it messages and the time, drain transmits and events. Client
+//!   [`TransactionLayer`]: feed it messages and the time, drain transmits and events. A
+//!   response counts only from where its request went; requests too large for UDP go over
+//!   TCP (§18.1.1); stateless answers (§8.2.7) are sent without any state. Client
 //!   and server transactions have a module each, with the INVITE and non-INVITE machines apart;
 //!   all timers live in one heap ([`TimerQueue`]); tests drive them with a fake clock.
 //! - [`dialog`]: UAC/UAS dialogs (§12): ids, CSeq spaces, route sets, target refresh, and the
@@ -23,6 +29,7 @@
 //! [`transport`] module is the tokio half.
 //!
 //! [`StreamFramer`]: transport::StreamFramer
+//! [`TransportEvents`]: transport::TransportEvents
 //! [`TransactionLayer`]: transaction::TransactionLayer
 //! [`TimerQueue`]: transaction::TimerQueue
 //! [`build_cancel`]: message::build_cancel
