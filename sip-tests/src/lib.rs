@@ -82,6 +82,20 @@ impl TestUa {
         }
     }
 
+    /// A TCP endpoint on a connection the server opened to a test listener (e.g. to a
+    /// phone's Contact address).
+    pub fn tcp_accepted(stream: TcpStream, server: SocketAddr) -> TestUa {
+        let local = stream.local_addr().expect("local addr");
+        TestUa {
+            socket: Socket::Tcp {
+                stream,
+                buffer: BytesMut::with_capacity(8192),
+            },
+            local,
+            server,
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }

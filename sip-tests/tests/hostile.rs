@@ -758,3 +758,55 @@ async fn tcp_slots_cannot_be_exhausted_by_strangers_or_one_trusted_host() {
     bridge.assert_drained().await;
     drop((strangers, greedy));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bye_reaches_a_tcp_caller_whose_connection_dropped_mid_call() {
+    let mut bridge = Bridge::start().await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    // The caller's Contact is a listener of its own: where a new connection must go.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let contact = listener.local_addr().expect("addr");
+    let mut phone = Phone::tcp(&bridge, "1001").await;
+    let mut invite = phone.invite("2001", false);
+    invite.headers.set(
+        HeaderName::Contact,
+        format!("<sip:1001@{contact};transport=tcp>"),
+    );
+    phone.invite = Some(invite.clone());
+    phone.ua.send(invite).await;
+    let invite_b = expect_request(&mut bridge.callee, Method::Invite).await;
+    let mut dialog = CalleeDialog::new(invite_b.clone());
+    let callee_media = bridge.callee.local_addr();
+    bridge
+        .callee
+        .send(dialog.reply(&invite_b, 200, Some(callee_media)))
+        .await;
+    let ok = phone.ua.expect_response(200).await;
+    phone.learn(&ok);
+    expect_request(&mut bridge.callee, Method::Ack).await;
+    phone.ack().await;
+    bridge.wait_call_state(&callid, "answered").await;
+    // The caller's connection drops (a NAT or a proxy restart, say).
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The callee hangs up: callbridge opens a connection to the dialog's target to say so.
+    let bye = dialog.in_dialog(Method::Bye, bridge.callee.local_addr(), None);
+    bridge.callee.send(bye).await;
+    bridge.callee.expect_response(200).await;
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("callbridge connects to the caller's Contact")
+        .expect("accept");
+    let mut caller = TestUa::tcp_accepted(stream, bridge.sip);
+    let bye_a = expect_request(&mut caller, Method::Bye).await;
+    assert_eq!(bye_a.headers.call_id(), ok.headers.call_id());
+    caller
+        .send(sip_core::Response::to_request(&bye_a, 200, None))
+        .await;
+    let record = bridge.wait_call_state(&callid, "ended").await;
+    assert_eq!(record["ended_by"], "callee");
+    assert_eq!(record["leg_a_code"], 200, "{record}");
+    bridge.assert_drained().await;
+}
