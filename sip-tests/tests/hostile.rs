@@ -106,6 +106,10 @@ async fn untrusted_invites_get_one_small_stateless_403_each_and_hold_nothing() {
     let back = collect(&mut evil, Duration::from_millis(3500)).await;
     bytes_out += back.iter().map(Vec::len).sum::<usize>();
     let statuses: Vec<Option<u16>> = back.iter().map(|d| status_of(d)).collect();
+    eprintln!(
+        "60 untrusted INVITEs ({bytes_in} bytes): {} datagrams back ({bytes_out} bytes)",
+        back.len()
+    );
     assert_eq!(back.len(), 60, "one datagram per INVITE: {statuses:?}");
     assert!(statuses.iter().all(|s| *s == Some(403)), "{statuses:?}");
     assert!(
