@@ -543,6 +543,15 @@ pub fn assert_anchored(body: &[u8], range: (u16, u16), direction: &str) {
     );
 }
 
+/// The phone hangs up a bridged call: its BYE is answered and relayed, the callee answers.
+pub async fn phone_hangs_up(bridge: &mut Bridge, phone: &mut Phone, dialog: &CalleeDialog) {
+    let bye = phone.in_dialog(Method::Bye, None);
+    phone.ua.send(bye).await;
+    phone.ua.expect_response(200).await;
+    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
+    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+}
+
 /// Leg A INVITE → leg B INVITE at the callee, answered with 180 then 200; leg A sees both,
 /// ACKs. Returns the phone and the callee's dialog.
 pub async fn bridged_call(bridge: &mut Bridge, phone: &mut Phone) -> CalleeDialog {

@@ -71,19 +71,11 @@ impl TestUa {
             .bind(SocketAddr::new(ip, 0))
             .expect("bind the TCP client");
         let stream = socket.connect(server).await.expect("connect over TCP");
-        let local = stream.local_addr().expect("local addr");
-        TestUa {
-            socket: Socket::Tcp {
-                stream,
-                buffer: BytesMut::with_capacity(8192),
-            },
-            local,
-            server,
-        }
+        TestUa::tcp_accepted(stream, server)
     }
 
-    /// A TCP endpoint on a connection the server opened to a test listener (e.g. to a
-    /// phone's Contact address).
+    /// A TCP endpoint on an established connection: one this test opened, or one the server
+    /// opened to a test listener (e.g. to a phone's Contact address).
     pub fn tcp_accepted(stream: TcpStream, server: SocketAddr) -> TestUa {
         let local = stream.local_addr().expect("local addr");
         TestUa {

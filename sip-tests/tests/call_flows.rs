@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use sip_core::{HeaderName, Message, Method, Request, Response};
 use sip_tests::bridge::{
-    assert_anchored, bridged_call, expect_request, Bridge, CalleeDialog, Options, Phone,
+    assert_anchored, bridged_call, expect_request, phone_hangs_up, Bridge, CalleeDialog, Options,
+    Phone,
 };
 use sip_tests::{message, sdp};
 
@@ -60,11 +61,7 @@ async fn bridge_and_caller_hangs_up() {
     }
     bridge.wait_call_state(&callid, "answered").await;
 
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
 
     let record = bridge.wait_call_state(&callid, "ended").await;
     assert_eq!(record["ended_by"], "caller");
@@ -177,11 +174,7 @@ async fn refused_when_the_intent_was_already_used() {
     bridge.makecall("1001", "2001", "3001").await;
     let mut phone = Phone::udp(&bridge, "1001").await;
     let dialog = bridged_call(&mut bridge, &mut phone).await;
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     let mut again = Phone::udp(&bridge, "1001").await;
     expect_refused(&mut bridge, &mut again, 403).await;
 }
@@ -418,11 +411,7 @@ async fn reinvite_is_relayed_both_ways() {
     assert_anchored(&ok_b.body, bridge.rtp_ports, "recvonly");
     expect_request(&mut phone.ua, Method::Ack).await;
 
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
 }
@@ -480,11 +469,7 @@ async fn leg_a_over_tcp() {
     let mut phone = Phone::tcp(&bridge, "1001").await;
     let dialog = bridged_call(&mut bridge, &mut phone).await;
     bridge.wait_call_state(&callid, "answered").await;
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     bridge.wait_call_state(&callid, "ended").await;
     bridge.assert_drained().await;
     bridge.assert_ports_free().await;
@@ -524,15 +509,6 @@ async fn malformed_sip_gets_400_and_the_server_keeps_serving() {
         text.contains("callbridge_sip_malformed_total{handling=\"dropped\"} 1"),
         "{text}"
     );
-}
-
-/// The phone hangs up a bridged call: its BYE is answered and relayed, the callee answers.
-async fn phone_hangs_up(bridge: &mut Bridge, phone: &mut Phone, dialog: &CalleeDialog) {
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
 }
 
 /// Sends an UPDATE with an SDP offer from the phone; the callee receives it anchored and

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sip_core::{HeaderName, Message, Method, ParseLimits};
-use sip_tests::bridge::{bridged_call, expect_request, Bridge, CalleeDialog, Options, Phone};
+use sip_tests::bridge::{
+    bridged_call, expect_request, phone_hangs_up, Bridge, CalleeDialog, Options, Phone,
+};
 use sip_tests::TestUa;
 
 const ATTACKER: &str = "127.0.0.66";
@@ -201,11 +203,7 @@ async fn spoofed_bye_reinvite_and_answers_from_an_untrusted_host_change_nothing(
         .await;
     assert_eq!(bridge.call(&callid).await["state"], "answered");
     // The real phone still hangs up, and the callee hears of it.
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     let record = bridge.wait_call_state(&callid, "ended").await;
     assert_eq!(record["ended_by"], "caller");
     bridge.assert_drained().await;
@@ -347,11 +345,7 @@ async fn a_trusted_invite_flood_is_shed_and_calls_are_unharmed() {
     let mut phone = Phone::udp(&bridge, "1002").await;
     let dialog = bridged_call(&mut bridge, &mut phone).await;
     bridge.wait_call_state(&callid, "answered").await;
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     bridge.assert_drained().await;
 }
 
@@ -674,11 +668,7 @@ async fn no_sdp_that_crosses_names_its_sender() {
         callee_media,
         "UPDATE's 200 to leg A",
     );
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     bridge.assert_drained().await;
 }
 
@@ -754,11 +744,7 @@ async fn tcp_slots_cannot_be_exhausted_by_strangers_or_one_trusted_host() {
     let mut phone = Phone::tcp(&bridge, "1001").await;
     let dialog = bridged_call(&mut bridge, &mut phone).await;
     bridge.wait_call_state(&callid, "answered").await;
-    let bye = phone.in_dialog(Method::Bye, None);
-    phone.ua.send(bye).await;
-    phone.ua.expect_response(200).await;
-    let bye_b = expect_request(&mut bridge.callee, Method::Bye).await;
-    bridge.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
     bridge.assert_drained().await;
     drop((strangers, greedy));
 }
