@@ -800,3 +800,43 @@ async fn a_bye_reaches_a_tcp_caller_whose_connection_dropped_mid_call() {
     assert_eq!(record["leg_a_code"], 200, "{record}");
     bridge.assert_drained().await;
 }
+
+/// The late-offer flow's SDPs (the offer in the callee's 200, the answer in the caller's
+/// ACK) cross privately too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_offer_and_its_answer_in_the_ack_name_nobody() {
+    let mut bridge = Bridge::start().await;
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    let phone_media: SocketAddr = "127.0.0.1:41236".parse().expect("addr");
+    let callee_media: SocketAddr = "127.0.0.1:43212".parse().expect("addr");
+    let invite = phone.invite("2001", true);
+    phone.ua.send(invite).await;
+    let invite_b = expect_request(&mut bridge.callee, Method::Invite).await;
+    assert!(invite_b.body.is_empty(), "a late offer stays late on leg B");
+    let dialog = CalleeDialog::new(invite_b.clone());
+    let mut ok = dialog.reply(&invite_b, 200, None);
+    ok.headers.set(HeaderName::ContentType, "application/sdp");
+    ok.body = revealing_sdp("bob", callee_media).into();
+    bridge.callee.send(ok).await;
+    let ok_a = phone.ua.expect_response(200).await;
+    assert_private(
+        &ok_a.body,
+        "bob",
+        callee_media,
+        "the offer in the 200 to leg A",
+    );
+    phone.learn(&ok_a);
+    let ack = phone.in_dialog(Method::Ack, Some(revealing_sdp("alice", phone_media)));
+    phone.ua.send(ack).await;
+    let ack_b = expect_request(&mut bridge.callee, Method::Ack).await;
+    assert_private(
+        &ack_b.body,
+        "alice",
+        phone_media,
+        "the answer in the ACK to leg B",
+    );
+    bridge.wait_call_state(&callid, "answered").await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
+    bridge.assert_drained().await;
+}
