@@ -624,6 +624,15 @@ impl Config {
                 "sip.t1_ms must be at most 60000".into(),
             ));
         }
+        let queue = sip_core::transport::NEW_REQUEST_QUEUE;
+        if self.sip.overload_backlog == 0 || self.sip.overload_backlog >= queue {
+            // At or past the transport's queue the engine would never see the backlog: new
+            // requests would only ever be dropped unread, never answered 503.
+            return Err(ConfigError::Invalid(format!(
+                "sip.overload_backlog must be 1-{} (the transport queues {queue} new requests)",
+                queue - 1
+            )));
+        }
         if self.sip.retry_after_secs == 0 || self.sip.retry_after_secs > 3600 {
             return Err(ConfigError::Invalid(
                 "sip.retry_after_secs must be 1-3600".into(),
@@ -954,6 +963,8 @@ mod tests {
         }
         assert!(load(&[("CALLBRIDGE_SIP_T1_MS", "4000000000")]).is_err());
         assert!(load(&[("CALLBRIDGE_SIP_RETRY_AFTER_SECS", "0")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "512")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "511")]).is_ok());
     }
 
     #[test]

@@ -45,7 +45,7 @@ const EVENT_QUEUE: usize = 1024;
 /// full, further ones are dropped unread (and counted) instead of making the receive loops
 /// wait, so a flood of new requests never delays the messages of existing calls (see
 /// [`TransportEvents`]).
-const NEW_REQUEST_QUEUE: usize = 512;
+pub const NEW_REQUEST_QUEUE: usize = 512;
 
 /// Whether `message` would start something new: a request outside any dialog other than the
 /// ACK and CANCEL that belong to an existing transaction.
