@@ -43,7 +43,10 @@
 #     exceed RATE*(RETENTION+HOLD+10)*1.25 in any round, and must be 0 by RETENTION+15 s after
 #     the last call ended;
 #   - relay ports: after callbridge has stopped, every port of its range must be bindable again
-#     (a UDP bind of each, python3);
+#     (a UDP bind of each, python3), unless another process's live socket holds it: this machine
+#     is shared, and other processes may bind ports of the range after it was chosen free. Such
+#     sockets are counted every round and reported ("Disturbed"); a call that fails because
+#     callbridge could not bind a relay port still fails the run, with that cause named;
 #   - RSS (VmRSS of /proc/<pid>/status, sampled at the end of every ROUND seconds of load): the
 #     first rounds are warm-up and not judged: RSS_WARMUP (default 2), or more until the call
 #     records and the ended transactions (kept 64*T1) have filled their windows
@@ -53,7 +56,9 @@
 #       (a) each of the last RSS_K rounds (default 3) grew by more than RSS_PCT % (default 1) over
 #           the round before it, or
 #       (b) RSS grew in at least 80 % of the rounds after the warm-up (a slow, steady climb).
-#     With fewer than RSS_WARMUP + RSS_K rounds the rule cannot be applied and says so.
+#     A round at whose end every call had been created (the calls up are draining) is shown
+#     but not judged. With fewer rounds than the warm-up + RSS_K the rule is not applied and
+#     says so.
 # Retransmissions, UDP drops and the CPU are reported, never judged.
 #
 # Usage:  benches/load/soak.sh                 (30 minutes at RATE=100 HOLD=10 with RTP; installs
@@ -269,11 +274,13 @@ cpu_ticks() { # utime + stime of callbridge
     echo $((f[11] + f[12]))
 }
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-# UDP sockets of callbridge bound to a port of its relay range.
-cb_relay_sockets() {
+# "ours foreign": UDP sockets bound to a port of the relay range, callbridge's and any other
+# process's (on this shared machine another session's tests may bind ports in the range after it
+# was chosen free; their processes may be in another pid namespace, shown without users).
+relay_sockets() {
     ss -Huanp 2>/dev/null | awk -v pid="pid=$cb_pid," -v a="$rtp_first" -v b="$rtp_last" '
-        index($0, pid) { k = split($4, l, ":"); p = l[k] + 0; if (p >= a && p <= b) n++ }
-        END { print n + 0 }'
+        { k = split($4, l, ":"); p = l[k] + 0; if (p < a || p > b) next; if (index($0, pid)) n++; else f++ }
+        END { print n + 0, f + 0 }'
 }
 # Value of column $2 in the last row of SIPp statistics file $1.
 stat_col() {
@@ -396,9 +403,10 @@ log "load started (callbridge pid $cb_pid, RSS $((rss0 / 1024)) MiB, $fd0 descri
 # ---------------------------------------------------------------------------------------------
 # Rounds: every ROUND s of load, RSS, CPU and counters. rounds.tsv: round, seconds, RSS KiB,
 # CPU % of one core over the round, calls up (callbridge), records, intents pending, created, successful,
-# failed (caller), failed (callee), retransmissions (caller + callee).
+# failed (caller), failed (callee), retransmissions (caller + callee), other processes' sockets
+# in the relay range.
 : >"$work/rounds.tsv"
-round=0 cpu_prev=$cpu0 t_prev=$SECONDS max_records=0
+round=0 cpu_prev=$cpu0 t_prev=$SECONDS max_records=0 max_foreign=0
 while kill -0 "$caller_pid" 2>/dev/null; do
     next=$((t_prev + ROUND))
     while ((SECONDS < next)) && kill -0 "$caller_pid" 2>/dev/null; do sleep 1; done
@@ -409,15 +417,17 @@ while kill -0 "$caller_pid" 2>/dev/null; do
     scrape
     records=$(num "$(metric callbridge_call_records)")
     ((records > max_records)) && max_records=$records
+    read -r _ foreign < <(relay_sockets)
+    ((foreign > max_foreign)) && max_foreign=$foreign
     pct=$(awk -v d=$((cpu - cpu_prev)) -v hz="$CLK_TCK" -v s=$((SECONDS - t_prev)) 'BEGIN { printf "%.0f", 100 * d / hz / (s > 0 ? s : 1) }')
     cs=$work/caller.stat.csv ce=$work/callee.stat.csv
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((SECONDS - started))" "$rss" "$pct" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((SECONDS - started))" "$rss" "$pct" \
         "$(num "$(metric callbridge_active_calls)")" "$records" "$(num "$(metric callbridge_intents_pending)")" "$(num "$(stat_col "$cs" TotalCallCreated)")" \
         "$(num "$(stat_col "$cs" 'SuccessfulCall(C)')")" "$(num "$(stat_col "$cs" 'FailedCall(C)')")" \
         "$(num "$(stat_col "$ce" 'FailedCall(C)')")" \
-        "$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))" >>"$work/rounds.tsv"
+        "$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))" "$foreign" >>"$work/rounds.tsv"
     IFS=$'\t' read -r _ _ _ _ up _ pending created ok failed ce_failed retr < <(tail -n 1 "$work/rounds.tsv")
-    log "round $round: RSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB, CPU $pct %, calls up $up, records $records, intents pending $pending, created $created, successful $ok, failed $failed/$ce_failed, retransmissions $retr"
+    log "round $round: RSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB, CPU $pct %, calls up $up, records $records, intents pending $pending, created $created, successful $ok, failed $failed/$ce_failed, retransmissions $retr, other processes' sockets in the relay range $foreign"
     cpu_prev=$cpu t_prev=$SECONDS
 done
 rc=0
@@ -458,7 +468,7 @@ leftovers() {
         "$(metric callbridge_media_ports_in_use)" "$(metric callbridge_intents_pending)"
 }
 none_left="active_calls=0 dialogs=0 transactions(client)=0 transactions(server)=0 media_ports_in_use=0 intents_pending=0"
-settled="" records_gone="" relay_left="?" fd_left="?"
+settled="" records_gone="" relay_left="?" fd_left="?" foreign=0
 records_deadline=$((t_calls_end + RETENTION + 15))
 settle_deadline=$((t_calls_end + SETTLE))
 log "settling: leftovers by $SETTLE s, records by $((RETENTION + 15)) s"
@@ -492,7 +502,8 @@ kill -0 "$cb_pid" 2>/dev/null || { alive=no; fail "callbridge exited during the 
 rss_settled=$(rss_kib)
 hwm=$(hwm_kib)
 if [[ $alive == yes ]]; then
-    relay_left=$(cb_relay_sockets)
+    read -r relay_left foreign < <(relay_sockets)
+    ((foreign > max_foreign)) && max_foreign=$foreign
     ((relay_left == 0)) || fail "callbridge still has $relay_left UDP sockets bound in its relay range $RTP_PORTS"
     fd_left=$(fd_count)
     ((fd_left <= fd0 + 16)) || fail "callbridge has $fd_left open descriptors, $fd0 before the first call"
@@ -503,26 +514,34 @@ cb_failed=$(num "$(metric callbridge_calls_failed_total)")
 cb_refused=$(num "$(metric callbridge_calls_refused_total)")
 bridged=$(num "$(metric callbridge_calls_bridged_total)")
 warn_lines=$(grep -ciE 'warn|error' "$work/callbridge.log" || true)
+bind_failures=$(grep -c 'cannot bind media port' "$work/callbridge.log" || true)
 stop_pid "$cb_pid"
 cb_pid=""
 
-# Every relay port bindable again.
-unbindable=$(python3 - "$rtp_first" "$rtp_last" <<'PY'
+# Every relay port bindable again. A port that cannot be bound although no socket is bound to
+# it fails the run; one held by a live socket (all of this script's processes have exited:
+# another process's) is reported.
+python3 - "$rtp_first" "$rtp_last" >"$work/unbindable.txt" <<'PY'
 import socket, sys
-bad = []
 for p in range(int(sys.argv[1]), int(sys.argv[2]) + 1):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.bind(("127.0.0.1", p))
     except OSError:
-        bad.append(p)
+        print(p)
     finally:
         s.close()
-print(len(bad), " ".join(map(str, bad[:10])))
 PY
-)
-read -r unbindable_n unbindable_list <<<"$unbindable"
-((unbindable_n == 0)) || fail "$unbindable_n relay ports cannot be bound after callbridge stopped: $unbindable_list"
+ports_in_use >"$work/ports_in_use.txt"
+unbindable_n=$(grep -c . "$work/unbindable.txt" || true)
+held_by_others=$(grep -cxFf "$work/ports_in_use.txt" "$work/unbindable.txt" || true)
+unexplained=$(grep -vxFf "$work/ports_in_use.txt" "$work/unbindable.txt" | head -n 10 | tr '\n' ' ' || true)
+[[ -z $unexplained ]] || fail "relay ports that cannot be bound after callbridge stopped, with no socket bound to them: $unexplained"
+disturbed=""
+if ((bind_failures > 0 || max_foreign > 0 || held_by_others > 0)); then
+    disturbed="other processes bound ports of the relay range during the run (up to $max_foreign sockets seen in a round, $held_by_others ports still held after callbridge stopped); callbridge could not bind $bind_failures relay port(s) and ended those calls with 503"
+    log "disturbed: $disturbed"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Calls.
@@ -535,7 +554,9 @@ ce_failed=$(num "$(stat_col "$ce" 'FailedCall(C)')")
 retr=$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))
 [[ $rc == 0 ]] || fail "the caller SIPp exited with status $rc"
 [[ $crc == 0 ]] || fail "the callee SIPp exited with status $crc"
-((failed == 0 && ce_failed == 0)) || fail "failed calls: $failed on the caller side, $ce_failed on the callee side"
+bind_note=""
+((bind_failures > 0)) && bind_note=" ($bind_failures of them because callbridge could not bind a relay port another process held: see Disturbed)"
+((failed == 0 && ce_failed == 0)) || fail "failed calls: $failed on the caller side, $ce_failed on the callee side$bind_note"
 ((ok == CALLS && ce_ok == CALLS)) || fail "successful calls: $ok (caller) and $ce_ok (callee) of $CALLS"
 [[ -s $work/feeder.errors ]] && fail "makecall: $(head -n 3 "$work/feeder.errors" | tr '\n' ' ')"
 expected_packets=$((ok * PCAP_PACKETS * 2))
@@ -546,8 +567,8 @@ awk -v p="$media_pct" -v m="$MEDIA_MIN_PCT" 'BEGIN { exit !(p >= m) }' ||
     fail "callbridge_call_records reached $max_records in a round, above RATE*(RETENTION+HOLD+10)*1.25 = $RECORDS_BOUND"
 
 # RSS rule (see the top of this file).
-rss_verdict=$(awk -F'\t' -v w="$warmup" -v k="$RSS_K" -v pct="$RSS_PCT" -v mib="$RSS_MIB" '
-    { r[++n] = $3 }
+rss_verdict=$(awk -F'\t' -v w="$warmup" -v k="$RSS_K" -v pct="$RSS_PCT" -v mib="$RSS_MIB" -v calls="$CALLS" '
+    $8 < calls { r[++n] = $3 }
     END {
         if (n < w + k) { printf "not judged: %d rounds, the rule needs %d (%d of warm-up + RSS_K %d)\n", n, w + k, w, k; exit }
         base = r[w > 0 ? w : 1]; growth = (r[n] - base) / 1024
@@ -583,12 +604,13 @@ verdict=PASS
     echo "- Media: $relayed packets relayed ($media_pct % of $expected_packets expected), $dropped dropped"
     echo "- CPU: callbridge $cpu_ms ms per call, $cpu_pct % of one core over the load; the whole machine $machine_pct % busy"
     echo "- RSS ($warmup warm-up rounds): $(mib "$rss0") MiB before the first call, $(mib "$rss_end") MiB when the load stopped, $(mib "$rss_settled") MiB settled, peak (VmHWM) $(mib "$hwm") MiB; rule: $rss_verdict"
-    echo "- Left afterwards: $final_left (settled after ${settled:-?} s); call records 0 after ${records_gone:-?} s (retention $RETENTION s; highest in a round $max_records, bound $RECORDS_BOUND); relay sockets still bound $relay_left; descriptors $fd_left (before the calls $fd0); relay ports not bindable after exit $unbindable_n"
+    echo "- Left afterwards: $final_left (settled after ${settled:-?} s); call records 0 after ${records_gone:-?} s (retention $RETENTION s; highest in a round $max_records, bound $RECORDS_BOUND); relay sockets still bound $relay_left; descriptors $fd_left (before the calls $fd0); relay ports not bindable after exit $unbindable_n (held by other processes: $held_by_others)"
+    [[ -z $disturbed ]] || echo "- Disturbed: $disturbed"
     echo "- callbridge log: $warn_lines warning/error lines"
     echo
-    echo "| round | s | RSS MiB | callbridge CPU % | calls up | records | intents pending | created | successful | failed (caller/callee) | retrans |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F'\t' '{ printf "| %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s/%s | %s |\n", $1, $2, $3 / 1024, $4, $5, $6, $7, $8, $9, $10, $11, $12 }' "$work/rounds.tsv"
+    echo "| round | s | RSS MiB | callbridge CPU % | calls up | records | intents pending | created | successful | failed (caller/callee) | retrans | others' sockets in the relay range |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s/%s | %s | %s |\n", $1, $2, $3 / 1024, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 }' "$work/rounds.tsv"
     if ((${#failures[@]} > 0)); then
         echo
         echo "Failures:"
