@@ -276,11 +276,21 @@ cpu_ticks() { # utime + stime of callbridge
 machine_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 # "ours foreign": UDP sockets bound to a port of the relay range, callbridge's and any other
 # process's (on this shared machine another session's tests may bind ports in the range after it
-# was chosen free; their processes may be in another pid namespace, shown without users).
-relay_sockets() {
+# was chosen free; their processes may be in another pid namespace, shown without users). ss
+# lists a socket that callbridge closes while ss runs without its owner, so a port counts as
+# foreign only when two snapshots 1 s apart both show it bound by someone else.
+relay_snapshot() {
     ss -Huanp 2>/dev/null | awk -v pid="pid=$cb_pid," -v a="$rtp_first" -v b="$rtp_last" '
-        { k = split($4, l, ":"); p = l[k] + 0; if (p < a || p > b) next; if (index($0, pid)) n++; else f++ }
-        END { print n + 0, f + 0 }'
+        { k = split($4, l, ":"); p = l[k] + 0; if (p < a || p > b) next; if (index($0, pid)) print "ours"; else print p }'
+}
+relay_sockets() {
+    local first second
+    first=$(relay_snapshot)
+    sleep 1
+    second=$(relay_snapshot)
+    awk 'NR == FNR { if ($0 != "ours" && $0 != "") seen[$0] = 1; next }
+        $0 == "" { next } $0 == "ours" { ours++; next } ($0 in seen) { foreign++ }
+        END { print ours + 0, foreign + 0 }' <(printf '%s\n' "$first") <(printf '%s\n' "$second")
 }
 # Value of column $2 in the last row of SIPp statistics file $1.
 stat_col() {
@@ -413,22 +423,22 @@ while kill -0 "$caller_pid" 2>/dev/null; do
     kill -0 "$caller_pid" 2>/dev/null || break # the last, partial round is not a round
     kill -0 "$cb_pid" 2>/dev/null || break
     round=$((round + 1))
-    rss=$(rss_kib) cpu=$(cpu_ticks)
+    rss=$(rss_kib) cpu=$(cpu_ticks) t_round=$SECONDS
     scrape
     records=$(num "$(metric callbridge_call_records)")
     ((records > max_records)) && max_records=$records
     read -r _ foreign < <(relay_sockets)
     ((foreign > max_foreign)) && max_foreign=$foreign
-    pct=$(awk -v d=$((cpu - cpu_prev)) -v hz="$CLK_TCK" -v s=$((SECONDS - t_prev)) 'BEGIN { printf "%.0f", 100 * d / hz / (s > 0 ? s : 1) }')
+    pct=$(awk -v d=$((cpu - cpu_prev)) -v hz="$CLK_TCK" -v s=$((t_round - t_prev)) 'BEGIN { printf "%.0f", 100 * d / hz / (s > 0 ? s : 1) }')
     cs=$work/caller.stat.csv ce=$work/callee.stat.csv
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((SECONDS - started))" "$rss" "$pct" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((t_round - started))" "$rss" "$pct" \
         "$(num "$(metric callbridge_active_calls)")" "$records" "$(num "$(metric callbridge_intents_pending)")" "$(num "$(stat_col "$cs" TotalCallCreated)")" \
         "$(num "$(stat_col "$cs" 'SuccessfulCall(C)')")" "$(num "$(stat_col "$cs" 'FailedCall(C)')")" \
         "$(num "$(stat_col "$ce" 'FailedCall(C)')")" \
         "$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))" "$foreign" >>"$work/rounds.tsv"
-    IFS=$'\t' read -r _ _ _ _ up _ pending created ok failed ce_failed retr < <(tail -n 1 "$work/rounds.tsv")
+    IFS=$'\t' read -r _ _ _ _ up _ pending created ok failed ce_failed retr _ < <(tail -n 1 "$work/rounds.tsv")
     log "round $round: RSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB, CPU $pct %, calls up $up, records $records, intents pending $pending, created $created, successful $ok, failed $failed/$ce_failed, retransmissions $retr, other processes' sockets in the relay range $foreign"
-    cpu_prev=$cpu t_prev=$SECONDS
+    cpu_prev=$cpu t_prev=$t_round
 done
 rc=0
 wait "$caller_pid" || rc=$?
@@ -539,7 +549,7 @@ unexplained=$(grep -vxFf "$work/ports_in_use.txt" "$work/unbindable.txt" | head 
 [[ -z $unexplained ]] || fail "relay ports that cannot be bound after callbridge stopped, with no socket bound to them: $unexplained"
 disturbed=""
 if ((bind_failures > 0 || max_foreign > 0 || held_by_others > 0)); then
-    disturbed="other processes bound ports of the relay range during the run (up to $max_foreign sockets seen in a round, $held_by_others ports still held after callbridge stopped); callbridge could not bind $bind_failures relay port(s) and ended those calls with 503"
+    disturbed="sockets not callbridge's in its relay range: up to $max_foreign in a round (seen in two snapshots 1 s apart), $held_by_others ports held after callbridge stopped; callbridge could not bind $bind_failures relay port(s) and ended those calls with 503"
     log "disturbed: $disturbed"
 fi
 
@@ -555,7 +565,7 @@ retr=$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce
 [[ $rc == 0 ]] || fail "the caller SIPp exited with status $rc"
 [[ $crc == 0 ]] || fail "the callee SIPp exited with status $crc"
 bind_note=""
-((bind_failures > 0)) && bind_note=" ($bind_failures of them because callbridge could not bind a relay port another process held: see Disturbed)"
+((bind_failures > 0)) && bind_note=" ($bind_failures of them because callbridge could not bind a relay port, EADDRINUSE: see Disturbed)"
 ((failed == 0 && ce_failed == 0)) || fail "failed calls: $failed on the caller side, $ce_failed on the callee side$bind_note"
 ((ok == CALLS && ce_ok == CALLS)) || fail "successful calls: $ok (caller) and $ce_ok (callee) of $CALLS"
 [[ -s $work/feeder.errors ]] && fail "makecall: $(head -n 3 "$work/feeder.errors" | tr '\n' ' ')"
