@@ -7,7 +7,9 @@
 #   QUICK=1 benches/run.sh    the CI quick mode: 100 calls/s of signalling, 20 RTP calls and a
 #                             short API run through callbridge; fails on any failed call, lost
 #                             packet or HTTP error, never on timing; BENCHMARKS.md untouched
-#   PARTS="micro media"       run only some parts (micro media signalling api)
+#   PARTS="micro media"       run only some parts (micro media signalling api; also soak, not
+#                             run by default: benches/load/soak.sh, 30 minutes, QUICK=1 one;
+#                             its section, benches/results/soak.md, is written by hand from a run)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -22,6 +24,7 @@ for part in $parts; do
         media) QUICK=$quick benches/load/media.sh ;;
         signalling) QUICK=$quick benches/load/signalling.sh ;;
         api) QUICK=$quick benches/load/api.sh ;;
+        soak) QUICK=$quick benches/load/soak.sh ;;
         *) echo "unknown part $part" >&2; exit 2 ;;
     esac
 done
@@ -39,9 +42,10 @@ absolute numbers are noise-prone. Each part's section says how it was measured a
 target it is held to.
 
 HEAD
-    # profiling.md is written by hand (what was profiled and fixed, with before/after figures);
-    # the other parts are written by their scripts.
-    for part in profiling micro signalling media api; do
+    # profiling.md is written by hand (what was profiled and fixed, with before/after figures),
+    # and so is soak.md (the soak's results block with what was run); the other parts are
+    # written by their scripts.
+    for part in profiling micro signalling media api soak; do
         if [[ -f benches/results/$part.md ]]; then
             # Each part is a section of this page: its headings move one level down when its
             # title is a level-1 heading (outside code blocks).

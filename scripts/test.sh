@@ -2,8 +2,9 @@
 # The one command that runs every check of callbridge: formatting, lints, the rust-version
 # claim, all test suites (unit, property, end-to-end over loopback sockets), the SIPp run through
 # the real binary (SIPp is installed first if missing; SKIP_SIPP=1 leaves that run out), a media
-# relay check and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1 leaves it out;
-# FUZZ_SECONDS sets its length). CI runs exactly this.
+# relay check, a two-minute soak through SIPp with RTP (benches/load/soak.sh QUICK=1; SKIP_SOAK=1
+# or SKIP_SIPP=1 leaves it out) and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1
+# leaves it out; FUZZ_SECONDS sets its length). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,11 @@ free_port api_port
 "$target_dir/release/media_load" --callbridge "$target_dir/release/callbridge" \
     --calls 20 --seconds 3 --rtp-ports "$rtp_ports" --sip-port "$sip_port" --api-port "$api_port" \
     --fail-on-loss
+
+if [[ "${SKIP_SIPP:-0}" != 1 && "${SKIP_SOAK:-0}" != 1 ]]; then
+    step "soak, quick: 1 min at 50 calls/s held 5 s with RTP; any failed call, leftover or growing RSS fails (benches/load/soak.sh)"
+    QUICK=1 CALLBRIDGE_BIN="$target_dir/release/callbridge" ./benches/load/soak.sh
+fi
 
 if [[ "${SKIP_FUZZ:-0}" != 1 ]]; then
     step "fuzzing: every target in fuzz/ built and run ${FUZZ_SECONDS:-60} s (scripts/fuzz.sh)"
