@@ -80,8 +80,8 @@ pub struct SipSection {
     pub max_call_secs: u64,
     /// Calls held at once; further INVITEs get a stateless 503 with Retry-After.
     pub max_calls: usize,
-    /// Messages queued for the call engine beyond which new INVITEs get a stateless 503
-    /// (the engine has fallen behind its input).
+    /// New requests queued for the call engine (of the transport's 512) beyond which new
+    /// INVITEs get a stateless 503 (the engine has fallen behind its input).
     pub overload_backlog: usize,
     /// The Retry-After of those 503s, in seconds.
     pub retry_after_secs: u64,

@@ -63,8 +63,8 @@ pub struct EngineConfig {
     pub max_duration: Option<Duration>,
     /// Calls held at once; beyond it new INVITEs get a stateless 503.
     pub max_calls: usize,
-    /// Transport messages waiting for the engine beyond which new INVITEs get a stateless
-    /// 503 (`sip.overload_backlog`): the engine has fallen behind its input.
+    /// New out-of-dialog requests waiting in the transport's queue beyond which new INVITEs
+    /// get a stateless 503 (`sip.overload_backlog`): the engine has fallen behind its input.
     pub overload_backlog: usize,
     /// The `Retry-After` of those 503s (`sip.retry_after_secs`).
     pub retry_after: Duration,
@@ -133,7 +133,7 @@ pub struct Engine {
     untrusted_log: door::SourceLog,
     /// Set by [`Engine::start_drain`]: new INVITEs are refused.
     draining: bool,
-    /// Transport messages queued for the engine, as the runtime last said
+    /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
 }
@@ -211,8 +211,9 @@ impl Engine {
         }
     }
 
-    /// How many transport messages wait for the engine (the runtime's queue). Beyond
-    /// `overload_backlog`, new INVITEs are shed with a stateless 503 until it drains.
+    /// How many new out-of-dialog requests wait for the engine (the transport's
+    /// new-request queue). Beyond `overload_backlog`, new INVITEs are shed with a stateless
+    /// 503 until it drains.
     pub fn set_input_backlog(&mut self, queued: usize) {
         self.input_backlog = queued;
     }
