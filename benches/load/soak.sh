@@ -24,7 +24,10 @@
 # at RATE=100 HOLD=10, twice what benches/load/media.sh found these cores can carry, see
 # BENCHMARKS.md) would measure the relay's throughput, which media.sh does, instead of the
 # lifecycle of calls, ports and
-# records that a soak is for. media_load (benches/src/bin) was not used: it does its own SIP, one
+# records that a soak is for. MEDIA_PPS=0 plays no RTP at all (sipp-scenarios/trunk_uac.xml and
+# callee_uas.xml, no pcap, no raw socket): the media is still anchored (every call opens and
+# closes its four relay sockets), and the soak can run at the signalling rates of
+# benches/load/signalling.sh, which the players' threads and the echo would not let through. media_load (benches/src/bin) was not used: it does its own SIP, one
 # call after the other, and the soak is to run through SIPp like the signalling harness.
 #
 # What fails the run (exit status 1, the reason on stderr and in the results):
@@ -78,7 +81,8 @@
 #                         10 s (1,000 calls up) was clean (BENCHMARKS.md, Soak)
 #   HOLD=10 [5]           seconds each call is held (SIPp -d); at least 2
 #   ROUND=60 [5]          seconds per round (RSS, CPU and counters sampled at the end of each)
-#   MEDIA_PPS=5           RTP packets per second the caller plays per call (echoed back)
+#   MEDIA_PPS=5           RTP packets per second the caller plays per call (echoed back);
+#                         0: no RTP (signalling and relay set-up only, see above)
 #   MEDIA_MIN_PCT=90      least share of the expected packets that must be relayed
 #   RETENTION=60 [15]     sip.call_retention_secs
 #   T1_MS=500 [100]       callbridge's sip.t1_ms (its transactions end 64*T1 after their last
@@ -91,6 +95,7 @@
 #   RTP_PORTS=first-last  callbridge's media.rtp_ports (default: 4 ports per call that can be up,
 #                         RATE*(HOLD+3)*4, or +2/+1 s when that much is not free, at least 400,
 #                         chosen free by scripts/ports.sh)
+#   LOG_FILTER=warn       callbridge's log.filter (its log is in the work dir)
 #   CALLBRIDGE_BIN=path   use this binary instead of building one (CARGO_TARGET_DIR honoured)
 #   OUT=file              also write the results block (markdown) there
 #   WORKDIR=dir           logs, SIPp statistics, rounds (default: a fresh temp dir, kept on
@@ -107,7 +112,7 @@ log() { printf '[soak %5ds] %s\n' "$((SECONDS - started))" "$*"; }
 die() { echo "benches/load/soak.sh: $*" >&2; exit 2; }
 
 cmd_env=""
-for v in QUICK MINUTES RATE HOLD ROUND T1_MS MEDIA_PPS MEDIA_MIN_PCT RETENTION SETTLE LEAD RSS_WARMUP RSS_K RSS_PCT RSS_MIB UDP_BUF_BYTES RTP_PORTS; do
+for v in QUICK MINUTES RATE HOLD ROUND T1_MS MEDIA_PPS LOG_FILTER MEDIA_MIN_PCT RETENTION SETTLE LEAD RSS_WARMUP RSS_K RSS_PCT RSS_MIB UDP_BUF_BYTES RTP_PORTS; do
     if [[ -n ${!v:-} ]]; then printf -v cmd_env '%s%s=%q ' "$cmd_env" "$v" "${!v}"; fi
 done
 
@@ -128,12 +133,12 @@ SETTLE=${SETTLE:-$((64 * T1_MS / 1000 + 30))}
 HOST=127.0.0.1
 CLK_TCK=$(getconf CLK_TCK)
 
-for v in MINUTES RATE HOLD ROUND MEDIA_PPS RETENTION SETTLE LEAD RSS_K RSS_MIB UDP_BUF_BYTES T1_MS; do
+for v in MINUTES RATE HOLD ROUND RETENTION SETTLE LEAD RSS_K RSS_MIB UDP_BUF_BYTES T1_MS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (is '${!v}')"
 done
-for v in MEDIA_MIN_PCT RSS_WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"; done
+for v in MEDIA_PPS MEDIA_MIN_PCT RSS_WARMUP; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"; done
 [[ $RSS_PCT =~ ^[0-9]+([.][0-9]+)?$ ]] || die "RSS_PCT must be a number"
-((HOLD >= 2)) || die "HOLD must be at least 2 s (the pcap plays for HOLD-1 s)"
+((MEDIA_PPS == 0 || HOLD >= 2)) || die "HOLD must be at least 2 s (the pcap plays for HOLD-1 s)"
 CALLS=$((RATE * MINUTES * 60))
 ((CALLS <= 9999999)) || die "$CALLS calls: the numbering allows 9,999,999"
 
@@ -142,7 +147,7 @@ CALLS=$((RATE * MINUTES * 60))
 "$repo/scripts/ensure-tools.sh"
 for tool in sipp curl ss awk python3; do command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found"; done
 cap_eff=$(awk '$1 == "CapEff:" { print $2 }' /proc/self/status 2>/dev/null || true)
-if [[ -z $cap_eff ]] || ! (((0x$cap_eff >> 13) & 1)); then
+if ((MEDIA_PPS > 0)) && { [[ -z $cap_eff ]] || ! (((0x$cap_eff >> 13) & 1)); }; then
     getcap "$(command -v sipp)" 2>/dev/null | grep -q cap_net_raw ||
         die "SIPp plays the RTP pcap through a raw socket: run as root or give sipp cap_net_raw"
 fi
@@ -231,7 +236,11 @@ while read -r var; do unset "$var"; done < <(compgen -e | grep '^CALLBRIDGE_' ||
 # The RTP the caller plays: MEDIA_PPS packets per second for HOLD-1 s, as an Ethernet pcap of
 # IPv4/UDP/RTP (SIPp rewrites the addresses and ports). SIPp looks for the file named in the
 # scenario (g711a.pcap) next to the scenario, so both are put in the work dir.
-cp "$repo/sipp-scenarios/trunk_uac_rtp.xml" "$work/trunk_uac_rtp.xml"
+if ((MEDIA_PPS == 0)); then
+    caller_sf=trunk_uac.xml callee_sf=callee_uas.xml echo_flag=() PCAP_PACKETS=0
+else
+caller_sf=trunk_uac_rtp.xml callee_sf=callee_uas_rtp.xml echo_flag=(-rtp_echo)
+cp "$repo/sipp-scenarios/$caller_sf" "$work/$caller_sf"
 PCAP_PACKETS=$(python3 - "$work/g711a.pcap" "$MEDIA_PPS" "$((HOLD - 1))" <<'PY'
 import struct, sys
 path, pps, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -254,6 +263,7 @@ open(path, "wb").write(b"".join(out))
 print(n)
 PY
 ) || die "could not write the pcap (python3)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Measurements.
@@ -321,7 +331,7 @@ NO_COLOR=1 "$cb_bin" \
     --set "media.rtp_ports=$RTP_PORTS" \
     --set "api.listen=$HOST:$API_PORT" \
     --set "intent.ttl_secs=$((LEAD + 600))" \
-    --set "log.filter=warn" \
+    --set "log.filter=${LOG_FILTER:-warn}" \
     >"$work/callbridge.log" 2>&1 &
 cb_pid=$!
 for _ in $(seq 150); do
@@ -380,8 +390,8 @@ awk -v n="$CALLS" 'BEGIN { print "SEQUENTIAL"; for (i = 0; i < n; i++) printf "%
 # The callee (the trunk's target phone), then the callers and the feeder.
 load_secs=$((MINUTES * 60))
 budget=$((load_secs + HOLD + 300))
-sipp -sf "$repo/sipp-scenarios/callee_uas_rtp.xml" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_CALLEE" -t u1 \
-    -buff_size "$UDP_BUF_BYTES" -rtp_echo -m "$CALLS" -recv_timeout 30000 -timeout "${budget}s" -timeout_error \
+sipp -sf "$repo/sipp-scenarios/$callee_sf" -i "$HOST" -p "$CALLEE_PORT" -mp "$MEDIA_CALLEE" -t u1 \
+    -buff_size "$UDP_BUF_BYTES" "${echo_flag[@]}" -m "$CALLS" -recv_timeout 30000 -timeout "${budget}s" -timeout_error \
     -nostdin -trace_stat -stf "$work/callee.stat.csv" -fd 1 \
     -trace_err -error_file "$work/callee.errors.log" -trace_screen -screen_file "$work/callee.screen.log" \
     >"$work/callee.out" 2>&1 &
@@ -395,11 +405,14 @@ kill -0 "$callee_pid" 2>/dev/null || die "the callee SIPp did not start (see $wo
 sleep 1
 fd0=$(fd_count)
 rss0=$(rss_kib)
+scrape
+heap0=$(num "$(metric 'callbridge_heap_bytes{kind="allocated"}')")
 cpu0=$(cpu_ticks)
 read -r busy0 total0 < <(machine_ticks)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$(date +%s) t_load_start=$SECONDS
-(cd "$work" && exec sipp "$HOST:$SIP_PORT" -sf "$work/trunk_uac_rtp.xml" -inf "$work/calls.csv" -i "$HOST" \
+[[ -f $work/$caller_sf ]] || cp "$repo/sipp-scenarios/$caller_sf" "$work/$caller_sf"
+(cd "$work" && exec sipp "$HOST:$SIP_PORT" -sf "$work/$caller_sf" -inf "$work/calls.csv" -i "$HOST" \
     -p "$CALLER_PORT" -mp "$MEDIA_CALLER" -t u1 -buff_size "$UDP_BUF_BYTES" -m "$CALLS" -r "$RATE" \
     -d "$((HOLD * 1000))" -l "$MAX_CALLS" -recv_timeout 30000 -timeout "${budget}s" -timeout_error \
     -nostdin -trace_stat -stf "$work/caller.stat.csv" -fd 1 \
@@ -414,7 +427,7 @@ log "load started (callbridge pid $cb_pid, RSS $((rss0 / 1024)) MiB, $fd0 descri
 # Rounds: every ROUND s of load, RSS, CPU and counters. rounds.tsv: round, seconds, RSS KiB,
 # CPU % of one core over the round, calls up (callbridge), records, intents pending, created, successful,
 # failed (caller), failed (callee), retransmissions (caller + callee), other processes' sockets
-# in the relay range.
+# in the relay range, heap allocated bytes and jemalloc resident bytes (callbridge_heap_bytes).
 : >"$work/rounds.tsv"
 round=0 cpu_prev=$cpu0 t_prev=$SECONDS max_records=0 max_foreign=0
 while kill -0 "$caller_pid" 2>/dev/null; do
@@ -431,13 +444,14 @@ while kill -0 "$caller_pid" 2>/dev/null; do
     ((foreign > max_foreign)) && max_foreign=$foreign
     pct=$(awk -v d=$((cpu - cpu_prev)) -v hz="$CLK_TCK" -v s=$((t_round - t_prev)) 'BEGIN { printf "%.0f", 100 * d / hz / (s > 0 ? s : 1) }')
     cs=$work/caller.stat.csv ce=$work/callee.stat.csv
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((t_round - started))" "$rss" "$pct" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$((t_round - started))" "$rss" "$pct" \
         "$(num "$(metric callbridge_active_calls)")" "$records" "$(num "$(metric callbridge_intents_pending)")" "$(num "$(stat_col "$cs" TotalCallCreated)")" \
         "$(num "$(stat_col "$cs" 'SuccessfulCall(C)')")" "$(num "$(stat_col "$cs" 'FailedCall(C)')")" \
         "$(num "$(stat_col "$ce" 'FailedCall(C)')")" \
-        "$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))" "$foreign" >>"$work/rounds.tsv"
+        "$(($(num "$(stat_col "$cs" 'Retransmissions(C)')") + $(num "$(stat_col "$ce" 'Retransmissions(C)')")))" "$foreign" \
+        "$(num "$(metric 'callbridge_heap_bytes{kind="allocated"}')")" "$(num "$(metric 'callbridge_heap_bytes{kind="resident"}')")" >>"$work/rounds.tsv"
     IFS=$'\t' read -r _ _ _ _ up _ pending created ok failed ce_failed retr _ < <(tail -n 1 "$work/rounds.tsv")
-    log "round $round: RSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB, CPU $pct %, calls up $up, records $records, intents pending $pending, created $created, successful $ok, failed $failed/$ce_failed, retransmissions $retr, other processes' sockets in the relay range $foreign"
+    log "round $round: RSS $(awk -v k="$rss" 'BEGIN { printf "%.1f", k / 1024 }') MiB (heap allocated $(awk -v b="$(num "$(metric 'callbridge_heap_bytes{kind="allocated"}')")" 'BEGIN { printf "%.1f", b / 1048576 }') MiB), CPU $pct %, calls up $up, records $records, intents pending $pending, created $created, successful $ok, failed $failed/$ce_failed, retransmissions $retr, other processes' sockets in the relay range $foreign"
     cpu_prev=$cpu t_prev=$t_round
 done
 rc=0
@@ -507,6 +521,8 @@ while :; do
     sleep 1
 done
 final_left=$(leftovers)
+# What the program still holds once nothing is left (a leak stays here; fragmentation does not).
+heap_settled=$(num "$(metric 'callbridge_heap_bytes{kind="allocated"}')")
 alive=yes
 kill -0 "$cb_pid" 2>/dev/null || { alive=no; fail "callbridge exited during the run (see $work/callbridge.log)"; }
 rss_settled=$(rss_kib)
@@ -571,7 +587,7 @@ bind_note=""
 [[ -s $work/feeder.errors ]] && fail "makecall: $(head -n 3 "$work/feeder.errors" | tr '\n' ' ')"
 expected_packets=$((ok * PCAP_PACKETS * 2))
 media_pct=$(awk -v r="$relayed" -v e="$expected_packets" 'BEGIN { printf "%.1f", (e > 0 ? 100 * r / e : 0) }')
-awk -v p="$media_pct" -v m="$MEDIA_MIN_PCT" 'BEGIN { exit !(p >= m) }' ||
+((MEDIA_PPS == 0)) || awk -v p="$media_pct" -v m="$MEDIA_MIN_PCT" 'BEGIN { exit !(p >= m) }' ||
     fail "media: $relayed packets relayed, $media_pct % of the $expected_packets expected (MEDIA_MIN_PCT=$MEDIA_MIN_PCT)"
 ((max_records <= RECORDS_BOUND)) ||
     fail "callbridge_call_records reached $max_records in a round, above RATE*(RETENTION+HOLD+10)*1.25 = $RECORDS_BOUND"
@@ -602,6 +618,18 @@ cpu_pct=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v s="$load_wall" 'BEGIN { 
 machine_pct=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }')
 cb_rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo "?")
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+if ((MEDIA_PPS == 0)); then
+    media_text="no RTP (media anchored: four relay sockets opened and closed per call)"
+else
+    media_text="RTP through the relay on every call: $PCAP_PACKETS packets played by the caller, echoed by the callee"
+fi
+# The allocator's live bytes (callbridge_heap_bytes{kind="allocated"}) at the end of the warm-up
+# and of the last judged round: flat there while RSS grows is fragmentation, not a leak.
+heap_line=$(awk -F'\t' -v w="$warmup" -v calls="$CALLS" '
+    $8 < calls && $14 != "" { a[++n] = $14; r[n] = $15 }
+    END { if (n == 0) { print "not reported"; exit }
+          b = (w > 0 && w <= n) ? w : 1
+          printf "allocated %.1f MiB at round %d, %.1f MiB at round %d; jemalloc resident %.1f then %.1f MiB", a[b] / 1048576, b, a[n] / 1048576, n, r[b] / 1048576, r[n] / 1048576 }' "$work/rounds.tsv")
 verdict=PASS
 ((${#failures[@]} == 0)) || verdict=FAIL
 {
@@ -609,18 +637,23 @@ verdict=PASS
     echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'); callbridge $cb_rev (release); $(nproc) cores, load average $load_before before, $load_after after"
     echo "- Command: \`${cmd_env}benches/load/soak.sh\` (effective: MINUTES=$MINUTES RATE=$RATE HOLD=$HOLD ROUND=$ROUND MEDIA_PPS=$MEDIA_PPS RETENTION=$RETENTION T1_MS=$T1_MS)"
-    echo "- Load: $RATE calls/s for $MINUTES min, each held $HOLD s (about $((RATE * HOLD)) calls up), RTP through the relay on every call: $PCAP_PACKETS packets played by the caller, echoed by the callee; relay ports $RTP_PORTS, sip.max_calls $MAX_CALLS"
+    echo "- Load: $RATE calls/s for $MINUTES min, each held $HOLD s (about $((RATE * HOLD)) calls up), $media_text; relay ports $RTP_PORTS, sip.max_calls $MAX_CALLS"
     echo "- Calls: $CALLS attempted, $created created, **$ok successful**, **$failed failed** (callee: $ce_ok successful, $ce_failed failed); SIPp exit $rc / $crc; retransmissions $retr; callbridge bridged $bridged, failed $cb_failed, refused $cb_refused"
-    echo "- Media: $relayed packets relayed ($media_pct % of $expected_packets expected), $dropped dropped"
+    echo "- Heap (jemalloc): $heap_line; allocated $(awk -v b="$heap0" 'BEGIN { printf "%.1f", b / 1048576 }') MiB before the first call and $(awk -v b="$heap_settled" 'BEGIN { printf "%.1f", b / 1048576 }') MiB settled"
+    if ((MEDIA_PPS == 0)); then
+        echo "- Media: none played (MEDIA_PPS=0); $relayed packets relayed, $dropped dropped"
+    else
+        echo "- Media: $relayed packets relayed ($media_pct % of $expected_packets expected), $dropped dropped"
+    fi
     echo "- CPU: callbridge $cpu_ms ms per call, $cpu_pct % of one core over the load; the whole machine $machine_pct % busy"
     echo "- RSS ($warmup warm-up rounds): $(mib "$rss0") MiB before the first call, $(mib "$rss_end") MiB when the load stopped, $(mib "$rss_settled") MiB settled, peak (VmHWM) $(mib "$hwm") MiB; rule: $rss_verdict"
     echo "- Left afterwards: $final_left (settled after ${settled:-?} s); call records 0 after ${records_gone:-?} s (retention $RETENTION s; highest in a round $max_records, bound $RECORDS_BOUND); relay sockets still bound $relay_left; descriptors $fd_left (before the calls $fd0); relay ports not bindable after exit $unbindable_n (held by other processes: $held_by_others)"
     [[ -z $disturbed ]] || echo "- Disturbed: $disturbed"
     echo "- callbridge log: $warn_lines warning/error lines"
     echo
-    echo "| round | s | RSS MiB | callbridge CPU % | calls up | records | intents pending | created | successful | failed (caller/callee) | retrans | others' sockets in the relay range |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    awk -F'\t' '{ printf "| %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s/%s | %s | %s |\n", $1, $2, $3 / 1024, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 }' "$work/rounds.tsv"
+    echo "| round | s | RSS MiB | heap allocated MiB | callbridge CPU % | calls up | records | intents pending | created | successful | failed (caller/callee) | retrans | others' sockets in the relay range |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %s | %.1f | %.1f | %s | %s | %s | %s | %s | %s | %s/%s | %s | %s |\n", $1, $2, $3 / 1024, $14 / 1048576, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 }' "$work/rounds.tsv"
     if ((${#failures[@]} > 0)); then
         echo
         echo "Failures:"

@@ -30,5 +30,5 @@ pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;
 pub use settings::ApiSettings;
-pub use sip_status::{NoSip, SipSnapshot, SipStatus};
+pub use sip_status::{HeapStats, NoSip, SipSnapshot, SipStatus};
 pub use state::{ApiState, Clock, ManualClock, SystemClock};

@@ -5,7 +5,8 @@
 //! `active_calls`, `sip_dialogs`, `sip_transactions{kind="client"|"server"}`, `intents_pending`,
 //! `call_records`, `sip_serving`, `calls_bridged_total`, `calls_refused_total{reason}`,
 //! `calls_failed_total{reason}`, `sip_malformed_total{handling="answered"|"dropped"}`,
-//! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`.
+//! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`, and
+//! `heap_bytes{kind="allocated"|"active"|"resident"|"retained"}` when the allocator reports.
 
 use std::sync::atomic::AtomicI64;
 
@@ -225,6 +226,21 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         "UDP ports in media.rtp_ports",
         gauge(sip.media_ports_capacity),
     );
+    if let Some(heap) = sip.heap {
+        registry.register(
+            "heap_bytes",
+            "The allocator's memory by kind: allocated (live), active (pages in use), resident, retained",
+            family_of_gauges(
+                "kind",
+                &[
+                    ("allocated", heap.allocated),
+                    ("active", heap.active),
+                    ("resident", heap.resident),
+                    ("retained", heap.retained),
+                ],
+            ),
+        );
+    }
     registry.register(
         "http_requests",
         "HTTP requests answered by the API, by status class",

@@ -56,6 +56,23 @@ pub struct SipSnapshot {
     /// Relay ports held by calls, and the size of the configured range.
     pub media_ports_in_use: u64,
     pub media_ports_capacity: u64,
+    /// The process allocator's own figures, when the binary's allocator can report them.
+    pub heap: Option<HeapStats>,
+}
+
+/// What the process allocator holds, in bytes (jemalloc's `stats.*`). Beside the RSS these
+/// tell a leak from fragmentation: a leak grows `allocated`; fragmentation grows `resident`
+/// while `allocated` stays flat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes the program holds (live allocations).
+    pub allocated: u64,
+    /// Bytes in pages with live allocations (`allocated` plus the free space inside them).
+    pub active: u64,
+    /// Bytes of the allocator's memory resident in physical memory (RSS it accounts for).
+    pub resident: u64,
+    /// Bytes mapped but returned to the kernel (virtual only, kept for reuse).
+    pub retained: u64,
 }
 
 /// No SIP side at all: `sip_serving` is false and every counter zero. For tests and for

@@ -80,9 +80,12 @@ pub struct SipSection {
     pub max_call_secs: u64,
     /// Calls held at once; further INVITEs get a stateless 503 with Retry-After.
     pub max_calls: usize,
-    /// New requests queued for the call engine (of the transport's 512) beyond which new
+    /// New requests queued for the call engine (of the transport's 2048) beyond which new
     /// INVITEs get a stateless 503 (the engine has fallen behind its input).
     pub overload_backlog: usize,
+    /// Milliseconds a new INVITE may wait for the call engine; one that waited longer gets a
+    /// stateless 503. Keep it below `t1_ms`: the sender retransmits at T1.
+    pub overload_wait_ms: u64,
     /// The Retry-After of those 503s, in seconds.
     pub retry_after_secs: u64,
     /// Server transactions held at once; beyond it new out-of-dialog requests get a
@@ -132,7 +135,8 @@ impl Default for SipSection {
             no_answer_secs: 60,
             max_call_secs: 14_400,
             max_calls: 10_000,
-            overload_backlog: 256,
+            overload_backlog: 1024,
+            overload_wait_ms: 400,
             retry_after_secs: 5,
             max_server_transactions: 100_000,
             server_header: String::new(),
@@ -199,6 +203,7 @@ impl SipSection {
             max_duration: (self.max_call_secs > 0).then(|| Duration::from_secs(self.max_call_secs)),
             max_calls: self.max_calls,
             overload_backlog: self.overload_backlog,
+            overload_wait: Duration::from_millis(self.overload_wait_ms),
             retry_after: Duration::from_secs(self.retry_after_secs),
             max_server_transactions: self.max_server_transactions,
             transactions: self.transaction_config(sip_port),
@@ -633,6 +638,11 @@ impl Config {
                 queue - 1
             )));
         }
+        if self.sip.overload_wait_ms == 0 || self.sip.overload_wait_ms > 60_000 {
+            return Err(ConfigError::Invalid(
+                "sip.overload_wait_ms must be 1-60000".into(),
+            ));
+        }
         if self.sip.retry_after_secs == 0 || self.sip.retry_after_secs > 3600 {
             return Err(ConfigError::Invalid(
                 "sip.retry_after_secs must be 1-3600".into(),
@@ -963,8 +973,11 @@ mod tests {
         }
         assert!(load(&[("CALLBRIDGE_SIP_T1_MS", "4000000000")]).is_err());
         assert!(load(&[("CALLBRIDGE_SIP_RETRY_AFTER_SECS", "0")]).is_err());
-        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "512")]).is_err());
-        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "511")]).is_ok());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "2048")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_BACKLOG", "2047")]).is_ok());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_WAIT_MS", "0")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_WAIT_MS", "60001")]).is_err());
+        assert!(load(&[("CALLBRIDGE_SIP_OVERLOAD_WAIT_MS", "250")]).is_ok());
     }
 
     #[test]

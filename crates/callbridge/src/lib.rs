@@ -11,4 +11,4 @@ mod runtime;
 mod status;
 
 pub use runtime::{start, Running, StartError};
-pub use status::SharedStatus;
+pub use status::{HeapProbe, SharedStatus};

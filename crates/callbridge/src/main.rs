@@ -89,11 +89,26 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    running.status.set_heap_probe(heap_stats);
     wait_for_signal().await;
     tracing::info!("signal received; shutting down");
     running.shutdown();
     running.join().await;
     ExitCode::SUCCESS
+}
+
+/// jemalloc's totals for `/metrics` (`callbridge_heap_bytes`). Its statistics are a snapshot
+/// refreshed by advancing the epoch, so each scrape advances it first.
+fn heap_stats() -> Option<api::HeapStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    let read = |value: Result<usize, tikv_jemalloc_ctl::Error>| value.ok().map(|v| v as u64);
+    Some(api::HeapStats {
+        allocated: read(stats::allocated::read())?,
+        active: read(stats::active::read())?,
+        resident: read(stats::resident::read())?,
+        retained: read(stats::retained::read())?,
+    })
 }
 
 /// A panic in any thread or task ends the process, after the default message (with the

@@ -224,13 +224,19 @@ async fn sip_task(
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
-                // New requests still queued: the engine sheds new INVITEs with a 503 while
-                // it is far behind, so that its calls' messages keep their time.
+                // How far behind the engine is (new requests queued, and how long this one
+                // waited): it sheds new INVITEs with a 503 while far behind, so that its
+                // calls' messages keep their time. Set per event: a batch can catch up.
                 engine.set_input_backlog(events.new_requests_queued());
+                engine.set_input_wait(events.waited());
                 handle_transport_event(&mut engine, event);
                 for _ in 0..BATCH {
                     match events.try_recv() {
-                        Some(event) => handle_transport_event(&mut engine, event),
+                        Some(event) => {
+                            engine.set_input_backlog(events.new_requests_queued());
+                            engine.set_input_wait(events.waited());
+                            handle_transport_event(&mut engine, event);
+                        }
                         None => break,
                     }
                 }

@@ -3,8 +3,9 @@
 //! engine itself (the engine is owned by one task and never shared).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
-use api::{SipSnapshot, SipStatus};
+use api::{HeapStats, SipSnapshot, SipStatus};
 use b2bua::Engine;
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
@@ -38,7 +39,13 @@ pub struct SharedStatus {
     media_streams: AtomicU64,
     media_relayed: AtomicU64,
     media_dropped: AtomicU64,
+    /// Reads the process allocator's figures; set by the binary, which chose the allocator
+    /// (in-process tests run on the system allocator and report none).
+    heap_probe: OnceLock<HeapProbe>,
 }
+
+/// Reads the process allocator's figures at a scrape (see [`SharedStatus::set_heap_probe`]).
+pub type HeapProbe = fn() -> Option<HeapStats>;
 
 impl SharedStatus {
     pub(crate) fn set_transport(&self, transport: TransportHandle) {
@@ -52,6 +59,12 @@ impl SharedStatus {
         let totals = engine.media_totals();
         self.media_relayed.store(totals.packets, Ordering::Relaxed);
         self.media_dropped.store(totals.dropped, Ordering::Relaxed);
+    }
+
+    /// Lets `/metrics` report the allocator's figures (`callbridge_heap_bytes`). Only the
+    /// first probe set is kept.
+    pub fn set_heap_probe(&self, probe: HeapProbe) {
+        let _ = self.heap_probe.set(probe);
     }
 
     pub(crate) fn set_serving(&self, serving: bool) {
@@ -144,6 +157,7 @@ impl SipStatus for SharedStatus {
             media_packets_dropped: self.media_dropped.load(relaxed),
             media_ports_in_use: 2 * pairs.saturating_sub(free),
             media_ports_capacity: 2 * pairs,
+            heap: self.heap_probe.get().and_then(|probe| probe()),
         }
     }
 }

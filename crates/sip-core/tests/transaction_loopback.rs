@@ -461,13 +461,18 @@ async fn invite_accepted(transport: Transport) {
         request(Method::Invite, &client, &server),
         server.peer(transport),
     );
+    // Kept by the user, as a UA keeps its INVITE: the layer drops its copy at the final.
+    let sent_invite = client.client_request(invite);
     let (stx, received, _) = server.expect_request(Method::Invite).await;
     client.expect_response(invite, 100).await;
 
     server.send_response(stx, answer(&received, 200, &new_tag()));
     let ok = client.expect_response(invite, 200).await;
+    assert!(
+        client.with(|layer, _| layer.client_request(invite).is_none()),
+        "the layer keeps no request once the final has arrived"
+    );
 
-    let sent_invite = client.client_request(invite);
     let ack = ack_for_2xx(&sent_invite, &ok);
     client
         .with(|layer, _| layer.send_stateless_request(ack, server.peer(transport)))

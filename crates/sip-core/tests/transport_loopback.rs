@@ -838,8 +838,10 @@ async fn a_flood_of_new_requests_never_delays_a_request_of_an_existing_dialog() 
     let server = transport.local_addr();
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = client.local_addr().unwrap();
-    // Nobody reads the events meanwhile: 2,000 new requests, then one in-dialog BYE.
-    for n in 0..2000 {
+    // Nobody reads the events meanwhile: more new requests than their queue holds, then one
+    // in-dialog BYE.
+    let flood = sip_core::transport::NEW_REQUEST_QUEUE + 500;
+    for n in 0..flood {
         let text = options(
             "UDP",
             &format!("{local};branch=z9hG4bKnew{n}"),
@@ -857,7 +859,7 @@ async fn a_flood_of_new_requests_never_delays_a_request_of_an_existing_dialog() 
     client.send_to(bye.as_bytes(), server).await.unwrap();
     // Everything sent has been read off the socket (the receive loop never waited)...
     let deadline = std::time::Instant::now() + WAIT;
-    while transport.stats().udp_received < 2001 {
+    while transport.stats().udp_received < flood as u64 + 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "{:?}",
@@ -868,16 +870,51 @@ async fn a_flood_of_new_requests_never_delays_a_request_of_an_existing_dialog() 
     // ...the BYE is the first event read, ahead of every queued new request...
     let (first, _) = next_request(&mut events).await;
     assert_eq!(first.method, sip_core::Method::Bye);
+    assert_eq!(
+        events.waited(),
+        Duration::ZERO,
+        "an existing dialog's request"
+    );
     // ...and what did not fit the new-request queue was dropped and counted.
     let stats = transport.stats();
     let mut queued = 0;
     while events.try_recv().is_some() {
         queued += 1;
     }
-    assert_eq!(queued as u64 + stats.shed_requests, 2000, "{stats:?}");
+    assert_eq!(
+        queued as u64 + stats.shed_requests,
+        flood as u64,
+        "{stats:?}"
+    );
     assert!(
         stats.shed_requests > 0 && queued > 0,
         "{queued} queued, {stats:?}"
+    );
+    transport.shutdown();
+}
+
+#[tokio::test]
+async fn a_new_request_reports_how_long_it_waited_in_its_queue() {
+    let (transport, mut events) = start(config()).await;
+    let server = transport.local_addr();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = client.local_addr().unwrap();
+    let text = options("UDP", &format!("{local};branch=z9hG4bKwait"), "wait-1");
+    client.send_to(text.as_bytes(), server).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while transport.stats().udp_received < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Queued, and left unread for a while: the application is behind.
+    let unread = Duration::from_millis(120);
+    tokio::time::sleep(unread).await;
+    let (request, _) = next_request(&mut events).await;
+    assert_eq!(request.method, sip_core::Method::Options);
+    assert!(
+        events.waited() >= unread && events.waited() < WAIT,
+        "waited {:?}",
+        events.waited()
     );
     transport.shutdown();
 }

@@ -395,6 +395,12 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         media_packets_dropped: 3,
         media_ports_in_use: 8,
         media_ports_capacity: 10000,
+        heap: Some(crate::HeapStats {
+            allocated: 100,
+            active: 200,
+            resident: 300,
+            retained: 400,
+        }),
     };
     let h = harness_with(ApiSettings::default(), Arc::new(FixedSip(sip)));
     h.make_call("1001", "2001", "3001").await;
@@ -416,6 +422,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         "callbridge_media_packets_dropped_total 3",
         "callbridge_media_ports_in_use 8",
         "callbridge_media_ports_capacity 10000",
+        "callbridge_heap_bytes{kind=\"allocated\"} 100",
+        "callbridge_heap_bytes{kind=\"resident\"} 300",
+        "callbridge_heap_bytes{kind=\"retained\"} 400",
         "callbridge_sip_transactions{kind=\"client\"} 5",
         "callbridge_sip_transactions{kind=\"server\"} 6",
         "callbridge_intents_pending 2",

@@ -8,7 +8,8 @@
 //!   response from such a source is dropped. Either way it is counted, and logged at most
 //!   once per source per minute ([`SourceLog`]).
 //! - A new INVITE from a trusted source while the engine is draining, holds `sip.max_calls`
-//!   calls, or has fallen behind its input (`sip.overload_backlog` messages queued) gets a
+//!   calls, or has fallen behind its input (the INVITE waited `sip.overload_wait_ms` in the
+//!   transport's queue, or `sip.overload_backlog` new requests are queued) gets a
 //!   stateless `503` with `Retry-After`: shedding it costs one response, and the messages of
 //!   existing calls (which are never shed) keep the engine's time. So does any new
 //!   out-of-dialog request while `sip.max_server_transactions` server transactions are held:
@@ -173,7 +174,9 @@ impl Engine {
             Some((Refusal::ShuttingDown, "Shutting down"))
         } else if self.active_call_count() >= self.config.max_calls {
             Some((Refusal::Overloaded, "Too many calls"))
-        } else if self.input_backlog > self.config.overload_backlog {
+        } else if self.input_backlog > self.config.overload_backlog
+            || self.input_wait >= self.config.overload_wait
+        {
             Some((Refusal::Overloaded, "Overloaded"))
         } else {
             None

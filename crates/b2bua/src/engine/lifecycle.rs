@@ -116,6 +116,7 @@ impl Engine {
         }
         call.state = CallState::Ended;
         call.timers.clear();
+        call.on_ended();
         // The relay goes now, not when the last transaction of the call has lingered out
         // (up to 64·T1 later): its ports are free for the next call at once. The driver's
         // final counters come back as events and are added then.

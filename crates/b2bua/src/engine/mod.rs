@@ -66,6 +66,10 @@ pub struct EngineConfig {
     /// New out-of-dialog requests waiting in the transport's queue beyond which new INVITEs
     /// get a stateless 503 (`sip.overload_backlog`): the engine has fallen behind its input.
     pub overload_backlog: usize,
+    /// A new INVITE that waited this long in the transport's queue gets a stateless 503
+    /// (`sip.overload_wait_ms`): served any later it would meet its own retransmission (the
+    /// sender's first is at T1), so the time is better spent on the calls already held.
+    pub overload_wait: Duration,
     /// The `Retry-After` of those 503s (`sip.retry_after_secs`).
     pub retry_after: Duration,
     /// Server transactions held at once; beyond it new out-of-dialog requests get a
@@ -136,6 +140,9 @@ pub struct Engine {
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
+    /// How long the request being handled waited in the transport's queue
+    /// ([`Engine::set_input_wait`]).
+    input_wait: Duration,
 }
 
 impl Engine {
@@ -162,6 +169,7 @@ impl Engine {
             untrusted_log: door::SourceLog::default(),
             draining: false,
             input_backlog: 0,
+            input_wait: Duration::ZERO,
         }
     }
 
@@ -216,6 +224,13 @@ impl Engine {
     /// 503 until it drains.
     pub fn set_input_backlog(&mut self, queued: usize) {
         self.input_backlog = queued;
+    }
+
+    /// How long the message about to be handled waited for the engine (the transport's
+    /// `TransportEvents::waited`; zero for messages of existing calls). A new INVITE that
+    /// waited `overload_wait` or longer is shed with a stateless 503.
+    pub fn set_input_wait(&mut self, waited: Duration) {
+        self.input_wait = waited;
     }
 
     /// A send failed; `origin` is the transaction that made it (the transport's

@@ -112,6 +112,7 @@ impl Harness {
             max_duration: None,
             max_calls: 100,
             overload_backlog: 256,
+            overload_wait: Duration::from_millis(400),
             retry_after: Duration::from_secs(5),
             max_server_transactions: 1000,
             transactions: TransactionConfig {

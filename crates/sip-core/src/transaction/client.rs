@@ -48,8 +48,10 @@ pub(super) struct ClientTx {
     pub(super) key: ClientKey,
     pub(super) invite: bool,
     pub(super) state: ClientState,
-    pub(super) request: Request,
-    /// `request` as sent, re-sent by Timers A and E.
+    /// The request as sent; `None` once a final response has arrived (see
+    /// [`ClientTx::settle`]).
+    pub(super) request: Option<Request>,
+    /// `request` as sent, re-sent by Timers A and E (empty once settled).
     pub(super) bytes: Bytes,
     pub(super) to: Peer,
     /// The current retransmission interval.
@@ -134,7 +136,7 @@ impl TransactionLayer {
             } else {
                 ClientState::Trying
             },
-            request,
+            request: Some(request),
             bytes: bytes.clone(),
             to,
             interval: timers.t1,
@@ -236,7 +238,11 @@ impl TransactionLayer {
         let Some(t) = self.clients.get(&tx) else {
             return;
         };
-        let cancel = build_cancel(&t.request);
+        let Some(request) = &t.request else {
+            // A final has arrived: there is nothing left to cancel.
+            return;
+        };
+        let cancel = build_cancel(request);
         let to = t.to;
         // The CANCEL carries the INVITE's top Via, branch included, so it cannot collide
         // except with an earlier CANCEL of the same INVITE, which `cancelled` prevents.
@@ -398,12 +404,15 @@ impl ClientTx {
         if !self.upgraded || !no_response || self.bytes.len() > MAX_UDP_PAYLOAD {
             return false;
         }
-        if !set_top_via_transport(&mut self.request, Transport::Udp) {
+        let Some(request) = self.request.as_mut() else {
+            return false;
+        };
+        if !set_top_via_transport(request, Transport::Udp) {
             return false;
         }
         self.upgraded = false;
         self.to = Peer::udp(self.to.addr);
-        self.bytes = self.request.to_bytes();
+        self.bytes = request.to_bytes();
         self.interval = timers.t1;
         let tx_id = TxId::Client(id);
         out.timers
@@ -442,6 +451,7 @@ impl ClientTx {
             }
             (ClientState::Calling | ClientState::Proceeding, 200..=299) => {
                 self.state = ClientState::Accepted;
+                self.settle();
                 self.armed.clear(Slot::Retransmit);
                 self.armed.clear(Slot::Timeout);
                 // Timer M.
@@ -453,9 +463,12 @@ impl ClientTx {
                 self.state = ClientState::Completed;
                 self.armed.clear(Slot::Retransmit);
                 self.armed.clear(Slot::Timeout);
-                let ack = build_ack_for_non_2xx(&self.request, response).to_bytes();
-                out.transmit(self.to, ack.clone(), Some(tx_id));
-                self.ack = Some(ack);
+                if let Some(request) = &self.request {
+                    let ack = build_ack_for_non_2xx(request, response).to_bytes();
+                    out.transmit(self.to, ack.clone(), Some(tx_id));
+                    self.ack = Some(ack);
+                }
+                self.settle();
                 if self.to.is_reliable() {
                     Reaction::PassUpThenTerminate
                 } else {
@@ -494,6 +507,7 @@ impl ClientTx {
             }
             (ClientState::Trying | ClientState::Proceeding, _) => {
                 self.state = ClientState::Completed;
+                self.settle();
                 self.armed.clear(Slot::Retransmit);
                 self.armed.clear(Slot::Timeout);
                 if self.to.is_reliable() {
@@ -508,6 +522,15 @@ impl ClientTx {
             }
             _ => Reaction::Absorb,
         }
+    }
+
+    /// A final response has arrived: the request is never sent again, nor cancelled, so it
+    /// goes. Why: the transaction lingers 64·T1 (Timer M) or T4 (Timer K) absorbing
+    /// retransmissions, and at a few thousand calls a second that window holds tens of
+    /// thousands of transactions; the request and its bytes were most of each one's memory.
+    fn settle(&mut self) {
+        self.request = None;
+        self.bytes = Bytes::new();
     }
 
     /// Timer A (Figure 5): the INVITE is re-sent while Calling, the interval doubling each

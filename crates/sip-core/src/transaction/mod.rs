@@ -312,9 +312,10 @@ impl TransactionLayer {
         self.servers.get(&tx).map(|t| t.state)
     }
 
-    /// The request a client transaction sent (with the Via the layer added).
+    /// The request a client transaction sent (with the Via the layer added), until a final
+    /// response arrives (then the layer no longer keeps it).
     pub fn client_request(&self, tx: ClientTxId) -> Option<&Request> {
-        self.clients.get(&tx).map(|t| &t.request)
+        self.clients.get(&tx).and_then(|t| t.request.as_ref())
     }
 
     /// Next bytes to put on the wire.

@@ -201,6 +201,9 @@ impl TransactionLayer {
         // this ACK are absorbed rather than reported as stray.
         t.acked = true;
         t.armed.clear(Slot::Retransmit);
+        // Nothing re-sends the 2xx now (a retransmitted INVITE is absorbed in Accepted), and
+        // the transaction lingers 64·T1: its bytes go.
+        t.last_response = None;
         self.out.event(TxEvent::Ack {
             tx: Some(id),
             request,
@@ -387,6 +390,8 @@ impl ServerTx {
             (ServerState::Trying | ServerState::Proceeding, 200..=699) => {
                 self.state = ServerState::Completed;
                 self.armed.clear(Slot::Timeout);
+                // Answered: the guard's 500 will never be sent.
+                self.unanswered = None;
                 if self.destination.is_reliable() {
                     return Ok(true);
                 }

@@ -18,7 +18,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -44,8 +44,11 @@ const EVENT_QUEUE: usize = 1024;
 /// New out-of-dialog requests waiting for the application, in their own queue: when it is
 /// full, further ones are dropped unread (and counted) instead of making the receive loops
 /// wait, so a flood of new requests never delays the messages of existing calls (see
-/// [`TransportEvents`]).
-pub const NEW_REQUEST_QUEUE: usize = 512;
+/// [`TransportEvents`]). Deep enough for half a second of new calls at a few thousand a
+/// second: the application sheds by how long a request waited
+/// ([`TransportEvents::waited`]), and this bound only caps the memory a flood can queue
+/// (a parsed request is about 2 KiB).
+pub const NEW_REQUEST_QUEUE: usize = 2048;
 
 /// Whether `message` would start something new: a request outside any dialog other than the
 /// ACK and CANCEL that belong to an existing transaction.
@@ -167,7 +170,9 @@ pub enum TransportEvent {
 #[derive(Debug)]
 pub struct TransportEvents {
     calls: mpsc::Receiver<TransportEvent>,
-    new: mpsc::Receiver<TransportEvent>,
+    new: mpsc::Receiver<(Instant, TransportEvent)>,
+    /// How long the event last returned waited, if it was a new request.
+    waited: Duration,
 }
 
 impl TransportEvents {
@@ -175,14 +180,36 @@ impl TransportEvents {
     pub async fn recv(&mut self) -> Option<TransportEvent> {
         tokio::select! {
             biased;
-            event = self.calls.recv() => event,
-            event = self.new.recv() => event,
+            event = self.calls.recv() => {
+                self.waited = Duration::ZERO;
+                event
+            }
+            event = self.new.recv() => event.map(|queued| self.took(queued)),
         }
     }
 
     /// The next event if one is queued (existing calls' first).
     pub fn try_recv(&mut self) -> Option<TransportEvent> {
-        self.calls.try_recv().or_else(|_| self.new.try_recv()).ok()
+        if let Ok(event) = self.calls.try_recv() {
+            self.waited = Duration::ZERO;
+            return Some(event);
+        }
+        self.new.try_recv().ok().map(|queued| self.took(queued))
+    }
+
+    /// How long the event last returned by [`recv`](Self::recv) or
+    /// [`try_recv`](Self::try_recv) waited in its queue if it was a new request, zero if it
+    /// belonged to an existing call. Why: the application sheds new calls by this wait (a
+    /// request served after its sender's first retransmission, at T1, is served late and
+    /// twice), which holds at any call rate, where a count of queued requests means a
+    /// different delay at each rate.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    fn took(&mut self, (queued, event): (Instant, TransportEvent)) -> TransportEvent {
+        self.waited = queued.elapsed();
+        event
     }
 
     /// New out-of-dialog requests waiting: how far behind the application is with work it
@@ -243,7 +270,14 @@ impl SipTransport {
             .runtime
             .spawn(tcp::accept_loop(shared.clone(), listener));
         tracing::info!(%local_addr, "SIP transport listening on UDP and TCP");
-        Ok((TransportHandle { shared }, TransportEvents { calls, new }))
+        Ok((
+            TransportHandle { shared },
+            TransportEvents {
+                calls,
+                new,
+                waited: Duration::ZERO,
+            },
+        ))
     }
 }
 
@@ -324,8 +358,8 @@ pub(crate) struct Shared {
     connections: parking_lot::Mutex<tcp::ConnectionTable>,
     next_connection: AtomicU64,
     events: mpsc::Sender<TransportEvent>,
-    /// New out-of-dialog requests (see [`NEW_REQUEST_QUEUE`]).
-    new_requests: mpsc::Sender<TransportEvent>,
+    /// New out-of-dialog requests (see [`NEW_REQUEST_QUEUE`]), with when they were queued.
+    new_requests: mpsc::Sender<(Instant, TransportEvent)>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -397,7 +431,7 @@ impl Shared {
         if !new {
             return self.events.send(event).await.is_ok();
         }
-        match self.new_requests.try_send(event) {
+        match self.new_requests.try_send((Instant::now(), event)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&self.stats.shed_requests);

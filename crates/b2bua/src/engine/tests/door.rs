@@ -229,6 +229,25 @@ fn a_backlogged_engine_sheds_new_invites_but_serves_its_calls() {
 }
 
 #[test]
+fn an_invite_that_waited_too_long_for_the_engine_is_shed_and_the_next_one_served() {
+    let mut h = Harness::new();
+    let _late = h.control.make_call(h.now, "1002", "2002", "3002").unwrap();
+    let invite = leg_a_invite("1002", "2002", "z9hG4bKwait", SDP_A);
+    // Queued 400 ms (sip.overload_wait_ms): the phone is about to retransmit it.
+    h.engine.set_input_wait(Duration::from_millis(400));
+    h.feed(&invite, phone());
+    assert_eq!(statuses(&h.sent(), phone()), [503]);
+    assert_eq!(h.engine.stats().calls_refused.get("overloaded"), Some(&1));
+    // Just under the limit: served.
+    h.engine.set_input_wait(Duration::from_millis(399));
+    h.feed(&invite, phone());
+    let sent = h.sent();
+    assert_eq!(statuses(&sent, phone()), [100]);
+    callee_refuses(&mut h, &find_request(&sent, "INVITE"), "z9hG4bKwait");
+    h.assert_drained();
+}
+
+#[test]
 fn while_draining_new_invites_get_503_and_live_calls_go_on() {
     let mut h = Harness::new();
     let (callid, _, a_tag) = bridged_call(&mut h);
