@@ -90,15 +90,29 @@ impl Armed {
 /// recognises it as stale when it surfaces ([`next_armed`](Self::next_armed),
 /// [`pop_due`](Self::pop_due)). Arming is O(log n) and cancelling is O(1) (forget the recorded
 /// deadline); no entry is ever searched for.
+///
+/// A stale entry that never reaches the front would stay until its deadline: a call's 4-hour
+/// `sip.max_call_secs` timer, cancelled when a 10-second call ends, would hold its entry for 4
+/// hours, so the heap would grow with the call rate for that long (measured: ~30 bytes a call,
+/// the slow RSS creep of the issue-10 soak). So whenever the heap has doubled since it was
+/// last compacted, the stale entries are dropped in one pass: O(1) amortised per push, and the
+/// heap holds at most twice the armed entries (or [`COMPACT_FLOOR`]).
 #[derive(Debug)]
 pub struct TimerQueue<K> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
+    /// Size beyond which the next check compacts the heap.
+    compact_at: usize,
 }
+
+/// Below this many entries the heap is never compacted (a pass would cost more than the
+/// memory it frees).
+pub const COMPACT_FLOOR: usize = 4096;
 
 impl<K: Ord> Default for TimerQueue<K> {
     fn default() -> Self {
         TimerQueue {
             heap: BinaryHeap::new(),
+            compact_at: COMPACT_FLOOR,
         }
     }
 }
@@ -125,6 +139,7 @@ impl<K: Ord + Copy> TimerQueue<K> {
 
     /// The earliest deadline still armed; stale entries in front of it are dropped.
     pub fn next_armed(&mut self, mut is_armed: impl FnMut(Instant, K) -> bool) -> Option<Instant> {
+        self.compact_if_grown(&mut is_armed);
         while let Some((at, key)) = self.peek() {
             if is_armed(at, key) {
                 return Some(at);
@@ -142,6 +157,7 @@ impl<K: Ord + Copy> TimerQueue<K> {
         now: Instant,
         mut is_armed: impl FnMut(Instant, K) -> bool,
     ) -> Option<(Instant, K)> {
+        self.compact_if_grown(&mut is_armed);
         while let Some((at, key)) = self.peek() {
             if at > now {
                 return None;
@@ -153,6 +169,17 @@ impl<K: Ord + Copy> TimerQueue<K> {
             }
         }
         None
+    }
+
+    /// Drops every stale entry once the heap has doubled since the last time (see the type's
+    /// documentation).
+    fn compact_if_grown(&mut self, is_armed: &mut impl FnMut(Instant, K) -> bool) {
+        if self.heap.len() <= self.compact_at {
+            return;
+        }
+        self.heap.retain(|Reverse((at, key))| is_armed(*at, *key));
+        self.compact_at = self.heap.len().saturating_mul(2).max(COMPACT_FLOOR);
+        self.shrink_if_sparse();
     }
 
     /// Entries in the heap, stale ones included (for tests and stats).
@@ -223,5 +250,40 @@ mod tests {
         );
         armed.remove(&2);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn stale_entries_far_in_the_future_do_not_pile_up() {
+        // Calls whose 4-hour limit was armed, then cancelled when each ended after seconds:
+        // none of those entries would reach the front for hours.
+        let t0 = Instant::now();
+        let far = t0 + Duration::from_secs(4 * 3600);
+        let mut armed: std::collections::HashMap<u32, Instant> = Default::default();
+        let mut queue = TimerQueue::new();
+        for call in 0..100_000u32 {
+            armed.insert(call, far + Duration::from_millis(u64::from(call)));
+            queue.push(far + Duration::from_millis(u64::from(call)), call);
+            if call >= 10 {
+                // Only the last ten are still up.
+                armed.remove(&(call - 10));
+            }
+            let next = queue.next_armed(|at, key| armed.get(&key) == Some(&at));
+            assert!(next.is_some());
+        }
+        assert!(
+            queue.len() <= COMPACT_FLOOR + 1,
+            "{} entries for {} armed",
+            queue.len(),
+            armed.len()
+        );
+        // The ten armed ones are all still there, in order.
+        let mut fired = Vec::new();
+        while let Some((_, call)) = queue.pop_due(far + Duration::from_secs(3600), |at, key| {
+            armed.get(&key) == Some(&at)
+        }) {
+            armed.remove(&call);
+            fired.push(call);
+        }
+        assert_eq!(fired, (99_990..100_000).collect::<Vec<_>>());
     }
 }
