@@ -44,6 +44,10 @@ pub enum ApiError {
     CalleeIsCaller,
     #[error("{0}; retry later")]
     IntentTableFull(#[from] b2bua::IntentTableFull),
+    #[error("the call has already ended")]
+    CallEnded,
+    #[error("the SIP side is not serving; retry later")]
+    SipUnavailable,
 }
 
 impl ApiError {
@@ -64,7 +68,10 @@ impl ApiError {
             | ApiError::InvalidNumber { .. }
             | ApiError::CallerIsTelnum
             | ApiError::CalleeIsCaller => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::IntentTableFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::IntentTableFull(_) | ApiError::SipUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::CallEnded => StatusCode::CONFLICT,
         }
     }
 
@@ -87,6 +94,8 @@ impl ApiError {
             ApiError::CallerIsTelnum => "caller_is_telnum",
             ApiError::CalleeIsCaller => "callee_is_caller",
             ApiError::IntentTableFull(_) => "intent_table_full",
+            ApiError::CallEnded => "call_ended",
+            ApiError::SipUnavailable => "sip_unavailable",
         }
     }
 

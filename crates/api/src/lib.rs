@@ -14,9 +14,12 @@
 //!   health and counters for `/healthz` and `/metrics`. The API never holds the engine, which
 //!   belongs to the SIP task alone: the binary implements this over what that task publishes.
 //!   [`NoSip`] stands in when there is no SIP side.
+//! * [`CallActions`] is the way back: requests the API makes of the SIP task (hang up a call),
+//!   each answered by the engine over a oneshot channel.
 //!
 //! Routes and their exact responses are documented on [`handle`].
 
+mod actions;
 mod error;
 mod metrics;
 mod router;
@@ -25,6 +28,7 @@ mod settings;
 mod sip_status;
 mod state;
 
+pub use actions::CallActions;
 pub use b2bua;
 pub use error::ApiError;
 pub use router::handle;

@@ -3,6 +3,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
+use b2bua::engine::ApiHangup;
 use b2bua::intent::normalize_number;
 use b2bua::NoIntent;
 use bytes::Bytes;
@@ -35,6 +36,7 @@ enum Route<'a> {
     CancelCall(&'a str),
     CtiCallin,
     Call(&'a str),
+    Hangup(&'a str),
     Healthz,
     Metrics,
 }
@@ -42,7 +44,9 @@ enum Route<'a> {
 impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
-            Route::MakeCall(_) | Route::CancelCall(_) | Route::CtiCallin => ALLOW_POST,
+            Route::MakeCall(_) | Route::CancelCall(_) | Route::CtiCallin | Route::Hangup(_) => {
+                ALLOW_POST
+            }
             Route::Call(_) | Route::Healthz | Route::Metrics => ALLOW_GET,
         }
     }
@@ -71,6 +75,7 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["user", telnum, "cancelcall"] => Some(Route::CancelCall(telnum)),
         ["cti", "callin"] => Some(Route::CtiCallin),
         ["calls", callid] => Some(Route::Call(callid)),
+        ["calls", callid, "hangup"] => Some(Route::Hangup(callid)),
         _ => None,
     }
 }
@@ -90,6 +95,11 @@ fn route(path: &str) -> Option<Route<'_>> {
 ///   does: the external switch asks once per incoming call. `to` may be the dedicated number
 ///   (`caller` of the intent) or the intent's `callee` (the seed's example).
 /// * `GET /api/calls/{callid}` → `200` the call record, `404 unknown_call`.
+/// * `POST /api/calls/{callid}/hangup`, body empty or a JSON object → `200` the record, now
+///   ended by `api` (a bridged call gets BYE on both legs, a ringing one CANCEL on leg B and
+///   480 on leg A, one still waiting for its phone loses its intent); `409 call_ended` if it
+///   had already ended, `404 unknown_call`, `503 sip_unavailable` when the SIP side cannot
+///   take the request.
 /// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true}`, or
 ///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving, and
 ///   `503 {"status":"draining","sip":false,"http":true}` from the start of a shutdown.
@@ -98,9 +108,10 @@ fn route(path: &str) -> Option<Route<'_>> {
 ///
 /// Errors: `{"error":{"code","message"}}` with 400 (`malformed_json`, `invalid_body`,
 /// `invalid_field_type`, `body_read_failed`), 401 `unauthenticated`, 404 (`not_found`,
-/// `unknown_call`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 413
-/// `body_too_large`, 415 `unsupported_media_type`, 422 (`missing_field`, `invalid_number`,
-/// `caller_is_telnum`, `callee_is_caller`).
+/// `unknown_call`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 409
+/// `call_ended`, 413 `body_too_large`, 415 `unsupported_media_type`, 422 (`missing_field`,
+/// `invalid_number`, `caller_is_telnum`, `callee_is_caller`), 503 (`intent_table_full`,
+/// `sip_unavailable`).
 pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<Full<Bytes>>
 where
     B: Body<Data = Bytes>,
@@ -132,6 +143,7 @@ where
         Route::CancelCall(telnum) => cancel_call(state, telnum, req).await,
         Route::CtiCallin => cti_callin(state, req).await,
         Route::Call(callid) => call(state, callid),
+        Route::Hangup(callid) => hang_up(state, callid, req).await,
         Route::Healthz => Ok(healthz(state)),
         Route::Metrics => metrics_text(state),
     }
@@ -274,6 +286,36 @@ fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiErro
     let callid = percent_decode(callid).ok_or(ApiError::UnknownCall)?;
     let record = state.control.call(&callid).ok_or(ApiError::UnknownCall)?;
     Ok(json_response(StatusCode::OK, &record))
+}
+
+async fn hang_up<B>(
+    state: &ApiState,
+    callid: &str,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    read_json_object(state, req).await?;
+    let callid = percent_decode(callid).ok_or(ApiError::UnknownCall)?;
+    // Unknown ids are answered here, without a trip to the SIP task.
+    if state.control.call(&callid).is_none() {
+        return Err(ApiError::UnknownCall);
+    }
+    let outcome = state
+        .actions
+        .hang_up(callid.clone())
+        .await
+        .map_err(|_| ApiError::SipUnavailable)?;
+    match outcome {
+        ApiHangup::Ended(record) => {
+            tracing::info!(%callid, "hangup: call ended by the API");
+            Ok(json_response(StatusCode::OK, &*record))
+        }
+        ApiHangup::NotLive(_) => Err(ApiError::CallEnded),
+        ApiHangup::Unknown => Err(ApiError::UnknownCall),
+    }
 }
 
 fn healthz(state: &ApiState) -> Response<Full<Bytes>> {

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use b2bua::CallControl;
 
+use crate::actions::CallActions;
 use crate::metrics::ApiMetrics;
 use crate::settings::ApiSettings;
-use crate::sip_status::SipStatus;
+use crate::sip_status::{NoSip, SipStatus};
 
 /// Where handlers get "now" from, so tests can move time (intent expiry) without sleeping.
 pub trait Clock: Send + Sync {
@@ -76,6 +77,7 @@ pub struct ApiState {
     pub(crate) control: Arc<CallControl>,
     pub(crate) settings: ApiSettings,
     pub(crate) sip: Arc<dyn SipStatus>,
+    pub(crate) actions: Arc<dyn CallActions>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: ApiMetrics,
 }
@@ -91,9 +93,17 @@ impl ApiState {
             control,
             settings,
             sip,
+            actions: Arc::new(NoSip),
             clock: Arc::new(SystemClock),
             metrics: ApiMetrics::new(),
         }
+    }
+
+    /// Lets the API act on live calls through the SIP side (without it, hang-up answers 503
+    /// `sip_unavailable`).
+    pub fn with_actions(mut self, actions: Arc<dyn CallActions>) -> ApiState {
+        self.actions = actions;
+        self
     }
 
     /// Replaces the clock (tests drive intent expiry with a [`ManualClock`]).

@@ -120,6 +120,23 @@ impl CallControl {
         expired.len()
     }
 
+    /// `POST /api/calls/{callid}/hangup` of a call still waiting for its phone: the intent is
+    /// withdrawn and the call ends `intent_cancelled`, by `api`. `None` when `callid` has no
+    /// pending intent (it is unknown, ended, or already claimed by its INVITE).
+    pub fn cancel_intent_of(&self, now: Instant, callid: &str) -> Option<CallRecord> {
+        let record = self.registry.get(callid)?;
+        self.intents.cancel_callid(&record.telnum, callid)?;
+        self.registry.update(
+            now,
+            callid,
+            CallEvent::Ended {
+                by: Party::Api,
+                cause: EndCause::IntentCancelled,
+            },
+        );
+        self.registry.get(callid)
+    }
+
     /// Records a step of a claimed call.
     pub fn record(&self, now: Instant, callid: &str, event: CallEvent) {
         self.registry.update(now, callid, event);

@@ -228,6 +228,20 @@ impl IntentTable {
         Some(*intent)
     }
 
+    /// Removes the pending intent of `telnum` only if it is the one of call `callid` (a newer
+    /// makecall may have replaced it meanwhile: that one is left alone).
+    pub fn cancel_callid(&self, telnum: &str, callid: &str) -> Option<Intent> {
+        let telnum = normalize_number(telnum);
+        let mut shard = self.shard(telnum).lock();
+        if shard.by_telnum.get(telnum).map(|i| i.callid.as_str()) != Some(callid) {
+            return None;
+        }
+        let intent = shard.by_telnum.remove(telnum)?;
+        drop(shard);
+        self.forget_one();
+        Some(*intent)
+    }
+
     /// Consumes the intent of `calling` if it is for the dialled dedicated number and still
     /// valid. An intent for another dedicated number, or an expired one, is left in place.
     pub fn take_matching(

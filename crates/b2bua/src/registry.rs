@@ -43,8 +43,10 @@ impl CallState {
 pub enum Party {
     /// The party on this leg hung up, cancelled or refused.
     Leg(Leg),
-    /// callbridge itself (timeouts, limits, shutdown) or the API.
+    /// callbridge itself (timeouts, limits, shutdown).
     System,
+    /// An API client (`POST /api/calls/{callid}/hangup`).
+    Api,
 }
 
 impl Party {
@@ -53,6 +55,7 @@ impl Party {
         match self {
             Party::Leg(leg) => leg.party(),
             Party::System => "system",
+            Party::Api => "api",
         }
     }
 }

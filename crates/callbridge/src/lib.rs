@@ -5,6 +5,7 @@
 //! ([`SharedStatus`]). The `callbridge` binary is a thin `main` over this crate; `sip-tests`
 //! starts the same thing in-process.
 
+mod actions;
 pub mod config;
 mod media_driver;
 mod runtime;

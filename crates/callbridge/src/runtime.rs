@@ -12,9 +12,10 @@ use b2bua::engine::Engine;
 use b2bua::{CallControl, WallClock};
 use sip_core::transport::{SipTransport, TransportEvent, TransportEvents, TransportHandle};
 use sip_core::Peer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::actions::{EngineCommand, SipActions};
 use crate::config::Config;
 use crate::media_driver::MediaBridge;
 use crate::status::SharedStatus;
@@ -110,7 +111,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             source,
         })?;
     let api_settings = config.api.api_settings();
-    let api_state = Arc::new(ApiState::new(control.clone(), api_settings, status.clone()));
+    let (actions, commands) = SipActions::new();
+    let api_state = Arc::new(
+        ApiState::new(control.clone(), api_settings, status.clone())
+            .with_actions(Arc::new(actions)),
+    );
 
     // Ports of the relay range that something already holds (the SIP port, another process)
     // are taken out of the pool now, rather than failing the first call given them.
@@ -135,7 +140,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine,
         media,
         transport,
-        events,
+        (events, commands),
         shutdown_rx.clone(),
         status.clone(),
         (grace, hangup),
@@ -209,7 +214,7 @@ async fn sip_task(
     mut engine: Engine,
     mut media: MediaBridge,
     transport: TransportHandle,
-    mut events: TransportEvents,
+    (mut events, mut commands): (TransportEvents, mpsc::Receiver<EngineCommand>),
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
     (grace, hangup): (Duration, Duration),
@@ -243,6 +248,9 @@ async fn sip_task(
             }
             _ = sleep_until(deadline), if deadline.is_some() => {
                 engine.handle_timeout(Instant::now());
+            }
+            Some(command) = commands.recv() => {
+                crate::actions::apply(&mut engine, command);
             }
             _ = media_tick.tick() => {
                 let now = Instant::now();

@@ -871,3 +871,92 @@ async fn makecall_beyond_the_intent_limit_is_503() {
     // The number already holding an intent may still replace it.
     h.make_call("1001", "2001", "3009").await;
 }
+
+/// The SIP side as the hang-up route sees it: answers each request with `outcome`, or (with
+/// `None`) drops it, as a stopped or saturated SIP task does.
+#[derive(Default)]
+struct ScriptedActions {
+    outcome: std::sync::Mutex<Option<b2bua::engine::ApiHangup>>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl ScriptedActions {
+    fn answer(&self, outcome: Option<b2bua::engine::ApiHangup>) {
+        *self.outcome.lock().unwrap() = outcome;
+    }
+}
+
+impl crate::CallActions for ScriptedActions {
+    fn hang_up(&self, callid: String) -> tokio::sync::oneshot::Receiver<b2bua::engine::ApiHangup> {
+        self.asked.lock().unwrap().push(callid);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if let Some(outcome) = self.outcome.lock().unwrap().clone() {
+            let _ = reply.send(outcome);
+        }
+        answer
+    }
+}
+
+fn harness_acting() -> (Harness, Arc<ScriptedActions>) {
+    let actions = Arc::new(ScriptedActions::default());
+    let mut h = harness();
+    h.state = h.state.with_actions(actions.clone());
+    (h, actions)
+}
+
+#[tokio::test]
+async fn hangup_answers_what_the_engine_did() {
+    let (h, actions) = harness_acting();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    let record = h.state.control.call(&callid).unwrap();
+    // Ended now: 200 with the record the engine returned.
+    actions.answer(Some(b2bua::engine::ApiHangup::Ended(Box::new(
+        record.clone(),
+    ))));
+    let reply = h.post(&format!("/api/calls/{callid}/hangup"), "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["callid"], callid.as_str());
+    assert_eq!(
+        actions.asked.lock().unwrap().as_slice(),
+        std::slice::from_ref(&callid)
+    );
+    // `{}` is a valid body too; any other JSON value is not.
+    let reply = h.post(&format!("/api/calls/{callid}/hangup"), "{}").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    h.post(&format!("/api/calls/{callid}/hangup"), "[1]")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    // Unknown ids are answered without asking the SIP side.
+    h.post("/api/calls/99999999999999999999/hangup", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+    assert_eq!(actions.asked.lock().unwrap().len(), 2);
+    // Already ended: 409.
+    actions.answer(Some(b2bua::engine::ApiHangup::NotLive(Box::new(record))));
+    h.post(&format!("/api/calls/{callid}/hangup"), "")
+        .await
+        .assert_error(StatusCode::CONFLICT, "call_ended");
+    // Pruned between the check and the engine: 404.
+    actions.answer(Some(b2bua::engine::ApiHangup::Unknown));
+    h.post(&format!("/api/calls/{callid}/hangup"), "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+    // The SIP side drops the request (stopped, or its queue full): 503.
+    actions.answer(None);
+    h.post(&format!("/api/calls/{callid}/hangup"), "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "sip_unavailable");
+    // Only POST.
+    let reply = h.get(&format!("/api/calls/{callid}/hangup")).await;
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(reply.headers.get(ALLOW).unwrap(), "POST");
+}
+
+#[tokio::test]
+async fn hangup_without_a_sip_side_is_503() {
+    let h = harness();
+    let callid = h.make_call("1001", "2001", "3001").await;
+    h.post(&format!("/api/calls/{callid}/hangup"), "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "sip_unavailable");
+}

@@ -8,7 +8,7 @@ use sip_core::dialog::DialogState;
 use sip_core::transaction::TxId;
 use sip_core::{HeaderName, Method};
 
-use super::{destination, Engine};
+use super::{destination, ApiHangup, Engine};
 use crate::call::{CallKey, CallTimer, Leg};
 use crate::outbound::{local_response, reason_header};
 use crate::registry::{CallEvent, CallState, EndCause, Party};
@@ -138,6 +138,38 @@ impl Engine {
             *self.stats.calls_failed.entry(cause.code()).or_default() += 1;
         }
         self.reap_if_done(key);
+    }
+
+    /// `POST /api/calls/{callid}/hangup`: ends call `callid` on both legs, recorded as ended
+    /// by `api` (cause `hangup`). A bridged call gets BYE on both legs; a ringing one CANCEL
+    /// on leg B and a final response (480) on leg A; a call still waiting for its phone
+    /// loses its intent.
+    pub fn hang_up_by_api(&mut self, now: Instant, callid: &str) -> ApiHangup {
+        let mut ended_now = false;
+        if let Some(&key) = self.by_callid.get(callid) {
+            let live = self
+                .calls
+                .get(&key)
+                .is_some_and(|call| call.state != CallState::Ended);
+            if live {
+                let span = self.calls.get(&key).map(|call| call.span.clone());
+                let _entered = span.as_ref().map(tracing::Span::enter);
+                tracing::info!("hung up by the API");
+                self.hang_up(now, key, Party::Api, EndCause::Hangup);
+                self.process_events(now);
+                ended_now = true;
+            }
+        } else if self.control.cancel_intent_of(now, callid).is_some() {
+            tracing::info!(callid, "intent withdrawn by the API");
+            ended_now = true;
+        }
+        match self.control.call(callid) {
+            None => ApiHangup::Unknown,
+            Some(record) if ended_now => ApiHangup::Ended(Box::new(record)),
+            // Ended already, or (a call bridged by an external switch through
+            // /api/cti/callin) not one this engine drives: either way not ours to end.
+            Some(record) => ApiHangup::NotLive(Box::new(record)),
+        }
     }
 
     /// Ends a call on both legs: BYE to each leg that has a dialog (or the unanswered

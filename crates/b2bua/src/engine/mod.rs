@@ -42,8 +42,21 @@ use crate::call::{Call, CallKey, CallTimer, Leg};
 use crate::control::CallControl;
 use crate::media::{MediaCommand, MediaConfig, MediaPlane};
 use crate::outbound::{local_response, LocalIdentity};
+use crate::registry::CallRecord;
 
 pub use door::UntrustedReply;
+
+/// What `POST /api/calls/{callid}/hangup` did ([`Engine::hang_up_by_api`]): the API answers
+/// 200 with the record, 409 `call_ended` or 404 `unknown_call` from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiHangup {
+    /// The call was live and is now ended, by `api`: its record.
+    Ended(Box<CallRecord>),
+    /// The call had already ended (or is not one callbridge's SIP side drives): its record.
+    NotLive(Box<CallRecord>),
+    /// No call has this id.
+    Unknown,
+}
 
 /// What the engine needs to know about its surroundings.
 #[derive(Clone, Debug)]

@@ -1992,4 +1992,5 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 }
 
 mod door;
+mod hangup;
 mod reliable;
