@@ -14,6 +14,10 @@
 //!   ([`Engine::handle_transport_error`]);
 //! - media events from the media driver ([`Engine::handle_media_event`]: a stream opened or
 //!   failed to open, a stream's counters);
+//! - requests of the HTTP API that need the engine, carried to its task by the binary
+//!   ([`Engine::hang_up_by_api`], answered with an [`engine::ApiHangup`]);
+//! - how far behind its input it is ([`Engine::set_input_wait`], [`Engine::set_input_backlog`]),
+//!   by which it sheds new INVITEs;
 //! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed.
 //!   Every input carries `now`; the engine never asks the clock.
 //!
