@@ -56,6 +56,9 @@ impl Running {
     /// 503), and SIP keeps serving until their transactions are done (at most 128·T1), then
     /// closes. The API closes once SIP has stopped.
     pub fn shutdown(&self) {
+        // /healthz says `draining` from this moment (SPEC: "at once"), not from whenever the
+        // SIP task next runs; load balancers stop sending calls.
+        self.status.set_draining();
         let _ = self.shutdown.send(true);
     }
 
@@ -225,6 +228,11 @@ async fn sip_task(
     let mut media_tick = tokio::time::interval(Duration::from_secs(1));
     media_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Checked before every step, not only when select picks the shutdown branch (it picks
+        // at random among ready ones): once shutdown is asked, no new INVITE is taken.
+        if drain == Drain::Serving && *shutdown.borrow() {
+            drain = begin_drain(&mut engine, &status, grace);
+        }
         let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             event = events.recv() => {
@@ -259,11 +267,7 @@ async fn sip_task(
                 status.publish_media(&engine, media.stream_count());
             }
             _ = shutdown.wait_for(|stop| *stop), if drain == Drain::Serving => {
-                tracing::info!(calls = engine.call_count(), ?grace, "shutting down: no new calls; live calls get the grace period");
-                // /healthz turns 503 now, so that load balancers stop sending calls.
-                status.set_draining();
-                engine.start_drain();
-                drain = Drain::Grace { until: tokio::time::Instant::now() + grace };
+                drain = begin_drain(&mut engine, &status, grace);
             }
             _ = sleep_until(drain.deadline()), if drain != Drain::Serving => {
                 match drain {
@@ -299,6 +303,22 @@ async fn sip_task(
     status.publish(&engine);
     transport.shutdown();
     tracing::info!("SIP stopped");
+}
+
+/// The start of a shutdown: new INVITEs get 503 from now on, live calls get the grace period.
+fn begin_drain(engine: &mut Engine, status: &SharedStatus, grace: Duration) -> Drain {
+    tracing::info!(
+        calls = engine.call_count(),
+        ?grace,
+        "shutting down: no new calls; live calls get the grace period"
+    );
+    // /healthz turns 503 (Running::shutdown has already said so; a signal path that did not
+    // go through it still gets it here).
+    status.set_draining();
+    engine.start_drain();
+    Drain::Grace {
+        until: tokio::time::Instant::now() + grace,
+    }
 }
 
 /// Nothing left to finish: no call, and no transaction either. A call is forgotten once its
