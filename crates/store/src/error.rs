@@ -1,0 +1,75 @@
+//! The crate's error types.
+
+/// Why a store operation failed.
+///
+/// The API maps [`StoreError::BadCursor`] to `400`; every other variant is the server's
+/// problem (`500`, or `503` while the database is unavailable).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, a full disk, a lock held longer than the busy timeout,
+    /// a corrupt file, ...).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A listing cursor that this store did not hand out (or that was altered). Cursors come
+    /// from clients, so this is an expected error, never a panic.
+    #[error("malformed cursor")]
+    BadCursor,
+    /// The database was written by a newer callbridge: its schema is ahead of the migrations
+    /// this build knows, and running on it could lose data.
+    #[error(
+        "the database's schema version {found} is newer than this build's {supported}; \
+         downgrades are not supported"
+    )]
+    SchemaTooNew {
+        /// The version found in the database.
+        found: i64,
+        /// The newest version this build can migrate to.
+        supported: i64,
+    },
+    /// A migration failed; its transaction was rolled back and the schema is still at the
+    /// previous version.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The version the migration would have produced.
+        version: i64,
+        /// The migration's file name.
+        name: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A value does not fit the signed 64-bit integers that SQLite (and PostgreSQL's
+    /// `bigint`) store.
+    #[error("{field} = {value} is out of the store's range (at most 2^63 - 1)")]
+    OutOfRange {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// The writer's thread could not be started.
+    #[error("cannot start the store writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The writer has shut down (or its thread died): nothing more can be written through it.
+    #[error("the store writer has stopped")]
+    WriterStopped,
+    /// The configuration names a backend this build does not have (e.g. `store.url` before
+    /// the PostgreSQL backend exists).
+    #[error("unsupported store backend: {0}")]
+    Unsupported(String),
+}
+
+/// Why [`Writer::try_submit`](crate::Writer::try_submit) did not take an operation. The
+/// operation is dropped: the caller (the SIP engine's task) has nowhere to keep it, and a
+/// caller that must not lose a write calls the [`Store`](crate::Store) itself, off that task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is at capacity: the database is slower than the offered load. Counted in
+    /// [`WriterCounters::dropped_full`](crate::WriterCounters::dropped_full).
+    #[error("the store's write queue is full")]
+    Full,
+    /// The writer has shut down.
+    #[error("the store writer has stopped")]
+    Stopped,
+}

@@ -1,0 +1,130 @@
+//! # store
+//!
+//! What callbridge keeps across restarts: call records, the assignments of dedicated numbers,
+//! the responses remembered for `Idempotency-Key`s, and (for the webhooks) the event outbox.
+//! One interface, [`Store`], with an embedded SQLite backend ([`SqliteStore`], the default:
+//! nothing to install or run) and room for a shared PostgreSQL backend later (issue 14). The
+//! crate is a leaf: it knows nothing of SIP, calls or HTTP; the crates above convert their
+//! records into its plain types ([`CallRow`], [`NumberAssignment`], [`IdempotencyEntry`]).
+//!
+//! ## What goes in, what comes out
+//!
+//! - **Writes** from the SIP engine (a record when a call ends) must never wait for a disk.
+//!   They go through the [`Writer`]: a bounded queue that [`Writer::try_submit`] fills
+//!   without blocking (and refuses, counted, when full), drained by one thread that commits
+//!   what it finds — up to a batch — in one transaction.
+//! - **Reads** from the HTTP API: one record ([`Store::get_call`]), a page of a filtered
+//!   listing ([`Store::list_calls`], newest first, keyset cursor), a streamed export
+//!   ([`Export`], one page in memory at a time), the number assignments
+//!   ([`Store::numbers`]), an idempotency decision ([`Store::lookup_idempotency`]: replay,
+//!   conflict or proceed). They block, so the API runs them on a blocking thread.
+//! - **Housekeeping** the server schedules: [`Store::sweep_calls`] (retention) and
+//!   [`Store::sweep_idempotency`] (24 h), both in bounded chunks.
+//! - **Time is an argument** (`now_ms`, cutoffs, the record's own timestamps): the store
+//!   reads no clock, so a test can move a day forward in a microsecond.
+//!
+//! ```text
+//!  SIP engine task ──try_submit──▶ [ bounded queue ] ──▶ store-writer thread ─┐
+//!  (never blocks)                   capacity, counters     batch = 1 transaction│
+//!                                                                             ▼
+//!  HTTP API (spawn_blocking) ──get / list / export / numbers / idempotency──▶ Store
+//!                                                              ┌──────────────┴───────────┐
+//!                                                       SqliteStore (WAL)      PostgreSQL (later)
+//!                                                       1 writer + N readers
+//! ```
+//!
+//! ```
+//! use std::sync::Arc;
+//! use store::{CallFilter, CallRow, Export, SqliteStore, Store, WriteOp, Writer, WriterConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store: Arc<dyn Store> = Arc::new(SqliteStore::open("")?); // "" = memory only
+//! let writer = Writer::start(Arc::clone(&store), WriterConfig::default())?;
+//!
+//! // The engine, when a call ends:
+//! let record = CallRow {
+//!     callid: "7392048812937".into(),
+//!     telnum: "1001".into(),
+//!     caller: "2001".into(),
+//!     callee: "3001".into(),
+//!     state: "ended".into(),
+//!     created_at: 1_764_650_000_000,
+//!     ..CallRow::default()
+//! };
+//! writer.try_submit(WriteOp::UpsertCall(Box::new(record)))?;
+//! writer.flush()?; // tests and shutdown only
+//!
+//! // The API:
+//! let filter = CallFilter { telnum: Some("+1001".into()), ..CallFilter::default() };
+//! let page = store.list_calls(&filter, 100, None)?;
+//! assert_eq!(page.calls.len(), 1);
+//! assert_eq!(page.next_cursor, None);
+//! for row in Export::new(&*store, filter) {
+//!     let _csv_line = row?.callid;
+//! }
+//! writer.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Design choices
+//!
+//! - **Keyset pagination.** Listings are ordered by (`created_at`, `callid`) descending and
+//!   the cursor ([`Cursor`]) is the last row's pair: a page costs the same at any depth
+//!   (no `OFFSET` scan), and rows inserted after the first page never shift the next ones.
+//!   Every filter has an index ending in (`created_at`, `callid`), so SQLite reads exactly
+//!   the rows of the page (see `migrations/0002_indexes_outbox.sql`).
+//! - **Versioned migrations in the repository** (`crates/store/migrations/NNNN_*.sql`,
+//!   compiled in, applied in order in transactions, tracked by `PRAGMA user_version`; see
+//!   [`sqlite::migrations`]). A database newer than the build is refused, not guessed at.
+//! - **Codes, not enums.** `state`, `ended_by` and `end_cause` are stored as the API's
+//!   snake_case codes: the store needs no change when the b2bua learns a new cause.
+//! - **Numbers compare without a leading `+`** ([`normalize_number`]): assignments are
+//!   stored normalised; records keep their telnum as written and the telnum index is on the
+//!   normalised expression.
+//! - **Errors are values.** A malformed cursor from a client is [`StoreError::BadCursor`]
+//!   (the API's `400`), never a panic; nothing in this crate unwraps outside tests.
+//!
+//! ## What a crash loses
+//!
+//! A crash of the process loses what the [`Writer`] had not committed: the operations still
+//! queued and the batch being committed — at most `capacity + max_batch` operations
+//! (10,000 + 500 with the defaults; in steady state, the last few milliseconds of ended
+//! calls). Everything committed survives. With SQLite's `synchronous = NORMAL` in WAL mode, a
+//! power failure or kernel crash may in addition lose the last transactions committed before
+//! it (the WAL is fsynced at checkpoints, not at every commit); the database is never
+//! corrupted. Direct calls on the [`Store`] (numbers, idempotency) are committed when they
+//! return.
+
+mod cursor;
+mod error;
+mod export;
+mod interface;
+pub mod sqlite;
+mod types;
+mod writer;
+
+use std::sync::Arc;
+
+pub use cursor::Cursor;
+pub use error::{StoreError, SubmitError};
+pub use export::{Export, DEFAULT_EXPORT_PAGE};
+pub use interface::Store;
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use types::{
+    normalize_number, retention_cutoff, CallFilter, CallRow, DirectionCounts, IdempotencyEntry,
+    IdempotencyLookup, MediaCounts, NumberAssignment, Page, StoredResponse, WriteOp, DEFAULT_LIMIT,
+    DEFAULT_PATH, DEFAULT_RETENTION_DAYS, ENDED, IDEMPOTENCY_TTL_MS, MAX_LIMIT,
+};
+pub use writer::{Writer, WriterConfig, WriterCounters, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
+
+/// Opens the store the `[store]` section names: PostgreSQL when `url` is set (not in this
+/// build yet: [`StoreError::Unsupported`]), else SQLite at `path` (`""`: memory only).
+pub fn open(path: &str, url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if !url.is_empty() {
+        return Err(StoreError::Unsupported(
+            "store.url (PostgreSQL) is not supported by this build; use store.path".to_owned(),
+        ));
+    }
+    Ok(Arc::new(SqliteStore::open(path)?))
+}

@@ -1,0 +1,182 @@
+//! Helpers shared by the store's integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use store::{
+    CallFilter, CallRow, DirectionCounts, IdempotencyEntry, IdempotencyLookup, MediaCounts,
+    NumberAssignment, Page, SqliteStore, Store, StoreError, WriteOp,
+};
+use tempfile::TempDir;
+
+/// A fresh store on a file in its own temporary directory (kept alive by the `TempDir`).
+pub fn temp_store() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("test.db")).unwrap();
+    (dir, store)
+}
+
+/// An ended, answered call with every field set.
+pub fn row(callid: &str, telnum: &str, created_at: u64) -> CallRow {
+    CallRow {
+        callid: callid.to_owned(),
+        telnum: telnum.to_owned(),
+        caller: "2001".to_owned(),
+        callee: "3001".to_owned(),
+        data: Some(format!("data of {callid}")),
+        state: "ended".to_owned(),
+        created_at,
+        invite_at: Some(created_at + 1_000),
+        ringing_at: Some(created_at + 1_200),
+        answered_at: Some(created_at + 5_000),
+        ended_at: Some(created_at + 65_000),
+        ring_ms: Some(3_800),
+        talk_ms: Some(60_000),
+        leg_a_code: Some(200),
+        leg_b_code: Some(200),
+        ended_by: Some("caller".to_owned()),
+        end_cause: Some("hangup".to_owned()),
+        sip_reason: Some("Q.850;cause=16".to_owned()),
+        media: Some(MediaCounts {
+            a_to_b: DirectionCounts {
+                packets: 3_000,
+                bytes: 516_000,
+                dropped: 2,
+            },
+            b_to_a: DirectionCounts {
+                packets: 2_990,
+                bytes: 514_280,
+                dropped: 0,
+            },
+        }),
+    }
+}
+
+/// A record the store must refuse: its `created_at` does not fit SQLite's integers.
+pub fn out_of_range(callid: &str) -> CallRow {
+    CallRow {
+        created_at: u64::MAX,
+        ..row(callid, "1001", 0)
+    }
+}
+
+/// The callids of `rows`.
+pub fn ids(rows: &[CallRow]) -> Vec<String> {
+    rows.iter().map(|r| r.callid.clone()).collect()
+}
+
+/// Every page of `filter`, `limit` rows at a time.
+pub fn all_pages(store: &dyn Store, filter: &CallFilter, limit: usize) -> Vec<Page> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_calls(filter, limit, cursor.as_deref()).unwrap();
+        cursor = page.next_cursor.clone();
+        pages.push(page);
+        if cursor.is_none() {
+            return pages;
+        }
+    }
+}
+
+/// A [`Store`] in front of another that counts listings and can hold the first `apply` until
+/// released (to make the writer's batching deterministic).
+pub struct Probe {
+    pub inner: Arc<dyn Store>,
+    pub lists: AtomicUsize,
+    pub max_limit: AtomicUsize,
+    pub applies: Mutex<Vec<usize>>,
+    gate: Mutex<Option<(SyncSender<()>, Receiver<()>)>>,
+}
+
+/// The two ends of a [`Probe`]'s gate: `entered` fires when the first `apply` is waiting,
+/// `release` lets it go on.
+pub struct Gate {
+    pub entered: Receiver<()>,
+    pub release: SyncSender<()>,
+}
+
+impl Probe {
+    pub fn new(inner: Arc<dyn Store>) -> Probe {
+        Probe {
+            inner,
+            lists: AtomicUsize::new(0),
+            max_limit: AtomicUsize::new(0),
+            applies: Mutex::new(Vec::new()),
+            gate: Mutex::new(None),
+        }
+    }
+
+    /// Holds the next `apply` until the returned gate is released.
+    pub fn gated(inner: Arc<dyn Store>) -> (Probe, Gate) {
+        let probe = Probe::new(inner);
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (release, release_rx) = mpsc::sync_channel(1);
+        *probe.gate.lock() = Some((entered_tx, release_rx));
+        (probe, Gate { entered, release })
+    }
+}
+
+impl Store for Probe {
+    fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let gate = self.gate.lock().take();
+        if let Some((entered, release)) = gate {
+            entered.send(()).unwrap();
+            release.recv().unwrap();
+        }
+        self.applies.lock().push(ops.len());
+        self.inner.apply(ops)
+    }
+
+    fn upsert_calls(&self, calls: &[CallRow]) -> Result<(), StoreError> {
+        self.inner.upsert_calls(calls)
+    }
+
+    fn get_call(&self, callid: &str) -> Result<Option<CallRow>, StoreError> {
+        self.inner.get_call(callid)
+    }
+
+    fn list_calls(
+        &self,
+        filter: &CallFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.max_limit.fetch_max(limit, Ordering::Relaxed);
+        self.inner.list_calls(filter, limit, cursor)
+    }
+
+    fn sweep_calls(&self, ended_before: u64, chunk: usize) -> Result<u64, StoreError> {
+        self.inner.sweep_calls(ended_before, chunk)
+    }
+
+    fn delete_number(&self, number: &str) -> Result<bool, StoreError> {
+        self.inner.delete_number(number)
+    }
+
+    fn numbers(&self, telnum: Option<&str>) -> Result<Vec<NumberAssignment>, StoreError> {
+        self.inner.numbers(telnum)
+    }
+
+    fn remember_idempotency(&self, entry: &IdempotencyEntry) -> Result<(), StoreError> {
+        self.inner.remember_idempotency(entry)
+    }
+
+    fn lookup_idempotency(
+        &self,
+        key: &str,
+        scope: &str,
+        body_hash: &[u8],
+        now_ms: u64,
+    ) -> Result<IdempotencyLookup, StoreError> {
+        self.inner.lookup_idempotency(key, scope, body_hash, now_ms)
+    }
+
+    fn sweep_idempotency(&self, now_ms: u64, chunk: usize) -> Result<u64, StoreError> {
+        self.inner.sweep_idempotency(now_ms, chunk)
+    }
+}
