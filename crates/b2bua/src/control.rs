@@ -1,16 +1,23 @@
 //! [`CallControl`]: the one handle through which the HTTP API and the SIP side change intents,
 //! so that the intent table and the call registry always tell the same story.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::intent::{Intent, IntentTable, IntentTableFull, NoIntent};
-use crate::registry::{CallEvent, CallRecord, CallRegistry, EndCause, Party, WallClock};
+use crate::numbers::NumberTable;
+use crate::registry::{
+    CallEvent, CallExtras, CallRecord, CallRegistry, EndCause, Party, WallClock,
+};
 
-/// Intents and call records, updated together.
+/// Intents, call records and number assignments, updated together.
 #[derive(Debug)]
 pub struct CallControl {
     intents: IntentTable,
     registry: CallRegistry,
+    numbers: NumberTable,
+    /// `intent.require_ownership`: makecall and INVITEs only for assigned dedicated numbers.
+    require_ownership: AtomicBool,
 }
 
 impl CallControl {
@@ -43,7 +50,29 @@ impl CallControl {
         CallControl {
             intents: IntentTable::with_limit(intent_ttl, max_intents),
             registry: CallRegistry::new(retention, max_ended, clock),
+            numbers: NumberTable::default(),
+            require_ownership: AtomicBool::new(false),
         }
+    }
+
+    /// Turns `intent.require_ownership` on or off.
+    pub fn set_require_ownership(&self, on: bool) {
+        self.require_ownership.store(on, Ordering::Relaxed);
+    }
+
+    /// Is `intent.require_ownership` on?
+    pub fn requires_ownership(&self) -> bool {
+        self.require_ownership.load(Ordering::Relaxed)
+    }
+
+    /// The dedicated numbers' assignments (the store's copy in memory).
+    pub fn numbers(&self) -> &NumberTable {
+        &self.numbers
+    }
+
+    /// May `telnum` use the dedicated number `number`? Always, unless ownership is required.
+    pub fn may_use(&self, telnum: &str, number: &str) -> bool {
+        !self.requires_ownership() || self.numbers.owns(telnum, number)
     }
 
     /// Re-anchors the wall clock of the records (the runtime calls this every second).
@@ -59,13 +88,27 @@ impl CallControl {
         caller: &str,
         callee: &str,
     ) -> Result<Intent, IntentTableFull> {
+        self.make_call_with(now, telnum, caller, callee, CallExtras::default())
+    }
+
+    /// [`make_call`](Self::make_call) with makecall's `data` and `notify_url`, kept in the
+    /// call's record. (Ownership is the caller's check: [`may_use`](Self::may_use).)
+    pub fn make_call_with(
+        &self,
+        now: Instant,
+        telnum: &str,
+        caller: &str,
+        callee: &str,
+        extras: CallExtras,
+    ) -> Result<Intent, IntentTableFull> {
         let (intent, replaced) = self.intents.register(now, telnum, caller, callee)?;
-        self.registry.create(
+        self.registry.create_with(
             now,
             &intent.callid,
             &intent.telnum,
             &intent.caller,
             &intent.callee,
+            extras,
         );
         if let Some(old) = replaced {
             self.end(now, &old.callid, EndCause::IntentReplaced);
@@ -81,15 +124,34 @@ impl CallControl {
     }
 
     /// An incoming call from `calling` to `dialled`: consumes the matching intent and moves its
-    /// call to `trying`. An expired intent found on the way ends as `intent_expired`.
+    /// call to `trying`. An expired intent found on the way ends as `intent_expired`. With
+    /// ownership required, a dedicated number not assigned to `calling` is refused first
+    /// ([`NoIntent::NotOwned`]), and the intent is left alone.
     pub fn claim(&self, now: Instant, calling: &str, dialled: &str) -> Result<Intent, NoIntent> {
+        if !self.may_use(calling, dialled) {
+            return Err(NoIntent::NotOwned);
+        }
         let taken = self.intents.take_matching(now, calling, dialled);
         self.claimed(now, taken)
     }
 
     /// The CTI decision (`POST /api/cti/callin`): like [`claim`](Self::claim), with `to`
-    /// either the dialled dedicated number or the intent's callee.
+    /// either the dialled dedicated number or the intent's callee. With ownership required, a
+    /// `to` that is someone else's dedicated number is refused; a `to` that is nobody's
+    /// (the callee) matches only an intent whose number was checked at makecall, and the
+    /// intent's own number is checked again.
     pub fn claim_cti(&self, now: Instant, from: &str, to: &str) -> Result<Intent, NoIntent> {
+        if self.requires_ownership() {
+            if let Some(owner) = self.numbers.owner(to) {
+                if owner != crate::intent::normalize_number(from) {
+                    return Err(NoIntent::NotOwned);
+                }
+            } else if let Some(intent) = self.intents.get(from) {
+                if !self.numbers.owns(from, &intent.caller) {
+                    return Err(NoIntent::NotOwned);
+                }
+            }
+        }
         let taken = self.intents.take_matching_caller_or_callee(now, from, to);
         self.claimed(now, taken)
     }
@@ -234,5 +296,27 @@ mod tests {
             c.call(&intent.callid).unwrap().end_cause,
             Some(EndCause::IntentExpired)
         );
+    }
+
+    #[test]
+    fn ownership_refuses_unassigned_numbers_and_leaves_the_intent() {
+        let c = control();
+        let t0 = Instant::now();
+        let intent = c.make_call(t0, "1001", "2001", "3001").unwrap();
+        assert!(c.may_use("1001", "2001"), "ownership off: anything goes");
+        c.set_require_ownership(true);
+        assert!(!c.may_use("1001", "2001"));
+        assert_eq!(c.claim(t0, "1001", "2001"), Err(NoIntent::NotOwned));
+        assert_eq!(c.claim_cti(t0, "1001", "2001"), Err(NoIntent::NotOwned));
+        assert_eq!(c.claim_cti(t0, "1001", "3001"), Err(NoIntent::NotOwned));
+        c.numbers().assign("2001", "1002");
+        assert_eq!(c.claim(t0, "1001", "2001"), Err(NoIntent::NotOwned));
+        c.numbers().assign("+2001", "+1001");
+        assert!(c.may_use("1001", "2001"));
+        assert_eq!(
+            c.claim_cti(t0, "1001", "3001").unwrap().callid,
+            intent.callid
+        );
+        assert_eq!(NoIntent::NotOwned.code(), "number_not_owned");
     }
 }

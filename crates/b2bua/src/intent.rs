@@ -48,6 +48,10 @@ pub enum NoIntent {
     Expired,
     #[error("the call intent is for another dedicated number")]
     OtherNumber,
+    /// `intent.require_ownership` is on and the dialled dedicated number is not assigned to
+    /// the calling number.
+    #[error("the dedicated number is not assigned to the calling number")]
+    NotOwned,
 }
 
 impl NoIntent {
@@ -57,6 +61,7 @@ impl NoIntent {
             NoIntent::None => "no_intent",
             NoIntent::Expired => "intent_expired",
             NoIntent::OtherNumber => "other_number",
+            NoIntent::NotOwned => "number_not_owned",
         }
     }
 }

@@ -57,7 +57,8 @@
 //!
 //! ## Modules
 //!
-//! - [`intent`] and [`registry`], shared with the HTTP API through [`CallControl`];
+//! - [`intent`], [`registry`] and [`numbers`], shared with the HTTP API through
+//!   [`CallControl`];
 //! - [`engine`]: the B2BUA (every call's two legs over one transaction layer), with the trust
 //!   boundary at its door: untrusted sources answered statelessly or not at all, new INVITEs
 //!   shed with a stateless 503 under overload, in-dialog requests only from the leg's peer;
@@ -71,6 +72,7 @@ pub mod control;
 pub mod engine;
 pub mod intent;
 pub mod media;
+pub mod numbers;
 pub mod outbound;
 pub mod refusal;
 pub mod registry;
@@ -80,6 +82,9 @@ pub use control::CallControl;
 pub use engine::{Engine, EngineConfig, EngineStats};
 pub use intent::{normalize_number, Intent, IntentTable, IntentTableFull, NoIntent};
 pub use media::{MediaCommand, MediaEvent, StreamId};
+pub use numbers::NumberTable;
 pub use refusal::Refusal;
-pub use registry::{CallEvent, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock};
+pub use registry::{
+    CallEvent, CallExtras, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock,
+};
 pub use sip_core;

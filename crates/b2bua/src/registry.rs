@@ -3,6 +3,12 @@
 //! A record is created with its intent and follows it (intent → trying → ringing → answered →
 //! ended). Ended records stay queryable for a retention period and are then dropped, oldest
 //! first; a cap on ended records bounds memory under floods of refused calls.
+//!
+//! With persistence on ([`CallRegistry::enable_persistence`]), every ended record also waits
+//! in a queue until it has *settled* — its last counters (the media driver's final report, a
+//! late final code) arrive just after the end — and is then taken, off the SIP engine's task,
+//! by [`CallRegistry::take_settled`] for the store. A record changed after it was taken is
+//! queued again, so the stored copy ends up final.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -192,6 +198,25 @@ pub struct CallRecord {
     /// RTP/RTCP relayed for this call (packets and bytes each way, latched addresses);
     /// refreshed about once a second while the call lasts, final when it ended.
     pub media: Option<crate::media::MediaStats>,
+    /// The client's opaque `data` of makecall (at most 1 KiB, checked by the API).
+    pub data: Option<String>,
+    /// This call's webhook target from makecall (overrides `webhooks.url`).
+    pub notify_url: Option<String>,
+    /// From leg B's INVITE (the phone's INVITE matched, `invite_at`) to the answer, or to the
+    /// end of a call that was never answered.
+    pub ring_ms: Option<u64>,
+    /// From the answer to the end.
+    pub talk_ms: Option<u64>,
+    /// The SIP reason that came with the end: the `Reason` header of the BYE or failure
+    /// response, or the status line of a failure without one.
+    pub sip_reason: Option<String>,
+}
+
+/// What makecall adds to a record besides its numbers (SPEC.md: `data`, `notify_url`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallExtras {
+    pub data: Option<String>,
+    pub notify_url: Option<String>,
 }
 
 /// One step of a call, applied with [`CallRegistry::update`].
@@ -205,6 +230,9 @@ pub enum CallEvent {
     Ended { by: Party, cause: EndCause },
 }
 
+/// Longest `sip_reason` kept, in bytes.
+const MAX_SIP_REASON: usize = 256;
+
 /// Shared registry of call records.
 #[derive(Debug)]
 pub struct CallRegistry {
@@ -217,9 +245,36 @@ pub struct CallRegistry {
 struct Inner {
     clock: Option<WallClock>,
     /// Boxed, so that growing the map under the lock moves pointers rather than records.
-    records: HashMap<String, Box<CallRecord>, foldhash::fast::RandomState>,
+    records: HashMap<String, Box<Slot>, foldhash::fast::RandomState>,
     /// Ended calls in the order they ended, with the monotonic instant they ended at.
     ended: VecDeque<(Instant, String)>,
+    /// With persistence on: ended records not yet taken for the store, oldest first, with the
+    /// instant they were queued. A record is in it at most once (its slot's `queued`).
+    to_store: VecDeque<(Instant, String)>,
+    persist: bool,
+}
+
+/// A record and whether it waits in `to_store`.
+#[derive(Debug)]
+struct Slot {
+    record: CallRecord,
+    queued: bool,
+}
+
+impl Inner {
+    /// Queues an ended record for the store, unless it is queued already (or persistence is
+    /// off).
+    fn queue_for_store(&mut self, now: Instant, callid: &str) {
+        if !self.persist {
+            return;
+        }
+        if let Some(slot) = self.records.get_mut(callid) {
+            if slot.record.state == CallState::Ended && !slot.queued {
+                slot.queued = true;
+                self.to_store.push_back((now, callid.to_owned()));
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -248,6 +303,19 @@ impl CallRegistry {
 
     /// Records a new call in state `Intent`, created at `now`.
     pub fn create(&self, now: Instant, callid: &str, telnum: &str, caller: &str, callee: &str) {
+        self.create_with(now, callid, telnum, caller, callee, CallExtras::default());
+    }
+
+    /// [`create`](Self::create) with makecall's `data` and `notify_url`.
+    pub fn create_with(
+        &self,
+        now: Instant,
+        callid: &str,
+        telnum: &str,
+        caller: &str,
+        callee: &str,
+        extras: CallExtras,
+    ) {
         let mut inner = self.inner.lock();
         let created_at = inner.wall(now);
         let record = CallRecord {
@@ -266,8 +334,17 @@ impl CallRegistry {
             ended_by: None,
             end_cause: None,
             media: None,
+            data: extras.data,
+            notify_url: extras.notify_url,
+            ring_ms: None,
+            talk_ms: None,
+            sip_reason: None,
         };
-        inner.records.insert(callid.to_owned(), Box::new(record));
+        let slot = Slot {
+            record,
+            queued: false,
+        };
+        inner.records.insert(callid.to_owned(), Box::new(slot));
     }
 
     /// Applies one event. Events after the end are ignored, except final codes that arrive
@@ -275,15 +352,20 @@ impl CallRegistry {
     pub fn update(&self, now: Instant, callid: &str, event: CallEvent) {
         let mut inner = self.inner.lock();
         let wall = inner.wall(now);
-        let Some(record) = inner.records.get_mut(callid) else {
+        let Some(slot) = inner.records.get_mut(callid) else {
             return;
         };
+        let record = &mut slot.record;
         let ended = record.state == CallState::Ended;
+        // An ended record that changes (a late final code) or ends now goes to the store.
+        let mut changed_ended = false;
         match event {
             CallEvent::LegAFinal(code) => {
+                changed_ended = ended && record.leg_a_code.is_none();
                 record.leg_a_code.get_or_insert(code);
             }
             CallEvent::LegBFinal(code) => {
+                changed_ended = ended && record.leg_b_code.is_none();
                 record.leg_b_code.get_or_insert(code);
             }
             _ if ended => {}
@@ -306,22 +388,111 @@ impl CallRegistry {
                 record.ended_at = Some(wall);
                 record.ended_by = Some(by);
                 record.end_cause = Some(cause);
+                if let Some(invited) = record.invite_at {
+                    let until = record.answered_at.unwrap_or(wall);
+                    record.ring_ms = Some(until.saturating_sub(invited));
+                }
+                if let Some(answered) = record.answered_at {
+                    record.talk_ms = Some(wall.saturating_sub(answered));
+                }
                 inner.ended.push_back((now, callid.to_owned()));
+                changed_ended = true;
             }
+        }
+        if changed_ended {
+            inner.queue_for_store(now, callid);
         }
         drop(inner);
         self.prune(now);
     }
 
-    /// Stores the latest media counters of a call.
-    pub fn set_media(&self, callid: &str, stats: crate::media::MediaStats) {
-        if let Some(record) = self.inner.lock().records.get_mut(callid) {
-            record.media = Some(stats);
+    /// Stores the latest media counters of a call (the final ones arrive just after its end).
+    pub fn set_media(&self, now: Instant, callid: &str, stats: crate::media::MediaStats) {
+        let mut inner = self.inner.lock();
+        let Some(slot) = inner.records.get_mut(callid) else {
+            return;
+        };
+        slot.record.media = Some(stats);
+        if slot.record.state == CallState::Ended {
+            inner.queue_for_store(now, callid);
+        }
+    }
+
+    /// Records the SIP reason of the call's end (the first one given counts).
+    pub fn set_sip_reason(&self, now: Instant, callid: &str, reason: &str) {
+        let mut inner = self.inner.lock();
+        let Some(slot) = inner.records.get_mut(callid) else {
+            return;
+        };
+        if slot.record.sip_reason.is_some() {
+            return;
+        }
+        // Bounded: a header from the wire is at most a few hundred bytes worth keeping.
+        let mut end = reason.len().min(MAX_SIP_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        slot.record.sip_reason = Some(reason[..end].to_owned());
+        if slot.record.state == CallState::Ended {
+            inner.queue_for_store(now, callid);
         }
     }
 
     pub fn get(&self, callid: &str) -> Option<CallRecord> {
-        self.inner.lock().records.get(callid).map(|r| (**r).clone())
+        self.inner
+            .lock()
+            .records
+            .get(callid)
+            .map(|slot| slot.record.clone())
+    }
+
+    /// Every record not yet ended (intents included) that `keep` accepts, in no order; for
+    /// listings, which merge them with the stored records.
+    pub fn live_matching(&self, mut keep: impl FnMut(&CallRecord) -> bool) -> Vec<CallRecord> {
+        let inner = self.inner.lock();
+        inner
+            .records
+            .values()
+            .map(|slot| &slot.record)
+            .filter(|record| record.state != CallState::Ended && keep(record))
+            .cloned()
+            .collect()
+    }
+
+    /// From now on, ended records are queued for [`take_settled`](Self::take_settled). Off by
+    /// default: without a consumer the queue would only grow.
+    pub fn enable_persistence(&self) {
+        self.inner.lock().persist = true;
+    }
+
+    /// The ended records queued at least `settle` before `now`, oldest first, at most `max`;
+    /// each leaves the queue (and comes back if it changes again). Records pruned from
+    /// memory meanwhile are skipped.
+    pub fn take_settled(&self, now: Instant, settle: Duration, max: usize) -> Vec<CallRecord> {
+        let mut inner = self.inner.lock();
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some((queued_at, _)) = inner.to_store.front() else {
+                break;
+            };
+            if now.saturating_duration_since(*queued_at) < settle {
+                break;
+            }
+            let Some((_, callid)) = inner.to_store.pop_front() else {
+                break;
+            };
+            if let Some(slot) = inner.records.get_mut(&callid) {
+                slot.queued = false;
+                taken.push(slot.record.clone());
+            }
+        }
+        sip_core::capacity::shrink_deque(&mut inner.to_store);
+        taken
+    }
+
+    /// Ended records waiting for the store.
+    pub fn unsettled_count(&self) -> usize {
+        self.inner.lock().to_store.len()
     }
 
     /// Drops ended records older than the retention period or beyond the cap.
@@ -442,5 +613,109 @@ mod tests {
         registry.prune(t0 + Duration::from_secs(60));
         assert_eq!(registry.len(), 1, "only the live call remains");
         assert!(registry.get("4").is_some());
+    }
+
+    #[test]
+    fn ring_and_talk_times_and_the_store_queue() {
+        let t0 = Instant::now();
+        let registry = CallRegistry::new(
+            Duration::from_secs(600),
+            100,
+            WallClock::new(t0, UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        );
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        registry.enable_persistence();
+        registry.create_with(
+            t0,
+            "1",
+            "1001",
+            "2001",
+            "3001",
+            CallExtras {
+                data: Some("order-7".into()),
+                notify_url: None,
+            },
+        );
+        registry.update(at(1000), "1", CallEvent::Invited);
+        registry.update(at(1500), "1", CallEvent::Ringing);
+        registry.update(at(4000), "1", CallEvent::Answered);
+        assert_eq!(registry.take_settled(at(60_000), Duration::ZERO, 10), []);
+        let end = CallEvent::Ended {
+            by: Party::Leg(Leg::A),
+            cause: EndCause::Hangup,
+        };
+        registry.update(at(10_000), "1", end);
+        registry.set_sip_reason(at(10_000), "1", "Q.850;cause=16");
+        registry.set_sip_reason(at(10_000), "1", "ignored: the first reason counts");
+        let r = registry.get("1").unwrap();
+        assert_eq!((r.ring_ms, r.talk_ms), (Some(3000), Some(6000)));
+        assert_eq!(r.data.as_deref(), Some("order-7"));
+        assert_eq!(r.sip_reason.as_deref(), Some("Q.850;cause=16"));
+        // Not settled yet, then taken once.
+        assert_eq!(registry.unsettled_count(), 1);
+        assert!(registry
+            .take_settled(at(10_500), Duration::from_secs(1), 10)
+            .is_empty());
+        let taken = registry.take_settled(at(11_000), Duration::from_secs(1), 10);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].callid, "1");
+        assert!(registry
+            .take_settled(at(99_000), Duration::ZERO, 10)
+            .is_empty());
+        // The media's final counters after the take queue it again, once.
+        let stats = crate::media::MediaStats::default();
+        registry.set_media(at(11_100), "1", stats.clone());
+        registry.set_media(at(11_200), "1", stats);
+        registry.update(at(11_300), "1", CallEvent::LegAFinal(200));
+        assert_eq!(registry.unsettled_count(), 1);
+        assert_eq!(
+            registry.take_settled(at(99_000), Duration::ZERO, 10).len(),
+            1
+        );
+
+        // A call never answered: ring time to its end, no talk time.
+        registry.create(t0, "2", "1001", "2001", "3001");
+        registry.update(at(1000), "2", CallEvent::Invited);
+        registry.update(at(3500), "2", end);
+        let r = registry.get("2").unwrap();
+        assert_eq!((r.ring_ms, r.talk_ms), (Some(2500), None));
+        // An intent that expired: neither.
+        registry.create(t0, "3", "1001", "2001", "3001");
+        registry.update(at(120_000), "3", end);
+        let r = registry.get("3").unwrap();
+        assert_eq!((r.ring_ms, r.talk_ms), (None, None));
+        // `max` bounds a take; the rest stays queued in order.
+        let first = registry.take_settled(at(200_000), Duration::ZERO, 1);
+        assert_eq!(first[0].callid, "2");
+        assert_eq!(
+            registry.take_settled(at(200_000), Duration::ZERO, 9)[0].callid,
+            "3"
+        );
+    }
+
+    #[test]
+    fn without_persistence_nothing_is_queued() {
+        let t0 = Instant::now();
+        let registry = CallRegistry::new(
+            Duration::from_secs(600),
+            100,
+            WallClock::new(t0, SystemTime::now()),
+        );
+        registry.create(t0, "1", "1001", "2001", "3001");
+        registry.update(
+            t0,
+            "1",
+            CallEvent::Ended {
+                by: Party::System,
+                cause: EndCause::IntentExpired,
+            },
+        );
+        assert_eq!(registry.unsettled_count(), 0);
+        let long = "x".repeat(1000);
+        registry.set_sip_reason(t0, "1", &long);
+        assert_eq!(
+            registry.get("1").unwrap().sip_reason.unwrap().len(),
+            MAX_SIP_REASON
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! a table that hovers around one size from being resized back and forth, and the check is two
 //! loads, so it runs on every removal.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash};
 
 /// Below this capacity a table is never shrunk: small tables cost little and churn most.
@@ -29,6 +29,13 @@ pub fn shrink_map<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
 pub fn shrink_heap<T: Ord>(heap: &mut BinaryHeap<T>) {
     if is_sparse(heap.len(), heap.capacity()) {
         heap.shrink_to(heap.len().saturating_mul(2));
+    }
+}
+
+/// Shrinks `deque` when it is sparse (see the module documentation).
+pub fn shrink_deque<T>(deque: &mut VecDeque<T>) {
+    if is_sparse(deque.len(), deque.capacity()) {
+        deque.shrink_to(deque.len().saturating_mul(2));
     }
 }
 

@@ -95,6 +95,14 @@ impl Engine {
         };
         let by = Party::Leg(leg);
         tracing::info!(?by, "hangup");
+        if let (Some(reason), Some(call)) = (
+            request.headers.get(&HeaderName::Reason),
+            self.calls.get(&key),
+        ) {
+            self.control
+                .registry()
+                .set_sip_reason(now, &call.intent.callid, reason);
+        }
         if leg == Leg::A && a_final.is_none() {
             // BYE on the early dialog: the caller gave up before the answer.
             return self.caller_gave_up(now, key);

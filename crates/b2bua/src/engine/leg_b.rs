@@ -10,7 +10,7 @@ use sip_core::{HeaderName, Method, Peer, Response};
 
 use super::Engine;
 use crate::call::{CallKey, CallTimer, DeferredAck, Leg};
-use crate::outbound::relay_response_to_a;
+use crate::outbound::{reason_header, relay_response_to_a};
 use crate::registry::{CallEvent, CallState, EndCause, Party};
 
 impl Engine {
@@ -275,6 +275,13 @@ impl Engine {
         }
         tracing::info!(status = response.status, "callee refused");
         call.a.final_sent = Some(response.status);
+        let reason = match response.headers.get(&HeaderName::Reason) {
+            Some(reason) => reason.to_owned(),
+            None => reason_header(response.status, &response.reason),
+        };
+        self.control
+            .registry()
+            .set_sip_reason(now, &callid, &reason);
         let mut relayed = relay_response_to_a(
             &self.config.local,
             &call.a.invite,

@@ -89,6 +89,9 @@ impl Engine {
         self.send_response(now, tx, response);
         self.control
             .record(now, &callid, CallEvent::LegAFinal(status));
+        self.control
+            .registry()
+            .set_sip_reason(now, &callid, &reason_header(status, text));
     }
 
     /// Asks the transaction layer to CANCEL leg B (sent once B has answered provisionally).
@@ -125,7 +128,7 @@ impl Engine {
             call.media.close(&mut self.media);
             self.control
                 .registry()
-                .set_media(&call.intent.callid, call.media.stats(now));
+                .set_media(now, &call.intent.callid, call.media.stats(now));
         }
         if call.recorded_end {
             return;
@@ -209,8 +212,11 @@ impl Engine {
         let mut bye = dialog.create_request(Method::Bye);
         dialog.terminate();
         if cause != EndCause::Hangup {
-            bye.headers
-                .push(HeaderName::Reason, reason_header(200, cause.code()));
+            let reason = reason_header(200, cause.code());
+            self.control
+                .registry()
+                .set_sip_reason(now, &call.intent.callid, &reason);
+            bye.headers.push(HeaderName::Reason, reason);
         }
         call.mark_bye_sent(leg);
         let to = destination(call, leg, self.config.trunk);

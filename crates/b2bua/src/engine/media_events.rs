@@ -70,7 +70,7 @@ impl Engine {
                     let stats = call.media.stats(now);
                     self.control
                         .registry()
-                        .set_media(&call.intent.callid, stats);
+                        .set_media(now, &call.intent.callid, stats);
                 }
             }
         }
@@ -126,7 +126,7 @@ impl Engine {
             if call.media.open_count() > 0 {
                 self.control
                     .registry()
-                    .set_media(&call.intent.callid, call.media.stats(now));
+                    .set_media(now, &call.intent.callid, call.media.stats(now));
             }
         }
     }
