@@ -33,7 +33,7 @@ pub const ENDED: &str = "ended";
 /// needs no migration. Timestamps are milliseconds since the Unix epoch; they must fit in
 /// 63 bits (they do until the year 292 million), or the write fails with
 /// [`StoreError::OutOfRange`](crate::StoreError::OutOfRange).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallRow {
     pub callid: String,
     pub telnum: String,
@@ -64,6 +64,8 @@ pub struct CallRow {
     pub end_cause: Option<String>,
     /// The `Reason` header (or reason phrase) that came with the end, as text.
     pub sip_reason: Option<String>,
+    /// The intent's webhook target (makecall's `notify_url`), if it named one.
+    pub notify_url: Option<String>,
     /// RTP/RTCP relayed; `None` when the call had no media.
     pub media: Option<MediaCounts>,
 }
@@ -71,16 +73,20 @@ pub struct CallRow {
 /// The media counters of a record, both ways: what SPEC.md asks a record to keep of the
 /// relay's statistics (packets, bytes, drops). Field names match the b2bua's `MediaStats`, so
 /// a stored record serialises like a live one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MediaCounts {
     /// From leg A towards leg B.
     pub a_to_b: DirectionCounts,
     /// From leg B towards leg A.
     pub b_to_a: DirectionCounts,
+    /// Where leg A's media was latched (`ip:port`), if it was.
+    pub latched_a: Option<String>,
+    /// Where leg B's media was latched (`ip:port`), if it was.
+    pub latched_b: Option<String>,
 }
 
 /// Packets relayed in one direction (see [`MediaCounts`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectionCounts {
     pub packets: u64,
     pub bytes: u64,
@@ -104,7 +110,7 @@ pub struct CallFilter {
 }
 
 /// One page of a listing: the body of `GET /api/calls`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page {
     /// Newest first (`created_at`, then `callid`, both descending).
     pub calls: Vec<CallRow>,
@@ -113,7 +119,7 @@ pub struct Page {
 }
 
 /// A dedicated number and the telnum it is assigned to (`GET /api/numbers`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NumberAssignment {
     /// The dedicated number, without a leading `+`.
     pub number: String,

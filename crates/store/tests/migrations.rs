@@ -25,7 +25,7 @@ fn from_empty_to_latest_and_again() {
         store.schema_version().unwrap(),
         migrations::latest_version()
     );
-    assert_eq!(migrations::latest_version(), 2);
+    assert_eq!(migrations::latest_version(), 3);
     drop(store);
 
     let conn = Connection::open(&path).unwrap();
@@ -57,7 +57,7 @@ fn from_empty_to_latest_and_again() {
 
     // Opening an up-to-date database changes nothing.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn from_the_previous_version_with_data() {
     }
 
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
 
     let old = store.get_call("111").unwrap().unwrap();
     assert_eq!(old.telnum, "+1001");
@@ -119,6 +119,37 @@ fn from_the_previous_version_with_data() {
 }
 
 #[test]
+fn from_version_2_the_new_columns_are_null_then_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        // What the build before 0003 left behind: a record without notify_url or latching.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute_batch(MIGRATIONS[1].sql).unwrap();
+        conn.execute_batch("PRAGMA user_version = 2").unwrap();
+        conn.execute_batch(
+            "INSERT INTO calls (callid, telnum, caller, callee, state, created_at, \
+                 a_to_b_packets, a_to_b_bytes, a_to_b_dropped, b_to_a_packets, b_to_a_bytes, \
+                 b_to_a_dropped) \
+             VALUES ('333', '1001', '2001', '3001', 'ended', 3000, 5, 500, 0, 4, 400, 1);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let old = store.get_call("333").unwrap().unwrap();
+    assert_eq!(old.notify_url, None);
+    let media = old.media.unwrap();
+    assert_eq!((media.a_to_b.packets, media.b_to_a.dropped), (5, 1));
+    assert_eq!((media.latched_a, media.latched_b), (None, None));
+    // A record written now keeps them.
+    let fresh = common::row("444", "1001", 4000);
+    store.upsert_calls(std::slice::from_ref(&fresh)).unwrap();
+    assert_eq!(store.get_call("444").unwrap().unwrap(), fresh);
+}
+
+#[test]
 fn a_database_from_a_newer_build_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("future.db");
@@ -130,7 +161,7 @@ fn a_database_from_a_newer_build_is_refused() {
         SqliteStore::open(&path),
         Err(StoreError::SchemaTooNew {
             found: 7,
-            supported: 2
+            supported: 3
         })
     ));
 }
@@ -138,7 +169,7 @@ fn a_database_from_a_newer_build_is_refused() {
 #[test]
 fn memory_store_is_migrated_too() {
     let store = SqliteStore::open("").unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(store.path(), None);
     assert!(store.get_call("x").unwrap().is_none());
 }

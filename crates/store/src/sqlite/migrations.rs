@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_indexes_outbox",
         sql: include_str!("../../migrations/0002_indexes_outbox.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_notify_url_latched",
+        sql: include_str!("../../migrations/0003_notify_url_latched.sql"),
+    },
 ];
 
 /// The schema version this build creates and expects.

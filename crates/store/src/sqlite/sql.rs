@@ -21,7 +21,7 @@ macro_rules! call_columns {
         "callid, telnum, caller, callee, data, state, created_at, invite_at, ringing_at, \
          answered_at, ended_at, ring_ms, talk_ms, leg_a_code, leg_b_code, ended_by, end_cause, \
          sip_reason, a_to_b_packets, a_to_b_bytes, a_to_b_dropped, b_to_a_packets, \
-         b_to_a_bytes, b_to_a_dropped"
+         b_to_a_bytes, b_to_a_dropped, notify_url, latched_a, latched_b"
     };
 }
 
@@ -31,9 +31,9 @@ pub(crate) const GET_CALL: &str =
 const UPSERT_CALL: &str = "INSERT INTO calls (callid, telnum, caller, callee, data, state, \
     created_at, invite_at, ringing_at, answered_at, ended_at, ring_ms, talk_ms, leg_a_code, \
     leg_b_code, ended_by, end_cause, sip_reason, a_to_b_packets, a_to_b_bytes, a_to_b_dropped, \
-    b_to_a_packets, b_to_a_bytes, b_to_a_dropped) \
+    b_to_a_packets, b_to_a_bytes, b_to_a_dropped, notify_url, latched_a, latched_b) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-    ?19, ?20, ?21, ?22, ?23, ?24) \
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) \
     ON CONFLICT (callid) DO UPDATE SET telnum = excluded.telnum, caller = excluded.caller, \
     callee = excluded.callee, data = excluded.data, state = excluded.state, \
     created_at = excluded.created_at, invite_at = excluded.invite_at, \
@@ -44,7 +44,8 @@ const UPSERT_CALL: &str = "INSERT INTO calls (callid, telnum, caller, callee, da
     sip_reason = excluded.sip_reason, a_to_b_packets = excluded.a_to_b_packets, \
     a_to_b_bytes = excluded.a_to_b_bytes, a_to_b_dropped = excluded.a_to_b_dropped, \
     b_to_a_packets = excluded.b_to_a_packets, b_to_a_bytes = excluded.b_to_a_bytes, \
-    b_to_a_dropped = excluded.b_to_a_dropped";
+    b_to_a_dropped = excluded.b_to_a_dropped, notify_url = excluded.notify_url, \
+    latched_a = excluded.latched_a, latched_b = excluded.latched_b";
 
 /// Keeps a live entry (the first response wins) and replaces an expired one.
 const REMEMBER_IDEMPOTENCY: &str = "INSERT INTO idempotency \
@@ -89,7 +90,7 @@ pub(crate) fn apply_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError
 }
 
 pub(crate) fn upsert_call(conn: &Connection, call: &CallRow) -> Result<(), StoreError> {
-    let media = call.media.map(|m| {
+    let media = call.media.as_ref().map(|m| {
         [
             m.a_to_b.packets,
             m.a_to_b.bytes,
@@ -130,6 +131,9 @@ pub(crate) fn upsert_call(conn: &Connection, call: &CallRow) -> Result<(), Store
         counts[3],
         counts[4],
         counts[5],
+        call.notify_url,
+        call.media.as_ref().and_then(|m| m.latched_a.as_deref()),
+        call.media.as_ref().and_then(|m| m.latched_b.as_deref()),
     ])?;
     Ok(())
 }
@@ -187,6 +191,8 @@ pub(crate) fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
                 bytes: bb,
                 dropped: bd,
             },
+            latched_a: row.get(25)?,
+            latched_b: row.get(26)?,
         })
     };
     Ok(CallRow {
@@ -208,6 +214,7 @@ pub(crate) fn call_from_row(row: &Row<'_>) -> rusqlite::Result<CallRow> {
         ended_by: row.get(15)?,
         end_cause: row.get(16)?,
         sip_reason: row.get(17)?,
+        notify_url: row.get(24)?,
         media,
     })
 }

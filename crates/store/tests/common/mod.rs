@@ -51,7 +51,10 @@ pub fn row(callid: &str, telnum: &str, created_at: u64) -> CallRow {
                 bytes: 514_280,
                 dropped: 0,
             },
+            latched_a: Some("192.0.2.10:40000".to_owned()),
+            latched_b: Some("198.51.100.7:30000".to_owned()),
         }),
+        notify_url: Some("https://backend.example/hooks".to_owned()),
     }
 }
 
