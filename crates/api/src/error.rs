@@ -1,11 +1,10 @@
 //! [`ApiError`]: every way a request can fail, with its status and snake_case code.
 
-use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use serde_json::json;
 
+use crate::body::ApiBody;
 use crate::router::json_response;
 
 /// A request the API refuses. Rendered as `{"error": {"code", "message"}}` with the status of
@@ -48,6 +47,24 @@ pub enum ApiError {
     CallEnded,
     #[error("the SIP side is not serving; retry later")]
     SipUnavailable,
+    #[error("query parameter `{0}` is not valid")]
+    InvalidParameter(&'static str),
+    #[error("`Idempotency-Key` must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("a request with this Idempotency-Key is still being handled; retry later")]
+    IdempotencyKeyInUse,
+    #[error("this Idempotency-Key was used with another request body within 24 hours")]
+    IdempotencyKeyReused,
+    #[error("the dedicated number `caller` is not assigned to this telnum")]
+    NumberNotOwned,
+    #[error("this dedicated number is not assigned")]
+    UnknownNumber,
+    #[error("`data` must be at most {0} bytes")]
+    DataTooLong(usize),
+    #[error("`notify_url` must be an http or https URL of at most {0} bytes")]
+    InvalidNotifyUrl(usize),
+    #[error("the store is not available; retry later")]
+    StoreUnavailable,
 }
 
 impl ApiError {
@@ -57,9 +74,14 @@ impl ApiError {
             ApiError::MalformedJson(_)
             | ApiError::NotAnObject
             | ApiError::InvalidFieldType(_)
-            | ApiError::BodyReadFailed => StatusCode::BAD_REQUEST,
+            | ApiError::BodyReadFailed
+            | ApiError::InvalidParameter(_)
+            | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound | ApiError::UnknownCall => StatusCode::NOT_FOUND,
+            ApiError::NumberNotOwned => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::UnknownCall | ApiError::UnknownNumber => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -67,13 +89,48 @@ impl ApiError {
             ApiError::MissingField(_)
             | ApiError::InvalidNumber { .. }
             | ApiError::CallerIsTelnum
-            | ApiError::CalleeIsCaller => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::IntentTableFull(_) | ApiError::SipUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::CallEnded => StatusCode::CONFLICT,
+            | ApiError::CalleeIsCaller
+            | ApiError::IdempotencyKeyReused
+            | ApiError::DataTooLong(_)
+            | ApiError::InvalidNotifyUrl(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IntentTableFull(_)
+            | ApiError::SipUnavailable
+            | ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CallEnded | ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
         }
     }
+
+    /// Every code, for the OpenAPI document's enum of error codes.
+    pub const CODES: &'static [&'static str] = &[
+        "malformed_json",
+        "invalid_body",
+        "invalid_field_type",
+        "body_read_failed",
+        "unauthenticated",
+        "not_found",
+        "unknown_call",
+        "method_not_allowed",
+        "request_timeout",
+        "body_too_large",
+        "unsupported_media_type",
+        "missing_field",
+        "invalid_number",
+        "caller_is_telnum",
+        "callee_is_caller",
+        "intent_table_full",
+        "call_ended",
+        "sip_unavailable",
+        "invalid_parameter",
+        "invalid_idempotency_key",
+        "idempotency_key_in_use",
+        "idempotency_key_reused",
+        "number_not_owned",
+        "unknown_number",
+        "data_too_long",
+        "invalid_notify_url",
+        "store_unavailable",
+        "internal_error",
+    ];
 
     /// The stable snake_case code clients match on.
     pub fn code(&self) -> &'static str {
@@ -96,11 +153,20 @@ impl ApiError {
             ApiError::IntentTableFull(_) => "intent_table_full",
             ApiError::CallEnded => "call_ended",
             ApiError::SipUnavailable => "sip_unavailable",
+            ApiError::InvalidParameter(_) => "invalid_parameter",
+            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::NumberNotOwned => "number_not_owned",
+            ApiError::UnknownNumber => "unknown_number",
+            ApiError::DataTooLong(_) => "data_too_long",
+            ApiError::InvalidNotifyUrl(_) => "invalid_notify_url",
+            ApiError::StoreUnavailable => "store_unavailable",
         }
     }
 
     /// The JSON error response, with `Allow` on 405 and `WWW-Authenticate` on 401.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<ApiBody> {
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut response = json_response(self.status(), &body);
         match self {
@@ -117,5 +183,19 @@ impl ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// A store failure as the client sees it: a cursor it altered is its error (`400`), anything
+/// else is the server's, logged here and answered `503 store_unavailable`.
+impl From<store::StoreError> for ApiError {
+    fn from(error: store::StoreError) -> ApiError {
+        match error {
+            store::StoreError::BadCursor => ApiError::InvalidParameter("cursor"),
+            error => {
+                tracing::error!(%error, "store request failed");
+                ApiError::StoreUnavailable
+            }
+        }
     }
 }

@@ -14,14 +14,24 @@
 //!   health and counters for `/healthz` and `/metrics`. The API never holds the engine, which
 //!   belongs to the SIP task alone: the binary implements this over what that task publishes.
 //!   [`NoSip`] stands in when there is no SIP side.
+//! * The store ([`store::Store`], [`ApiState::with_store`]) answers for the calls that have
+//!   ended (`GET /api/calls/{callid}` after memory, the listing and export merged with the live
+//!   calls), the number assignments and the `Idempotency-Key`s; its calls run on blocking
+//!   threads. [`openapi`] is the OpenAPI 3.1 document of all of it.
 //! * [`CallActions`] is the way back: requests the API makes of the SIP task (hang up a call),
 //!   each answered by the engine over a oneshot channel.
 //!
 //! Routes and their exact responses are documented on [`handle`].
 
 mod actions;
+mod body;
 mod error;
+mod idempotency;
+mod listing;
 mod metrics;
+mod numbers;
+pub mod openapi;
+pub mod record;
 mod router;
 mod server;
 mod settings;
@@ -30,9 +40,22 @@ mod state;
 
 pub use actions::CallActions;
 pub use b2bua;
+pub use body::ApiBody;
 pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;
 pub use settings::ApiSettings;
 pub use sip_status::{HeapStats, NoSip, SipSnapshot, SipStatus};
 pub use state::{ApiState, Clock, ManualClock, SystemClock};
+
+/// Runs a store call on a blocking thread (the store's calls block on the database).
+pub(crate) async fn blocking<T, F>(call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, store::StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(_) => Err(ApiError::StoreUnavailable),
+    }
+}

@@ -6,19 +6,25 @@ use std::time::Duration;
 use b2bua::engine::ApiHangup;
 use b2bua::intent::normalize_number;
 use b2bua::NoIntent;
+use b2bua::CallExtras;
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH,
+    CONTENT_TYPE,
 };
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use store::IdempotencyLookup;
 
+use crate::body::ApiBody;
 use crate::error::ApiError;
-use crate::metrics;
+use crate::record::row_of;
 use crate::state::ApiState;
+use crate::{idempotency, listing, metrics, numbers};
 
 /// How long a client may take to send a request body once the headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,15 +34,26 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 
 const ALLOW_POST: &str = "POST";
 const ALLOW_GET: &str = "GET, HEAD";
+const ALLOW_PUT_DELETE: &str = "PUT, DELETE";
+
+/// Longest `data` of a makecall (SPEC.md: 1 KiB).
+pub const MAX_DATA_BYTES: usize = 1024;
+/// Longest `notify_url` of a makecall.
+pub const MAX_NOTIFY_URL_BYTES: usize = 2048;
 
 /// The routes, with their path parameters still percent-encoded.
 #[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     MakeCall(&'a str),
     CancelCall(&'a str),
     CtiCallin,
+    Calls,
+    Export,
     Call(&'a str),
     Hangup(&'a str),
+    Numbers,
+    Number(&'a str),
+    OpenApi,
     Healthz,
     Metrics,
 }
@@ -47,19 +64,27 @@ impl Route<'_> {
             Route::MakeCall(_) | Route::CancelCall(_) | Route::CtiCallin | Route::Hangup(_) => {
                 ALLOW_POST
             }
-            Route::Call(_) | Route::Healthz | Route::Metrics => ALLOW_GET,
+            Route::Number(_) => ALLOW_PUT_DELETE,
+            Route::Calls
+            | Route::Export
+            | Route::Call(_)
+            | Route::Numbers
+            | Route::OpenApi
+            | Route::Healthz
+            | Route::Metrics => ALLOW_GET,
         }
     }
 
     fn accepts(&self, method: &Method) -> bool {
         match self.allow() {
             ALLOW_POST => method == Method::POST,
+            ALLOW_PUT_DELETE => method == Method::PUT || method == Method::DELETE,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+pub(crate) fn route(path: &str) -> Option<Route<'_>> {
     match path {
         "/healthz" => return Some(Route::Healthz),
         "/metrics" => return Some(Route::Metrics),
@@ -74,8 +99,13 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["user", telnum, "makecall"] => Some(Route::MakeCall(telnum)),
         ["user", telnum, "cancelcall"] => Some(Route::CancelCall(telnum)),
         ["cti", "callin"] => Some(Route::CtiCallin),
+        ["calls"] => Some(Route::Calls),
+        ["calls", "export"] => Some(Route::Export),
         ["calls", callid] => Some(Route::Call(callid)),
         ["calls", callid, "hangup"] => Some(Route::Hangup(callid)),
+        ["numbers"] => Some(Route::Numbers),
+        ["numbers", number] => Some(Route::Number(number)),
+        ["openapi.json"] => Some(Route::OpenApi),
         _ => None,
     }
 }
@@ -112,7 +142,7 @@ fn route(path: &str) -> Option<Route<'_>> {
 /// `call_ended`, 413 `body_too_large`, 415 `unsupported_media_type`, 422 (`missing_field`,
 /// `invalid_number`, `caller_is_telnum`, `callee_is_caller`), 503 (`intent_table_full`,
 /// `sip_unavailable`).
-pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<Full<Bytes>>
+pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<ApiBody>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -125,7 +155,7 @@ where
     response
 }
 
-async fn dispatch<B>(state: &ApiState, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+async fn dispatch<B>(state: &ApiState, req: Request<B>) -> Result<Response<ApiBody>, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -138,12 +168,94 @@ where
     if !route.accepts(req.method()) {
         return Err(ApiError::MethodNotAllowed(route.allow()));
     }
+    let (parts, body) = req.into_parts();
+    let body = if parts.method == Method::POST || parts.method == Method::PUT {
+        read_body(state, &parts.headers, body).await?
+    } else {
+        Bytes::new()
+    };
+    let key = if parts.method == Method::POST {
+        idempotency::key_of(&parts.headers)?
+    } else {
+        None
+    };
+    let Some(key) = key else {
+        return run(state, route, &parts, body).await;
+    };
+    // Idempotency-Key: replay, refuse, or run and remember (see the idempotency module).
+    let store = state.store()?.clone();
+    let keyed = idempotency::claim(
+        &state.inflight,
+        key,
+        &parts.method,
+        &path,
+        &parts.headers,
+        &body,
+    )?;
+    match idempotency::lookup(&store, &keyed).await? {
+        IdempotencyLookup::Hit(stored) => {
+            let status =
+                StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = Response::new(ApiBody::full(stored.body));
+            *response.status_mut() = status;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                idempotency::REPLAYED_HEADER,
+                HeaderValue::from_static("true"),
+            );
+            Ok(response)
+        }
+        IdempotencyLookup::Conflict => Err(ApiError::IdempotencyKeyReused),
+        IdempotencyLookup::Miss => {
+            let response = match run(state, route, &parts, body).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            };
+            // Every POST answers with one JSON buffer: take it, remember it, send it.
+            let (head, body) = response.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            idempotency::remember(&store, &keyed, head.status, &bytes).await;
+            Ok(Response::from_parts(head, ApiBody::full(bytes)))
+        }
+    }
+}
+
+/// The route's handler, with the body already read.
+async fn run(
+    state: &ApiState,
+    route: Route<'_>,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<Response<ApiBody>, ApiError> {
+    let json = || parse_json_object(&parts.headers, &body);
     match route {
-        Route::MakeCall(telnum) => make_call(state, telnum, req).await,
-        Route::CancelCall(telnum) => cancel_call(state, telnum, req).await,
-        Route::CtiCallin => cti_callin(state, req).await,
-        Route::Call(callid) => call(state, callid),
-        Route::Hangup(callid) => hang_up(state, callid, req).await,
+        Route::MakeCall(telnum) => make_call(state, telnum, json()?.unwrap_or_default()),
+        Route::CancelCall(telnum) => {
+            json()?;
+            cancel_call(state, telnum)
+        }
+        Route::CtiCallin => cti_callin(state, json()?.unwrap_or_default()),
+        Route::Calls => calls(state, parts.uri.query()).await,
+        Route::Export => export(state, parts.uri.query()),
+        Route::Call(callid) => call(state, callid).await,
+        Route::Hangup(callid) => {
+            json()?;
+            hang_up(state, callid).await
+        }
+        Route::Numbers => numbers::list(state, parts.uri.query()).await,
+        Route::Number(number) => {
+            let number = path_number(state, "number", number)?;
+            if parts.method == Method::PUT {
+                numbers::assign(state, &number, json()?.unwrap_or_default()).await
+            } else {
+                numbers::unassign(state, &number).await
+            }
+        }
+        Route::OpenApi => Ok(crate::openapi::response()),
         Route::Healthz => Ok(healthz(state)),
         Route::Metrics => metrics_text(state),
     }
@@ -191,16 +303,11 @@ struct MakeCallResponse<'a> {
     callid: &'a str,
 }
 
-async fn make_call<B>(
+fn make_call(
     state: &ApiState,
     telnum: &str,
-    req: Request<B>,
-) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let body = read_json_object(state, req).await?.unwrap_or_default();
+    body: Map<String, Value>,
+) -> Result<Response<ApiBody>, ApiError> {
     let telnum = path_number(state, "telnum", telnum)?;
     let caller = string_field(&body, "caller")?;
     let callee = string_field(&body, "callee")?;
@@ -212,9 +319,24 @@ where
     if normalize_number(callee) == normalize_number(caller) {
         return Err(ApiError::CalleeIsCaller);
     }
+    let data = optional_string(&body, "data")?;
+    if data.is_some_and(|d| d.len() > MAX_DATA_BYTES) {
+        return Err(ApiError::DataTooLong(MAX_DATA_BYTES));
+    }
+    let notify_url = optional_string(&body, "notify_url")?;
+    if notify_url.is_some_and(|url| !is_http_url(url)) {
+        return Err(ApiError::InvalidNotifyUrl(MAX_NOTIFY_URL_BYTES));
+    }
+    if !state.control.may_use(&telnum, caller) {
+        return Err(ApiError::NumberNotOwned);
+    }
+    let extras = CallExtras {
+        data: data.map(str::to_owned),
+        notify_url: notify_url.map(str::to_owned),
+    };
     let intent = state
         .control
-        .make_call(state.now(), &telnum, caller, callee)?;
+        .make_call_with(state.now(), &telnum, caller, callee, extras)?;
     tracing::info!(callid = %intent.callid, telnum = %intent.telnum, caller = %intent.caller,
         callee = %intent.callee, "makecall: intent registered");
     Ok(json_response(
@@ -225,16 +347,23 @@ where
     ))
 }
 
-async fn cancel_call<B>(
-    state: &ApiState,
-    telnum: &str,
-    req: Request<B>,
-) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    read_json_object(state, req).await?;
+/// An absolute `http://` or `https://` URL with a host, without spaces or controls.
+fn is_http_url(url: &str) -> bool {
+    if url.len() > MAX_NOTIFY_URL_BYTES || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return false;
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    !host.is_empty() && !host.starts_with(':')
+}
+
+fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiError> {
     let telnum = path_number(state, "telnum", telnum)?;
     let body = match state.control.cancel_call(state.now(), &telnum) {
         Some(intent) => {
@@ -247,12 +376,7 @@ where
     Ok(json_response(StatusCode::OK, &body))
 }
 
-async fn cti_callin<B>(state: &ApiState, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    let body = read_json_object(state, req).await?.unwrap_or_default();
+fn cti_callin(state: &ApiState, body: Map<String, Value>) -> Result<Response<ApiBody>, ApiError> {
     let from = string_field(&body, "from")?;
     let to = string_field(&body, "to")?;
     check_number(state, "from", from)?;
@@ -282,26 +406,70 @@ fn reject_reason(no: NoIntent) -> &'static str {
     no.code()
 }
 
-fn call(state: &ApiState, callid: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+/// `GET /api/calls/{callid}`: memory first (live calls, and ended ones still held), then the
+/// store.
+async fn call(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, ApiError> {
     let callid = percent_decode(callid).ok_or(ApiError::UnknownCall)?;
-    let record = state.control.call(&callid).ok_or(ApiError::UnknownCall)?;
-    Ok(json_response(StatusCode::OK, &record))
+    if let Some(record) = state.control.call(&callid) {
+        return Ok(json_response(StatusCode::OK, &row_of(&record)));
+    }
+    let store = state.store()?.clone();
+    let stored = crate::blocking(move || store.get_call(&callid)).await?;
+    let row = stored.ok_or(ApiError::UnknownCall)?;
+    Ok(json_response(StatusCode::OK, &row))
 }
 
-async fn hang_up<B>(
-    state: &ApiState,
-    callid: &str,
-    req: Request<B>,
-) -> Result<Response<Full<Bytes>>, ApiError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
-    read_json_object(state, req).await?;
+/// `GET /api/calls`: a page of the records, live ones merged with the stored ones.
+async fn calls(state: &ApiState, query: Option<&str>) -> Result<Response<ApiBody>, ApiError> {
+    let query = listing::parse_query(query, state.settings.max_number_len)?;
+    let store = state.store()?.clone();
+    let control = state.control.clone();
+    let page = crate::blocking(move || {
+        listing::page(
+            &*store,
+            &control,
+            &query.filter,
+            query.limit,
+            query.cursor.as_deref(),
+        )
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+/// `GET /api/calls/export`: every record of the filters, streamed as CSV or NDJSON.
+fn export(state: &ApiState, query: Option<&str>) -> Result<Response<ApiBody>, ApiError> {
+    let query = listing::parse_query(query, state.settings.max_number_len)?;
+    let store = state.store()?.clone();
+    let csv = query.format.as_deref() != Some("ndjson");
+    let chunks = listing::export(store, state.control.clone(), query.filter, csv);
+    let mut response = Response::new(ApiBody::Stream(chunks));
+    let (content_type, file) = if csv {
+        ("text/csv; charset=utf-8; header=present", "calls.csv")
+    } else {
+        ("application/x-ndjson", "calls.ndjson")
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        headers.insert(CONTENT_DISPOSITION, value);
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn hang_up(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, ApiError> {
     let callid = percent_decode(callid).ok_or(ApiError::UnknownCall)?;
-    // Unknown ids are answered here, without a trip to the SIP task.
+    // Unknown ids are answered here, without a trip to the SIP task; a call only in the store
+    // has ended.
     if state.control.call(&callid).is_none() {
-        return Err(ApiError::UnknownCall);
+        let store = state.store()?.clone();
+        let id = callid.clone();
+        let stored = crate::blocking(move || store.get_call(&id)).await?;
+        return Err(match stored {
+            Some(_) => ApiError::CallEnded,
+            None => ApiError::UnknownCall,
+        });
     }
     let outcome = state
         .actions
@@ -311,14 +479,14 @@ where
     match outcome {
         ApiHangup::Ended(record) => {
             tracing::info!(%callid, "hangup: call ended by the API");
-            Ok(json_response(StatusCode::OK, &*record))
+            Ok(json_response(StatusCode::OK, &row_of(&record)))
         }
         ApiHangup::NotLive(_) => Err(ApiError::CallEnded),
         ApiHangup::Unknown => Err(ApiError::UnknownCall),
     }
 }
 
-fn healthz(state: &ApiState) -> Response<Full<Bytes>> {
+fn healthz(state: &ApiState) -> Response<ApiBody> {
     let snapshot = state.sip.snapshot();
     let sip = snapshot.sip_serving && !snapshot.draining;
     let (status, word) = if snapshot.draining {
@@ -331,10 +499,10 @@ fn healthz(state: &ApiState) -> Response<Full<Bytes>> {
     json_response(status, &json!({"status": word, "sip": sip, "http": true}))
 }
 
-fn metrics_text(state: &ApiState) -> Result<Response<Full<Bytes>>, ApiError> {
+fn metrics_text(state: &ApiState) -> Result<Response<ApiBody>, ApiError> {
     match metrics::render(state) {
         Ok(text) => {
-            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let mut response = Response::new(ApiBody::full(text));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
@@ -347,20 +515,14 @@ fn metrics_text(state: &ApiState) -> Result<Response<Full<Bytes>>, ApiError> {
     }
 }
 
-/// Reads the body under the size limit and time limit. `Ok(None)`: the body was empty. A
-/// non-empty body must be declared `application/json` and be a JSON object.
-async fn read_json_object<B>(
-    state: &ApiState,
-    req: Request<B>,
-) -> Result<Option<Map<String, Value>>, ApiError>
+/// Reads the body under the size limit and time limit.
+async fn read_body<B>(state: &ApiState, headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let limit = state.settings.max_body_bytes;
-    let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -370,20 +532,28 @@ where
     let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
         .await
         .map_err(|_| ApiError::BodyTimeout)?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::BodyTooLarge(limit));
+            Err(ApiError::BodyTooLarge(limit))
         }
-        Err(_) => return Err(ApiError::BodyReadFailed),
-    };
+        Err(_) => Err(ApiError::BodyReadFailed),
+    }
+}
+
+/// `Ok(None)`: the body was empty. A non-empty body must be declared `application/json` and
+/// be a JSON object.
+pub(crate) fn parse_json_object(
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<Option<Map<String, Value>>, ApiError> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    if !is_json(&parts.headers) {
+    if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(Some(map)),
         Ok(_) => Err(ApiError::NotAnObject),
         Err(error) => Err(ApiError::MalformedJson(error.to_string())),
@@ -398,7 +568,22 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn string_field<'a>(body: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, ApiError> {
+/// An optional string field: absent or `null` is `None`.
+fn optional_string<'a>(
+    body: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<&'a str>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::InvalidFieldType(name)),
+    }
+}
+
+pub(crate) fn string_field<'a>(
+    body: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<&'a str, ApiError> {
     match body.get(name) {
         None | Some(Value::Null) => Err(ApiError::MissingField(name)),
         Some(Value::String(s)) => Ok(s),
@@ -407,8 +592,20 @@ fn string_field<'a>(body: &'a Map<String, Value>, name: &'static str) -> Result<
 }
 
 /// A number: optional leading `+`, then 1 to `max_number_len` ASCII digits.
-fn check_number(state: &ApiState, field: &'static str, value: &str) -> Result<(), ApiError> {
-    let max = state.settings.max_number_len;
+pub(crate) fn check_number(
+    state: &ApiState,
+    field: &'static str,
+    value: &str,
+) -> Result<(), ApiError> {
+    check_number_len(field, value, state.settings.max_number_len)
+}
+
+/// [`check_number`] with the limit given.
+pub(crate) fn check_number_len(
+    field: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), ApiError> {
     let digits = value.strip_prefix('+').unwrap_or(value);
     if digits.is_empty() || digits.len() > max || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::InvalidNumber { field, max });
@@ -417,7 +614,7 @@ fn check_number(state: &ApiState, field: &'static str, value: &str) -> Result<()
 }
 
 /// A number taken from the path, percent-decoded (so `%2B1001` is `+1001`).
-fn path_number(state: &ApiState, field: &'static str, raw: &str) -> Result<String, ApiError> {
+pub(crate) fn path_number(state: &ApiState, field: &'static str, raw: &str) -> Result<String, ApiError> {
     let max = state.settings.max_number_len;
     let decoded = percent_decode(raw).ok_or(ApiError::InvalidNumber { field, max })?;
     check_number(state, field, &decoded)?;
@@ -442,15 +639,22 @@ fn percent_decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Decodes a query-string value's `%XX` escapes. A `+` stays a `+` (not a space, as HTML
+/// forms would have it): in this API it is the leading `+` of a number, as in
+/// `?telnum=+1001`.
+pub(crate) fn query_decode(raw: &str) -> Option<String> {
+    percent_decode(raw)
+}
+
 /// A JSON response; falls back to a bare 500 if serialisation fails (it cannot for our types).
 pub(crate) fn json_response<T: Serialize + ?Sized>(
     status: StatusCode,
     body: &T,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let Ok(bytes) = serde_json::to_vec(body) else {
         return internal_error();
     };
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(ApiBody::full(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -458,8 +662,8 @@ pub(crate) fn json_response<T: Serialize + ?Sized>(
     response
 }
 
-fn internal_error() -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(
+fn internal_error() -> Response<ApiBody> {
+    let mut response = Response::new(ApiBody::full(Bytes::from_static(
         br#"{"error":{"code":"internal_error","message":"the server failed to render its answer"}}"#,
     )));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;

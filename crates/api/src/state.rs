@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use b2bua::CallControl;
+use store::Store;
 
 use crate::actions::CallActions;
+use crate::idempotency::InFlight;
 use crate::metrics::ApiMetrics;
 use crate::settings::ApiSettings;
 use crate::sip_status::{NoSip, SipStatus};
@@ -80,6 +82,8 @@ pub struct ApiState {
     pub(crate) actions: Arc<dyn CallActions>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: ApiMetrics,
+    pub(crate) store: Option<Arc<dyn Store>>,
+    pub(crate) inflight: Arc<InFlight>,
 }
 
 impl ApiState {
@@ -96,7 +100,21 @@ impl ApiState {
             actions: Arc::new(NoSip),
             clock: Arc::new(SystemClock),
             metrics: ApiMetrics::new(),
+            store: None,
+            inflight: Arc::new(InFlight::default()),
         }
+    }
+
+    /// Gives the API its store: records of ended calls, number assignments, idempotency keys.
+    /// Without one, the endpoints that need it answer `503 store_unavailable` and
+    /// `Idempotency-Key` is refused the same way.
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> ApiState {
+        self.store = Some(store);
+        self
+    }
+
+    pub(crate) fn store(&self) -> Result<&Arc<dyn Store>, crate::ApiError> {
+        self.store.as_ref().ok_or(crate::ApiError::StoreUnavailable)
     }
 
     /// Lets the API act on live calls through the SIP side (without it, hang-up answers 503

@@ -446,17 +446,30 @@ impl CallRegistry {
             .map(|slot| slot.record.clone())
     }
 
-    /// Every record not yet ended (intents included) that `keep` accepts, in no order; for
-    /// listings, which merge them with the stored records.
-    pub fn live_matching(&self, mut keep: impl FnMut(&CallRecord) -> bool) -> Vec<CallRecord> {
+    /// The `limit` newest (by `created_at`, then callid, both descending) records not yet
+    /// ended (intents included) that `keep` accepts; for listings, which merge them with the
+    /// stored records. Only those returned are cloned.
+    pub fn live_newest(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&CallRecord) -> bool,
+    ) -> Vec<CallRecord> {
         let inner = self.inner.lock();
-        inner
+        let mut live: Vec<&CallRecord> = inner
             .records
             .values()
             .map(|slot| &slot.record)
             .filter(|record| record.state != CallState::Ended && keep(record))
-            .cloned()
-            .collect()
+            .collect();
+        let newest_first = |a: &&CallRecord, b: &&CallRecord| {
+            (b.created_at, &b.callid).cmp(&(a.created_at, &a.callid))
+        };
+        if live.len() > limit {
+            live.select_nth_unstable_by(limit, newest_first);
+            live.truncate(limit);
+        }
+        live.sort_unstable_by(newest_first);
+        live.into_iter().cloned().collect()
     }
 
     /// From now on, ended records are queued for [`take_settled`](Self::take_settled). Off by

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use b2bua::{CallControl, CallState, EndCause};
 use http::header::{ALLOW, WWW_AUTHENTICATE};
 use http_body::Frame;
+use http_body_util::Full;
 
 use super::*;
 use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
@@ -66,8 +67,14 @@ fn harness_with(settings: ApiSettings, sip: Arc<dyn SipStatus>) -> Harness {
         b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let clock = Arc::new(ManualClock::new());
-    let state = ApiState::new(control, settings, sip).with_clock(clock.clone());
+    let state = ApiState::new(control, settings, sip)
+        .with_clock(clock.clone())
+        .with_store(memory_store());
     Harness { state, clock }
+}
+
+fn memory_store() -> Arc<dyn store::Store> {
+    Arc::new(store::SqliteStore::open("").expect("memory store"))
 }
 
 fn harness() -> Harness {
@@ -854,7 +861,8 @@ async fn makecall_beyond_the_intent_limit_is_503() {
         b2bua::WallClock::new(Instant::now(), SystemTime::now()),
     ));
     let h = Harness {
-        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip)),
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip))
+            .with_store(memory_store()),
         clock: Arc::new(ManualClock::new()),
     };
     h.make_call("1001", "2001", "3001").await;
