@@ -98,6 +98,9 @@ impl Bridge {
             "media.bind_ip=\"127.0.0.1\"".to_owned(),
             format!("sip.max_call_secs={}", options.max_call_secs),
             format!("sip.max_calls={}", options.max_calls),
+            // Each test's own store in memory, unless it names a file (`extra`): parallel tests
+            // never share a database, and nothing is left in the working directory.
+            "store.path=\"\"".to_owned(),
         ];
         overrides.extend(options.extra.iter().cloned());
         let config =

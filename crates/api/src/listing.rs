@@ -33,8 +33,7 @@ pub(crate) fn parse_query(query: Option<&str>, max_number_len: usize) -> Result<
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-        let value =
-            crate::router::query_decode(raw).ok_or(ApiError::InvalidParameter("query"))?;
+        let value = crate::router::query_decode(raw).ok_or(ApiError::InvalidParameter("query"))?;
         match name {
             "telnum" => {
                 crate::router::check_number_len("telnum", &value, max_number_len)
@@ -297,10 +296,16 @@ mod tests {
 
     #[test]
     fn query_parameters_are_checked() {
-        let q = parse_query(Some("telnum=%2B1001&state=ended&since=5&until=9&limit=7"), 32)
-            .unwrap();
+        let q = parse_query(
+            Some("telnum=%2B1001&state=ended&since=5&until=9&limit=7"),
+            32,
+        )
+        .unwrap();
         assert_eq!(q.filter.telnum.as_deref(), Some("+1001"));
-        assert_eq!((q.filter.since, q.filter.until, q.limit), (Some(5), Some(9), 7));
+        assert_eq!(
+            (q.filter.since, q.filter.until, q.limit),
+            (Some(5), Some(9), 7)
+        );
         assert_eq!(parse_query(None, 32).unwrap().limit, 100);
         for bad in [
             "limit=0",

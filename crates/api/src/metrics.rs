@@ -5,7 +5,9 @@
 //! `active_calls`, `sip_dialogs`, `sip_transactions{kind="client"|"server"}`, `intents_pending`,
 //! `call_records`, `sip_serving`, `calls_bridged_total`, `calls_refused_total{reason}`,
 //! `calls_failed_total{reason}`, `sip_malformed_total{handling="answered"|"dropped"}`,
-//! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`, and
+//! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`,
+//! `store_writes_total{result}`, `store_queue_depth`, `store_batches_total`,
+//! `store_unsettled_records`, `numbers_assigned`, and
 //! `heap_bytes{kind="allocated"|"active"|"resident"|"retained"}` when the allocator reports.
 
 use std::sync::atomic::AtomicI64;
@@ -241,6 +243,43 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
             ),
         );
     }
+    if let Some(writer) = &state.writer {
+        let c = writer.counters();
+        registry.register(
+            "store_writes",
+            "Writes handed to the store's writer, by outcome: written (committed), dropped_full \
+             (the queue was full: the database is slower than the offered load), error",
+            family_of_counters(
+                "result",
+                &[
+                    ("written".to_owned(), c.written),
+                    ("dropped_full".to_owned(), c.dropped_full),
+                    ("error".to_owned(), c.errors),
+                ],
+            ),
+        );
+        registry.register(
+            "store_queue_depth",
+            "Writes queued for the store and not yet committed",
+            gauge(c.pending()),
+        );
+        registry.register(
+            "store_batches",
+            "Transactions the store's writer committed",
+            counter(c.batches),
+        );
+    }
+    registry.register(
+        "store_unsettled_records",
+        "Ended call records waiting (about a second) for their last counters before they go to \
+         the store",
+        gauge(state.control.registry().unsettled_count() as u64),
+    );
+    registry.register(
+        "numbers_assigned",
+        "Dedicated numbers assigned (PUT /api/numbers)",
+        gauge(state.control.numbers().len() as u64),
+    );
     registry.register(
         "http_requests",
         "HTTP requests answered by the API, by status class",

@@ -191,7 +191,11 @@ pub struct ApiDoc;
 /// The document as JSON (built once).
 pub fn document() -> &'static str {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".to_owned()))
+    DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    })
 }
 
 /// `GET /api/openapi.json`.
@@ -467,7 +471,14 @@ mod tests {
         }
         assert_eq!(paths.len(), 12);
         let record = &doc["components"]["schemas"]["CallRow"]["properties"];
-        for field in ["ring_ms", "talk_ms", "sip_reason", "data", "ended_by", "media"] {
+        for field in [
+            "ring_ms",
+            "talk_ms",
+            "sip_reason",
+            "data",
+            "ended_by",
+            "media",
+        ] {
             assert!(record.get(field).is_some(), "record field {field}");
         }
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use b2bua::engine::ApiHangup;
 use b2bua::intent::normalize_number;
-use b2bua::NoIntent;
 use b2bua::CallExtras;
+use b2bua::NoIntent;
 use bytes::Bytes;
 use http::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH,
@@ -614,7 +614,11 @@ pub(crate) fn check_number_len(
 }
 
 /// A number taken from the path, percent-decoded (so `%2B1001` is `+1001`).
-pub(crate) fn path_number(state: &ApiState, field: &'static str, raw: &str) -> Result<String, ApiError> {
+pub(crate) fn path_number(
+    state: &ApiState,
+    field: &'static str,
+    raw: &str,
+) -> Result<String, ApiError> {
     let max = state.settings.max_number_len;
     let decoded = percent_decode(raw).ok_or(ApiError::InvalidNumber { field, max })?;
     check_number(state, field, &decoded)?;

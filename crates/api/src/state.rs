@@ -83,6 +83,7 @@ pub struct ApiState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: ApiMetrics,
     pub(crate) store: Option<Arc<dyn Store>>,
+    pub(crate) writer: Option<Arc<store::Writer>>,
     pub(crate) inflight: Arc<InFlight>,
 }
 
@@ -101,6 +102,7 @@ impl ApiState {
             clock: Arc::new(SystemClock),
             metrics: ApiMetrics::new(),
             store: None,
+            writer: None,
             inflight: Arc::new(InFlight::default()),
         }
     }
@@ -110,6 +112,12 @@ impl ApiState {
     /// `Idempotency-Key` is refused the same way.
     pub fn with_store(mut self, store: Arc<dyn Store>) -> ApiState {
         self.store = Some(store);
+        self
+    }
+
+    /// Lets `/metrics` show the store writer's counters.
+    pub fn with_store_writer(mut self, writer: Arc<store::Writer>) -> ApiState {
+        self.writer = Some(writer);
         self
     }
 

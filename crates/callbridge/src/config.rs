@@ -54,6 +54,7 @@ pub struct Config {
     pub media: MediaSection,
     pub api: ApiSection,
     pub intent: IntentSection,
+    pub store: StoreSection,
     pub log: LogSection,
 }
 
@@ -447,6 +448,9 @@ pub struct IntentSection {
     pub ttl_secs: u64,
     /// Most intents pending at once; makecall for a new number beyond it gets 503.
     pub max_pending: usize,
+    /// makecall and INVITEs only for dedicated numbers assigned to the telnum
+    /// (`PUT /api/numbers/{number}`).
+    pub require_ownership: bool,
 }
 
 impl Default for IntentSection {
@@ -454,6 +458,34 @@ impl Default for IntentSection {
         IntentSection {
             ttl_secs: 120,
             max_pending: b2bua::intent::DEFAULT_MAX_PENDING,
+            require_ownership: false,
+        }
+    }
+}
+
+/// `[store]`: call records, number assignments, idempotency keys (crates/store).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// The SQLite file (created, with its directory's WAL files, if missing); `""` keeps
+    /// everything in memory, lost on exit.
+    pub path: String,
+    /// `postgres://…`: one database shared by several nodes (not in this build yet).
+    pub url: String,
+    /// How long records of ended calls are kept, in days (swept hourly).
+    pub retention_days: u32,
+    /// Writes queued for the store at most; beyond it records are dropped and counted
+    /// (`callbridge_store_writes_total{result="dropped_full"}`).
+    pub queue: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: store::DEFAULT_PATH.to_owned(),
+            url: String::new(),
+            retention_days: store::DEFAULT_RETENTION_DAYS,
+            queue: store::DEFAULT_QUEUE_CAPACITY,
         }
     }
 }
@@ -463,13 +495,15 @@ impl IntentSection {
     /// section says, ended calls kept as `[sip]` says (`call_retention_secs`, `max_ended_calls`).
     /// `clock`: the wall-clock time now, for records and call ids.
     pub fn call_control(&self, sip: &SipSection, clock: WallClock) -> CallControl {
-        CallControl::with_max_intents(
+        let control = CallControl::with_max_intents(
             Duration::from_secs(self.ttl_secs),
             self.max_pending,
             Duration::from_secs(sip.call_retention_secs),
             sip.max_ended_calls,
             clock,
-        )
+        );
+        control.set_require_ownership(self.require_ownership);
+        control
     }
 }
 
@@ -656,6 +690,14 @@ impl Config {
         if self.intent.ttl_secs == 0 {
             return Err(ConfigError::Invalid("intent.ttl_secs must be > 0".into()));
         }
+        if !(1..=36_500).contains(&self.store.retention_days) {
+            return Err(ConfigError::Invalid(
+                "store.retention_days must be 1-36500".into(),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.store.queue) {
+            return Err(ConfigError::Invalid("store.queue must be 1-1000000".into()));
+        }
         self.media.port_range()?;
         self.media.learning_config()?;
         if !self.api.listen.ip().is_loopback()
@@ -734,6 +776,10 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(c.api.tokens.is_empty());
         assert_eq!(c.intent.ttl_secs, 120);
+        assert!(!c.intent.require_ownership);
+        assert_eq!(c.store.path, "callbridge.db");
+        assert_eq!(c.store.url, "");
+        assert_eq!(c.store.retention_days, 90);
     }
 
     #[test]

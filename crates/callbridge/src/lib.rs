@@ -1,6 +1,7 @@
 //! # callbridge
 //!
-//! The process around the libraries: configuration ([`config`]), the wiring of transport,
+//! The process around the libraries: configuration ([`config`]), the store ([`persistence`]),
+//! the wiring of transport,
 //! engine, sweeper and HTTP API ([`start`]), and the status the API and tests read
 //! ([`SharedStatus`]). The `callbridge` binary is a thin `main` over this crate; `sip-tests`
 //! starts the same thing in-process.
@@ -8,6 +9,7 @@
 mod actions;
 pub mod config;
 mod media_driver;
+pub mod persistence;
 mod runtime;
 mod status;
 

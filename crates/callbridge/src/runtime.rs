@@ -1,7 +1,9 @@
-//! Wiring: binds the SIP transport and the HTTP listener, and runs the three tasks of a
-//! callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and the media
-//! driver, and moves bytes, media commands and deadlines between them and tokio), the intent
-//! sweeper, and the HTTP server. The relay tasks of the media driver run beside them.
+//! Wiring: opens the store, binds the SIP transport and the HTTP listener, and runs the tasks
+//! of a callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and the
+//! media driver, and moves bytes, media commands and deadlines between them and tokio), the
+//! intent sweeper, the HTTP server, and the store's record mover and retention sweep
+//! ([`crate::persistence`]). The relay tasks of the media driver and the store's writer
+//! thread run beside them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::actions::{EngineCommand, SipActions};
 use crate::config::Config;
 use crate::media_driver::MediaBridge;
+use crate::persistence::{self, Persistence};
 use crate::status::SharedStatus;
 
 /// Why callbridge could not start.
@@ -37,6 +40,8 @@ pub enum StartError {
     Trunk(String),
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// A started callbridge: its bound addresses, shared state, and the handle to stop it.
@@ -78,6 +83,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     ));
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The store before anything serves: the number assignments must be in memory before the
+    // first makecall or INVITE is checked against them.
+    let persistence = Arc::new(Persistence::open(&config.store, &control)?);
 
     // The trunk first: its address is trusted for TCP and holds the reserved connections,
     // which the transport needs from the moment it accepts.
@@ -117,7 +125,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (actions, commands) = SipActions::new();
     let api_state = Arc::new(
         ApiState::new(control.clone(), api_settings, status.clone())
-            .with_actions(Arc::new(actions)),
+            .with_actions(Arc::new(actions))
+            .with_store(persistence.store.clone())
+            .with_store_writer(persistence.writer.clone()),
     );
 
     // Ports of the relay range that something already holds (the SIP port, another process)
@@ -148,11 +158,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         status.clone(),
         (grace, hangup),
     );
+    let last_records = (persistence.clone(), control.clone());
     tasks.push(tokio::spawn(async move {
         sip.await;
+        // Every call has ended now: their records go to the store before the API closes.
+        let (persistence, control) = last_records;
+        persistence.finish(control).await;
         drop(sip_stopped_tx);
     }));
     tasks.push(tokio::spawn(sweeper(control.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(persistence::record_task(
+        control.clone(),
+        persistence.writer.clone(),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(persistence::sweep_task(
+        persistence.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(async move {
         api::serve(api_listener, api_state, async move {
             let _ = sip_stopped.await;

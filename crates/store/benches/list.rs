@@ -90,7 +90,10 @@ fn record(i: u64) -> CallRow {
                 bytes: 438_428,
                 dropped: 1,
             },
+            latched_a: Some("192.0.2.10:40000".to_owned()),
+            latched_b: Some("198.51.100.7:30000".to_owned()),
         }),
+        notify_url: None,
     }
 }
 
