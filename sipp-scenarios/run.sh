@@ -220,6 +220,7 @@ NO_COLOR=1 "$bin" \
     --set "media.rtp_ports=$RTP_PORTS" \
     --set "api.listen=$HOST:$API_PORT" \
     --set "intent.ttl_secs=300" \
+    --set "store.path=$work/callbridge.db" \
     >"$cb_log" 2>&1 &
 cb_pid=$!
 

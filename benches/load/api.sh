@@ -193,7 +193,7 @@ start_server() { # name -> sets SERVER_PID, URL
         local filter=info
         [[ $name == callbridge-warn ]] && filter=warn
         "$CALLBRIDGE" --set "api.listen=$HOST:$API_PORT" --set "sip.listen=$HOST:$SIP_PORT" \
-            --set "log.filter=$filter" >"$WORK/$name.log" 2>&1 &
+            --set "log.filter=$filter" --set "store.path=$WORK/$name.db" >"$WORK/$name.log" 2>&1 &
         SERVER_PID=$!
         URL=http://$HOST:$API_PORT
         ;;

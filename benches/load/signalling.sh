@@ -360,6 +360,9 @@ start_server() { # server name -> srv_pid, sip target "host:port"
     if [[ $server == callbridge* ]]; then
         local extra=()
         [[ $server == callbridge-t1_* ]] && extra=(--set "sip.t1_ms=${server#callbridge-t1_}")
+        # The reference for the store's cost: the same server with call records kept in memory
+        # only (store.records = false), nothing written to the SQLite file.
+        [[ $server == callbridge-norecords ]] && extra=(--set "store.records=false")
         NO_COLOR=1 "$cb_bin" \
             --set "sip.listen=$HOST:$SIP_PORT" \
             --set "sip.trunk=$HOST:$CALLEE_PORT" \
@@ -371,6 +374,7 @@ start_server() { # server name -> srv_pid, sip target "host:port"
             --set "api.listen=$HOST:$API_PORT" \
             --set "intent.ttl_secs=900" \
             --set "log.filter=warn" \
+            --set "store.path=$work/$name.db" \
             --set "sip.recv_buffer_bytes=$UDP_BUF_BYTES" \
             --set "sip.send_buffer_bytes=$UDP_BUF_BYTES" \
             "${extra[@]}" \

@@ -332,6 +332,7 @@ NO_COLOR=1 "$cb_bin" \
     --set "api.listen=$HOST:$API_PORT" \
     --set "intent.ttl_secs=$((LEAD + 600))" \
     --set "log.filter=${LOG_FILTER:-warn}" \
+    --set "store.path=$work/soak.db" \
     >"$work/callbridge.log" 2>&1 &
 cb_pid=$!
 for _ in $(seq 150); do

@@ -228,6 +228,8 @@ async fn run(args: Args) -> Result<(), String> {
         // Off: with many calls the first ones wait for the others' setup before media starts.
         "media.inactivity_secs=0".to_owned(),
         format!("log.filter=\"{}\"", args.log_filter),
+        // Records in an in-memory store: nothing left in the working directory.
+        "store.path=\"\"".to_owned(),
     ];
     let log = File::create(&args.log).map_err(|e| format!("create {}: {e}", args.log))?;
     let mut command = Command::new(&args.callbridge);

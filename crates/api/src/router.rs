@@ -17,11 +17,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use store::IdempotencyLookup;
 
 use crate::body::ApiBody;
 use crate::error::ApiError;
+use crate::openapi::{CancelCallResponse, CtiAction, CtiCallinResponse, Health, HealthStatus};
 use crate::record::row_of;
 use crate::state::ApiState;
 use crate::{idempotency, listing, metrics, numbers};
@@ -124,7 +125,19 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   decision **consumes** the intent, exactly as an INVITE reaching callbridge's own SIP side
 ///   does: the external switch asks once per incoming call. `to` may be the dedicated number
 ///   (`caller` of the intent) or the intent's `callee` (the seed's example).
-/// * `GET /api/calls/{callid}` → `200` the call record, `404 unknown_call`.
+/// * `GET /api/calls?telnum=&state=&since=&until=&limit=&cursor=` → `200 {"calls",
+///   "next_cursor"}`: live records merged with stored ones, newest first (see the listing module's
+///   module doc); `400 invalid_parameter`.
+/// * `GET /api/calls/export?format=csv|ndjson` + the listing's filters → the records streamed
+///   (CSV per RFC 4180 with a header row, or one JSON record per line).
+/// * `GET /api/calls/{callid}` → `200` the call record (memory, then the store),
+///   `404 unknown_call`.
+/// * `PUT /api/numbers/{number}` `{"telnum"}`, `DELETE /api/numbers/{number}` (`404
+///   unknown_number`), `GET /api/numbers?telnum=`: the dedicated numbers' assignments.
+/// * `GET /api/openapi.json` → the OpenAPI 3.1 document ([`crate::openapi`]).
+/// * Every `POST` takes `Idempotency-Key` (see the idempotency module): a replay gets the
+///   first response with `Idempotent-Replayed: true`; `400 invalid_idempotency_key`, `409
+///   idempotency_key_in_use`, `422 idempotency_key_reused`.
 /// * `POST /api/calls/{callid}/hangup`, body empty or a JSON object → `200` the record, now
 ///   ended by `api` (a bridged call gets BYE on both legs, a ringing one CANCEL on leg B and
 ///   480 on leg A, one still waiting for its phone loses its intent); `409 call_ended` if it
@@ -137,11 +150,13 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   it with the listen address or the network).
 ///
 /// Errors: `{"error":{"code","message"}}` with 400 (`malformed_json`, `invalid_body`,
-/// `invalid_field_type`, `body_read_failed`), 401 `unauthenticated`, 404 (`not_found`,
-/// `unknown_call`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 409
-/// `call_ended`, 413 `body_too_large`, 415 `unsupported_media_type`, 422 (`missing_field`,
-/// `invalid_number`, `caller_is_telnum`, `callee_is_caller`), 503 (`intent_table_full`,
-/// `sip_unavailable`).
+/// `invalid_field_type`, `body_read_failed`, `invalid_parameter`, `invalid_idempotency_key`),
+/// 401 `unauthenticated`, 403 `number_not_owned`, 404 (`not_found`, `unknown_call`,
+/// `unknown_number`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 409
+/// (`call_ended`, `idempotency_key_in_use`), 413 `body_too_large`, 415
+/// `unsupported_media_type`, 422 (`missing_field`, `invalid_number`, `caller_is_telnum`,
+/// `callee_is_caller`, `data_too_long`, `invalid_notify_url`, `idempotency_key_reused`), 503
+/// (`intent_table_full`, `sip_unavailable`, `store_unavailable`).
 pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<ApiBody>
 where
     B: Body<Data = Bytes>,
@@ -368,10 +383,19 @@ fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiE
     let body = match state.control.cancel_call(state.now(), &telnum) {
         Some(intent) => {
             tracing::info!(callid = %intent.callid, telnum = %intent.telnum, "cancelcall: intent cancelled");
-            json!({"cancelled": true, "callid": intent.callid, "caller": intent.caller,
-                "callee": intent.callee})
+            CancelCallResponse {
+                cancelled: true,
+                callid: Some(intent.callid),
+                caller: Some(intent.caller),
+                callee: Some(intent.callee),
+            }
         }
-        None => json!({"cancelled": false}),
+        None => CancelCallResponse {
+            cancelled: false,
+            callid: None,
+            caller: None,
+            callee: None,
+        },
     };
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -388,14 +412,25 @@ fn cti_callin(state: &ApiState, body: Map<String, Value>) -> Result<Response<Api
         Ok(intent) => {
             state.metrics.cti_decision("bridge", "matched");
             tracing::info!(callid = %intent.callid, from, to, "cti callin: bridge");
-            json!({"action": "bridge", "caller": intent.caller, "callee": intent.callee,
-                "callid": intent.callid})
+            CtiCallinResponse {
+                action: CtiAction::Bridge,
+                caller: Some(intent.caller),
+                callee: Some(intent.callee),
+                callid: Some(intent.callid),
+                reason: None,
+            }
         }
         Err(no) => {
             let reason = reject_reason(no);
             state.metrics.cti_decision("reject", reason);
             tracing::info!(from, to, reason, "cti callin: reject");
-            json!({"action": "reject", "reason": reason})
+            CtiCallinResponse {
+                action: CtiAction::Reject,
+                caller: None,
+                callee: None,
+                callid: None,
+                reason: Some(reason.to_owned()),
+            }
         }
     };
     Ok(json_response(StatusCode::OK, &body))
@@ -490,13 +525,18 @@ fn healthz(state: &ApiState) -> Response<ApiBody> {
     let snapshot = state.sip.snapshot();
     let sip = snapshot.sip_serving && !snapshot.draining;
     let (status, word) = if snapshot.draining {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Draining)
     } else if sip {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, HealthStatus::Ok)
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Unavailable)
     };
-    json_response(status, &json!({"status": word, "sip": sip, "http": true}))
+    let body = Health {
+        status: word,
+        sip,
+        http: true,
+    };
+    json_response(status, &body)
 }
 
 fn metrics_text(state: &ApiState) -> Result<Response<ApiBody>, ApiError> {

@@ -474,6 +474,9 @@ pub struct StoreSection {
     pub url: String,
     /// How long records of ended calls are kept, in days (swept hourly).
     pub retention_days: u32,
+    /// `false`: records of ended calls are not written (only kept in memory for
+    /// `sip.call_retention_secs`); numbers and idempotency keys still are.
+    pub records: bool,
     /// Writes queued for the store at most; beyond it records are dropped and counted
     /// (`callbridge_store_writes_total{result="dropped_full"}`).
     pub queue: usize,
@@ -485,6 +488,7 @@ impl Default for StoreSection {
             path: store::DEFAULT_PATH.to_owned(),
             url: String::new(),
             retention_days: store::DEFAULT_RETENTION_DAYS,
+            records: true,
             queue: store::DEFAULT_QUEUE_CAPACITY,
         }
     }

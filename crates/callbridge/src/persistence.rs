@@ -49,8 +49,11 @@ impl Persistence {
                 ..WriterConfig::default()
             },
         )?;
-        control.registry().enable_persistence();
-        tracing::info!(path = %config.path, numbers = numbers.len(), "store opened");
+        if config.records {
+            control.registry().enable_persistence();
+        }
+        tracing::info!(path = %config.path, numbers = numbers.len(), records = config.records,
+            "store opened");
         Ok(Persistence {
             store,
             writer: Arc::new(writer),

@@ -11,6 +11,7 @@ use http_body::Frame;
 use http_body_util::Full;
 
 use super::*;
+use serde_json::json;
 use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
 
 const TTL: Duration = Duration::from_secs(120);
@@ -967,4 +968,376 @@ async fn hangup_without_a_sip_side_is_503() {
     h.post(&format!("/api/calls/{callid}/hangup"), "")
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "sip_unavailable");
+}
+
+impl Harness {
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send(request(method, path, &all, body)).await
+    }
+
+    fn store(&self) -> Arc<dyn store::Store> {
+        self.state.store.clone().expect("a store")
+    }
+}
+
+fn ended_row(callid: &str, telnum: &str, created_at: u64) -> store::CallRow {
+    store::CallRow {
+        callid: callid.to_owned(),
+        telnum: telnum.to_owned(),
+        caller: "2001".to_owned(),
+        callee: "3001".to_owned(),
+        state: "ended".to_owned(),
+        created_at,
+        ended_at: Some(created_at + 10),
+        ..store::CallRow::default()
+    }
+}
+
+#[tokio::test]
+async fn listing_merges_live_calls_with_stored_ones_newest_first() {
+    let h = harness();
+    // Two stored records from long ago, then a live intent (created now).
+    h.store()
+        .upsert_calls(&[
+            ended_row("11", "1001", 1_000),
+            ended_row("12", "+1001", 2_000),
+        ])
+        .unwrap();
+    h.store()
+        .upsert_calls(&[ended_row("13", "1002", 3_000)])
+        .unwrap();
+    let live = h.make_call("1001", "2001", "3001").await;
+    let reply = h.get("/api/calls?telnum=1001").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let page = reply.json();
+    let ids: Vec<&str> = page["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["callid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [live.as_str(), "12", "11"]);
+    assert_eq!(page["next_cursor"], Value::Null);
+    // Pages of two: the cursor goes on from the live record into the stored ones.
+    let first = h.get("/api/calls?telnum=1001&limit=2").await.json();
+    assert_eq!(first["calls"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second = h
+        .get(&format!("/api/calls?telnum=1001&limit=2&cursor={cursor}"))
+        .await
+        .json();
+    assert_eq!(second["calls"][0]["callid"], "11");
+    assert_eq!(second["next_cursor"], Value::Null);
+    // State filters: ended ones only in the store, the intent only in memory.
+    let ended = h.get("/api/calls?state=ended").await.json();
+    assert_eq!(ended["calls"].as_array().unwrap().len(), 3);
+    let intents = h.get("/api/calls?state=intent").await.json();
+    assert_eq!(intents["calls"][0]["callid"], live.as_str());
+    assert_eq!(intents["calls"].as_array().unwrap().len(), 1);
+    // Time windows are [since, until).
+    let window = h.get("/api/calls?since=1000&until=2000").await.json();
+    assert_eq!(window["calls"][0]["callid"], "11");
+    assert_eq!(window["calls"].as_array().unwrap().len(), 1);
+    for bad in [
+        "limit=0",
+        "state=gone",
+        "cursor=x",
+        "since=-5",
+        "telnum=12a",
+    ] {
+        h.get(&format!("/api/calls?{bad}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_parameter");
+    }
+    // A stored record by its id; an unknown one is 404.
+    assert_eq!(h.get("/api/calls/12").await.json()["telnum"], "+1001");
+    h.get("/api/calls/404404")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+    // Hang-up of a call only in the store: it has ended.
+    h.post("/api/calls/12/hangup", "")
+        .await
+        .assert_error(StatusCode::CONFLICT, "call_ended");
+}
+
+#[tokio::test]
+async fn export_streams_csv_and_ndjson() {
+    let h = harness();
+    let mut quoted = ended_row("21", "1001", 5_000);
+    quoted.data = Some("a, \"b\"".to_owned());
+    h.store()
+        .upsert_calls(&[quoted, ended_row("22", "1001", 6_000)])
+        .unwrap();
+    let reply = h.get("/api/calls/export?format=csv").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let text = reply.text();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[0], crate::listing::CSV_COLUMNS.join(","));
+    assert!(
+        lines[1].starts_with("22,1001,2001,3001,,ended,6000,"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("21,1001,2001,3001,\"a, \"\"b\"\"\",ended,"),
+        "{}",
+        lines[2]
+    );
+    assert_eq!(lines.len(), 4, "two rows, a header and the final CRLF");
+    let reply = h.get("/api/calls/export?format=ndjson&telnum=1001").await;
+    assert_eq!(reply.headers[CONTENT_TYPE], "application/x-ndjson");
+    let rows: Vec<Value> = reply
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["data"], "a, \"b\"");
+    h.get("/api/calls/export?format=xml")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_parameter");
+}
+
+#[tokio::test]
+async fn numbers_are_assigned_listed_removed_and_checked_with_ownership() {
+    let h = harness();
+    let reply = h
+        .send_with(
+            Method::PUT,
+            "/api/numbers/2001",
+            &[],
+            r#"{"telnum":"+1001"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"number": "2001", "telnum": "1001"}));
+    assert!(h.state.control.numbers().owns("1001", "2001"));
+    let list = h.get("/api/numbers?telnum=1001").await.json();
+    assert_eq!(
+        list,
+        json!({"numbers": [{"number": "2001", "telnum": "1001"}]})
+    );
+    assert_eq!(
+        h.get("/api/numbers").await.json()["numbers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    h.send_with(Method::PUT, "/api/numbers/2001", &[], r#"{"telnum":"x"}"#)
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_number");
+    h.send_with(
+        Method::PUT,
+        "/api/numbers/20a1",
+        &[],
+        r#"{"telnum":"1001"}"#,
+    )
+    .await
+    .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_number");
+    h.send_with(Method::POST, "/api/numbers/2001", &[], "")
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    // Ownership on: only the owner's makecall with its own number passes.
+    h.state.control.set_require_ownership(true);
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    h.post("/api/user/1002/makecall", body)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "number_not_owned");
+    assert_eq!(
+        h.post("/api/user/1001/makecall", body).await.status,
+        StatusCode::OK
+    );
+
+    let reply = h
+        .send_with(Method::DELETE, "/api/numbers/+2001", &[], "")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"number": "2001", "telnum": "1001"}));
+    h.send_with(Method::DELETE, "/api/numbers/2001", &[], "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_number");
+    h.post("/api/user/1001/makecall", body)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "number_not_owned");
+}
+
+#[tokio::test]
+async fn makecall_data_and_notify_url_are_checked_and_recorded() {
+    let h = harness();
+    let body = json!({"caller": "2001", "callee": "3001", "data": "ticket 9",
+        "notify_url": "https://backend.example:8443/hooks?x=1"});
+    let reply = h.post("/api/user/1001/makecall", &body.to_string()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let callid = reply.json()["callid"].as_str().unwrap().to_owned();
+    let record = h.get(&format!("/api/calls/{callid}")).await.json();
+    assert_eq!(record["data"], "ticket 9");
+    assert_eq!(
+        record["notify_url"],
+        "https://backend.example:8443/hooks?x=1"
+    );
+    let long = "x".repeat(MAX_DATA_BYTES + 1);
+    h.post(
+        "/api/user/1001/makecall",
+        &json!({"caller": "2001", "callee": "3001", "data": long}).to_string(),
+    )
+    .await
+    .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "data_too_long");
+    for url in [
+        "ftp://x",
+        "https://",
+        "http:// spaced",
+        "backend.example/hooks",
+        "https://:80/",
+    ] {
+        h.post(
+            "/api/user/1001/makecall",
+            &json!({"caller": "2001", "callee": "3001", "notify_url": url}).to_string(),
+        )
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_notify_url");
+    }
+    h.post(
+        "/api/user/1001/makecall",
+        r#"{"caller":"2001","callee":"3001","data":5}"#,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_field_type");
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_refuses_reuse_and_scopes_by_path() {
+    let h = harness();
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    let key = [("idempotency-key", "retry-42")];
+    let first = h
+        .send_with(Method::POST, "/api/user/1001/makecall", &key, body)
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let again = h
+        .send_with(Method::POST, "/api/user/1001/makecall", &key, body)
+        .await;
+    assert_eq!(again.json(), first.json());
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(h.state.control.intents().len(), 1, "one intent");
+    h.send_with(
+        Method::POST,
+        "/api/user/1001/makecall",
+        &key,
+        r#"{"caller":"2001","callee":"3002"}"#,
+    )
+    .await
+    .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    // Another path (another telnum) is another scope.
+    let other = h
+        .send_with(
+            Method::POST,
+            "/api/user/1002/makecall",
+            &key,
+            r#"{"caller":"2002","callee":"3002"}"#,
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    // An error answer is replayed too (4xx), so a retry cannot turn it into a success.
+    let bad = h
+        .send_with(
+            Method::POST,
+            "/api/user/1003/makecall",
+            &[("idempotency-key", "e1")],
+            r#"{"caller":"1003","callee":"3"}"#,
+        )
+        .await;
+    bad.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "caller_is_telnum");
+    let bad_again = h
+        .send_with(
+            Method::POST,
+            "/api/user/1003/makecall",
+            &[("idempotency-key", "e1")],
+            r#"{"caller":"1003","callee":"3"}"#,
+        )
+        .await;
+    assert_eq!(bad_again.json(), bad.json());
+    for key in ["", "with space", &"k".repeat(256)] {
+        h.send_with(
+            Method::POST,
+            "/api/user/1001/cancelcall",
+            &[("idempotency-key", key)],
+            "",
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_idempotency_key");
+    }
+    // A key being handled is refused to a concurrent twin.
+    let inflight = &h.state.inflight;
+    let held = crate::idempotency::claim(
+        inflight,
+        "busy".into(),
+        &Method::POST,
+        "/api/user/1004/cancelcall",
+        &HeaderMap::new(),
+        &Bytes::new(),
+    );
+    assert!(held.is_ok());
+    h.send_with(
+        Method::POST,
+        "/api/user/1004/cancelcall",
+        &[("idempotency-key", "busy")],
+        "",
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "idempotency_key_in_use");
+    drop(held);
+    assert_eq!(
+        h.send_with(
+            Method::POST,
+            "/api/user/1004/cancelcall",
+            &[("idempotency-key", "busy")],
+            ""
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn without_a_store_the_store_routes_say_503_and_the_document_is_served() {
+    let control = Arc::new(CallControl::new(
+        TTL,
+        Duration::from_secs(600),
+        1000,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
+    ));
+    let h = Harness {
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip)),
+        clock: Arc::new(ManualClock::new()),
+    };
+    h.get("/api/calls")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    h.send_with(
+        Method::POST,
+        "/api/user/1001/cancelcall",
+        &[("idempotency-key", "k")],
+        "",
+    )
+    .await
+    .assert_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    let doc = h.get("/api/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.json()["openapi"], "3.1.0");
 }
