@@ -4,7 +4,9 @@
 # the real binary (SIPp is installed first if missing; SKIP_SIPP=1 leaves that run out), a media
 # relay check, a two-minute soak through SIPp with RTP (benches/load/soak.sh QUICK=1; SKIP_SOAK=1
 # or SKIP_SIPP=1 leaves it out) and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1
-# leaves it out; FUZZ_SECONDS sets its length). CI runs exactly this.
+# leaves it out; FUZZ_SECONDS sets its length). Right after the workspace tests, schemathesis
+# checks the release binary's HTTP API against its OpenAPI document (scripts/schemathesis.sh,
+# about a minute; SKIP_SCHEMATHESIS=1 leaves it out). CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,11 @@ step "rust-version is the real minimum (dependencies; clippy checked our own cod
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+if [[ "${SKIP_SCHEMATHESIS:-0}" != 1 ]]; then
+    step "API conformance: schemathesis against the release binary and its /api/openapi.json (scripts/schemathesis.sh)"
+    ./scripts/schemathesis.sh
+fi
 
 step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
 ./scripts/ensure-tools.sh
