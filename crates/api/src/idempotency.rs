@@ -61,8 +61,7 @@ pub(crate) fn key_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let key = value
         .to_str()
-        .map_err(|_| ApiError::InvalidIdempotencyKey)?
-        .trim();
+        .map_err(|_| ApiError::InvalidIdempotencyKey)?;
     let visible = key.bytes().all(|b| (0x21..=0x7e).contains(&b));
     if key.is_empty() || key.len() > MAX_KEY_LEN || !visible {
         return Err(ApiError::InvalidIdempotencyKey);

@@ -581,7 +581,7 @@ where
     }
 }
 
-/// `Ok(None)`: the body was empty. A non-empty body must be declared `application/json` and
+/// `Ok(None)`: the body was empty (or JSON `null`). A non-empty body must be declared `application/json` and
 /// be a JSON object.
 pub(crate) fn parse_json_object(
     headers: &HeaderMap,
@@ -595,6 +595,8 @@ pub(crate) fn parse_json_object(
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(Some(map)),
+        // `null` is no body, as an absent one (the document's optional bodies are nullable).
+        Ok(Value::Null) => Ok(None),
         Ok(_) => Err(ApiError::NotAnObject),
         Err(error) => Err(ApiError::MalformedJson(error.to_string())),
     }
