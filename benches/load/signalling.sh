@@ -59,7 +59,9 @@
 #                            machine during it, or held ports of callbridge's relay range (0: never)
 #   DURATION=15              seconds of new calls per rate (QUICK=1: 10)
 #   HOLD_MS=1000             call hold time (SIPp -d)
-#   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>.
+#   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>;
+#                            callbridge-norecords: with store.records=false (no record written to
+#                            the store: the reference for the store's cost per call).
 #                            (Before 0ee0d5f callbridge kept a call's relay ports until its last
 #                            transaction ended, 64*T1 after the BYE, and the port range limited
 #                            the sustained rate; the ports are now freed when the call ends.)
@@ -136,7 +138,7 @@ for v in QUIET_PCT QUIET_WAIT RETRY_DISTURBED; do [[ ${!v} =~ ^[0-9]+$ ]] || die
 [[ $UDP_BUF_BYTES =~ ^[1-9][0-9]*$ ]] || die "UDP_BUF_BYTES must be a positive integer"
 [[ $KAMAILIO_MEM =~ ^(tlsf|fm|qm)$ ]] || die "KAMAILIO_MEM must be tlsf, fm or qm"
 for s in $SERVERS; do
-    [[ $s == callbridge || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ]] || die "SERVERS: unknown server '$s'"
+    [[ $s == callbridge || $s == callbridge-norecords || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ]] || die "SERVERS: unknown server '$s'"
 done
 
 # ---------------------------------------------------------------------------------------------
