@@ -11,8 +11,8 @@ use http_body::Frame;
 use http_body_util::Full;
 
 use super::*;
-use serde_json::json;
 use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
+use serde_json::json;
 
 const TTL: Duration = Duration::from_secs(120);
 const TOKEN: &str = "t0ken-secret";
