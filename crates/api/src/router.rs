@@ -92,11 +92,17 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
         _ => {}
     }
     let rest = path.strip_prefix("/api/")?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty()) {
-        return None;
+    // At most four segments, in an array: no allocation per request.
+    let mut segments = [""; 4];
+    let mut count = 0;
+    for segment in rest.split('/') {
+        if segment.is_empty() || count == segments.len() {
+            return None;
+        }
+        segments[count] = segment;
+        count += 1;
     }
-    match segments.as_slice() {
+    match &segments[..count] {
         ["user", telnum, "makecall"] => Some(Route::MakeCall(telnum)),
         ["user", telnum, "cancelcall"] => Some(Route::CancelCall(telnum)),
         ["cti", "callin"] => Some(Route::CtiCallin),
