@@ -199,3 +199,78 @@ impl From<store::StoreError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's code is in [`ApiError::CODES`] (the OpenAPI document's enum). The match
+    /// makes a new variant a compile error here until it is listed.
+    #[test]
+    fn every_code_is_listed() {
+        let every = |e: &ApiError| match e {
+            ApiError::MalformedJson(_)
+            | ApiError::NotAnObject
+            | ApiError::InvalidFieldType(_)
+            | ApiError::BodyReadFailed
+            | ApiError::Unauthenticated
+            | ApiError::NotFound
+            | ApiError::UnknownCall
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::BodyTimeout
+            | ApiError::BodyTooLarge(_)
+            | ApiError::UnsupportedMediaType
+            | ApiError::MissingField(_)
+            | ApiError::InvalidNumber { .. }
+            | ApiError::CallerIsTelnum
+            | ApiError::CalleeIsCaller
+            | ApiError::IntentTableFull(_)
+            | ApiError::CallEnded
+            | ApiError::SipUnavailable
+            | ApiError::InvalidParameter(_)
+            | ApiError::InvalidIdempotencyKey
+            | ApiError::IdempotencyKeyInUse
+            | ApiError::IdempotencyKeyReused
+            | ApiError::NumberNotOwned
+            | ApiError::UnknownNumber
+            | ApiError::DataTooLong(_)
+            | ApiError::InvalidNotifyUrl(_)
+            | ApiError::StoreUnavailable => e.code(),
+        };
+        let all = [
+            ApiError::MalformedJson(String::new()),
+            ApiError::NotAnObject,
+            ApiError::InvalidFieldType("f"),
+            ApiError::BodyReadFailed,
+            ApiError::Unauthenticated,
+            ApiError::NotFound,
+            ApiError::UnknownCall,
+            ApiError::MethodNotAllowed("GET"),
+            ApiError::BodyTimeout,
+            ApiError::BodyTooLarge(1),
+            ApiError::UnsupportedMediaType,
+            ApiError::MissingField("f"),
+            ApiError::InvalidNumber { field: "f", max: 1 },
+            ApiError::CallerIsTelnum,
+            ApiError::CalleeIsCaller,
+            ApiError::IntentTableFull(b2bua::IntentTableFull { max: 1 }),
+            ApiError::CallEnded,
+            ApiError::SipUnavailable,
+            ApiError::InvalidParameter("p"),
+            ApiError::InvalidIdempotencyKey,
+            ApiError::IdempotencyKeyInUse,
+            ApiError::IdempotencyKeyReused,
+            ApiError::NumberNotOwned,
+            ApiError::UnknownNumber,
+            ApiError::DataTooLong(1),
+            ApiError::InvalidNotifyUrl(1),
+            ApiError::StoreUnavailable,
+        ];
+        for error in &all {
+            assert!(ApiError::CODES.contains(&every(error)), "{}", error.code());
+        }
+        // And nothing listed that no variant (or the router's bare 500) answers.
+        assert_eq!(ApiError::CODES.len(), all.len() + 1);
+        assert!(ApiError::CODES.contains(&"internal_error"));
+    }
+}

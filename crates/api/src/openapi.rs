@@ -11,6 +11,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::body::ApiBody;
@@ -131,16 +132,28 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// The bearer-token scheme (`api.tokens`).
-struct BearerAuth;
+/// What the derives cannot say: the bearer-token scheme (`api.tokens`), and the enum of error
+/// codes, taken from [`ApiError::CODES`](crate::ApiError::CODES) so that a client (and
+/// schemathesis) can check every code it gets against the list.
+struct Completions;
 
-impl Modify for BearerAuth {
+impl Modify for Completions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        if let Some(RefOr::T(Schema::Object(detail))) = components.schemas.get_mut("ErrorDetail") {
+            if let Some(RefOr::T(Schema::Object(code))) = detail.properties.get_mut("code") {
+                code.enum_values = Some(
+                    crate::ApiError::CODES
+                        .iter()
+                        .map(|c| serde_json::Value::from(*c))
+                        .collect(),
+                );
+            }
+        }
     }
 }
 
@@ -184,7 +197,7 @@ impl Modify for BearerAuth {
         store::Page,
         store::NumberAssignment
     )),
-    modifiers(&BearerAuth)
+    modifiers(&Completions)
 )]
 pub struct ApiDoc;
 
@@ -470,6 +483,11 @@ mod tests {
             }
         }
         assert_eq!(paths.len(), 12);
+        let codes = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"];
+        assert_eq!(
+            codes.as_array().map(Vec::len),
+            Some(crate::ApiError::CODES.len())
+        );
         let record = &doc["components"]["schemas"]["CallRow"]["properties"];
         for field in [
             "ring_ms",
