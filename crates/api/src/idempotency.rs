@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, AUTHORIZATION};
@@ -142,9 +142,7 @@ pub(crate) async fn remember(
 
 /// Wall-clock milliseconds since the epoch (the entries' 24 h are wall-clock time).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    b2bua::registry::unix_millis(SystemTime::now())
 }
 
 fn hex(bytes: &[u8]) -> String {

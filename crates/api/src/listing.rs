@@ -6,6 +6,7 @@
 //! keeps the newest `limit` of the two: the same order and cursor for both, so a backend sees
 //! its user's current call first and pages on through the history without a gap.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use b2bua::CallControl;
@@ -97,38 +98,20 @@ pub(crate) fn page(
 ) -> Result<Page, StoreError> {
     let decoded = cursor.map(Cursor::decode).transpose()?;
     let stored = store.list_calls(filter, limit, cursor)?;
-    let live_wanted = filter.state.as_deref() != Some(store::ENDED);
+    let more_stored = stored.next_cursor.is_some();
     let mut rows: Vec<CallRow> = stored.calls;
-    let mut more = stored.next_cursor.is_some();
-    if live_wanted {
+    if filter.state.as_deref() != Some(store::ENDED) {
         let live = control
             .registry()
             .live_newest(limit + 1, |r| matches(r, filter, decoded.as_ref()));
         // A record just ended may be live in memory and stored at once only in a restart
         // race; the live copy wins.
-        rows.retain(|row| !live.iter().any(|r| r.callid == row.callid));
+        let live_ids: HashSet<&str> = live.iter().map(|r| r.callid.as_str()).collect();
+        rows.retain(|row| !live_ids.contains(row.callid.as_str()));
         rows.extend(live.iter().map(row_of));
         rows.sort_unstable_by(newest_first);
     }
-    if rows.len() > limit {
-        rows.truncate(limit);
-        more = true;
-    }
-    let next_cursor = if more {
-        rows.last().map(|last| {
-            Cursor {
-                created_at: last.created_at,
-                callid: last.callid.clone(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
-    Ok(Page {
-        calls: rows,
-        next_cursor,
-    })
+    Ok(Page::keep(rows, limit, more_stored))
 }
 
 /// Rows fetched per page by an export.

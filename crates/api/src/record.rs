@@ -3,7 +3,7 @@
 //! after it reaches the store, and one schema describes both in the OpenAPI document.
 
 use b2bua::{CallRecord, CallState};
-use store::{CallFilter, CallRow, Cursor, DirectionCounts, MediaCounts};
+use store::{normalize_number, CallFilter, CallRow, Cursor, DirectionCounts, MediaCounts};
 
 /// The API's (and the store's) code of a state.
 pub fn state_code(state: CallState) -> &'static str {
@@ -57,11 +57,10 @@ pub fn row_of(record: &CallRecord) -> CallRow {
 
 /// Does a live record pass the listing's filter, and come after `cursor` in its order?
 pub fn matches(record: &CallRecord, filter: &CallFilter, cursor: Option<&Cursor>) -> bool {
-    let norm = |n: &str| n.strip_prefix('+').unwrap_or(n).to_owned();
     filter
         .telnum
         .as_deref()
-        .is_none_or(|t| norm(t) == norm(&record.telnum))
+        .is_none_or(|t| normalize_number(t) == normalize_number(&record.telnum))
         && filter
             .state
             .as_deref()

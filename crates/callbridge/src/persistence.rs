@@ -7,7 +7,7 @@
 //! [`Writer`], whose own thread batches them into transactions.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use b2bua::CallControl;
 use store::{Store, StoreError, SubmitError, WriteOp, Writer, WriterConfig};
@@ -153,9 +153,7 @@ pub async fn sweep_task(persistence: Arc<Persistence>, mut shutdown: watch::Rece
 }
 
 fn sweep(store: &dyn Store, retention_days: u32) -> Result<(u64, u64), StoreError> {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = b2bua::registry::unix_millis(SystemTime::now());
     let cutoff = store::retention_cutoff(now_ms, retention_days);
     let calls = store.sweep_calls(cutoff, SWEEP_CHUNK)?;
     let keys = store.sweep_idempotency(now_ms, SWEEP_CHUNK)?;

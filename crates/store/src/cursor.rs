@@ -22,6 +22,14 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The cursor of the rows after `row` in the listing's order.
+    pub fn after(row: &crate::CallRow) -> Cursor {
+        Cursor {
+            created_at: row.created_at,
+            callid: row.callid.clone(),
+        }
+    }
+
     /// The text handed to clients as `next_cursor`.
     pub fn encode(&self) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -118,6 +118,22 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+impl Page {
+    /// The page of the first `limit` of `calls` (in listing order). It has a `next_cursor`,
+    /// pointing after its last row, when rows were cut off or `more_beyond` says that rows
+    /// follow which `calls` does not hold.
+    pub fn keep(mut calls: Vec<CallRow>, limit: usize, more_beyond: bool) -> Page {
+        let cut = calls.len() > limit;
+        calls.truncate(limit);
+        let next_cursor = if cut || more_beyond {
+            calls.last().map(|last| crate::Cursor::after(last).encode())
+        } else {
+            None
+        };
+        Page { calls, next_cursor }
+    }
+}
+
 /// A dedicated number and the telnum it is assigned to (`GET /api/numbers`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NumberAssignment {

@@ -290,24 +290,12 @@ impl Store for SqliteStore {
         let cursor = cursor.map(Cursor::decode).transpose()?;
         // One row more than asked tells whether there is a next page.
         let (sql, values) = sql::list_query(filter, cursor.as_ref(), limit + 1)?;
-        let mut calls = self.with_reader(|conn| {
+        let calls = self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map(params_from_iter(values.iter()), sql::call_from_row)?;
             Ok(rows.collect::<Result<Vec<CallRow>, _>>()?)
         })?;
-        let next_cursor = if calls.len() > limit {
-            calls.truncate(limit);
-            calls.last().map(|last| {
-                Cursor {
-                    created_at: last.created_at,
-                    callid: last.callid.clone(),
-                }
-                .encode()
-            })
-        } else {
-            None
-        };
-        Ok(Page { calls, next_cursor })
+        Ok(Page::keep(calls, limit, false))
     }
 
     fn sweep_calls(&self, ended_before: u64, chunk: usize) -> Result<u64, StoreError> {
