@@ -171,6 +171,18 @@ impl CallControl {
         }
     }
 
+    /// An INVITE from `calling` to `dialled` refused with `code` because `no` intent matched:
+    /// with webhooks on, a `call.refused` event under a new callid (see
+    /// [`CallRegistry::refused`]).
+    pub fn refused(&self, now: Instant, calling: &str, dialled: &str, code: u16, no: NoIntent) {
+        if !self.registry.events_enabled() {
+            return;
+        }
+        let callid = crate::intent::new_callid();
+        self.registry
+            .refused(now, &callid, calling, dialled, code, no.code());
+    }
+
     /// Expires intents whose TTL has passed and prunes old call records. Returns how many
     /// intents expired. Called by one background sweeper.
     pub fn sweep(&self, now: Instant) -> usize {
@@ -318,5 +330,136 @@ mod tests {
             intent.callid
         );
         assert_eq!(NoIntent::NotOwned.code(), "number_not_owned");
+    }
+
+    fn kinds(events: &[crate::WebhookEvent]) -> Vec<(&str, &str, u32)> {
+        events
+            .iter()
+            .map(|e| (e.callid.as_str(), e.kind.code(), e.seq))
+            .collect()
+    }
+
+    #[test]
+    fn every_change_builds_an_event_in_seq_order_with_the_record_of_its_moment() {
+        let c = control();
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        // Off: nothing is built.
+        c.make_call(t0, "1000", "2000", "3000").unwrap();
+        c.cancel_call(t0, "1000");
+        assert!(c.registry().take_events(100).is_empty());
+
+        c.registry()
+            .enable_events(Some("http://hooks.example/cb".into()), 100);
+        let bridged = c.make_call(t0, "1001", "2001", "3001").unwrap();
+        c.claim(later(10), "1001", "2001").unwrap();
+        c.record(later(20), &bridged.callid, CallEvent::Ringing);
+        c.record(later(20), &bridged.callid, CallEvent::Ringing); // 183 after 180: one event
+        c.record(later(30), &bridged.callid, CallEvent::Answered);
+        let end = CallEvent::Ended {
+            by: Party::Leg(crate::Leg::A),
+            cause: EndCause::Hangup,
+        };
+        c.record(later(40), &bridged.callid, end);
+        c.record(later(50), &bridged.callid, end); // after the end: nothing
+        let events = c.registry().take_events(100);
+        let id = bridged.callid.as_str();
+        assert_eq!(
+            kinds(&events),
+            [
+                (id, "intent.created", 1),
+                (id, "call.incoming", 2),
+                (id, "call.ringing", 3),
+                (id, "call.answered", 4),
+                (id, "call.ended", 5),
+            ]
+        );
+        // Each carries the record as it was then.
+        assert_eq!(events[0].record.state, CallState::Intent);
+        assert_eq!(events[2].record.state, CallState::Ringing);
+        assert_eq!(events[2].record.answered_at, None);
+        assert_eq!(events[4].record.end_cause, Some(EndCause::Hangup));
+        assert_eq!(events[4].at, events[4].record.ended_at.unwrap());
+        assert!(events.iter().all(|e| e.target == "http://hooks.example/cb"));
+        let ids: std::collections::HashSet<_> = events.iter().map(|e| &e.id).collect();
+        assert_eq!(ids.len(), 5, "event ids are unique");
+        assert!(c.registry().take_events(100).is_empty());
+
+        // Intents that never became calls end with their own events, on their own callid;
+        // notify_url overrides webhooks.url.
+        let extras = CallExtras {
+            data: Some("order-9".into()),
+            notify_url: Some("https://app.example/own".into()),
+        };
+        let first = c
+            .make_call_with(t0, "1002", "2002", "3002", extras)
+            .unwrap();
+        let second = c.make_call(t0, "1002", "2002", "3003").unwrap();
+        c.cancel_call(t0, "1002");
+        let third = c.make_call(t0, "1003", "2003", "3003").unwrap();
+        c.sweep(t0 + Duration::from_secs(121));
+        let events = c.registry().take_events(100);
+        let (a, b, d) = (
+            first.callid.as_str(),
+            second.callid.as_str(),
+            third.callid.as_str(),
+        );
+        assert_eq!(
+            kinds(&events),
+            [
+                (a, "intent.created", 1),
+                (b, "intent.created", 1),
+                (a, "intent.replaced", 2),
+                (b, "intent.cancelled", 2),
+                (d, "intent.created", 1),
+                (d, "intent.expired", 2),
+            ]
+        );
+        assert_eq!(events[0].target, "https://app.example/own");
+        assert_eq!(events[2].record.data.as_deref(), Some("order-9"));
+        assert_eq!(events[1].target, "http://hooks.example/cb");
+    }
+
+    #[test]
+    fn a_refusal_is_an_event_of_its_own_callid_and_the_queue_is_bounded() {
+        let c = control();
+        let t0 = Instant::now();
+        // Webhooks on without webhooks.url: only intents with notify_url have a target.
+        c.registry().enable_events(None, 3);
+        c.refused(t0, "1001", "2001", 403, NoIntent::None);
+        c.make_call(t0, "1001", "2001", "3001").unwrap();
+        assert!(c.registry().take_events(10).is_empty());
+
+        c.registry().enable_events(Some("http://h/".into()), 3);
+        c.refused(t0, "+1001", "2001", 403, NoIntent::NotOwned);
+        let events = c.registry().take_events(10);
+        assert_eq!(events.len(), 1);
+        let refused = &events[0];
+        assert_eq!((refused.kind.code(), refused.seq), ("call.refused", 1));
+        assert_eq!(refused.callid.len(), 20);
+        assert!(
+            c.call(&refused.callid).is_none(),
+            "a refusal keeps no record"
+        );
+        assert_eq!(refused.record.leg_a_code, Some(403));
+        assert_eq!(refused.record.end_cause, Some(EndCause::Refused));
+        assert_eq!(
+            refused.record.sip_reason.as_deref(),
+            Some("number_not_owned")
+        );
+        assert_eq!(
+            (
+                refused.record.telnum.as_str(),
+                refused.record.caller.as_str()
+            ),
+            ("+1001", "2001")
+        );
+
+        for _ in 0..5 {
+            c.refused(t0, "1001", "2001", 403, NoIntent::None);
+        }
+        assert_eq!(c.registry().event_queue_counts(), (3, 2));
+        assert_eq!(c.registry().take_events(2).len(), 2);
+        assert_eq!(c.registry().event_queue_counts(), (1, 2));
     }
 }

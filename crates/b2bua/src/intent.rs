@@ -352,6 +352,12 @@ impl IntentTable {
 #[derive(Debug)]
 struct CallIdGenerator;
 
+/// A fresh callid (20 random decimal digits), for a call that has no intent (a refused
+/// INVITE's `call.refused` event).
+pub fn new_callid() -> String {
+    CallIdGenerator.next()
+}
+
 /// The smallest and one past the largest id: every id has exactly 20 digits.
 const CALLID_RANGE: std::ops::Range<u128> = 10_000_000_000_000_000_000..100_000_000_000_000_000_000;
 

@@ -70,6 +70,7 @@
 pub mod call;
 pub mod control;
 pub mod engine;
+pub mod events;
 pub mod intent;
 pub mod media;
 pub mod numbers;
@@ -80,6 +81,7 @@ pub mod registry;
 pub use call::Leg;
 pub use control::CallControl;
 pub use engine::{Engine, EngineConfig, EngineStats};
+pub use events::{EventKind, WebhookEvent};
 pub use intent::{normalize_number, Intent, IntentTable, IntentTableFull, NoIntent};
 pub use media::{MediaCommand, MediaEvent, StreamId};
 pub use numbers::NumberTable;

@@ -11,12 +11,14 @@
 //! queued again, so the stored copy ends up final.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::call::Leg;
+use crate::events::{new_event_id, EventKind, EventQueue, WebhookEvent};
 
 /// Where a call is in its life: the one state of a call, shown by the API in its record and
 /// held by the engine for the calls it drives (from `Trying` on).
@@ -100,6 +102,8 @@ pub enum EndCause {
     ResourcesExhausted,
     /// callbridge shut down.
     Shutdown,
+    /// The INVITE found no intent to consume (the record of a `call.refused` event).
+    Refused,
 }
 
 impl EndCause {
@@ -118,6 +122,7 @@ impl EndCause {
             EndCause::IntentReplaced => "intent_replaced",
             EndCause::ResourcesExhausted => "resources_exhausted",
             EndCause::Shutdown => "shutdown",
+            EndCause::Refused => "refused",
         }
     }
 }
@@ -233,12 +238,24 @@ pub enum CallEvent {
 /// Longest `sip_reason` kept, in bytes.
 const MAX_SIP_REASON: usize = 256;
 
+/// `reason` cut to [`MAX_SIP_REASON`] at a char boundary: a header from the wire is at most a
+/// few hundred bytes worth keeping.
+fn bounded(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_SIP_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Shared registry of call records.
 #[derive(Debug)]
 pub struct CallRegistry {
     retention: Duration,
     max_ended: usize,
     inner: Mutex<Inner>,
+    /// Mirrors `inner.events.is_some()`, read without the lock.
+    events_on: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -252,6 +269,8 @@ struct Inner {
     /// instant they were queued. A record is in it at most once (its slot's `queued`).
     to_store: VecDeque<(Instant, String)>,
     persist: bool,
+    /// With webhooks on: the events built and not yet taken by the dispatcher.
+    events: Option<EventQueue>,
 }
 
 /// A record and whether it waits in `to_store`.
@@ -259,6 +278,8 @@ struct Inner {
 struct Slot {
     record: CallRecord,
     queued: bool,
+    /// The `seq` of the call's last webhook event (0: none yet).
+    seq: u32,
 }
 
 impl Inner {
@@ -281,6 +302,31 @@ impl Inner {
     fn wall(&self, at: Instant) -> UnixMillis {
         self.clock.map_or(0, |clock| clock.at(at))
     }
+
+    /// With webhooks on and a target for the call: builds its next event from the record as
+    /// it is now.
+    fn announce(&mut self, kind: EventKind, callid: &str, at: UnixMillis) {
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let Some(slot) = self.records.get_mut(callid) else {
+            return;
+        };
+        let Some(target) = events.target_of(&slot.record) else {
+            return;
+        };
+        let target = target.to_owned();
+        slot.seq += 1;
+        events.push(WebhookEvent {
+            id: new_event_id(),
+            kind,
+            callid: callid.to_owned(),
+            seq: slot.seq,
+            at,
+            target,
+            record: slot.record.clone(),
+        });
+    }
 }
 
 impl CallRegistry {
@@ -293,6 +339,7 @@ impl CallRegistry {
                 clock: Some(clock),
                 ..Inner::default()
             }),
+            events_on: AtomicBool::new(false),
         }
     }
 
@@ -343,8 +390,10 @@ impl CallRegistry {
         let slot = Slot {
             record,
             queued: false,
+            seq: 0,
         };
         inner.records.insert(callid.to_owned(), Box::new(slot));
+        inner.announce(EventKind::IntentCreated, callid, created_at);
     }
 
     /// Applies one event. Events after the end are ignored, except final codes that arrive
@@ -359,6 +408,7 @@ impl CallRegistry {
         let ended = record.state == CallState::Ended;
         // An ended record that changes (a late final code) or ends now goes to the store.
         let mut changed_ended = false;
+        let mut announce = None;
         match event {
             CallEvent::LegAFinal(code) => {
                 changed_ended = ended && record.leg_a_code.is_none();
@@ -372,16 +422,19 @@ impl CallRegistry {
             CallEvent::Invited => {
                 record.state = CallState::Trying;
                 record.invite_at = Some(wall);
+                announce = Some(EventKind::CallIncoming);
             }
             CallEvent::Ringing => {
                 if record.state == CallState::Trying {
                     record.state = CallState::Ringing;
                     record.ringing_at = Some(wall);
+                    announce = Some(EventKind::CallRinging);
                 }
             }
             CallEvent::Answered => {
                 record.state = CallState::Answered;
                 record.answered_at = Some(wall);
+                announce = Some(EventKind::CallAnswered);
             }
             CallEvent::Ended { by, cause } => {
                 record.state = CallState::Ended;
@@ -397,7 +450,11 @@ impl CallRegistry {
                 }
                 inner.ended.push_back((now, callid.to_owned()));
                 changed_ended = true;
+                announce = Some(EventKind::of_end(cause));
             }
+        }
+        if let Some(kind) = announce {
+            inner.announce(kind, callid, wall);
         }
         if changed_ended {
             inner.queue_for_store(now, callid);
@@ -427,12 +484,7 @@ impl CallRegistry {
         if slot.record.sip_reason.is_some() {
             return;
         }
-        // Bounded: a header from the wire is at most a few hundred bytes worth keeping.
-        let mut end = reason.len().min(MAX_SIP_REASON);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        slot.record.sip_reason = Some(reason[..end].to_owned());
+        slot.record.sip_reason = Some(bounded(reason).to_owned());
         if slot.record.state == CallState::Ended {
             inner.queue_for_store(now, callid);
         }
@@ -501,6 +553,92 @@ impl CallRegistry {
         }
         sip_core::capacity::shrink_deque(&mut inner.to_store);
         taken
+    }
+
+    /// From now on, every change of a call with a target builds a webhook event (see
+    /// [`crate::events`]); `default_target` is `webhooks.url`, `max_queued` bounds the events
+    /// waiting for [`take_events`](Self::take_events). Off by default.
+    pub fn enable_events(&self, default_target: Option<String>, max_queued: usize) {
+        self.inner.lock().events = Some(EventQueue::new(default_target, max_queued));
+        self.events_on.store(true, Ordering::Relaxed);
+    }
+
+    /// Are webhook events built? (A lock-free check for the engine's refusal path.)
+    pub fn events_enabled(&self) -> bool {
+        self.events_on.load(Ordering::Relaxed)
+    }
+
+    /// Up to `max` events built since the last take, oldest first (the dispatcher's intake).
+    pub fn take_events(&self, max: usize) -> Vec<WebhookEvent> {
+        self.inner
+            .lock()
+            .events
+            .as_mut()
+            .map_or_else(Vec::new, |events| events.take(max))
+    }
+
+    /// Events waiting for [`take_events`](Self::take_events), and those dropped since the
+    /// start because too many waited.
+    pub fn event_queue_counts(&self) -> (usize, u64) {
+        self.inner
+            .lock()
+            .events
+            .as_ref()
+            .map_or((0, 0), |events| (events.len(), events.dropped()))
+    }
+
+    /// An INVITE from `calling` to `dialled` found no intent and got `code`: with webhooks on
+    /// and `webhooks.url` set, a `call.refused` event under the new `callid`, with a record
+    /// of the refusal (`reason` as its `sip_reason`). The refusal keeps no record in the
+    /// registry: a flood of refused INVITEs must not fill it.
+    pub fn refused(
+        &self,
+        now: Instant,
+        callid: &str,
+        calling: &str,
+        dialled: &str,
+        code: u16,
+        reason: &str,
+    ) {
+        let mut inner = self.inner.lock();
+        let at = inner.wall(now);
+        let Some(events) = inner.events.as_mut() else {
+            return;
+        };
+        let Some(target) = events.default_target.clone() else {
+            return;
+        };
+        let record = CallRecord {
+            callid: callid.to_owned(),
+            telnum: calling.to_owned(),
+            caller: dialled.to_owned(),
+            callee: String::new(),
+            state: CallState::Ended,
+            created_at: at,
+            invite_at: Some(at),
+            ringing_at: None,
+            answered_at: None,
+            ended_at: Some(at),
+            leg_a_code: Some(code),
+            leg_b_code: None,
+            ended_by: Some(Party::System),
+            end_cause: Some(EndCause::Refused),
+            media: None,
+            data: None,
+            notify_url: None,
+            ring_ms: None,
+            talk_ms: None,
+            sip_reason: Some(bounded(reason).to_owned()),
+        };
+        events.push(WebhookEvent {
+            id: new_event_id(),
+            kind: EventKind::CallRefused,
+            callid: callid.to_owned(),
+            seq: 1,
+            at,
+            target,
+            record,
+        });
     }
 
     /// Ended records waiting for the store.

@@ -134,6 +134,8 @@ impl Engine {
         let intent = match self.control.claim(now, &calling, &dialled) {
             Ok(intent) => intent,
             Err(no) => {
+                self.control
+                    .refused(now, &calling, &dialled, refuse_code, no);
                 let text = no.to_string();
                 return self.refuse(now, tx, &request, refuse_code, Refusal::NoIntent(no), &text);
             }
