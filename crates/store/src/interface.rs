@@ -1,8 +1,8 @@
 //! The one storage interface, implemented by each backend.
 
 use crate::{
-    CallFilter, CallRow, IdempotencyEntry, IdempotencyLookup, NumberAssignment, Page, StoreError,
-    WriteOp,
+    CallFilter, CallRow, IdempotencyEntry, IdempotencyLookup, NumberAssignment, OutboxEvent, Page,
+    Requeue, StoreError, WriteOp,
 };
 
 /// Everything callbridge keeps across restarts, behind one interface: the SQLite backend
@@ -77,4 +77,40 @@ pub trait Store: Send + Sync {
     /// Deletes the idempotency entries that have expired at `now_ms`, at most `chunk` per
     /// transaction; returns how many.
     fn sweep_idempotency(&self, now_ms: u64, chunk: usize) -> Result<u64, StoreError>;
+
+    /// Stores the webhook events in one transaction. An event already stored (same
+    /// `event_id`, or same `callid` and `seq`) is left as it is, so that an insert retried
+    /// after a crash is harmless.
+    fn insert_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
+
+    /// The pending events stored after the one numbered `after_id` (0: from the first), in
+    /// insertion order (which keeps each call's `seq` order), at most `limit` (clamped to
+    /// `1..=`[`MAX_EVENT_PAGE`](crate::MAX_EVENT_PAGE)), each with its number: the recovery
+    /// after a restart pages through them, passing the last number back as `after_id`.
+    fn pending_events(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutboxEvent)>, StoreError>;
+
+    /// How many events are pending (for `/metrics` and the outbox's bound at start).
+    fn pending_event_count(&self) -> Result<u64, StoreError>;
+
+    /// The events of `callid` by `seq`, at most `limit` (clamped to
+    /// `1..=`[`MAX_EVENT_PAGE`](crate::MAX_EVENT_PAGE)): what the API shows of a call's
+    /// webhooks.
+    fn events_of_call(&self, callid: &str, limit: usize) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    /// The event `event_id`, if stored.
+    fn get_event(&self, event_id: &str) -> Result<Option<OutboxEvent>, StoreError>;
+
+    /// Makes a failed or dropped event pending again, with no attempts and due at `now_ms`
+    /// (its `last_status` and `last_error` kept), in one transaction: the operator's retry
+    /// once the target is fixed. See [`Requeue`] for the other outcomes.
+    fn requeue_event(&self, event_id: &str, now_ms: u64) -> Result<Requeue, StoreError>;
+
+    /// Deletes the events that are not pending and were created before `created_before` (ms
+    /// since the epoch), at most `chunk` per transaction; returns how many. Pending events
+    /// are kept however old.
+    fn sweep_events(&self, created_before: u64, chunk: usize) -> Result<u64, StoreError>;
 }

@@ -18,8 +18,15 @@
 //!   ([`Export`], one page in memory at a time), the number assignments
 //!   ([`Store::numbers`]), an idempotency decision ([`Store::lookup_idempotency`]: replay,
 //!   conflict or proceed). They block, so the API runs them on a blocking thread.
-//! - **Housekeeping** the server schedules: [`Store::sweep_calls`] (retention) and
-//!   [`Store::sweep_idempotency`] (24 h), both in bounded chunks.
+//! - **The webhook outbox** ([`OutboxEvent`]): the server stores a call's events with
+//!   [`Store::insert_events`] (a retried insert is harmless), records each delivery attempt
+//!   through the [`Writer`] as [`WriteOp::EventAttempt`], pages through the pending events
+//!   after a restart with [`Store::pending_events`] (insertion order, so each call's `seq`
+//!   order), and serves [`Store::get_event`], [`Store::events_of_call`],
+//!   [`Store::pending_event_count`] and an operator's [`Store::requeue_event`].
+//! - **Housekeeping** the server schedules: [`Store::sweep_calls`] (retention),
+//!   [`Store::sweep_idempotency`] (24 h) and [`Store::sweep_events`] (settled events), all in
+//!   bounded chunks.
 //! - **Time is an argument** (`now_ms`, cutoffs, the record's own timestamps): the store
 //!   reads no clock, so a test can move a day forward in a microsecond.
 //!
@@ -100,6 +107,7 @@ mod cursor;
 mod error;
 mod export;
 mod interface;
+mod outbox;
 pub mod sqlite;
 mod types;
 mod writer;
@@ -110,6 +118,10 @@ pub use cursor::Cursor;
 pub use error::{StoreError, SubmitError};
 pub use export::{Export, DEFAULT_EXPORT_PAGE};
 pub use interface::Store;
+pub use outbox::{
+    EventAttempt, OutboxEvent, Requeue, EVENT_DELIVERED, EVENT_DROPPED, EVENT_FAILED,
+    EVENT_PENDING, MAX_EVENT_PAGE, MAX_LAST_ERROR,
+};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use types::{
     normalize_number, retention_cutoff, CallFilter, CallRow, DirectionCounts, IdempotencyEntry,

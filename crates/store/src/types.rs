@@ -193,6 +193,8 @@ pub enum WriteOp {
     DeleteNumber { number: String },
     /// Remember a response (see [`Store::remember_idempotency`](crate::Store::remember_idempotency)).
     RememberIdempotency(Box<IdempotencyEntry>),
+    /// Record a webhook delivery attempt's outcome; nothing if the event is not stored.
+    EventAttempt(Box<crate::EventAttempt>),
 }
 
 /// A number as the store keeps and compares it: without its leading `+` (SPEC.md: "a leading

@@ -416,6 +416,31 @@ fn export_stops_after_an_error() {
         fn sweep_idempotency(&self, _: u64, _: usize) -> Result<u64, StoreError> {
             Ok(0)
         }
+        fn insert_events(&self, _: &[store::OutboxEvent]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn pending_events(
+            &self,
+            _: i64,
+            _: usize,
+        ) -> Result<Vec<(i64, store::OutboxEvent)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn pending_event_count(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn events_of_call(&self, _: &str, _: usize) -> Result<Vec<store::OutboxEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn get_event(&self, _: &str) -> Result<Option<store::OutboxEvent>, StoreError> {
+            Ok(None)
+        }
+        fn requeue_event(&self, _: &str, _: u64) -> Result<store::Requeue, StoreError> {
+            Ok(store::Requeue::Unknown)
+        }
+        fn sweep_events(&self, _: u64, _: usize) -> Result<u64, StoreError> {
+            Ok(0)
+        }
     }
     let mut export = Export::new(&Broken, CallFilter::default());
     assert!(matches!(export.next(), Some(Err(StoreError::BadCursor))));

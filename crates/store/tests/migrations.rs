@@ -4,7 +4,7 @@ mod common;
 
 use rusqlite::Connection;
 use store::sqlite::{migrations, MIGRATIONS};
-use store::{CallFilter, IdempotencyLookup, SqliteStore, Store, StoreError};
+use store::{CallFilter, IdempotencyLookup, Requeue, SqliteStore, Store, StoreError};
 
 fn tables(conn: &Connection) -> Vec<String> {
     let mut stmt = conn
@@ -25,7 +25,7 @@ fn from_empty_to_latest_and_again() {
         store.schema_version().unwrap(),
         migrations::latest_version()
     );
-    assert_eq!(migrations::latest_version(), 3);
+    assert_eq!(migrations::latest_version(), 4);
     drop(store);
 
     let conn = Connection::open(&path).unwrap();
@@ -42,13 +42,15 @@ fn from_empty_to_latest_and_again() {
         "calls_ended",
         "numbers_telnum",
         "idempotency_created",
-        "outbox_due",
+        "outbox_pending",
+        "outbox_settled",
     ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} in {names:?}"
         );
     }
+    assert!(!names.iter().any(|n| n == "outbox_due"), "{names:?}");
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -57,7 +59,10 @@ fn from_empty_to_latest_and_again() {
 
     // Opening an up-to-date database changes nothing.
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        migrations::latest_version()
+    );
 }
 
 #[test]
@@ -86,7 +91,10 @@ fn from_the_previous_version_with_data() {
     }
 
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        migrations::latest_version()
+    );
 
     let old = store.get_call("111").unwrap().unwrap();
     assert_eq!(old.telnum, "+1001");
@@ -137,7 +145,10 @@ fn from_version_2_the_new_columns_are_null_then_written() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        migrations::latest_version()
+    );
     let old = store.get_call("333").unwrap().unwrap();
     assert_eq!(old.notify_url, None);
     let media = old.media.unwrap();
@@ -161,7 +172,7 @@ fn a_database_from_a_newer_build_is_refused() {
         SqliteStore::open(&path),
         Err(StoreError::SchemaTooNew {
             found: 7,
-            supported: 3
+            supported: 4
         })
     ));
 }
@@ -169,7 +180,51 @@ fn a_database_from_a_newer_build_is_refused() {
 #[test]
 fn memory_store_is_migrated_too() {
     let store = SqliteStore::open("").unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(
+        store.schema_version().unwrap(),
+        migrations::latest_version()
+    );
     assert_eq!(store.path(), None);
     assert!(store.get_call("x").unwrap().is_none());
+}
+
+#[test]
+fn from_version_3_outbox_rows_gain_the_delivery_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    {
+        // What the build before 0004 left behind: an outbox row with only the v2 columns.
+        let conn = Connection::open(&path).unwrap();
+        for migration in &MIGRATIONS[0..3] {
+            conn.execute_batch(migration.sql).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        conn.execute_batch(
+            "INSERT INTO outbox (event_id, callid, seq, event, body, state, attempts, \
+                 next_attempt_at, last_error) \
+             VALUES ('e1', '555', 1, 'call.ringing', '{}', 'failed', 8, 9000, 'timeout');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 4);
+    let old = store.get_event("e1").unwrap().unwrap();
+    assert_eq!(old.target, "");
+    assert_eq!(old.created_at, 0);
+    assert_eq!(old.last_status, None);
+    assert_eq!(old.delivered_at, None);
+    assert_eq!((old.attempts, old.next_attempt_at), (8, 9000));
+    assert_eq!(old.last_error.as_deref(), Some("timeout"));
+    // The new methods work on it.
+    assert_eq!(store.pending_event_count().unwrap(), 0);
+    match store.requeue_event("e1", 10_000).unwrap() {
+        Requeue::Requeued(event) => {
+            assert_eq!((event.state.as_str(), event.attempts), ("pending", 0));
+            assert_eq!(event.next_attempt_at, 10_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    let pending = store.pending_events(0, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(store.events_of_call("555", 10).unwrap().len(), 1);
 }

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_notify_url_latched",
         sql: include_str!("../../migrations/0003_notify_url_latched.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_outbox_delivery",
+        sql: include_str!("../../migrations/0004_outbox_delivery.sql"),
+    },
 ];
 
 /// The schema version this build creates and expects.

@@ -23,8 +23,9 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 
 use crate::cursor::Cursor;
 use crate::{
-    normalize_number, CallFilter, CallRow, IdempotencyLookup, NumberAssignment, Page, Store,
-    StoreError, StoredResponse, WriteOp, IDEMPOTENCY_TTL_MS, MAX_LIMIT,
+    normalize_number, CallFilter, CallRow, IdempotencyLookup, NumberAssignment, OutboxEvent, Page,
+    Requeue, Store, StoreError, StoredResponse, WriteOp, EVENT_DROPPED, EVENT_FAILED,
+    EVENT_PENDING, IDEMPOTENCY_TTL_MS, MAX_EVENT_PAGE, MAX_LIMIT,
 };
 
 pub use migrations::{Migration, MIGRATIONS};
@@ -379,6 +380,93 @@ impl Store for SqliteStore {
             "DELETE FROM idempotency WHERE rowid IN \
              (SELECT rowid FROM idempotency WHERE created_at <= ?1 LIMIT ?2)",
             i64::try_from(bound).unwrap_or(i64::MAX),
+            chunk,
+        )
+    }
+
+    fn insert_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
+        self.write(|conn| {
+            events
+                .iter()
+                .try_for_each(|event| sql::insert_event(conn, event))
+        })
+    }
+
+    fn pending_events(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutboxEvent)>, StoreError> {
+        let limit = i64::try_from(limit.clamp(1, MAX_EVENT_PAGE)).unwrap_or(1);
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(sql::PENDING_EVENTS)?;
+            let rows = stmt.query_map(params![after_id, limit], |row| {
+                Ok((row.get(0)?, sql::event_at(row, 1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn pending_event_count(&self) -> Result<u64, StoreError> {
+        self.with_reader(|conn| {
+            let count: i64 = conn
+                .prepare_cached("SELECT count(*) FROM outbox WHERE state = 'pending'")?
+                .query_row([], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+
+    fn events_of_call(&self, callid: &str, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        let limit = i64::try_from(limit.clamp(1, MAX_EVENT_PAGE)).unwrap_or(1);
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(sql::EVENTS_OF_CALL)?;
+            let rows = stmt.query_map(params![callid, limit], sql::event_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn get_event(&self, event_id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(conn
+                .prepare_cached(sql::GET_EVENT)?
+                .query_row([event_id], sql::event_from_row)
+                .optional()?)
+        })
+    }
+
+    fn requeue_event(&self, event_id: &str, now_ms: u64) -> Result<Requeue, StoreError> {
+        let now = i64::try_from(now_ms).map_err(|_| StoreError::OutOfRange {
+            field: "now_ms",
+            value: now_ms,
+        })?;
+        self.write(|conn| {
+            let state: Option<String> = conn
+                .prepare_cached("SELECT state FROM outbox WHERE event_id = ?1")?
+                .query_row([event_id], |row| row.get(0))
+                .optional()?;
+            let Some(state) = state else {
+                return Ok(Requeue::Unknown);
+            };
+            if state != EVENT_FAILED && state != EVENT_DROPPED {
+                return Ok(Requeue::NotFailed(state));
+            }
+            conn.prepare_cached(
+                "UPDATE outbox SET state = ?2, attempts = 0, next_attempt_at = ?3 \
+                 WHERE event_id = ?1",
+            )?
+            .execute(params![event_id, EVENT_PENDING, now])?;
+            let event = conn
+                .prepare_cached(sql::GET_EVENT)?
+                .query_row([event_id], sql::event_from_row)?;
+            Ok(Requeue::Requeued(event))
+        })
+    }
+
+    fn sweep_events(&self, created_before: u64, chunk: usize) -> Result<u64, StoreError> {
+        self.delete_in_chunks(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE state <> 'pending' AND created_at < ?1 LIMIT ?2)",
+            i64::try_from(created_before).unwrap_or(i64::MAX),
             chunk,
         )
     }

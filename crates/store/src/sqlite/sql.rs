@@ -4,9 +4,10 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, Row};
 
 use crate::cursor::Cursor;
+use crate::outbox::cap_error;
 use crate::{
-    normalize_number, CallFilter, CallRow, DirectionCounts, IdempotencyEntry, MediaCounts,
-    StoreError, WriteOp, ENDED, IDEMPOTENCY_TTL_MS,
+    normalize_number, CallFilter, CallRow, DirectionCounts, EventAttempt, IdempotencyEntry,
+    MediaCounts, OutboxEvent, StoreError, WriteOp, ENDED, IDEMPOTENCY_TTL_MS,
 };
 
 /// The telnum as the `calls_telnum` index has it: without a leading `+`. It must be spelled
@@ -86,7 +87,100 @@ pub(crate) fn apply_op(conn: &Connection, op: &WriteOp) -> Result<(), StoreError
             Ok(())
         }
         WriteOp::RememberIdempotency(entry) => remember_idempotency(conn, entry),
+        WriteOp::EventAttempt(attempt) => event_attempt(conn, attempt),
     }
+}
+
+/// The columns of `outbox`, in the order [`event_from_row`] reads them.
+macro_rules! event_columns {
+    () => {
+        "event_id, callid, seq, event, target, body, created_at, state, attempts, \
+         next_attempt_at, last_status, last_error, delivered_at"
+    };
+}
+
+pub(crate) const GET_EVENT: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM outbox WHERE event_id = ?1"
+);
+
+pub(crate) const EVENTS_OF_CALL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM outbox WHERE callid = ?1 ORDER BY seq LIMIT ?2"
+);
+
+/// Names `outbox_pending` by repeating its WHERE term.
+pub(crate) const PENDING_EVENTS: &str = concat!(
+    "SELECT id, ",
+    event_columns!(),
+    " FROM outbox WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2"
+);
+
+/// An event already stored (same `event_id`, or same `callid` and `seq`) stays as it is.
+const INSERT_EVENT: &str = "INSERT OR IGNORE INTO outbox (event_id, callid, seq, event, \
+    target, body, created_at, state, attempts, next_attempt_at, last_status, last_error, \
+    delivered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+pub(crate) fn insert_event(conn: &Connection, event: &OutboxEvent) -> Result<(), StoreError> {
+    conn.prepare_cached(INSERT_EVENT)?.execute(params![
+        event.event_id,
+        event.callid,
+        event.seq,
+        event.event,
+        event.target,
+        event.body,
+        int("created_at", event.created_at)?,
+        event.state,
+        event.attempts,
+        int("next_attempt_at", event.next_attempt_at)?,
+        event.last_status,
+        event.last_error.as_deref().map(cap_error),
+        opt_int("delivered_at", event.delivered_at)?,
+    ])?;
+    Ok(())
+}
+
+fn event_attempt(conn: &Connection, attempt: &EventAttempt) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = ?2, attempts = ?3, next_attempt_at = ?4, \
+         last_status = ?5, last_error = ?6, delivered_at = ?7 WHERE event_id = ?1",
+    )?
+    .execute(params![
+        attempt.event_id,
+        attempt.state,
+        attempt.attempts,
+        int("next_attempt_at", attempt.next_attempt_at)?,
+        attempt.last_status,
+        attempt.last_error.as_deref().map(cap_error),
+        opt_int("delivered_at", attempt.delivered_at)?,
+    ])?;
+    Ok(())
+}
+
+/// A row of `SELECT event_columns!() FROM outbox`, its columns from `at` on.
+pub(crate) fn event_at(row: &Row<'_>, at: usize) -> rusqlite::Result<OutboxEvent> {
+    Ok(OutboxEvent {
+        event_id: row.get(at)?,
+        callid: row.get(at + 1)?,
+        seq: row.get(at + 2)?,
+        event: row.get(at + 3)?,
+        target: row.get(at + 4)?,
+        body: row.get(at + 5)?,
+        created_at: get_u64(row, at + 6)?,
+        state: row.get(at + 7)?,
+        attempts: row.get(at + 8)?,
+        next_attempt_at: get_u64(row, at + 9)?,
+        last_status: row.get(at + 10)?,
+        last_error: row.get(at + 11)?,
+        delivered_at: get_opt_u64(row, at + 12)?,
+    })
+}
+
+/// A row of `SELECT event_columns!() FROM outbox`.
+pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxEvent> {
+    event_at(row, 0)
 }
 
 pub(crate) fn upsert_call(conn: &Connection, call: &CallRow) -> Result<(), StoreError> {

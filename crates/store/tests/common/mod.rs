@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use store::{
     CallFilter, CallRow, DirectionCounts, IdempotencyEntry, IdempotencyLookup, MediaCounts,
-    NumberAssignment, Page, SqliteStore, Store, StoreError, WriteOp,
+    NumberAssignment, OutboxEvent, Page, Requeue, SqliteStore, Store, StoreError, WriteOp,
 };
 use tempfile::TempDir;
 
@@ -181,5 +181,56 @@ impl Store for Probe {
 
     fn sweep_idempotency(&self, now_ms: u64, chunk: usize) -> Result<u64, StoreError> {
         self.inner.sweep_idempotency(now_ms, chunk)
+    }
+
+    fn insert_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
+        self.inner.insert_events(events)
+    }
+
+    fn pending_events(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, OutboxEvent)>, StoreError> {
+        self.inner.pending_events(after_id, limit)
+    }
+
+    fn pending_event_count(&self) -> Result<u64, StoreError> {
+        self.inner.pending_event_count()
+    }
+
+    fn events_of_call(&self, callid: &str, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.inner.events_of_call(callid, limit)
+    }
+
+    fn get_event(&self, event_id: &str) -> Result<Option<OutboxEvent>, StoreError> {
+        self.inner.get_event(event_id)
+    }
+
+    fn requeue_event(&self, event_id: &str, now_ms: u64) -> Result<Requeue, StoreError> {
+        self.inner.requeue_event(event_id, now_ms)
+    }
+
+    fn sweep_events(&self, created_before: u64, chunk: usize) -> Result<u64, StoreError> {
+        self.inner.sweep_events(created_before, chunk)
+    }
+}
+
+/// A pending event of `callid` number `seq`, created at `created_at`.
+pub fn event(callid: &str, seq: u32, created_at: u64) -> OutboxEvent {
+    OutboxEvent {
+        event_id: format!("{callid}-{seq}"),
+        callid: callid.to_owned(),
+        seq,
+        event: "call.ringing".to_owned(),
+        target: "https://backend.example/hooks".to_owned(),
+        body: format!("{{\"callid\":\"{callid}\",\"seq\":{seq}}}"),
+        created_at,
+        state: store::EVENT_PENDING.to_owned(),
+        attempts: 0,
+        next_attempt_at: created_at,
+        last_status: None,
+        last_error: None,
+        delivered_at: None,
     }
 }
