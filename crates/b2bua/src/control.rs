@@ -178,9 +178,8 @@ impl CallControl {
         if !self.registry.events_enabled() {
             return;
         }
-        let callid = crate::intent::new_callid();
         self.registry
-            .refused(now, &callid, calling, dialled, code, no.code());
+            .refused(now, calling, dialled, code, no.code());
     }
 
     /// Expires intents whose TTL has passed and prunes old call records. Returns how many

@@ -588,18 +588,10 @@ impl CallRegistry {
     }
 
     /// An INVITE from `calling` to `dialled` found no intent and got `code`: with webhooks on
-    /// and `webhooks.url` set, a `call.refused` event under the new `callid`, with a record
+    /// and `webhooks.url` set, a `call.refused` event under a new callid, with a record
     /// of the refusal (`reason` as its `sip_reason`). The refusal keeps no record in the
     /// registry: a flood of refused INVITEs must not fill it.
-    pub fn refused(
-        &self,
-        now: Instant,
-        callid: &str,
-        calling: &str,
-        dialled: &str,
-        code: u16,
-        reason: &str,
-    ) {
+    pub fn refused(&self, now: Instant, calling: &str, dialled: &str, code: u16, reason: &str) {
         let mut inner = self.inner.lock();
         let at = inner.wall(now);
         let Some(events) = inner.events.as_mut() else {
@@ -608,8 +600,10 @@ impl CallRegistry {
         let Some(target) = events.default_target.clone() else {
             return;
         };
+        // Drawn only once the event is sure to be built: refusals come in floods.
+        let callid = crate::intent::new_callid();
         let record = CallRecord {
-            callid: callid.to_owned(),
+            callid: callid.clone(),
             telnum: calling.to_owned(),
             caller: dialled.to_owned(),
             callee: String::new(),
@@ -633,7 +627,7 @@ impl CallRegistry {
         events.push(WebhookEvent {
             id: new_event_id(),
             kind: EventKind::CallRefused,
-            callid: callid.to_owned(),
+            callid,
             seq: 1,
             at,
             target,
