@@ -39,12 +39,14 @@ pub mod backoff;
 pub mod handle;
 pub mod payload;
 pub mod record;
+pub mod schedule;
 pub mod sign;
 pub mod stats;
 pub mod targets;
 
 pub use backoff::Backoff;
 pub use handle::{HandOffError, Requeued, WebhookHandle};
+pub use schedule::{Outcome, Schedule, ScheduleConfig, Send, Settled};
 pub use sign::{
     signature, verify, VerifyError, EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER,
 };
