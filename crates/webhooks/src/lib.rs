@@ -36,6 +36,8 @@
 //! the POST and its record) is sent again, with the same `Callbridge-Event-Id`.
 
 pub mod backoff;
+pub mod client;
+pub mod dispatcher;
 pub mod handle;
 pub mod payload;
 pub mod record;
@@ -45,6 +47,8 @@ pub mod stats;
 pub mod targets;
 
 pub use backoff::Backoff;
+pub use client::{Client, ClientError};
+pub use dispatcher::{start, Dispatcher, WebhookConfig, WebhookError};
 pub use handle::{HandOffError, Requeued, WebhookHandle};
 pub use schedule::{Outcome, Schedule, ScheduleConfig, Send, Settled};
 pub use sign::{

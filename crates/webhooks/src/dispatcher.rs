@@ -1,0 +1,346 @@
+//! The tokio driver of the [`Schedule`]: takes the registry's new events, writes them to the
+//! outbox, sends what the schedule says, and records every outcome. It runs on its own task;
+//! nothing here ever waits on the SIP engine's task or makes it wait.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use b2bua::CallControl;
+use bytes::Bytes;
+use store::{
+    EventAttempt, OutboxEvent, Store, SubmitError, WriteOp, Writer, EVENT_DELIVERED, EVENT_FAILED,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::client::{Client, ClientError};
+use crate::handle::{Requeued, WebhookHandle};
+use crate::payload::outbox_event;
+use crate::schedule::{Outcome, Schedule, ScheduleConfig, Settled};
+use crate::stats::Stats;
+use crate::targets::{parse_target, TargetError, TargetPolicy};
+
+/// How often new events are taken from the registry: the delay a change waits before its
+/// event is stored and sent, at most.
+pub const INTAKE_EVERY: Duration = Duration::from_millis(20);
+/// Events taken per intake at most (the registry's queue holds the rest).
+const INTAKE_MAX: usize = 5_000;
+/// Pending events read from the outbox per page at start.
+const RECOVERY_PAGE: usize = 1_000;
+/// At shutdown, how long requests on the wire get to finish (and be recorded).
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// `[webhooks]` as the dispatcher takes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookConfig {
+    /// The default target (`webhooks.url`); `""`: only intents with a `notify_url` have one.
+    pub url: String,
+    /// The HMAC key of `Callbridge-Signature`.
+    pub secret: String,
+    /// One attempt's limit, connection included (`webhooks.timeout_ms`).
+    pub timeout: Duration,
+    /// Extra roots for https targets (PEM), besides the public ones.
+    pub ca_file: String,
+    /// Hosts a makecall's `notify_url` may name (see [`TargetPolicy`]).
+    pub allowed_hosts: Vec<String>,
+    /// Attempts, bounds and backoff.
+    pub schedule: ScheduleConfig,
+    /// Events the registry holds for the dispatcher at most, between two intakes.
+    pub queue: usize,
+}
+
+/// Why the dispatcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhooks.url: {0}")]
+    Url(TargetError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// The running dispatcher; [`finish`](Dispatcher::finish) stops it.
+#[derive(Debug)]
+pub struct Dispatcher {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Dispatcher {
+    /// Takes the last events (those of the calls hung up at shutdown) into the outbox, gives
+    /// the requests on the wire a moment to finish, and stops. Call it after the SIP engine
+    /// has stopped and before the store's writer is shut down. What is still pending stays
+    /// in the outbox for the next start.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Turns the registry's events on and starts delivering them: first the events left pending
+/// in the outbox, then every new one. Returns the API's handle and the dispatcher.
+pub fn start(
+    config: WebhookConfig,
+    control: Arc<CallControl>,
+    store: Arc<dyn Store>,
+    writer: Arc<Writer>,
+) -> Result<(WebhookHandle, Dispatcher), WebhookError> {
+    if !config.url.is_empty() {
+        parse_target(&config.url).map_err(WebhookError::Url)?;
+    }
+    let client = Client::new(config.secret.as_bytes(), config.timeout, &config.ca_file)?;
+    let policy = TargetPolicy::new(&config.allowed_hosts, &config.url);
+    let (handle, requeued) = WebhookHandle::new(policy);
+    let default_target = (!config.url.is_empty()).then(|| config.url.clone());
+    control
+        .registry()
+        .enable_events(default_target, config.queue);
+    let (stop, stopped) = oneshot::channel();
+    let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+    let driver = Driver {
+        schedule: Schedule::new(config.schedule, rand::random()),
+        control,
+        store,
+        writer,
+        client,
+        stats: handle.shared_stats(),
+        outcomes_tx,
+        dropped_logged: 0,
+    };
+    let task = tokio::spawn(driver.run(requeued, outcomes, stopped));
+    tracing::info!(url = %config.url, allowed = ?config.allowed_hosts, "webhooks on");
+    Ok((handle, Dispatcher { stop, task }))
+}
+
+struct Driver {
+    schedule: Schedule,
+    control: Arc<CallControl>,
+    store: Arc<dyn Store>,
+    writer: Arc<Writer>,
+    client: Client,
+    stats: Arc<Stats>,
+    outcomes_tx: mpsc::UnboundedSender<(u64, Outcome)>,
+    /// Drops already logged (the log says how many since the last line).
+    dropped_logged: u64,
+}
+
+/// Wall-clock ms since the epoch (the outbox's and the records' time).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut requeued: Requeued,
+        mut outcomes: mpsc::UnboundedReceiver<(u64, Outcome)>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        self.recover().await;
+        let mut intake = tokio::time::interval(INTAKE_EVERY);
+        intake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.schedule.poll_timeout();
+            tokio::select! {
+                _ = intake.tick() => self.intake().await,
+                Some((no, outcome)) = outcomes.recv() => self.outcome(no, outcome),
+                Some(event) = requeued.0.recv() => self.push_requeued(event),
+                _ = sleep_until(deadline), if deadline.is_some() => {}
+                _ = &mut stopped => break,
+            }
+            self.send_due();
+        }
+        // The events of the last hang-ups, then a moment for the requests on the wire.
+        self.intake().await;
+        let until = tokio::time::Instant::now() + FINISH_WAIT;
+        while self.schedule.in_flight() > 0 {
+            match tokio::time::timeout_at(until, outcomes.recv()).await {
+                Ok(Some((no, outcome))) => self.outcome(no, outcome),
+                _ => break,
+            }
+        }
+        self.publish();
+        tracing::info!(
+            pending = self.schedule.len(),
+            "webhooks stopped; pending events stay in the outbox"
+        );
+    }
+
+    /// Puts the outbox's pending events back into the schedule, in their stored order, each
+    /// due when it was due (or now).
+    async fn recover(&mut self) {
+        let mut after = 0i64;
+        let mut recovered = 0usize;
+        loop {
+            let store = Arc::clone(&self.store);
+            let page =
+                tokio::task::spawn_blocking(move || store.pending_events(after, RECOVERY_PAGE))
+                    .await;
+            let page = match page {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "webhooks: cannot read the outbox's pending events");
+                    self.stats.store_error();
+                    break;
+                }
+                Err(_) => break,
+            };
+            let Some(&(last, _)) = page.last() else {
+                break;
+            };
+            after = last;
+            let (now, wall) = (Instant::now(), wall_ms());
+            for (_, event) in page {
+                let due = now
+                    + Duration::from_millis(event.next_attempt_at.saturating_sub(wall));
+                recovered += 1;
+                self.push(now, event, due);
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(events = recovered, "webhooks: pending events recovered from the outbox");
+        }
+        self.publish();
+    }
+
+    /// Takes the registry's new events, stores them (one transaction) and schedules them.
+    async fn intake(&mut self) {
+        let events = self.control.registry().take_events(INTAKE_MAX);
+        if events.is_empty() {
+            return;
+        }
+        let batch: Vec<OutboxEvent> = events.iter().map(outbox_event).collect();
+        drop(events);
+        let store = Arc::clone(&self.store);
+        let stored = tokio::task::spawn_blocking(move || {
+            let result = store.insert_events(&batch);
+            (batch, result)
+        })
+        .await;
+        let batch = match stored {
+            Ok((batch, Ok(()))) => batch,
+            Ok((batch, Err(error))) => {
+                // Still delivered, from memory; only a restart before delivery loses them.
+                tracing::error!(%error, events = batch.len(),
+                    "webhooks: events not written to the outbox");
+                self.stats.store_error();
+                batch
+            }
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        for event in batch {
+            self.push(now, event, now);
+        }
+        self.publish();
+    }
+
+    fn push_requeued(&mut self, event: OutboxEvent) {
+        tracing::info!(callid = %event.callid, event_id = %event.event_id, "webhooks: event redelivered");
+        let now = Instant::now();
+        self.push(now, event, now);
+        self.publish();
+    }
+
+    fn push(&mut self, now: Instant, mut event: OutboxEvent, due: Instant) {
+        let body = Bytes::from(std::mem::take(&mut event.body));
+        let dropped = self.schedule.push(now, event, body, due);
+        if dropped.is_empty() {
+            return;
+        }
+        self.stats.dropped(dropped.len() as u64);
+        let wall = wall_ms();
+        for settled in dropped {
+            self.record(&settled, now, wall);
+        }
+        let total = self.stats.snapshot().dropped;
+        // One line per burst, not one per event.
+        if total >= self.dropped_logged + 1000 || self.dropped_logged == 0 {
+            tracing::warn!(dropped = total - self.dropped_logged, total,
+                "webhooks: outbox full (webhooks.max_pending), oldest events dropped");
+            self.dropped_logged = total;
+        }
+    }
+
+    fn send_due(&mut self) {
+        let now = Instant::now();
+        while let Some(send) = self.schedule.poll_send(now) {
+            let client = self.client.clone();
+            let outcomes = self.outcomes_tx.clone();
+            let span = tracing::debug_span!("webhook", callid = %send.callid, event = %send.event,
+                attempt = send.attempt);
+            tokio::spawn(
+                async move {
+                    let outcome = client.post(&send).await;
+                    let _ = outcomes.send((send.no, outcome));
+                }
+                .instrument(span),
+            );
+        }
+        self.publish();
+    }
+
+    fn outcome(&mut self, no: u64, outcome: Outcome) {
+        let now = Instant::now();
+        let Some(settled) = self.schedule.on_outcome(now, no, outcome) else {
+            return;
+        };
+        let wall = wall_ms();
+        match settled.state {
+            EVENT_DELIVERED => {
+                let latency = wall.saturating_sub(settled.created_at) as f64 / 1000.0;
+                self.stats.delivered(latency);
+            }
+            EVENT_FAILED => {
+                self.stats.failed();
+                tracing::warn!(event_id = %settled.event_id, attempts = settled.attempts,
+                    status = ?settled.last_status, error = ?settled.last_error,
+                    "webhooks: event given up");
+            }
+            _ => {
+                self.stats.retried();
+                tracing::debug!(event_id = %settled.event_id, attempts = settled.attempts,
+                    error = ?settled.last_error, "webhooks: attempt failed, will retry");
+            }
+        }
+        self.record(&settled, now, wall);
+    }
+
+    /// Writes an event's new state through the store's writer (never blocks: a full queue
+    /// drops the record of the attempt, which the writer counts; the event then shows its
+    /// previous state, and a restart may send it once more).
+    fn record(&self, settled: &Settled, now: Instant, wall: u64) {
+        let next_attempt_at = settled
+            .retry_at
+            .map_or(wall, |at| wall + at.saturating_duration_since(now).as_millis() as u64);
+        let attempt = EventAttempt {
+            event_id: settled.event_id.clone(),
+            state: settled.state.to_owned(),
+            attempts: settled.attempts,
+            next_attempt_at,
+            last_status: settled.last_status,
+            last_error: settled.last_error.clone(),
+            delivered_at: (settled.state == EVENT_DELIVERED).then_some(wall),
+        };
+        if let Err(SubmitError::Stopped) = self
+            .writer
+            .try_submit(WriteOp::EventAttempt(Box::new(attempt)))
+        {
+            tracing::debug!("webhooks: the store's writer has stopped");
+        }
+    }
+
+    fn publish(&self) {
+        self.stats
+            .set_depth(self.schedule.len(), self.schedule.in_flight());
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
