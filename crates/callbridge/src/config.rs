@@ -55,6 +55,7 @@ pub struct Config {
     pub api: ApiSection,
     pub intent: IntentSection,
     pub store: StoreSection,
+    pub webhooks: WebhooksSection,
     pub log: LogSection,
 }
 
@@ -494,6 +495,123 @@ impl Default for StoreSection {
     }
 }
 
+/// `[webhooks]`: call events POSTed to the app's backend (crates/webhooks).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksSection {
+    /// The default target of every call's events; `""`: only intents with a `notify_url`
+    /// have one.
+    pub url: String,
+    /// The HMAC-SHA256 key of `Callbridge-Signature`; required when webhooks are on.
+    pub secret: String,
+    /// One attempt's limit, connection included: a 2xx later than this is a failure.
+    pub timeout_ms: u64,
+    /// Attempts per event before it is kept as failed.
+    pub max_attempts: u32,
+    /// Hosts a makecall's `notify_url` may name (`host`, `host:port`, `*.domain`); empty:
+    /// only the host of `url`.
+    pub allowed_hosts: Vec<String>,
+    /// Events waiting for delivery at most; beyond it the oldest are dropped (and counted).
+    pub max_pending: usize,
+    /// Requests on the wire at once at most (one per call: a call's events go in order).
+    pub max_in_flight: usize,
+    /// The wait after a first failed attempt, doubled after each further one.
+    pub backoff_base_ms: u64,
+    /// The longest wait between two attempts.
+    pub backoff_max_ms: u64,
+    /// PEM roots that https targets may chain to, besides the public ones.
+    pub ca_file: String,
+    /// Events built and not yet taken by the dispatcher at most (it takes them every 20 ms).
+    pub queue: usize,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        let lib = webhooks::WebhookConfig::default();
+        WebhooksSection {
+            url: lib.url,
+            secret: lib.secret,
+            timeout_ms: millis(lib.timeout),
+            max_attempts: lib.schedule.max_attempts,
+            allowed_hosts: lib.allowed_hosts,
+            max_pending: lib.schedule.max_pending,
+            max_in_flight: lib.schedule.max_in_flight,
+            backoff_base_ms: millis(lib.schedule.backoff.base),
+            backoff_max_ms: millis(lib.schedule.backoff.cap),
+            ca_file: lib.ca_file,
+            queue: lib.queue,
+        }
+    }
+}
+
+impl WebhooksSection {
+    /// Are events built and delivered? Yes when there is a default target, or hosts that a
+    /// `notify_url` may name.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty() || !self.allowed_hosts.is_empty()
+    }
+
+    /// The dispatcher's configuration.
+    pub fn webhook_config(&self) -> webhooks::WebhookConfig {
+        webhooks::WebhookConfig {
+            url: self.url.clone(),
+            secret: self.secret.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            ca_file: self.ca_file.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            schedule: webhooks::ScheduleConfig {
+                max_attempts: self.max_attempts,
+                max_pending: self.max_pending,
+                max_in_flight: self.max_in_flight,
+                backoff: webhooks::Backoff {
+                    base: Duration::from_millis(self.backoff_base_ms),
+                    cap: Duration::from_millis(self.backoff_max_ms),
+                },
+            },
+            queue: self.queue,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !self.url.is_empty() {
+            if let Err(error) = webhooks::parse_target(&self.url) {
+                return invalid(format!("webhooks.url {:?}: {error}", self.url));
+            }
+        }
+        if self.enabled() && self.secret.is_empty() {
+            return invalid(
+                "webhooks.secret must be set when webhooks are on (webhooks.url or \
+                 webhooks.allowed_hosts): receivers verify every event with it"
+                    .into(),
+            );
+        }
+        let ranges: [(&str, u64, u64, u64); 6] = [
+            ("webhooks.timeout_ms", self.timeout_ms, 1, 600_000),
+            ("webhooks.max_attempts", u64::from(self.max_attempts), 1, 1000),
+            ("webhooks.max_pending", self.max_pending as u64, 1, 100_000_000),
+            ("webhooks.max_in_flight", self.max_in_flight as u64, 1, 100_000),
+            ("webhooks.backoff_base_ms", self.backoff_base_ms, 1, 3_600_000),
+            ("webhooks.queue", self.queue as u64, 1, 100_000_000),
+        ];
+        for (key, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return invalid(format!("{key} = {value} must be {low}-{high}"));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_base_ms || self.backoff_max_ms > 86_400_000 {
+            return invalid(
+                "webhooks.backoff_max_ms must be between webhooks.backoff_base_ms and 86400000"
+                    .into(),
+            );
+        }
+        if self.allowed_hosts.iter().any(|h| h.trim().is_empty()) {
+            return invalid("webhooks.allowed_hosts contains an empty host".into());
+        }
+        Ok(())
+    }
+}
+
 impl IntentSection {
     /// The intent table and call registry the API and the SIP side share: intents as this
     /// section says, ended calls kept as `[sip]` says (`call_retention_secs`, `max_ended_calls`).
@@ -704,6 +822,7 @@ impl Config {
         }
         self.media.port_range()?;
         self.media.learning_config()?;
+        self.webhooks.validate()?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated

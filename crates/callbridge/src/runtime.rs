@@ -42,6 +42,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(#[from] webhooks::WebhookError),
 }
 
 /// A started callbridge: its bound addresses, shared state, and the handle to stop it.
@@ -86,6 +88,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // The store before anything serves: the number assignments must be in memory before the
     // first makecall or INVITE is checked against them.
     let persistence = Arc::new(Persistence::open(&config.store, &control)?);
+    // Webhooks before the first change: every event from the first makecall on is built,
+    // stored and sent (and the events a previous run left pending go first).
+    let (webhook_handle, dispatcher) = if config.webhooks.enabled() {
+        let (handle, dispatcher) = webhooks::start(
+            config.webhooks.webhook_config(),
+            control.clone(),
+            persistence.store.clone(),
+            persistence.writer.clone(),
+        )?;
+        (Some(handle), Some(dispatcher))
+    } else {
+        (None, None)
+    };
 
     // The trunk first: its address is trusted for TCP and holds the reserved connections,
     // which the transport needs from the moment it accepts.
@@ -123,12 +138,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })?;
     let api_settings = config.api.api_settings();
     let (actions, commands) = SipActions::new();
-    let api_state = Arc::new(
-        ApiState::new(control.clone(), api_settings, status.clone())
-            .with_actions(Arc::new(actions))
-            .with_store(persistence.store.clone())
-            .with_store_writer(persistence.writer.clone()),
-    );
+    let mut api_state = ApiState::new(control.clone(), api_settings, status.clone())
+        .with_actions(Arc::new(actions))
+        .with_store(persistence.store.clone())
+        .with_store_writer(persistence.writer.clone());
+    if let Some(handle) = webhook_handle {
+        api_state = api_state.with_webhooks(handle);
+    }
+    let api_state = Arc::new(api_state);
 
     // Ports of the relay range that something already holds (the SIP port, another process)
     // are taken out of the pool now, rather than failing the first call given them.
@@ -161,7 +178,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let last_records = (persistence.clone(), control.clone());
     tasks.push(tokio::spawn(async move {
         sip.await;
-        // Every call has ended now: their records go to the store before the API closes.
+        // Every call has ended now: the events of the last hang-ups go to the outbox, then
+        // the records to the store (the writer stops last), before the API closes.
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.finish().await;
+        }
         let (persistence, control) = last_records;
         persistence.finish(control).await;
         drop(sip_stopped_tx);

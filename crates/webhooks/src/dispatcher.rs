@@ -50,6 +50,21 @@ pub struct WebhookConfig {
     pub queue: usize,
 }
 
+impl Default for WebhookConfig {
+    /// SPEC.md's defaults: no target, 5 s per attempt, 10 attempts, 100,000 pending.
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            url: String::new(),
+            secret: String::new(),
+            timeout: Duration::from_millis(5000),
+            ca_file: String::new(),
+            allowed_hosts: Vec::new(),
+            schedule: ScheduleConfig::default(),
+            queue: 100_000,
+        }
+    }
+}
+
 /// Why the dispatcher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
