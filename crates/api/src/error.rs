@@ -61,8 +61,13 @@ pub enum ApiError {
     UnknownNumber,
     #[error("`data` must be at most {0} bytes")]
     DataTooLong(usize),
-    #[error("`notify_url` must be an http or https URL of at most {0} bytes")]
-    InvalidNotifyUrl(usize),
+    /// Not a URL events could be POSTed to (not http/https, too long, or with credentials).
+    #[error("`notify_url` cannot be a webhook target: {0}")]
+    InvalidNotifyUrl(webhooks::TargetError),
+    /// A fine URL that the server will not call: its host is not in `webhooks.allowed_hosts`,
+    /// or webhooks are not configured at all (the sentence says which).
+    #[error("`notify_url` is not allowed: {0}")]
+    NotifyUrlNotAllowed(String),
     #[error("the store is not available; retry later")]
     StoreUnavailable,
 }
@@ -92,7 +97,8 @@ impl ApiError {
             | ApiError::CalleeIsCaller
             | ApiError::IdempotencyKeyReused
             | ApiError::DataTooLong(_)
-            | ApiError::InvalidNotifyUrl(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::InvalidNotifyUrl(_)
+            | ApiError::NotifyUrlNotAllowed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IntentTableFull(_)
             | ApiError::SipUnavailable
             | ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +134,7 @@ impl ApiError {
         "unknown_number",
         "data_too_long",
         "invalid_notify_url",
+        "notify_url_not_allowed",
         "store_unavailable",
         "internal_error",
     ];
@@ -161,6 +168,7 @@ impl ApiError {
             ApiError::UnknownNumber => "unknown_number",
             ApiError::DataTooLong(_) => "data_too_long",
             ApiError::InvalidNotifyUrl(_) => "invalid_notify_url",
+            ApiError::NotifyUrlNotAllowed(_) => "notify_url_not_allowed",
             ApiError::StoreUnavailable => "store_unavailable",
         }
     }
@@ -183,6 +191,19 @@ impl ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// A `notify_url` the webhook policy refuses: a host off the allow-list is
+/// `notify_url_not_allowed`, anything else (not http/https, credentials) `invalid_notify_url`.
+impl From<webhooks::TargetError> for ApiError {
+    fn from(error: webhooks::TargetError) -> ApiError {
+        match error {
+            webhooks::TargetError::NotAllowed(_) => {
+                ApiError::NotifyUrlNotAllowed(error.to_string())
+            }
+            other => ApiError::InvalidNotifyUrl(other),
+        }
     }
 }
 
@@ -235,6 +256,7 @@ mod tests {
             | ApiError::UnknownNumber
             | ApiError::DataTooLong(_)
             | ApiError::InvalidNotifyUrl(_)
+            | ApiError::NotifyUrlNotAllowed(_)
             | ApiError::StoreUnavailable => e.code(),
         };
         let all = [
@@ -263,7 +285,8 @@ mod tests {
             ApiError::NumberNotOwned,
             ApiError::UnknownNumber,
             ApiError::DataTooLong(1),
-            ApiError::InvalidNotifyUrl(1),
+            ApiError::InvalidNotifyUrl(webhooks::TargetError::NotHttp),
+            ApiError::NotifyUrlNotAllowed("host x".into()),
             ApiError::StoreUnavailable,
         ];
         for error in &all {

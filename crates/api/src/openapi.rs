@@ -29,7 +29,9 @@ pub struct MakeCallRequest {
     /// Opaque client data, echoed in the record and every event (at most 1 KiB).
     #[schema(max_length = 1024)]
     pub data: Option<String>,
-    /// This intent's webhook target (`http://` or `https://`), overriding `webhooks.url`.
+    /// This intent's webhook target (`http://` or `https://`), overriding `webhooks.url`. Its
+    /// host must be in `webhooks.allowed_hosts` (empty: the host of `webhooks.url`); refused
+    /// with `notify_url_not_allowed` otherwise, and always when webhooks are not configured.
     #[schema(max_length = 2048)]
     pub notify_url: Option<String>,
 }
@@ -245,7 +247,7 @@ mod ops {
             (status = 409, description = "idempotency_key_in_use", body = ErrorBody),
             (status = 413, description = "Body too large", body = ErrorBody),
             (status = 415, description = "Not application/json", body = ErrorBody),
-            (status = 422, description = "missing_field, invalid_number, caller_is_telnum, callee_is_caller, data_too_long, invalid_notify_url, idempotency_key_reused", body = ErrorBody),
+            (status = 422, description = "missing_field, invalid_number, caller_is_telnum, callee_is_caller, data_too_long, invalid_notify_url, notify_url_not_allowed, idempotency_key_reused", body = ErrorBody),
             (status = 503, description = "intent_table_full, store_unavailable", body = ErrorBody),
         ),
         security(("bearer" = [])))]

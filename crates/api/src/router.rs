@@ -39,8 +39,6 @@ const ALLOW_PUT_DELETE: &str = "PUT, DELETE";
 
 /// Longest `data` of a makecall (SPEC.md: 1 KiB).
 pub const MAX_DATA_BYTES: usize = 1024;
-/// Longest `notify_url` of a makecall.
-pub const MAX_NOTIFY_URL_BYTES: usize = 2048;
 
 /// The routes, with their path parameters still percent-encoded.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,8 +120,12 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 /// Routes (`/api/*` needs `Authorization: Bearer <token>` when tokens are configured; checked
 /// before routing, so an unauthenticated client learns nothing about which paths exist):
 ///
-/// * `POST /api/user/{telnum}/makecall` `{"caller","callee"}` → `200 {"callid"}`. A newer
-///   makecall of the same telnum replaces the pending intent (its call ends `intent_replaced`).
+/// * `POST /api/user/{telnum}/makecall` `{"caller","callee"}` (and optional `"data"`,
+///   `"notify_url"`) → `200 {"callid"}`. A newer makecall of the same telnum replaces the
+///   pending intent (its call ends `intent_replaced`). `notify_url` must pass the webhook
+///   policy ([`ApiState::with_webhooks`]): `422 invalid_notify_url` for a URL that is not
+///   http/https or carries credentials, `422 notify_url_not_allowed` for a host off
+///   `webhooks.allowed_hosts`, and for any `notify_url` when webhooks are not configured.
 /// * `POST /api/user/{telnum}/cancelcall`, body empty or a JSON object (fields ignored) →
 ///   `200 {"cancelled":true,"callid","caller","callee"}` or `200 {"cancelled":false}`.
 /// * `POST /api/cti/callin` `{"from","to"}` → `200 {"action":"bridge","caller","callee","callid"}`
@@ -161,7 +163,8 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 /// `unknown_number`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 409
 /// (`call_ended`, `idempotency_key_in_use`), 413 `body_too_large`, 415
 /// `unsupported_media_type`, 422 (`missing_field`, `invalid_number`, `caller_is_telnum`,
-/// `callee_is_caller`, `data_too_long`, `invalid_notify_url`, `idempotency_key_reused`), 503
+/// `callee_is_caller`, `data_too_long`, `invalid_notify_url`, `notify_url_not_allowed`,
+/// `idempotency_key_reused`), 503
 /// (`intent_table_full`, `sip_unavailable`, `store_unavailable`).
 pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<ApiBody>
 where
@@ -345,8 +348,8 @@ fn make_call(
         return Err(ApiError::DataTooLong(MAX_DATA_BYTES));
     }
     let notify_url = optional_string(&body, "notify_url")?;
-    if notify_url.is_some_and(|url| !is_http_url(url)) {
-        return Err(ApiError::InvalidNotifyUrl(MAX_NOTIFY_URL_BYTES));
+    if let Some(url) = notify_url {
+        check_notify_url(state, url)?;
     }
     if !state.control.may_use(&telnum, caller) {
         return Err(ApiError::NumberNotOwned);
@@ -368,20 +371,17 @@ fn make_call(
     ))
 }
 
-/// An absolute `http://` or `https://` URL with a host, without spaces or controls.
-fn is_http_url(url: &str) -> bool {
-    if url.len() > MAX_NOTIFY_URL_BYTES || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return false;
-    }
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let Some(rest) = rest else {
-        return false;
+/// A makecall's `notify_url` must pass the webhook policy (`webhooks.allowed_hosts`, else the
+/// host of `webhooks.url`): a per-request callback URL is an SSRF vector. Without webhooks
+/// configured no URL is allowed: an intent's target would never be called.
+fn check_notify_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
+    let Some(webhooks) = &state.webhooks else {
+        return Err(ApiError::NotifyUrlNotAllowed(
+            "webhooks are not configured on this server".to_owned(),
+        ));
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    !host.is_empty() && !host.starts_with(':')
+    webhooks.check_target(url)?;
+    Ok(())
 }
 
 fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiError> {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use b2bua::CallControl;
 use store::Store;
+use webhooks::WebhookHandle;
 
 use crate::actions::CallActions;
 use crate::idempotency::InFlight;
@@ -74,7 +75,8 @@ impl Clock for ManualClock {
 }
 
 /// Shared state of the API: the intent table and call registry (through [`CallControl`]), the
-/// settings, the SIP side's status, the clock and the API's own counters.
+/// settings, the SIP side's status, the clock and the API's own counters, and optionally the
+/// store, its writer and the webhook dispatcher's handle.
 pub struct ApiState {
     pub(crate) control: Arc<CallControl>,
     pub(crate) settings: ApiSettings,
@@ -85,6 +87,7 @@ pub struct ApiState {
     pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) writer: Option<Arc<store::Writer>>,
     pub(crate) inflight: Arc<InFlight>,
+    pub(crate) webhooks: Option<WebhookHandle>,
 }
 
 impl ApiState {
@@ -104,6 +107,7 @@ impl ApiState {
             store: None,
             writer: None,
             inflight: Arc::new(InFlight::default()),
+            webhooks: None,
         }
     }
 
@@ -118,6 +122,16 @@ impl ApiState {
     /// Lets `/metrics` show the store writer's counters.
     pub fn with_store_writer(mut self, writer: Arc<store::Writer>) -> ApiState {
         self.writer = Some(writer);
+        self
+    }
+
+    /// Turns webhooks on for the API: a makecall's `notify_url` is checked against the
+    /// handle's allow-list (without a handle every `notify_url` is refused, `422
+    /// notify_url_not_allowed`), `POST /api/events/{id}/redeliver` hands requeued events to the
+    /// dispatcher (without a handle: `503 webhooks_unavailable`), and `/metrics` shows the
+    /// dispatcher's counters.
+    pub fn with_webhooks(mut self, handle: WebhookHandle) -> ApiState {
+        self.webhooks = Some(handle);
         self
     }
 

@@ -82,6 +82,14 @@ fn harness() -> Harness {
     harness_with(ApiSettings::default(), Arc::new(NoSip))
 }
 
+/// A harness with webhooks on (`policy`), and the dispatcher's end of the handle.
+fn harness_with_webhooks(policy: webhooks::TargetPolicy) -> (Harness, webhooks::Requeued) {
+    let (handle, requeued) = webhooks::WebhookHandle::new(policy);
+    let mut h = harness();
+    h.state = h.state.with_webhooks(handle);
+    (h, requeued)
+}
+
 fn request(
     method: Method,
     path: &str,
@@ -1177,7 +1185,10 @@ async fn numbers_are_assigned_listed_removed_and_checked_with_ownership() {
 
 #[tokio::test]
 async fn makecall_data_and_notify_url_are_checked_and_recorded() {
-    let h = harness();
+    let (h, _requeued) = harness_with_webhooks(webhooks::TargetPolicy::new(
+        &[],
+        "http://backend.example/hook",
+    ));
     let body = json!({"caller": "2001", "callee": "3001", "data": "ticket 9",
         "notify_url": "https://backend.example:8443/hooks?x=1"});
     let reply = h.post("/api/user/1001/makecall", &body.to_string()).await;
@@ -1216,6 +1227,74 @@ async fn makecall_data_and_notify_url_are_checked_and_recorded() {
     )
     .await
     .assert_error(StatusCode::BAD_REQUEST, "invalid_field_type");
+}
+
+#[tokio::test]
+async fn notify_url_follows_the_webhook_allow_list() {
+    let policy = webhooks::TargetPolicy::new(
+        &["hooks.example.com".into(), "*.app.test".into()],
+        "http://ignored.example/hook",
+    );
+    let (h, _requeued) = harness_with_webhooks(policy);
+    let makecall =
+        |url: &str| json!({"caller": "2001", "callee": "3001", "notify_url": url}).to_string();
+    for allowed in [
+        "https://hooks.example.com/cb",
+        "http://a.app.test:8080/x?y=1",
+    ] {
+        let reply = h.post("/api/user/1001/makecall", &makecall(allowed)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{allowed}: {}", reply.text());
+    }
+    // A host off the list (an internal address, the default URL's host once a list is set).
+    for refused in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://ignored.example/hook",
+        "https://app.test/",
+    ] {
+        let reply = h.post("/api/user/1001/makecall", &makecall(refused)).await;
+        reply.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "notify_url_not_allowed");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains("webhooks.allowed_hosts"), "{message}");
+    }
+    // Credentials in the URL, even on an allowed host: invalid, whatever the list says.
+    let reply = h
+        .post(
+            "/api/user/1001/makecall",
+            &makecall("https://user:pw@hooks.example.com/cb"),
+        )
+        .await;
+    reply.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_notify_url");
+    assert!(reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("credentials"));
+    // The refusals registered nothing: the one intent of 1001 is the last allowed one's.
+    assert_eq!(h.state.control.intents().len(), 1);
+}
+
+#[tokio::test]
+async fn without_webhooks_every_notify_url_is_refused() {
+    let h = harness();
+    let reply = h
+        .post(
+            "/api/user/1001/makecall",
+            &json!({"caller": "2001", "callee": "3001",
+                "notify_url": "https://hooks.example.com/cb"})
+            .to_string(),
+        )
+        .await;
+    reply.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "notify_url_not_allowed");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("not configured"), "{message}");
+    assert_eq!(h.state.control.intents().len(), 0);
+    // Without notify_url, makecall works as ever.
+    h.make_call("1001", "2001", "3001").await;
 }
 
 #[tokio::test]
