@@ -7,6 +7,7 @@
 //! - [`sip_ua`]: the scripted phone and trunk callee that bridge calls through callbridge.
 //! - [`rtp`]: the RTP generator and checker that measures a relay.
 //! - [`rtpengine`]: the reference relay's command line and `ng` client.
+//! - [`webhook_receiver`]: a webhook target that verifies signatures and fails on demand.
 //!
 //! sip-tests uses [`sip_ua::audio_sdp`], [`sip_ua::callee_reply`] and [`http::exchange`] rather
 //! than keeping copies; this crate cannot use sip-tests, which starts the whole server.
@@ -16,6 +17,7 @@ pub mod process;
 pub mod rtp;
 pub mod rtpengine;
 pub mod sip_ua;
+pub mod webhook_receiver;
 
 /// A typical audio SDP offer (PCMU, PCMA, telephone-event), 255 bytes: the body of
 /// [`typical_invite`] and the input of the SDP rewrite bench.

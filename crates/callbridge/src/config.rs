@@ -588,10 +588,30 @@ impl WebhooksSection {
         }
         let ranges: [(&str, u64, u64, u64); 6] = [
             ("webhooks.timeout_ms", self.timeout_ms, 1, 600_000),
-            ("webhooks.max_attempts", u64::from(self.max_attempts), 1, 1000),
-            ("webhooks.max_pending", self.max_pending as u64, 1, 100_000_000),
-            ("webhooks.max_in_flight", self.max_in_flight as u64, 1, 100_000),
-            ("webhooks.backoff_base_ms", self.backoff_base_ms, 1, 3_600_000),
+            (
+                "webhooks.max_attempts",
+                u64::from(self.max_attempts),
+                1,
+                1000,
+            ),
+            (
+                "webhooks.max_pending",
+                self.max_pending as u64,
+                1,
+                100_000_000,
+            ),
+            (
+                "webhooks.max_in_flight",
+                self.max_in_flight as u64,
+                1,
+                100_000,
+            ),
+            (
+                "webhooks.backoff_base_ms",
+                self.backoff_base_ms,
+                1,
+                3_600_000,
+            ),
             ("webhooks.queue", self.queue as u64, 1, 100_000_000),
         ];
         for (key, value, low, high) in ranges {

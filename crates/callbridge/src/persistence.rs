@@ -130,16 +130,21 @@ pub async fn record_task(
     }
 }
 
-/// Deletes records older than `store.retention_days` and expired idempotency keys: at start,
-/// then every hour, on a blocking thread, in chunks.
+/// Deletes records and webhook events older than `store.retention_days` and expired
+/// idempotency keys: at start, then every hour, on a blocking thread, in chunks.
 pub async fn sweep_task(persistence: Arc<Persistence>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let store = Arc::clone(&persistence.store);
         let days = persistence.retention_days;
         let swept = tokio::task::spawn_blocking(move || sweep(&*store, days)).await;
         match swept {
-            Ok(Ok((calls, keys))) if calls + keys > 0 => {
-                tracing::info!(calls, idempotency_keys = keys, "store: retention sweep");
+            Ok(Ok((calls, keys, events))) if calls + keys + events > 0 => {
+                tracing::info!(
+                    calls,
+                    idempotency_keys = keys,
+                    webhook_events = events,
+                    "store: retention sweep"
+                );
             }
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "store: retention sweep failed"),
@@ -152,10 +157,13 @@ pub async fn sweep_task(persistence: Arc<Persistence>, mut shutdown: watch::Rece
     }
 }
 
-fn sweep(store: &dyn Store, retention_days: u32) -> Result<(u64, u64), StoreError> {
+/// Records and settled webhook events past the retention, and expired idempotency keys.
+/// Pending events are kept however old (the outbox's own bound is `webhooks.max_pending`).
+fn sweep(store: &dyn Store, retention_days: u32) -> Result<(u64, u64, u64), StoreError> {
     let now_ms = b2bua::registry::unix_millis(SystemTime::now());
     let cutoff = store::retention_cutoff(now_ms, retention_days);
     let calls = store.sweep_calls(cutoff, SWEEP_CHUNK)?;
     let keys = store.sweep_idempotency(now_ms, SWEEP_CHUNK)?;
-    Ok((calls, keys))
+    let events = store.sweep_events(cutoff, SWEEP_CHUNK)?;
+    Ok((calls, keys, events))
 }

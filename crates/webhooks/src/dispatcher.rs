@@ -208,14 +208,16 @@ impl Driver {
             after = last;
             let (now, wall) = (Instant::now(), wall_ms());
             for (_, event) in page {
-                let due = now
-                    + Duration::from_millis(event.next_attempt_at.saturating_sub(wall));
+                let due = now + Duration::from_millis(event.next_attempt_at.saturating_sub(wall));
                 recovered += 1;
                 self.push(now, event, due);
             }
         }
         if recovered > 0 {
-            tracing::info!(events = recovered, "webhooks: pending events recovered from the outbox");
+            tracing::info!(
+                events = recovered,
+                "webhooks: pending events recovered from the outbox"
+            );
         }
         self.publish();
     }
@@ -273,8 +275,11 @@ impl Driver {
         let total = self.stats.snapshot().dropped;
         // One line per burst, not one per event.
         if total >= self.dropped_logged + 1000 || self.dropped_logged == 0 {
-            tracing::warn!(dropped = total - self.dropped_logged, total,
-                "webhooks: outbox full (webhooks.max_pending), oldest events dropped");
+            tracing::warn!(
+                dropped = total - self.dropped_logged,
+                total,
+                "webhooks: outbox full (webhooks.max_pending), oldest events dropped"
+            );
             self.dropped_logged = total;
         }
     }
@@ -327,9 +332,9 @@ impl Driver {
     /// drops the record of the attempt, which the writer counts; the event then shows its
     /// previous state, and a restart may send it once more).
     fn record(&self, settled: &Settled, now: Instant, wall: u64) {
-        let next_attempt_at = settled
-            .retry_at
-            .map_or(wall, |at| wall + at.saturating_duration_since(now).as_millis() as u64);
+        let next_attempt_at = settled.retry_at.map_or(wall, |at| {
+            wall + at.saturating_duration_since(now).as_millis() as u64
+        });
         let attempt = EventAttempt {
             event_id: settled.event_id.clone(),
             state: settled.state.to_owned(),
