@@ -1672,3 +1672,47 @@ async fn without_a_store_the_event_routes_say_503() {
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
 }
+
+#[tokio::test]
+async fn metrics_show_the_webhook_counters_when_webhooks_are_on() {
+    let off = harness();
+    let text = off.get("/metrics").await.text();
+    assert!(
+        !text.contains("webhook"),
+        "no webhook metrics without webhooks:\n{text}"
+    );
+
+    let (h, _requeued) =
+        harness_with_webhooks(webhooks::TargetPolicy::new(&[], "http://app.example/hook"));
+    // The registry builds an event per change into a queue of 2: the third is dropped.
+    h.state
+        .control
+        .registry()
+        .enable_events(Some("http://app.example/hook".into()), 2);
+    for telnum in ["1001", "1002", "1003"] {
+        h.make_call(telnum, "2001", "3001").await;
+    }
+    let text = h.get("/metrics").await.text();
+    for line in [
+        "callbridge_webhook_deliveries_total{result=\"delivered\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"retried\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"failed\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"dropped\"} 0",
+        "callbridge_webhook_store_errors_total 0",
+        "callbridge_webhook_outbox_pending 0",
+        "callbridge_webhook_in_flight 0",
+        "# TYPE callbridge_webhook_delivery_seconds histogram",
+        "callbridge_webhook_delivery_seconds_count 0",
+        "callbridge_webhook_delivery_seconds_bucket{le=\"0.005\"} 0",
+        "callbridge_webhook_events_queued 2",
+        "callbridge_webhook_events_dropped_total 1",
+        "# TYPE callbridge_webhook_deliveries counter",
+        "# TYPE callbridge_webhook_outbox_pending gauge",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+}
