@@ -70,6 +70,13 @@ pub enum ApiError {
     NotifyUrlNotAllowed(String),
     #[error("the store is not available; retry later")]
     StoreUnavailable,
+    #[error("no webhook event with this id is stored (it never existed or has been swept)")]
+    UnknownEvent,
+    /// Only a failed or dropped event can be redelivered; the field is the event's state.
+    #[error("the event is {0}, not failed or dropped: there is nothing to redeliver")]
+    EventNotFailed(String),
+    #[error("webhooks are not configured on this server (webhooks.url, webhooks.allowed_hosts)")]
+    WebhooksUnavailable,
 }
 
 impl ApiError {
@@ -84,9 +91,10 @@ impl ApiError {
             | ApiError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::NumberNotOwned => StatusCode::FORBIDDEN,
-            ApiError::NotFound | ApiError::UnknownCall | ApiError::UnknownNumber => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::UnknownCall
+            | ApiError::UnknownNumber
+            | ApiError::UnknownEvent => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,8 +109,11 @@ impl ApiError {
             | ApiError::NotifyUrlNotAllowed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IntentTableFull(_)
             | ApiError::SipUnavailable
-            | ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::CallEnded | ApiError::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            | ApiError::StoreUnavailable
+            | ApiError::WebhooksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CallEnded | ApiError::IdempotencyKeyInUse | ApiError::EventNotFailed(_) => {
+                StatusCode::CONFLICT
+            }
         }
     }
 
@@ -136,6 +147,9 @@ impl ApiError {
         "invalid_notify_url",
         "notify_url_not_allowed",
         "store_unavailable",
+        "unknown_event",
+        "event_not_failed",
+        "webhooks_unavailable",
         "internal_error",
     ];
 
@@ -170,6 +184,9 @@ impl ApiError {
             ApiError::InvalidNotifyUrl(_) => "invalid_notify_url",
             ApiError::NotifyUrlNotAllowed(_) => "notify_url_not_allowed",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::UnknownEvent => "unknown_event",
+            ApiError::EventNotFailed(_) => "event_not_failed",
+            ApiError::WebhooksUnavailable => "webhooks_unavailable",
         }
     }
 
@@ -257,7 +274,10 @@ mod tests {
             | ApiError::DataTooLong(_)
             | ApiError::InvalidNotifyUrl(_)
             | ApiError::NotifyUrlNotAllowed(_)
-            | ApiError::StoreUnavailable => e.code(),
+            | ApiError::StoreUnavailable
+            | ApiError::UnknownEvent
+            | ApiError::EventNotFailed(_)
+            | ApiError::WebhooksUnavailable => e.code(),
         };
         let all = [
             ApiError::MalformedJson(String::new()),
@@ -288,6 +308,9 @@ mod tests {
             ApiError::InvalidNotifyUrl(webhooks::TargetError::NotHttp),
             ApiError::NotifyUrlNotAllowed("host x".into()),
             ApiError::StoreUnavailable,
+            ApiError::UnknownEvent,
+            ApiError::EventNotFailed("delivered".into()),
+            ApiError::WebhooksUnavailable,
         ];
         for error in &all {
             assert!(ApiError::CODES.contains(&every(error)), "{}", error.code());

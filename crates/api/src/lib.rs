@@ -1,7 +1,8 @@
 //! # api
 //!
 //! The HTTP API of callbridge over the handles the [`b2bua`] crate exports: `makecall`,
-//! `cancelcall`, `cti/callin`, call status, health and metrics (see SPEC.md, "HTTP API").
+//! `cancelcall`, `cti/callin`, call status, records, numbers, webhook events, health and
+//! metrics (see SPEC.md, "HTTP API" and "Webhooks").
 //!
 //! * [`handle`] is the whole router as one async function over a `Request`, generic over the
 //!   body type, so every route is tested without a socket.
@@ -18,6 +19,12 @@
 //!   ended (`GET /api/calls/{callid}` after memory, the listing and export merged with the live
 //!   calls), the number assignments and the `Idempotency-Key`s; its calls run on blocking
 //!   threads. [`openapi`] is the OpenAPI 3.1 document of all of it.
+//! * Webhooks ([`ApiState::with_webhooks`], a [`webhooks::WebhookHandle`]): a makecall's
+//!   `notify_url` must pass the handle's allow-list (none passes without a handle); the
+//!   [`events`] of a call are read from the store's outbox (`GET /api/calls/{callid}/events`),
+//!   and a failed one is made pending again in the store and handed to the dispatcher
+//!   (`POST /api/events/{id}/redeliver`); `/metrics` shows the dispatcher's counters. The API
+//!   never waits on a delivery.
 //! * [`CallActions`] is the way back: requests the API makes of the SIP task (hang up a call),
 //!   each answered by the engine over a oneshot channel.
 //!
@@ -26,6 +33,7 @@
 mod actions;
 mod body;
 mod error;
+pub mod events;
 mod idempotency;
 mod listing;
 mod metrics;

@@ -7,8 +7,14 @@
 //! `calls_failed_total{reason}`, `sip_malformed_total{handling="answered"|"dropped"}`,
 //! `http_requests_total{class="2xx"|...}`, `cti_decisions_total{action,reason}`,
 //! `store_writes_total{result}`, `store_queue_depth`, `store_batches_total`,
-//! `store_unsettled_records`, `numbers_assigned`, and
-//! `heap_bytes{kind="allocated"|"active"|"resident"|"retained"}` when the allocator reports.
+//! `store_unsettled_records`, `numbers_assigned`,
+//! `heap_bytes{kind="allocated"|"active"|"resident"|"retained"}` when the allocator reports,
+//! and with webhooks on ([`ApiState::with_webhooks`]):
+//! `webhook_deliveries_total{result="delivered"|"retried"|"failed"|"dropped"}`,
+//! `webhook_store_errors_total`, `webhook_outbox_pending`, `webhook_in_flight`,
+//! `webhook_delivery_seconds` (histogram: from the change to its acknowledgement),
+//! `webhook_events_queued` and `webhook_events_dropped_total` (the registry's queue of events
+//! built and not yet taken by the dispatcher).
 
 use std::sync::atomic::AtomicI64;
 
@@ -268,6 +274,55 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
             "store_batches",
             "Transactions the store's writer committed",
             counter(c.batches),
+        );
+    }
+    if let Some(webhooks) = &state.webhooks {
+        let stats = webhooks.stats();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery outcomes, by result: delivered (a 2xx), retried (a failed attempt \
+             to be tried again), failed (given up after webhooks.max_attempts), dropped (let go \
+             because the outbox held more than webhooks.max_pending)",
+            family_of_counters(
+                "result",
+                &[
+                    ("delivered".to_owned(), stats.delivered),
+                    ("retried".to_owned(), stats.retried),
+                    ("failed".to_owned(), stats.failed),
+                    ("dropped".to_owned(), stats.dropped),
+                ],
+            ),
+        );
+        registry.register(
+            "webhook_store_errors",
+            "Webhook outbox writes that failed (the events are still delivered from memory)",
+            counter(stats.store_errors),
+        );
+        registry.register(
+            "webhook_outbox_pending",
+            "Webhook events waiting for delivery",
+            gauge(stats.pending),
+        );
+        registry.register(
+            "webhook_in_flight",
+            "Webhook requests on the wire",
+            gauge(stats.in_flight),
+        );
+        registry.register(
+            "webhook_delivery_seconds",
+            "Seconds from a change to the acknowledgement of its webhook event",
+            stats.latency,
+        );
+        let (queued, dropped) = state.control.registry().event_queue_counts();
+        registry.register(
+            "webhook_events_queued",
+            "Webhook events built by the call engine and not yet taken by the dispatcher",
+            gauge(queued as u64),
+        );
+        registry.register(
+            "webhook_events_dropped",
+            "Webhook events the call engine dropped because too many waited for the dispatcher",
+            counter(dropped),
         );
     }
     registry.register(

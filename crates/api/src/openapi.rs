@@ -3,7 +3,7 @@
 //! The schemas are derived (utoipa's `ToSchema`) from the types the handlers serialise —
 //! the record is [`store::CallRow`] whether live or stored — and the bodies built here
 //! ([`CancelCallResponse`], [`CtiCallinResponse`], [`Health`], [`ErrorBody`]) are the ones the
-//! router sends. The operations below are declarations only (utoipa reads the attribute;
+//! router sends, as are [`EventView`] and [`EventsResponse`] (the webhook events). The operations below are declarations only (utoipa reads the attribute;
 //! the functions are never called); a test checks that every route of the router has one and
 //! that the document names no path the router does not serve.
 
@@ -15,6 +15,7 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::body::ApiBody;
+use crate::events::{EventView, EventsResponse};
 use crate::numbers::NumberList;
 
 /// `POST /api/user/{telnum}/makecall`.
@@ -177,6 +178,8 @@ impl Modify for Completions {
         ops::export_calls,
         ops::get_call,
         ops::hang_up,
+        ops::call_events,
+        ops::redeliver_event,
         ops::list_numbers,
         ops::assign_number,
         ops::unassign_number,
@@ -195,6 +198,8 @@ impl Modify for Completions {
         Health,
         ErrorBody,
         NumberList,
+        EventView,
+        EventsResponse,
         store::CallRow,
         store::Page,
         store::NumberAssignment
@@ -373,6 +378,42 @@ mod ops {
         security(("bearer" = [])))]
     fn hang_up() {}
 
+    #[utoipa::path(get, path = "/api/calls/{callid}/events", tag = "webhooks",
+        summary = "The call's webhook events by seq, with their delivery state",
+        params(("callid" = String, Path)),
+        responses(
+            (status = 200, description = "The events ([] for a known call without any)", body = EventsResponse),
+            (status = 401, description = "No valid bearer token", body = ErrorBody, headers(("WWW-Authenticate" = String))),
+            (status = 404, description = "unknown_call", body = ErrorBody),
+            (status = 405, description = "Wrong method", body = ErrorBody, headers(("Allow" = String))),
+            (status = 503, description = "store_unavailable", body = ErrorBody),
+        ),
+        security(("bearer" = [])))]
+    fn call_events() {}
+
+    #[utoipa::path(post, path = "/api/events/{id}/redeliver", tag = "webhooks",
+        summary = "Deliver a failed (or dropped) webhook event again: pending, due now, attempts from zero",
+        params(
+            ("id" = String, Path, description = "The event's id (`id` in the events listing)"),
+            ("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = r"^[!-~]+$"),
+        ),
+        request_body(content = Option<EmptyObject>, content_type = "application/json", description = "None, or an object (ignored)"),
+        responses(
+            (status = 200, description = "The event, pending again", body = EventView),
+            (status = 400, description = "Malformed body or Idempotency-Key", body = ErrorBody),
+            (status = 401, description = "No valid bearer token", body = ErrorBody, headers(("WWW-Authenticate" = String))),
+            (status = 404, description = "unknown_event", body = ErrorBody),
+            (status = 405, description = "Wrong method", body = ErrorBody, headers(("Allow" = String))),
+            (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+            (status = 409, description = "event_not_failed (it is pending or delivered), idempotency_key_in_use", body = ErrorBody),
+            (status = 413, description = "Body too large", body = ErrorBody),
+            (status = 415, description = "Not application/json", body = ErrorBody),
+            (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+            (status = 503, description = "webhooks_unavailable (webhooks not configured), store_unavailable", body = ErrorBody),
+        ),
+        security(("bearer" = [])))]
+    fn redeliver_event() {}
+
     #[utoipa::path(get, path = "/api/numbers", tag = "numbers",
         summary = "Dedicated number assignments, of one telnum or all",
         params(("telnum" = Option<String>, Query, pattern = r"^\+?[0-9]{1,32}$")),
@@ -462,7 +503,8 @@ mod tests {
             let concrete = path
                 .replace("{telnum}", "1001")
                 .replace("{callid}", "42")
-                .replace("{number}", "2001");
+                .replace("{number}", "2001")
+                .replace("{id}", "evt_1");
             assert!(route(&concrete).is_some(), "{path} is not routed");
         }
         // ... and every route is documented, with the methods it accepts.
@@ -474,6 +516,8 @@ mod tests {
             ("/api/calls/export", &["get"]),
             ("/api/calls/{callid}", &["get"]),
             ("/api/calls/{callid}/hangup", &["post"]),
+            ("/api/calls/{callid}/events", &["get"]),
+            ("/api/events/{id}/redeliver", &["post"]),
             ("/api/numbers", &["get"]),
             ("/api/numbers/{number}", &["put", "delete"]),
             ("/api/openapi.json", &["get"]),
@@ -484,7 +528,7 @@ mod tests {
                 assert!(paths[path].get(*method).is_some(), "{method} {path}");
             }
         }
-        assert_eq!(paths.len(), 12);
+        assert_eq!(paths.len(), 14);
         let codes = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"];
         assert_eq!(
             codes.as_array().map(Vec::len),
@@ -501,5 +545,25 @@ mod tests {
         ] {
             assert!(record.get(field).is_some(), "record field {field}");
         }
+        let event = &doc["components"]["schemas"]["EventView"]["properties"];
+        for field in [
+            "id",
+            "event",
+            "callid",
+            "seq",
+            "at",
+            "target",
+            "state",
+            "attempts",
+            "next_attempt_at",
+            "last_status",
+            "last_error",
+            "delivered_at",
+            "payload",
+        ] {
+            assert!(event.get(field).is_some(), "event field {field}");
+        }
+        let events = &doc["components"]["schemas"]["EventsResponse"]["properties"]["events"];
+        assert_eq!(events["items"]["$ref"], "#/components/schemas/EventView");
     }
 }

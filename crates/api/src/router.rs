@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::openapi::{CancelCallResponse, CtiAction, CtiCallinResponse, Health, HealthStatus};
 use crate::record::row_of;
 use crate::state::ApiState;
-use crate::{idempotency, listing, metrics, numbers};
+use crate::{events, idempotency, listing, metrics, numbers};
 
 /// How long a client may take to send a request body once the headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +50,8 @@ pub(crate) enum Route<'a> {
     Export,
     Call(&'a str),
     Hangup(&'a str),
+    CallEvents(&'a str),
+    Redeliver(&'a str),
     Numbers,
     Number(&'a str),
     OpenApi,
@@ -60,13 +62,16 @@ pub(crate) enum Route<'a> {
 impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
-            Route::MakeCall(_) | Route::CancelCall(_) | Route::CtiCallin | Route::Hangup(_) => {
-                ALLOW_POST
-            }
+            Route::MakeCall(_)
+            | Route::CancelCall(_)
+            | Route::CtiCallin
+            | Route::Hangup(_)
+            | Route::Redeliver(_) => ALLOW_POST,
             Route::Number(_) => ALLOW_PUT_DELETE,
             Route::Calls
             | Route::Export
             | Route::Call(_)
+            | Route::CallEvents(_)
             | Route::Numbers
             | Route::OpenApi
             | Route::Healthz
@@ -108,6 +113,8 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
         ["calls", "export"] => Some(Route::Export),
         ["calls", callid] => Some(Route::Call(callid)),
         ["calls", callid, "hangup"] => Some(Route::Hangup(callid)),
+        ["calls", callid, "events"] => Some(Route::CallEvents(callid)),
+        ["events", id, "redeliver"] => Some(Route::Redeliver(id)),
         ["numbers"] => Some(Route::Numbers),
         ["numbers", number] => Some(Route::Number(number)),
         ["openapi.json"] => Some(Route::OpenApi),
@@ -151,6 +158,14 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   480 on leg A, one still waiting for its phone loses its intent); `409 call_ended` if it
 ///   had already ended, `404 unknown_call`, `503 sip_unavailable` when the SIP side cannot
 ///   take the request.
+/// * `GET /api/calls/{callid}/events` → `200 {"events":[…]}`: the call's webhook events from
+///   the store's outbox, by `seq`, each with its delivery state and its body parsed as
+///   `payload` ([`crate::events::EventView`]); `200 {"events":[]}` for a known call without
+///   events, `404 unknown_call`.
+/// * `POST /api/events/{id}/redeliver`, body empty or a JSON object → `200` the event, pending
+///   again (due now, attempts from zero) and handed to the dispatcher; `409 event_not_failed`
+///   if it is pending or delivered, `404 unknown_event`, `503 webhooks_unavailable` when
+///   webhooks are not configured (nothing is requeued).
 /// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true}`, or
 ///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving, and
 ///   `503 {"status":"draining","sip":false,"http":true}` from the start of a shutdown.
@@ -160,12 +175,13 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 /// Errors: `{"error":{"code","message"}}` with 400 (`malformed_json`, `invalid_body`,
 /// `invalid_field_type`, `body_read_failed`, `invalid_parameter`, `invalid_idempotency_key`),
 /// 401 `unauthenticated`, 403 `number_not_owned`, 404 (`not_found`, `unknown_call`,
-/// `unknown_number`), 405 `method_not_allowed` with `Allow`, 408 `request_timeout`, 409
-/// (`call_ended`, `idempotency_key_in_use`), 413 `body_too_large`, 415
+/// `unknown_number`, `unknown_event`), 405 `method_not_allowed` with `Allow`, 408
+/// `request_timeout`, 409 (`call_ended`, `event_not_failed`, `idempotency_key_in_use`), 413
+/// `body_too_large`, 415
 /// `unsupported_media_type`, 422 (`missing_field`, `invalid_number`, `caller_is_telnum`,
 /// `callee_is_caller`, `data_too_long`, `invalid_notify_url`, `notify_url_not_allowed`,
 /// `idempotency_key_reused`), 503
-/// (`intent_table_full`, `sip_unavailable`, `store_unavailable`).
+/// (`intent_table_full`, `sip_unavailable`, `store_unavailable`, `webhooks_unavailable`).
 pub async fn handle<B>(state: &ApiState, req: Request<B>) -> Response<ApiBody>
 where
     B: Body<Data = Bytes>,
@@ -269,6 +285,11 @@ async fn run(
         Route::Hangup(callid) => {
             json()?;
             hang_up(state, callid).await
+        }
+        Route::CallEvents(callid) => events::of_call(state, callid).await,
+        Route::Redeliver(id) => {
+            json()?;
+            events::redeliver(state, id).await
         }
         Route::Numbers => numbers::list(state, parts.uri.query()).await,
         Route::Number(number) => {
@@ -674,7 +695,7 @@ pub(crate) fn path_number(
 }
 
 /// Decodes `%XX` escapes; `None` for a broken escape or a result that is not UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
+pub(crate) fn percent_decode(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -832,6 +832,12 @@ fn routes_parse() {
     );
     assert_eq!(route("/api/cti/callin"), Some(Route::CtiCallin));
     assert_eq!(route("/api/calls/77"), Some(Route::Call("77")));
+    assert_eq!(route("/api/calls/77/events"), Some(Route::CallEvents("77")));
+    assert_eq!(
+        route("/api/events/evt_1/redeliver"),
+        Some(Route::Redeliver("evt_1"))
+    );
+    assert_eq!(route("/api/events/evt_1"), None);
     assert_eq!(route("/healthz"), Some(Route::Healthz));
     assert_eq!(route("/metrics"), Some(Route::Metrics));
     assert_eq!(route("/api/cti/callin/x"), None);
@@ -1419,4 +1425,294 @@ async fn without_a_store_the_store_routes_say_503_and_the_document_is_served() {
     let doc = h.get("/api/openapi.json").await;
     assert_eq!(doc.status, StatusCode::OK);
     assert_eq!(doc.json()["openapi"], "3.1.0");
+}
+
+// ---- webhook events ------------------------------------------------------------------------
+
+/// A stored event of `callid` numbered `seq`, pending, with `body`.
+fn outbox_event(callid: &str, seq: u32, body: &str) -> store::OutboxEvent {
+    store::OutboxEvent {
+        event_id: format!("evt_{callid}_{seq}"),
+        callid: callid.to_owned(),
+        seq,
+        event: "call.ringing".to_owned(),
+        target: "http://app.example/hook".to_owned(),
+        body: body.to_owned(),
+        created_at: 1_000 + u64::from(seq),
+        state: store::EVENT_PENDING.to_owned(),
+        attempts: 0,
+        next_attempt_at: 1_000 + u64::from(seq),
+        last_status: None,
+        last_error: None,
+        delivered_at: None,
+    }
+}
+
+/// Records an attempt of `event_id` that left it in `state`, as the dispatcher does.
+fn settle(h: &Harness, event_id: &str, state: &str, attempts: u32, status: Option<u16>) {
+    let delivered = state == store::EVENT_DELIVERED;
+    let attempt = store::EventAttempt {
+        event_id: event_id.to_owned(),
+        state: state.to_owned(),
+        attempts,
+        next_attempt_at: 9_000,
+        last_status: status,
+        last_error: (!delivered).then(|| format!("HTTP {}", status.unwrap_or(0))),
+        delivered_at: delivered.then_some(8_000),
+    };
+    h.store()
+        .apply(&[store::WriteOp::EventAttempt(Box::new(attempt))])
+        .expect("attempt recorded");
+}
+
+#[tokio::test]
+async fn a_calls_events_are_listed_by_seq_with_their_delivery_state() {
+    let h = harness();
+    let body =
+        |seq: u32| json!({"id": format!("evt_77_{seq}"), "seq": seq, "data": "d"}).to_string();
+    h.store()
+        .insert_events(&[
+            outbox_event("77", 3, "not json {"),
+            outbox_event("77", 1, &body(1)),
+            outbox_event("78", 1, &body(1)),
+            outbox_event("77", 2, &body(2)),
+        ])
+        .unwrap();
+    settle(&h, "evt_77_1", store::EVENT_DELIVERED, 1, Some(200));
+    settle(&h, "evt_77_2", store::EVENT_FAILED, 8, Some(503));
+    let reply = h.get("/api/calls/77/events").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let events = reply.json()["events"].as_array().cloned().unwrap();
+    let seqs: Vec<_> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(
+        events[0],
+        json!({
+            "id": "evt_77_1", "event": "call.ringing", "callid": "77", "seq": 1, "at": 1_001,
+            "target": "http://app.example/hook", "state": "delivered", "attempts": 1,
+            "next_attempt_at": null, "last_status": 200, "last_error": null,
+            "delivered_at": 8_000,
+            "payload": {"id": "evt_77_1", "seq": 1, "data": "d"},
+        })
+    );
+    assert_eq!(events[1]["state"], "failed");
+    assert_eq!(events[1]["attempts"], 8);
+    assert_eq!(events[1]["last_status"], 503);
+    assert_eq!(events[1]["last_error"], "HTTP 503");
+    assert!(events[1]["next_attempt_at"].is_null());
+    // Still pending: when it is due; a body that is not JSON is shown as its text.
+    assert_eq!(events[2]["state"], "pending");
+    assert_eq!(events[2]["next_attempt_at"], 1_003);
+    assert_eq!(events[2]["payload"], "not json {");
+    // The answer has the documented shape.
+    let parsed: crate::events::EventsResponse = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(parsed.events.len(), 3);
+    // Only GET (and HEAD).
+    let reply = h.post("/api/calls/77/events", "").await;
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(reply.headers.get(ALLOW).unwrap(), "GET, HEAD");
+}
+
+#[tokio::test]
+async fn events_of_a_known_call_without_any_are_empty_and_of_an_unknown_one_404() {
+    let h = harness();
+    // A live intent (no webhook target: no events).
+    let callid = h.make_call("1001", "2001", "3001").await;
+    let reply = h.get(&format!("/api/calls/{callid}/events")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json(), json!({"events": []}));
+    // A call only in the store.
+    h.store()
+        .upsert_calls(&[ended_row("555", "1009", 1_000)])
+        .unwrap();
+    let reply = h.get("/api/calls/555/events").await;
+    assert_eq!(reply.json(), json!({"events": []}));
+    for unknown in ["/api/calls/12345/events", "/api/calls/%ZZ/events"] {
+        h.get(unknown)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "unknown_call");
+    }
+    // A percent-encoded callid is decoded.
+    h.store()
+        .insert_events(&[outbox_event("a b", 1, "{}")])
+        .unwrap();
+    let reply = h.get("/api/calls/a%20b/events").await;
+    assert_eq!(reply.json()["events"][0]["callid"], "a b");
+}
+
+#[tokio::test]
+async fn redelivering_a_failed_event_makes_it_pending_and_hands_it_to_the_dispatcher() {
+    let (h, mut requeued) =
+        harness_with_webhooks(webhooks::TargetPolicy::new(&[], "http://app.example/hook"));
+    h.store()
+        .insert_events(&[
+            outbox_event("77", 1, r#"{"seq":1}"#),
+            outbox_event("77", 2, r#"{"seq":2}"#),
+        ])
+        .unwrap();
+    settle(&h, "evt_77_1", store::EVENT_DELIVERED, 1, Some(204));
+    settle(&h, "evt_77_2", store::EVENT_FAILED, 8, Some(500));
+    let before = idempotency::now_ms();
+    let reply = h.post("/api/events/evt_77_2/redeliver", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let event = reply.json();
+    assert_eq!(event["id"], "evt_77_2");
+    assert_eq!(event["state"], "pending");
+    assert_eq!(event["attempts"], 0);
+    assert!(event["next_attempt_at"].as_u64().unwrap() >= before);
+    assert_eq!(event["last_status"], 500, "the last failure is kept");
+    assert_eq!(event["payload"], json!({"seq": 2}));
+    // The dispatcher got it, as the store now has it.
+    let handed = requeued.try_next().expect("handed to the dispatcher");
+    assert_eq!(handed.event_id, "evt_77_2");
+    assert_eq!(handed.state, store::EVENT_PENDING);
+    assert_eq!(
+        h.store().get_event("evt_77_2").unwrap().as_ref(),
+        Some(&handed)
+    );
+    assert!(requeued.try_next().is_none());
+    // Now pending, then a delivered one: nothing to redeliver.
+    let reply = h.post("/api/events/evt_77_2/redeliver", "{}").await;
+    reply.assert_error(StatusCode::CONFLICT, "event_not_failed");
+    assert!(reply.text().contains("pending"));
+    let reply = h.post("/api/events/evt_77_1/redeliver", "").await;
+    reply.assert_error(StatusCode::CONFLICT, "event_not_failed");
+    assert!(reply.text().contains("delivered"));
+    h.post("/api/events/evt_nope/redeliver", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_event");
+    h.post("/api/events/%ZZ/redeliver", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "unknown_event");
+    assert!(requeued.try_next().is_none());
+    // The body is empty or an object, as hangup's; only POST.
+    h.post("/api/events/evt_77_2/redeliver", "[1]")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_body");
+    let reply = h.get("/api/events/evt_77_2/redeliver").await;
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert_eq!(reply.headers.get(ALLOW).unwrap(), "POST");
+}
+
+#[tokio::test]
+async fn a_redelivery_retried_with_its_idempotency_key_is_replayed_not_requeued_twice() {
+    let (h, mut requeued) =
+        harness_with_webhooks(webhooks::TargetPolicy::new(&[], "http://app.example/hook"));
+    h.store()
+        .insert_events(&[outbox_event("77", 1, "{}")])
+        .unwrap();
+    settle(&h, "evt_77_1", store::EVENT_FAILED, 8, Some(500));
+    let key = [("idempotency-key", "redo-1")];
+    let first = h
+        .send_with(Method::POST, "/api/events/evt_77_1/redeliver", &key, "")
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let again = h
+        .send_with(Method::POST, "/api/events/evt_77_1/redeliver", &key, "")
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.json(), first.json());
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert!(requeued.try_next().is_some());
+    assert!(requeued.try_next().is_none(), "handed over once");
+}
+
+#[tokio::test]
+async fn a_redelivery_the_dispatcher_cannot_take_stays_pending_in_the_outbox() {
+    let (h, requeued) =
+        harness_with_webhooks(webhooks::TargetPolicy::new(&[], "http://app.example/hook"));
+    drop(requeued); // The dispatcher has stopped.
+    h.store()
+        .insert_events(&[outbox_event("77", 1, "{}")])
+        .unwrap();
+    settle(&h, "evt_77_1", store::EVENT_FAILED, 8, Some(500));
+    let reply = h.post("/api/events/evt_77_1/redeliver", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "pending");
+    let stored = h.store().get_event("evt_77_1").unwrap().unwrap();
+    assert_eq!(stored.state, store::EVENT_PENDING);
+}
+
+#[tokio::test]
+async fn without_webhooks_a_redelivery_is_503_and_requeues_nothing() {
+    let h = harness();
+    h.store()
+        .insert_events(&[outbox_event("77", 1, "{}")])
+        .unwrap();
+    settle(&h, "evt_77_1", store::EVENT_FAILED, 8, Some(500));
+    h.post("/api/events/evt_77_1/redeliver", "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "webhooks_unavailable");
+    let stored = h.store().get_event("evt_77_1").unwrap().unwrap();
+    assert_eq!(stored.state, store::EVENT_FAILED);
+    // The events are still listed: they are the store's.
+    let reply = h.get("/api/calls/77/events").await;
+    assert_eq!(reply.json()["events"][0]["state"], "failed");
+}
+
+#[tokio::test]
+async fn without_a_store_the_event_routes_say_503() {
+    let control = Arc::new(CallControl::new(
+        TTL,
+        Duration::from_secs(600),
+        1000,
+        b2bua::WallClock::new(Instant::now(), SystemTime::now()),
+    ));
+    let (handle, _requeued) =
+        webhooks::WebhookHandle::new(webhooks::TargetPolicy::new(&[], "http://app.example/"));
+    let h = Harness {
+        state: ApiState::new(control, ApiSettings::default(), Arc::new(NoSip))
+            .with_webhooks(handle),
+        clock: Arc::new(ManualClock::new()),
+    };
+    h.get("/api/calls/77/events")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    h.post("/api/events/evt_1/redeliver", "")
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+}
+
+#[tokio::test]
+async fn metrics_show_the_webhook_counters_when_webhooks_are_on() {
+    let off = harness();
+    let text = off.get("/metrics").await.text();
+    assert!(
+        !text.contains("webhook"),
+        "no webhook metrics without webhooks:\n{text}"
+    );
+
+    let (h, _requeued) =
+        harness_with_webhooks(webhooks::TargetPolicy::new(&[], "http://app.example/hook"));
+    // The registry builds an event per change into a queue of 2: the third is dropped.
+    h.state
+        .control
+        .registry()
+        .enable_events(Some("http://app.example/hook".into()), 2);
+    for telnum in ["1001", "1002", "1003"] {
+        h.make_call(telnum, "2001", "3001").await;
+    }
+    let text = h.get("/metrics").await.text();
+    for line in [
+        "callbridge_webhook_deliveries_total{result=\"delivered\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"retried\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"failed\"} 0",
+        "callbridge_webhook_deliveries_total{result=\"dropped\"} 0",
+        "callbridge_webhook_store_errors_total 0",
+        "callbridge_webhook_outbox_pending 0",
+        "callbridge_webhook_in_flight 0",
+        "# TYPE callbridge_webhook_delivery_seconds histogram",
+        "callbridge_webhook_delivery_seconds_count 0",
+        "callbridge_webhook_delivery_seconds_bucket{le=\"0.005\"} 0",
+        "callbridge_webhook_events_queued 2",
+        "callbridge_webhook_events_dropped_total 1",
+        "# TYPE callbridge_webhook_deliveries counter",
+        "# TYPE callbridge_webhook_outbox_pending gauge",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
 }
