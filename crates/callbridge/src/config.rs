@@ -1211,6 +1211,70 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_are_off_by_default_and_checked_when_on() {
+        let off = Config::load(None, env(&[]), &[]).unwrap();
+        assert!(!off.webhooks.enabled());
+        assert_eq!(off.webhooks.timeout_ms, 5000);
+        assert_eq!(off.webhooks.max_attempts, 10);
+        assert_eq!(off.webhooks.max_pending, 100_000);
+        assert!(off.webhooks.allowed_hosts.is_empty());
+        let lib = off.webhooks.webhook_config();
+        assert_eq!(lib, webhooks::WebhookConfig::default());
+
+        let on = Config::load(
+            None,
+            env(&[
+                ("CALLBRIDGE_WEBHOOKS_URL", "https://app.example/hook"),
+                ("CALLBRIDGE_WEBHOOKS_SECRET", "whsec_1"),
+                ("CALLBRIDGE_WEBHOOKS_ALLOWED_HOSTS", r#"["*.app.example"]"#),
+                ("CALLBRIDGE_WEBHOOKS_MAX_ATTEMPTS", "3"),
+            ]),
+            &["webhooks.backoff_base_ms=50".into()],
+        )
+        .unwrap();
+        assert!(on.webhooks.enabled());
+        let lib = on.webhooks.webhook_config();
+        assert_eq!(lib.url, "https://app.example/hook");
+        assert_eq!(lib.allowed_hosts, ["*.app.example"]);
+        assert_eq!(lib.schedule.max_attempts, 3);
+        assert_eq!(lib.schedule.backoff.base, Duration::from_millis(50));
+
+        let refused = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &[]).is_err();
+        // On without a secret: receivers could verify nothing.
+        assert!(refused(&[(
+            "CALLBRIDGE_WEBHOOKS_URL",
+            "http://127.0.0.1:9/h"
+        )]));
+        assert!(refused(&[(
+            "CALLBRIDGE_WEBHOOKS_ALLOWED_HOSTS",
+            r#"["a.example"]"#
+        )]));
+        let with_secret = |pair: (&'static str, &'static str)| {
+            refused(&[
+                ("CALLBRIDGE_WEBHOOKS_URL", "http://127.0.0.1:9/h"),
+                ("CALLBRIDGE_WEBHOOKS_SECRET", "k"),
+                pair,
+            ])
+        };
+        assert!(!with_secret(("CALLBRIDGE_WEBHOOKS_TIMEOUT_MS", "100")));
+        for url in ["ftp://x/", "https://u:p@x/", "http://"] {
+            assert!(refused(&[
+                ("CALLBRIDGE_WEBHOOKS_URL", url),
+                ("CALLBRIDGE_WEBHOOKS_SECRET", "k")
+            ]));
+        }
+        assert!(with_secret(("CALLBRIDGE_WEBHOOKS_TIMEOUT_MS", "0")));
+        assert!(with_secret(("CALLBRIDGE_WEBHOOKS_MAX_ATTEMPTS", "0")));
+        assert!(with_secret(("CALLBRIDGE_WEBHOOKS_MAX_PENDING", "0")));
+        assert!(with_secret(("CALLBRIDGE_WEBHOOKS_BACKOFF_MAX_MS", "10")));
+        assert!(with_secret((
+            "CALLBRIDGE_WEBHOOKS_ALLOWED_HOSTS",
+            r#"[" "]"#
+        )));
+        assert!(with_secret(("CALLBRIDGE_WEBHOOKS_NOPE", "1")));
+    }
+
+    #[test]
     fn connection_limits_are_read_from_the_environment_and_checked() {
         let c = Config::load(
             None,
