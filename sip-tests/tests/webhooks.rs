@@ -78,6 +78,17 @@ async fn settled_events(bridge: &Bridge, callid: &str, count: usize) -> Vec<Valu
     }
 }
 
+/// Phone 1001 calls 2001 (its intent made already), the callee answers, the phone hangs up;
+/// returns what the receiver has delivered once it holds five events.
+async fn bridge_and_hang_up(bridge: &mut Bridge, receiver: &Receiver) -> Vec<Attempt> {
+    let mut phone = Phone::udp(bridge, "1001").await;
+    let dialog = bridged_call(bridge, &mut phone).await;
+    phone_hangs_up(bridge, &mut phone, &dialog).await;
+    receiver
+        .wait_delivered(Duration::from_secs(10), |d| d.len() >= 5)
+        .await
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
@@ -94,13 +105,7 @@ async fn a_bridged_call_delivers_its_events_signed_and_in_order() {
         .await;
     assert_eq!(status, 200, "{made}");
     let callid = made["callid"].as_str().unwrap().to_owned();
-    let mut phone = Phone::udp(&bridge, "1001").await;
-    let dialog = bridged_call(&mut bridge, &mut phone).await;
-    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
-
-    let delivered = receiver
-        .wait_delivered(Duration::from_secs(10), |d| d.len() >= 5)
-        .await;
+    let delivered = bridge_and_hang_up(&mut bridge, &receiver).await;
     assert_eq!(
         kinds(&delivered),
         [
@@ -187,12 +192,7 @@ async fn a_failing_event_holds_back_the_next_of_its_call_until_delivered() {
     }));
     let mut bridge = Bridge::start_with(options(&receiver, &[])).await;
     let callid = bridge.makecall("1001", "2001", "3001").await;
-    let mut phone = Phone::udp(&bridge, "1001").await;
-    let dialog = bridged_call(&mut bridge, &mut phone).await;
-    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
-    let delivered = receiver
-        .wait_delivered(Duration::from_secs(10), |d| d.len() >= 5)
-        .await;
+    let delivered = bridge_and_hang_up(&mut bridge, &receiver).await;
     assert_eq!(
         kinds(&delivered)
             .iter()

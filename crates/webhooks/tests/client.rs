@@ -32,7 +32,10 @@ fn send_to(target: String) -> Send {
 async fn serve(
     status: u16,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<bool>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (checked, seen) = tokio::sync::mpsc::unbounded_channel();
@@ -86,9 +89,7 @@ async fn serve(
 fn tls_pair() -> (tokio_rustls::TlsAcceptor, tempfile::NamedTempFile) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = rustls_pki_types::CertificateDer::from(certified.cert.der().to_vec());
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(
-        certified.key_pair.serialize_der().into(),
-    );
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -121,7 +122,10 @@ async fn https_with_the_operators_ca_is_delivered_and_without_it_refused() {
 
     let public_roots_only = Client::new(SECRET, Duration::from_secs(5), "").unwrap();
     match public_roots_only.post(&send_to(target)).await {
-        Outcome::Failed { status: None, error } => {
+        Outcome::Failed {
+            status: None,
+            error,
+        } => {
             assert!(error.to_lowercase().contains("certificate"), "{error}")
         }
         other => panic!("a self-signed target was accepted: {other:?}"),
@@ -143,8 +147,14 @@ async fn statuses_refusals_and_silence_are_failures() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
-    match client.post(&send_to(format!("http://{closed_addr}/"))).await {
-        Outcome::Failed { status: None, error } => assert!(error.contains("onnect"), "{error}"),
+    match client
+        .post(&send_to(format!("http://{closed_addr}/")))
+        .await
+    {
+        Outcome::Failed {
+            status: None,
+            error,
+        } => assert!(error.contains("onnect"), "{error}"),
         other => panic!("{other:?}"),
     }
     // Accepts and never answers: the timeout.
@@ -159,7 +169,9 @@ async fn statuses_refusals_and_silence_are_failures() {
     });
     let started = std::time::Instant::now();
     assert_eq!(
-        client.post(&send_to(format!("http://{silent_addr}/"))).await,
+        client
+            .post(&send_to(format!("http://{silent_addr}/")))
+            .await,
         Outcome::Failed {
             status: None,
             error: "no answer within 300 ms".into()
@@ -169,6 +181,11 @@ async fn statuses_refusals_and_silence_are_failures() {
     holder.abort();
     // A CA file that holds no certificate is refused at start.
     let empty = tempfile::NamedTempFile::new().unwrap();
-    assert!(Client::new(SECRET, Duration::from_secs(1), empty.path().to_str().unwrap()).is_err());
+    assert!(Client::new(
+        SECRET,
+        Duration::from_secs(1),
+        empty.path().to_str().unwrap()
+    )
+    .is_err());
     assert!(Client::new(SECRET, Duration::from_secs(1), "/nonexistent/ca.pem").is_err());
 }
