@@ -34,7 +34,7 @@ impl Default for Stats {
             store_errors: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
-            latency: Histogram::new(LATENCY_BUCKETS.into_iter()),
+            latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }
