@@ -2,12 +2,12 @@
 """A callbridge webhook receiver: verifies Callbridge-Signature, refuses stale or replayed
 deliveries, and orders each call's events by seq. Standard library only.
 
-    CALLBRIDGE_WEBHOOK_SECRET=whsec_... python3 webhook_receiver.py 8081
+    WEBHOOK_SECRET=whsec_... python3 webhook_receiver.py 8081
 """
 import hashlib, hmac, json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SECRET = os.environ["CALLBRIDGE_WEBHOOK_SECRET"].encode()
+SECRET = os.environ["WEBHOOK_SECRET"].encode()
 TOLERANCE = 300  # seconds a signature stays valid
 seen = set()     # event ids already handled: deliveries are at least once
 

@@ -6,7 +6,9 @@
 # or SKIP_SIPP=1 leaves it out) and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1
 # leaves it out; FUZZ_SECONDS sets its length). Right after the workspace tests, schemathesis
 # checks the release binary's HTTP API against its OpenAPI document (scripts/schemathesis.sh,
-# about a minute; SKIP_SCHEMATHESIS=1 leaves it out). CI runs exactly this.
+# about a minute; SKIP_SCHEMATHESIS=1 leaves it out), and the Python webhook receiver of
+# examples/ is checked against the server's signed events (scripts/webhook-example.sh). CI
+# runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,9 @@ if [[ "${SKIP_SCHEMATHESIS:-0}" != 1 ]]; then
     step "API conformance: schemathesis against the release binary and its /api/openapi.json (scripts/schemathesis.sh)"
     ./scripts/schemathesis.sh
 fi
+
+step "webhooks: examples/webhook_receiver.py verifies the release binary's events (scripts/webhook-example.sh)"
+./scripts/webhook-example.sh
 
 step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
 ./scripts/ensure-tools.sh

@@ -25,13 +25,13 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "webhook-example: $*" >&2; echo "--- receiver:" >&2; cat "$work/receiver.out" >&2; echo "--- callbridge (tail):" >&2; tail -20 "$work/callbridge.log" >&2; exit 1; }
 
-export CALLBRIDGE_WEBHOOK_SECRET="whsec_example_$RANDOM$RANDOM"
+export WEBHOOK_SECRET="whsec_example_$RANDOM$RANDOM"
 python3 examples/webhook_receiver.py "$hook_port" >"$work/receiver.out" 2>&1 &
 pids+=($!)
 CALLBRIDGE_SIP_LISTEN="127.0.0.1:$sip_port" CALLBRIDGE_API_LISTEN="127.0.0.1:$api_port" \
 CALLBRIDGE_MEDIA_RTP_PORTS="$rtp_ports" CALLBRIDGE_STORE_PATH="$work/cb.db" \
 CALLBRIDGE_WEBHOOKS_URL="http://127.0.0.1:$hook_port/hook" \
-CALLBRIDGE_WEBHOOKS_SECRET="$CALLBRIDGE_WEBHOOK_SECRET" \
+CALLBRIDGE_WEBHOOKS_SECRET="$WEBHOOK_SECRET" \
     "$bin" >"$work/callbridge.log" 2>&1 &
 pids+=($!)
 
@@ -62,7 +62,7 @@ post() { # body signature-header -> HTTP status
         -H 'Content-Type: application/json' ${2:+-H "Callbridge-Signature: $2"} --data-binary "$1"
 }
 sign() { # body t -> header value
-    python3 -c 'import hmac,hashlib,os,sys; k=os.environ["CALLBRIDGE_WEBHOOK_SECRET"].encode(); t=sys.argv[2]
+    python3 -c 'import hmac,hashlib,os,sys; k=os.environ["WEBHOOK_SECRET"].encode(); t=sys.argv[2]
 print(f"t={t},v1="+hmac.new(k,(t+".").encode()+sys.argv[1].encode(),hashlib.sha256).hexdigest())' "$1" "$2"
 }
 body='{"id":"evt_x","event":"call.ended","callid":"1","seq":9,"at":0,"data":"","call":{"state":"ended"}}'
