@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target_dir=${CARGO_TARGET_DIR:-target}
-bin="$target_dir/release/callbridge"
-[[ -x "$bin" ]] || cargo build --release --locked -p callbridge --bin callbridge
+bin=${CALLBRIDGE_BIN:-$target_dir/release/callbridge}
+# Built (or found up to date) unless CALLBRIDGE_BIN names a binary.
+[[ -n ${CALLBRIDGE_BIN:-} ]] || cargo build --release --locked --quiet -p callbridge --bin callbridge
 # shellcheck source=ports.sh
 source scripts/ports.sh
 free_port api_port
