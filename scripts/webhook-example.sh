@@ -26,6 +26,9 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "webhook-example: $*" >&2; echo "--- receiver:" >&2; cat "$work/receiver.out" >&2; echo "--- callbridge (tail):" >&2; tail -20 "$work/callbridge.log" >&2; exit 1; }
 
+# Hermetic: the caller's own CALLBRIDGE_<SECTION>_<KEY> variables (and CALLBRIDGE_BIN) are
+# not passed on to the server.
+while read -r var; do unset "$var"; done < <(compgen -e | grep '^CALLBRIDGE_' || true)
 export WEBHOOK_SECRET="whsec_example_$RANDOM$RANDOM"
 python3 examples/webhook_receiver.py "$hook_port" >"$work/receiver.out" 2>&1 &
 pids+=($!)
