@@ -1,9 +1,11 @@
 //! Wiring: opens the store, binds the SIP transport and the HTTP listener, and runs the tasks
 //! of a callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and the
 //! media driver, and moves bytes, media commands and deadlines between them and tokio), the
-//! intent sweeper, the HTTP server, and the store's record mover and retention sweep
-//! ([`crate::persistence`]). The relay tasks of the media driver and the store's writer
-//! thread run beside them.
+//! intent sweeper, the HTTP server, the store's record mover and retention sweep
+//! ([`crate::persistence`]), and with `[webhooks]` on, the webhook dispatcher
+//! ([`webhooks::start`]). The relay tasks of the media driver and the store's writer thread run
+//! beside them. At shutdown the SIP task drains first, then the dispatcher takes the last
+//! events into the outbox, then the last records are written and the writer stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
