@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use callbridge_benches::webhook_receiver::{Attempt, Receiver, Reply};
 use serde_json::Value;
-use sip_tests::bridge::{bridged_call, phone_hangs_up, Bridge, Options, Phone};
+use sip_tests::bridge::{bridged_call, media_port, phone_hangs_up, Bridge, Options, Phone};
 
 const SECRET: &str = "whsec_test_secret";
 
@@ -105,7 +105,24 @@ async fn a_bridged_call_delivers_its_events_signed_and_in_order() {
         .await;
     assert_eq!(status, 200, "{made}");
     let callid = made["callid"].as_str().unwrap().to_owned();
-    let delivered = bridge_and_hang_up(&mut bridge, &receiver).await;
+    // The callee talks (20 RTP packets to the relay) just before the phone hangs up: the
+    // relay's last counters come after the end.
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    let dialog = bridged_call(&mut bridge, &mut phone).await;
+    let relay = std::net::SocketAddr::from(([127, 0, 0, 1], media_port(&dialog.invite.body)));
+    let talker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for seq in 0..20u16 {
+        let mut packet = vec![0x80, 0x00];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&[0; 8]);
+        packet.extend_from_slice(&[0xff; 160]);
+        talker.send_to(&packet, relay).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    phone_hangs_up(&mut bridge, &mut phone, &dialog).await;
+    let delivered = receiver
+        .wait_delivered(Duration::from_secs(10), |d| d.len() >= 5)
+        .await;
     assert_eq!(
         kinds(&delivered),
         [
@@ -140,6 +157,10 @@ async fn a_bridged_call_delivers_its_events_signed_and_in_order() {
     assert_eq!(ended["state"], "ended");
     assert_eq!(ended["ended_by"], "caller");
     assert!(ended["talk_ms"].is_u64());
+    // call.ended waited for the call's final record, with every packet counted: the record
+    // the API serves from now on.
+    assert_eq!(ended["media"]["b_to_a"]["packets"], 20, "{ended}");
+    assert_eq!(*ended, bridge.call(&callid).await);
     // A tampered body does not verify with the signature it came with.
     let original = &delivered[4];
     let signature = original.signature.as_deref().unwrap();

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use b2bua::CallControl;
+use std::collections::VecDeque;
+
+use b2bua::{CallControl, EventKind, WebhookEvent};
 use bytes::Bytes;
 use store::{
     EventAttempt, OutboxEvent, Store, SubmitError, WriteOp, Writer, EVENT_DELIVERED, EVENT_FAILED,
@@ -28,6 +30,11 @@ pub const INTAKE_EVERY: Duration = Duration::from_millis(20);
 const INTAKE_MAX: usize = 5_000;
 /// Pending events read from the outbox per page at start.
 const RECOVERY_PAGE: usize = 1_000;
+/// How long a `call.ended` event waits before it is stored and sent, so that its `call` is the
+/// final record: the media driver reports a call's last counters just after its end (the
+/// stored record waits as long, see the binary's persistence). The event's `at` stays the
+/// moment of the end; nothing of the call can follow it, so no order changes.
+pub const ENDED_SETTLE: Duration = Duration::from_secs(1);
 /// At shutdown, how long requests on the wire get to finish (and be recorded).
 const FINISH_WAIT: Duration = Duration::from_secs(2);
 
@@ -121,6 +128,7 @@ pub fn start(
         stats: handle.shared_stats(),
         outcomes_tx,
         dropped_logged: 0,
+        settling: VecDeque::new(),
     };
     let task = tokio::spawn(driver.run(requeued, outcomes, stopped));
     tracing::info!(url = %config.url, allowed = ?config.allowed_hosts, "webhooks on");
@@ -137,6 +145,9 @@ struct Driver {
     outcomes_tx: mpsc::UnboundedSender<(u64, Outcome)>,
     /// Drops already logged (the log says how many since the last line).
     dropped_logged: u64,
+    /// `call.ended` events waiting [`ENDED_SETTLE`] for their call's final record, oldest
+    /// first, with the instant they are due.
+    settling: VecDeque<(Instant, WebhookEvent)>,
 }
 
 /// Wall-clock ms since the epoch (the outbox's and the records' time).
@@ -159,7 +170,7 @@ impl Driver {
         loop {
             let deadline = self.schedule.poll_timeout();
             tokio::select! {
-                _ = intake.tick() => self.intake().await,
+                _ = intake.tick() => self.intake(false).await,
                 Some((no, outcome)) = outcomes.recv() => self.outcome(no, outcome),
                 Some(event) = requeued.0.recv() => self.push_requeued(event),
                 _ = sleep_until(deadline), if deadline.is_some() => {}
@@ -168,7 +179,7 @@ impl Driver {
             self.send_due();
         }
         // The events of the last hang-ups, then a moment for the requests on the wire.
-        self.intake().await;
+        self.intake(true).await;
         let until = tokio::time::Instant::now() + FINISH_WAIT;
         while self.schedule.in_flight() > 0 {
             match tokio::time::timeout_at(until, outcomes.recv()).await {
@@ -222,9 +233,31 @@ impl Driver {
         self.publish();
     }
 
-    /// Takes the registry's new events, stores them (one transaction) and schedules them.
-    async fn intake(&mut self) {
-        let events = self.control.registry().take_events(INTAKE_MAX);
+    /// Takes the registry's new events and the `call.ended` ones that have settled (all of
+    /// them when `last`), stores them (one transaction) and schedules them.
+    async fn intake(&mut self, last: bool) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        while let Some((due, _)) = self.settling.front() {
+            if *due > now && !last {
+                break;
+            }
+            let Some((_, mut event)) = self.settling.pop_front() else {
+                break;
+            };
+            // The record as it is now: ended, with its final counters and codes.
+            if let Some(record) = self.control.call(&event.callid) {
+                event.record = record;
+            }
+            events.push(event);
+        }
+        for event in self.control.registry().take_events(INTAKE_MAX) {
+            if event.kind == EventKind::CallEnded && !last {
+                self.settling.push_back((now + ENDED_SETTLE, event));
+            } else {
+                events.push(event);
+            }
+        }
         if events.is_empty() {
             return;
         }
