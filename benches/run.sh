@@ -10,6 +10,11 @@
 #   PARTS="micro media"       run only some parts (micro media signalling api; also soak, not
 #                             run by default: benches/load/soak.sh, 30 minutes, QUICK=1 one;
 #                             its section, benches/results/soak.md, is written by hand from a run)
+#   SIGNALLING_SERVERS=...    SERVERS for the signalling part only, API_SERVERS=... for the api
+#   API_SERVERS=...           part only (SERVERS itself reaches every part); e.g. with webhooks:
+#     SIGNALLING_SERVERS="callbridge kamailio callbridge-hooks callbridge-hooks-stalled" \
+#     API_SERVERS="hello callbridge callbridge-warn callbridge-hooks callbridge-hooks-stalled" \
+#     PARTS="signalling api" benches/run.sh
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -17,13 +22,20 @@ cd "$repo"
 parts=${PARTS:-micro media signalling api}
 quick=${QUICK:-0}
 
+# Runs a part's script, with SERVERS set to $1 when $1 is not empty.
+with_servers() { # servers script
+    local servers=$1
+    shift
+    if [[ -n $servers ]]; then SERVERS=$servers "$@"; else "$@"; fi
+}
+
 for part in $parts; do
     printf '\n==> benchmark part: %s%s\n' "$part" "$([[ $quick == 1 ]] && echo ' (quick)')"
     case $part in
         micro) [[ $quick == 1 ]] || benches/load/micro.sh ;;
         media) QUICK=$quick benches/load/media.sh ;;
-        signalling) QUICK=$quick benches/load/signalling.sh ;;
-        api) QUICK=$quick benches/load/api.sh ;;
+        signalling) QUICK=$quick with_servers "${SIGNALLING_SERVERS:-}" benches/load/signalling.sh ;;
+        api) QUICK=$quick with_servers "${API_SERVERS:-}" benches/load/api.sh ;;
         soak) QUICK=$quick benches/load/soak.sh ;;
         *) echo "unknown part $part" >&2; exit 2 ;;
     esac

@@ -11,6 +11,24 @@
 # log file, as in service with the default log.filter=info). A third server,
 # "callbridge-warn", is the same with log.filter=warn, to show what the per-request log costs.
 #
+# Webhooks (servers "callbridge-hooks" and "callbridge-hooks-stalled", not run by default):
+# callbridge as "callbridge" with --set webhooks.url=http://127.0.0.1:SINK_PORT/hook,
+# webhooks.secret and webhooks.timeout_ms=WEBHOOK_TIMEOUT_MS (other webhooks.* keys at their
+# defaults). Each makecall then makes an intent.created event (and, with TELNUM_POOL > 0, an
+# intent.replaced for the intent it replaces), written to the SQLite outbox and POSTed, signed,
+# by the dispatcher to benches/src/bin/webhook_sink.rs, started before the server and stopped
+# after it on each run: "ok" (callbridge-hooks: verifies each signature, answers 204) or
+# "stall" (callbridge-hooks-stalled: never answers, each attempt holds one of the
+# webhooks.max_in_flight (64) connections for webhooks.timeout_ms (5 s), then is retried with
+# backoff; a target refusing connections would be a cheaper dead receiver). At tens of thousands
+# of makecalls/s the stalled variant's outbox passes webhooks.max_pending (100000) and its oldest
+# events are dropped: expected, and reported (not an error). Each is compared with "callbridge"
+# (webhooks off) and hello in the same run (run them together: SERVERS="hello callbridge
+# callbridge-hooks callbridge-hooks-stalled"). Per run the webhook counters are read from
+# /metrics at the end of the measured window; callbridge-hooks is then given up to DRAIN_WAIT
+# seconds to deliver its backlog (the time and server CPU it took are reported). The sink's CPU
+# is reported apart from the server's.
+#
 # For each connection count, each server is started fresh (nothing pinned to a CPU, same
 # conditions), warmed up (WARMUP seconds of the same load, discarded), measured for DURATION
 # seconds, and stopped; the whole sequence is repeated ROUNDS times, servers interleaved, and the
@@ -41,7 +59,9 @@
 #   CONNS="16 64"  DURATION=10  WARMUP=3  ROUNDS=2  THREADS=1
 #   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
 #                   intent and the intent table stays at N entries; 0: a new telnum every request)
-#   SERVERS="hello callbridge callbridge-warn"
+#   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled)
+#   WEBHOOK_TIMEOUT_MS=5000 (webhooks.timeout_ms of the -hooks servers)  DRAIN_WAIT=30
+#   SINK_PORT (the webhook sink, chosen free like the others)
 #   API_PORT (callbridge HTTP)  SIP_PORT (callbridge SIP)  HELLO_PORT: each chosen free at run
 #                   time below the ephemeral range unless given (scripts/ports.sh)
 #   CARGO_TARGET_DIR (default: ./target)   OUT=benches/results/api.md
@@ -53,7 +73,7 @@ cd "$ROOT"
 
 # Overrides given in the environment, repeated in the report's command line.
 ENV_GIVEN=
-for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO; do
+for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO WEBHOOK_TIMEOUT_MS DRAIN_WAIT; do
     [[ -n ${!v+x} ]] && ENV_GIVEN+="$v=\"${!v}\" "
 done
 QUICK=${QUICK:-0}
@@ -76,11 +96,23 @@ else
 fi
 THREADS=${THREADS:-1}
 TELNUM_POOL=${TELNUM_POOL:-0}
+WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-5000}
+DRAIN_WAIT=${DRAIN_WAIT:-30}
+WEBHOOK_SECRET="bench-webhook-secret"
+HOOKS=0
+for s in $SERVERS; do
+    case $s in
+    hello | callbridge | callbridge-warn) ;;
+    callbridge-hooks | callbridge-hooks-stalled) HOOKS=1 ;;
+    *) echo "api.sh: unknown server $s" >&2; exit 1 ;;
+    esac
+done
 # shellcheck source=../../scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
 [[ -n ${API_PORT:-} ]] || free_port API_PORT
 [[ -n ${SIP_PORT:-} ]] || free_port SIP_PORT
 [[ -n ${HELLO_PORT:-} ]] || free_port HELLO_PORT
+[[ $HOOKS == 0 || -n ${SINK_PORT:-} ]] || free_port SINK_PORT
 HOST=127.0.0.1
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
@@ -110,23 +142,33 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building callbridge and hello (release, target dir $TARGET)"
     CARGO_TARGET_DIR=$TARGET cargo build --release --quiet -p callbridge --bin callbridge
     CARGO_TARGET_DIR=$TARGET cargo build --release --quiet -p callbridge-benches --bin hello
+    if [[ $HOOKS == 1 ]]; then
+        CARGO_TARGET_DIR=$TARGET cargo build --release --quiet -p callbridge-benches --bin webhook_sink
+    fi
 fi
 CALLBRIDGE=$TARGET/release/callbridge
 HELLO=$TARGET/release/hello
+SINK=$TARGET/release/webhook_sink
 [[ -x $CALLBRIDGE && -x $HELLO ]] || die "binaries missing under $TARGET/release"
+[[ $HOOKS == 0 || -x $SINK ]] || die "$SINK missing"
 
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in $API_PORT $HELLO_PORT; do
-    port_open "$p" && die "port $p is already in use (set API_PORT / HELLO_PORT)"
+for p in $API_PORT $HELLO_PORT ${SINK_PORT:-}; do
+    port_open "$p" && die "port $p is already in use (set API_PORT / HELLO_PORT / SINK_PORT)"
 done
 
 WORK=$(mktemp -d /tmp/callbridge-api-bench.XXXXXX)
 log "server logs and raw figures in $WORK"
 SERVER_PID=
+SINK_PID=
 cleanup() {
     if [[ -n $SERVER_PID ]]; then
         kill "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ -n $SINK_PID ]]; then
+        kill "$SINK_PID" 2>/dev/null || true
+        wait "$SINK_PID" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT
@@ -189,11 +231,20 @@ start_server() { # name -> sets SERVER_PID, URL
         SERVER_PID=$!
         URL=http://$HOST:$HELLO_PORT
         ;;
-    callbridge | callbridge-warn)
-        local filter=info
+    callbridge | callbridge-warn | callbridge-hooks | callbridge-hooks-stalled)
+        local filter=info extra=()
         [[ $name == callbridge-warn ]] && filter=warn
+        if [[ $name == callbridge-hooks* ]]; then
+            # The receiver first, so that no event meets a closed port. A fresh store: the
+            # outbox left by the previous run (a stalled one's pending events) would be
+            # delivered again at start.
+            start_sink "$name"
+            rm -f "$WORK/$name.db" "$WORK/$name.db-wal" "$WORK/$name.db-shm"
+            extra=(--set "webhooks.url=http://$HOST:$SINK_PORT/hook" --set "webhooks.secret=$WEBHOOK_SECRET"
+                --set "webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS")
+        fi
         "$CALLBRIDGE" --set "api.listen=$HOST:$API_PORT" --set "sip.listen=$HOST:$SIP_PORT" \
-            --set "log.filter=$filter" --set "store.path=$WORK/$name.db" >"$WORK/$name.log" 2>&1 &
+            --set "log.filter=$filter" --set "store.path=$WORK/$name.db" "${extra[@]}" >"$WORK/$name.log" 2>&1 &
         SERVER_PID=$!
         URL=http://$HOST:$API_PORT
         ;;
@@ -218,6 +269,48 @@ stop_server() {
     SERVER_PID=
 }
 
+# The webhook receiver of a -hooks server: "ok" (verifies, answers 204) or "stall" (never
+# answers); its counts go to $WORK/$name.sink.counts every second and when it is stopped.
+start_sink() { # server name -> SINK_PID
+    local name=$1 mode=ok
+    [[ $name == callbridge-hooks-stalled ]] && mode=stall
+    rm -f "$WORK/$name.sink.counts"
+    "$SINK" "$HOST:$SINK_PORT" "$mode" "$WEBHOOK_SECRET" "$WORK/$name.sink.counts" >"$WORK/$name.sink.log" 2>&1 &
+    SINK_PID=$!
+    for _ in $(seq 50); do
+        kill -0 "$SINK_PID" 2>/dev/null || die "webhook_sink exited at start: $(tail -5 "$WORK/$name.sink.log")"
+        port_open "$SINK_PORT" && return 0
+        sleep 0.1
+    done
+    die "webhook_sink is not listening on $SINK_PORT"
+}
+
+stop_sink() { # name -> "requests verified unverified" (the sink's final counts)
+    kill "$SINK_PID" 2>/dev/null || true
+    wait "$SINK_PID" 2>/dev/null || true
+    SINK_PID=
+    awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); c[kv[1]] = kv[2] } }
+        END { print (c["requests"] != "" ? c["requests"] : "?"), (c["verified"] != "" ? c["verified"] : "?"), (c["unverified"] != "" ? c["unverified"] : "?") }' \
+        "$WORK/$1.sink.counts" 2>/dev/null || echo "? ? ?"
+}
+
+# "delivered retried failed dropped pending in_flight queue_dropped store_errors queued" from
+# /metrics (pending counts the events in flight; queued: built by the call engine and not yet
+# taken into the outbox by the dispatcher).
+webhook_metrics() {
+    curl -s --max-time 2 "$URL/metrics" 2>/dev/null | awk '
+        /^callbridge_webhook_deliveries_total\{result="delivered"\}/ { d = $2 }
+        /^callbridge_webhook_deliveries_total\{result="retried"\}/ { r = $2 }
+        /^callbridge_webhook_deliveries_total\{result="failed"\}/ { f = $2 }
+        /^callbridge_webhook_deliveries_total\{result="dropped"\}/ { x = $2 }
+        /^callbridge_webhook_outbox_pending / { p = $2 }
+        /^callbridge_webhook_in_flight / { i = $2 }
+        /^callbridge_webhook_events_dropped_total / { q = $2 }
+        /^callbridge_webhook_store_errors_total / { e = $2 }
+        /^callbridge_webhook_events_queued / { w = $2 }
+        END { if (d == "") print "? ? ? ? ? ? ? ? ?"; else print d + 0, r + 0, f + 0, x + 0, p + 0, i + 0, q + 0, e + 0, w + 0 }'
+}
+
 field() { # line key -> value
     local kv
     for kv in $1; do [[ ${kv%%=*} == "$2" ]] && { echo "${kv#*=}"; return; }; done
@@ -226,6 +319,11 @@ field() { # line key -> value
 
 RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors
 : >"$RUNS"
+# -hooks servers: server conns round makecalls sink_cpu_pct delivered retried failed dropped
+# pending in_flight queue_dropped store_errors queued (end of the measured window) drain_s drain_cpu_s
+# delivered_after_drain pending_after_drain sink_requests sink_verified sink_unverified
+HOOKS_RUNS=$WORK/hooks.tsv
+: >"$HOOKS_RUNS"
 FAILED=0
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -235,12 +333,48 @@ for round in $(seq "$ROUNDS"); do
         for server in $SERVERS; do
             start_server "$server"
             wrk_args=(-t "$THREADS" -c "$conns" --latency -s "$LUA")
-            wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL" >/dev/null
+            warm=$(wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL")
             t0=$(cpu_ticks "$SERVER_PID")
+            [[ -n $SINK_PID ]] && s0=$(cpu_ticks "$SINK_PID")
             out=$(wrk "${wrk_args[@]}" -d "${DURATION}s" "$URL" -- 50000000 "$TELNUM_POOL")
             t1=$(cpu_ticks "$SERVER_PID")
-            stop_server
-            line=$(grep '^RESULT ' <<<"$out") || die "no RESULT line from wrk: $out"
+            line=$(grep '^RESULT ' <<<"$out") || { stop_server; die "no RESULT line from wrk: $out"; }
+            if [[ $server == callbridge-hooks* ]]; then
+                s1=$(cpu_ticks "$SINK_PID")
+                wh=$(webhook_metrics)
+                # A healthy receiver: how long the backlog left at the end of the window took to
+                # deliver (at most DRAIN_WAIT s), and the server CPU it took.
+                drain_s=- drain_cpu=- wh_end=$wh
+                if [[ $server == callbridge-hooks ]]; then
+                    d0=$(date +%s%N)
+                    while :; do
+                        read -r _ _ _ _ wh_p wh_i _ _ wh_q <<<"$wh_end"
+                        [[ $wh_p == 0 && $wh_i == 0 && $wh_q == 0 ]] && { drain_s=$(awk -v a="$d0" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'); break; }
+                        (($(date +%s%N) - d0 > DRAIN_WAIT * 1000000000)) && { drain_s=">$DRAIN_WAIT"; break; }
+                        sleep 0.5
+                        wh_end=$(webhook_metrics)
+                    done
+                    drain_cpu=$(awk -v a="$t1" -v b="$(cpu_ticks "$SERVER_PID")" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
+                fi
+                stop_server
+                sink_counts=$(stop_sink "$server")
+                read -r -a whs <<<"$wh"
+                read -r -a whe <<<"$wh_end"
+                # makecalls: warm-up + measured + the start-up check.
+                makecalls=$(($(field "$(grep '^RESULT ' <<<"$warm")" requests) + $(field "$line" requests) + 1))
+                sink_pct=$(awk -v a="$s0" -v b="$s1" -v hz="$CLK_TCK" -v d="$(field "$line" duration_us)" \
+                    'BEGIN { printf "%.0f", 100 * (b - a) / hz / (d / 1e6) }')
+                printf '%s\t' "$server" "$conns" "$round" "$makecalls" "$sink_pct" "${whs[@]}" "$drain_s" \
+                    "$drain_cpu" "${whe[0]}" "${whe[4]}" >>"$HOOKS_RUNS"
+                read -r -a sc <<<"$sink_counts"
+                printf '%s\t%s\t%s\n' "${sc[@]}" >>"$HOOKS_RUNS"
+                log "$server c=$conns round $round webhooks at the window's end (delivered retried failed" \
+                    "dropped pending in_flight queue_dropped store_errors queued): $wh; drained in ${drain_s} s" \
+                    "(server CPU ${drain_cpu} s, then $wh_end); sink (requests verified unverified): $sink_counts," \
+                    "sink CPU ${sink_pct} %"
+            else
+                stop_server
+            fi
             requests=$(field "$line" requests)
             dur=$(field "$line" duration_us)
             errors=""
@@ -309,7 +443,7 @@ RUSTC=$(rustc --version 2>/dev/null || echo unknown)
 WRK=$( (wrk --version 2>&1 || true) | head -1 | cut -d' ' -f1-2)
 CMD="${ENV_GIVEN}benches/load/api.sh"
 
-python3 - "$RUNS" "$MICRO" >"$WORK/tables.md" <<'EOF'
+python3 - "$RUNS" "$MICRO" "$HOOKS_RUNS" >"$WORK/tables.md" <<'EOF'
 import sys
 from collections import defaultdict
 runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
@@ -355,6 +489,51 @@ for conns in sorted({k[0] for k in summary}):
             verdicts.append(met)
         print(f"| {conns} | {server} | **{r:.2f}×** | {c:.2f}× | {'met' if met else 'NOT met'} |")
 print()
+hooks = [l.rstrip("\n").split("\t") for l in open(sys.argv[3]) if l.strip()]
+hook_servers = [s for s in ("callbridge-hooks", "callbridge-hooks-stalled") if any(k[1] == s for k in summary)]
+if hook_servers:
+    print("### Webhooks on vs off")
+    print()
+    print("Requests/s and requests per server CPU-second of each webhooks variant over callbridge's (webhooks")
+    print("off) and hello's, same connections, same run (means over the rounds).")
+    print()
+    print("| connections | server | requests/s (mean) | × callbridge (off) | × hello | requests per server CPU-s | × callbridge (off), per CPU-s |")
+    print("|---|---|---|---|---|---|---|")
+    ratio = lambda a, b: f"{a / b:.2f}×" if b else "-"
+    for conns in sorted({k[0] for k in summary}):
+        off = summary.get((conns, "callbridge"))
+        hello = summary.get((conns, "hello"))
+        for server in hook_servers:
+            if (conns, server) not in summary:
+                continue
+            rps, per_cpu = summary[(conns, server)]
+            print(f"| {conns} | {server} | {rps:.0f} | **{ratio(rps, off[0]) if off else '-'}** | "
+                  f"{ratio(rps, hello[0]) if hello else '-'} | {per_cpu:.0f} | "
+                  f"{ratio(per_cpu, off[1]) if off else '-'} |")
+    print()
+    print("Webhook counters per run: callbridge's `/metrics` at the end of the measured window (after the")
+    print("warm-up and the measured run: *makecalls* counts both as wrk does, plus the start-up check; wrk does")
+    print("not count the requests still on its connections when it stops, so up to 2 × connections more were")
+    print("made); for callbridge-hooks,")
+    print("the time and server CPU it then took to deliver the backlog (at most DRAIN_WAIT s) and the counters")
+    print("after it; the sink's own counts when it was stopped (after the server), and its CPU over the window")
+    print("(100 % = one core). *dropped* = let go because more than webhooks.max_pending waited (the stalled")
+    print("receiver's expected outcome at these rates), *queue drops* = dropped by the engine's event queue;")
+    print("*pending* includes those in flight; *not yet in the outbox* = built by the engine, not yet taken by the")
+    print("dispatcher.")
+    print()
+    print("| connections | server | round | makecalls | delivered | retried | failed | dropped | queue drops | pending | in flight | not yet in the outbox | drained in | drain CPU | delivered / pending after | sink requests | verified | unverified | sink CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for h in hooks:
+        (server, conns, rnd, makecalls, sink_pct, d, r, f, x, p, i, q, e, w, drain_s, drain_cpu,
+         d_after, p_after, requests, verified, unverified) = h
+        drained = f"{drain_s} s" if drain_s != "-" else "-"
+        drain_cpu = f"{drain_cpu} s" if drain_cpu != "-" else "-"
+        after = f"{d_after} / {p_after}" if drain_s != "-" else "-"
+        errors = f" ({e} outbox write errors)" if e not in ("0", "?") else ""
+        print(f"| {conns} | {server} | {rnd} | {makecalls} | {d} | {r} | {f} | **{x}**{errors} | {q} | {p} | {i} | {w} | "
+              f"{drained} | {drain_cpu} | {after} | {requests} | {verified} | {unverified} | {sink_pct} % |")
+    print()
 if verdicts:
     print("VERDICT:" + ("met" if all(verdicts) else ("not met" if not any(verdicts) else "partly met")))
 if micro:
@@ -388,6 +567,17 @@ mkdir -p "$(dirname "$OUT")"
     echo "  defaults plus \`--set api.listen=$HOST:$API_PORT --set sip.listen=$HOST:$SIP_PORT"
     echo "  --set log.filter=info\` (one info line per makecall, to a file); \`callbridge-warn\` ="
     echo "  the same with \`log.filter=warn\`."
+    if [[ $HOOKS == 1 ]]; then
+        echo "  \`callbridge-hooks\`, \`callbridge-hooks-stalled\` = \`callbridge\` with webhooks on"
+        echo "  (\`--set webhooks.url=http://$HOST:$SINK_PORT/hook --set webhooks.secret=…"
+        echo "  --set webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS\`, other webhooks.* keys at their defaults: max_in_flight"
+        echo "  64, max_attempts 10, max_pending 100000, backoff_base_ms 1000; a fresh store each run), posting every"
+        echo "  event (intent.created per makecall, plus intent.replaced when TELNUM_POOL > 0) to"
+        echo "  \`benches/src/bin/webhook_sink.rs\` (hyper 1, counters only), started before the server and stopped"
+        echo "  after it: \`ok\` (verifies each \`Callbridge-Signature\`, answers 204) or \`stall\` (never answers: each"
+        echo "  attempt holds a connection for the timeout, the costliest dead receiver; one refusing connections"
+        echo "  fails each attempt at once). The sink runs on the same CPUs; its CPU is reported apart."
+    fi
     echo "- Load: per run a fresh server, ${WARMUP} s warm-up (discarded), then"
     echo "  \`wrk -t $THREADS -c CONNS -d ${DURATION}s --latency -s makecall.lua URL\`, CONNS in {$CONNS},"
     echo "  $ROUNDS round(s), servers interleaved. makecall.lua (in api.sh) POSTs"

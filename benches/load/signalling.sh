@@ -18,6 +18,22 @@
 #               its default: Debian's build defaults to q_malloc, the debugging allocator, whose
 #               free-list walk (qm_malloc) took two thirds of Kamailio's CPU here and made it
 #               1.0-1.9 ms per call instead of 0.2-0.45, so it failed at 1,600 calls/s.
+#   callbridge-hooks, callbridge-hooks-stalled (not run by default): callbridge as above with
+#               webhooks on (--set webhooks.url=http://127.0.0.1:SINK_PORT/hook, webhooks.secret,
+#               webhooks.timeout_ms=WEBHOOK_TIMEOUT_MS, the other webhooks.* keys at their
+#               defaults): every intent and call change (intent.created per makecall; call.incoming,
+#               call.ringing, call.answered, call.ended per bridged call) is written to the SQLite
+#               outbox and POSTed, signed, to benches/src/bin/webhook_sink.rs, started before the
+#               server and stopped after it, on each run. -hooks: the sink verifies each signature
+#               and answers 204 (a healthy receiver). -hooks-stalled: the sink reads each request
+#               and never answers, so every attempt holds one of callbridge's connections
+#               (webhooks.max_in_flight, 64) until webhooks.timeout_ms (5 s), then is retried with
+#               backoff: the dead receiver that costs the most (a target refusing connections
+#               fails each attempt at once and holds nothing, which is cheaper). Their CPU per
+#               call is compared with callbridge's (webhooks off) at each rate when callbridge
+#               runs too; the webhook counters (/metrics at the end of each run) and the sink's
+#               counts are reported. The sink's CPU is its own, not the server's (and not
+#               counted in "others' CPU").
 #
 # Both servers and both SIPps ask for the same UDP socket buffers (UDP_BUF_BYTES, 4 MiB:
 # callbridge's default sip.recv_buffer_bytes; Kamailio -b, whose default cap is 256 KiB; SIPp
@@ -61,7 +77,10 @@
 #   HOLD_MS=1000             call hold time (SIPp -d)
 #   SERVERS="callbridge kamailio"   also callbridge-t1_<ms>: callbridge with --set sip.t1_ms=<ms>;
 #                            callbridge-norecords: with store.records=false (no record written to
-#                            the store: the reference for the store's cost per call).
+#                            the store: the reference for the store's cost per call);
+#                            callbridge-hooks, callbridge-hooks-stalled: webhooks on, receiver
+#                            healthy / stalled (see above; run them with callbridge for the
+#                            comparison: SERVERS="callbridge callbridge-hooks callbridge-hooks-stalled").
 #                            (Before 0ee0d5f callbridge kept a call's relay ports until its last
 #                            transaction ended, 64*T1 after the BYE, and the port range limited
 #                            the sustained rate; the ports are now freed when the call ends.)
@@ -79,7 +98,12 @@
 #                            <workdir>/signalling.md, so a quick run does not replace the results)
 #   WORKDIR=dir              logs and SIPp statistics (default: a fresh temp dir, kept)
 #   BASE_PORT=35060          server SIP port; caller +2, callee +20, Kamailio +10, API +3000,
-#                            SIPp media +1000/+1100; moved by 100s until all are free
+#                            webhook sink +3001, SIPp media +1000/+1100; moved by 100s until all
+#                            are free
+#   WEBHOOK_TIMEOUT_MS=5000  webhooks.timeout_ms of the -hooks variants (5000 is the default: how
+#                            long the stalled receiver holds each attempt's connection)
+#   WEBHOOK_SINK_BIN=path    use this webhook_sink instead of building one (cargo build --release
+#                            -p callbridge-benches --bin webhook_sink)
 #   RTP_PORTS=first-last     callbridge's media.rtp_ports (default: 22000 ports, 11000 pairs at 2 per
 #                            call, about 5,500 calls up at once, chosen free at run time below the
 #                            ephemeral range, or the widest of 16000/10000/6000 that is free; above
@@ -96,7 +120,7 @@ die() { echo "benches/load/signalling.sh: $*" >&2; exit 1; }
 
 # The command as given (the variables set in the environment), for the results.
 cmd_env=""
-for v in QUICK RATES MAX_FAILS QUIET_PCT QUIET_WAIT RETRY_DISTURBED DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB KAMAILIO_MEM UDP_BUF_BYTES RTP_PORTS BASE_PORT CALLBRIDGE_BIN CARGO_TARGET_DIR; do
+for v in QUICK RATES MAX_FAILS QUIET_PCT QUIET_WAIT RETRY_DISTURBED DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB KAMAILIO_MEM UDP_BUF_BYTES RTP_PORTS BASE_PORT WEBHOOK_TIMEOUT_MS CALLBRIDGE_BIN WEBHOOK_SINK_BIN CARGO_TARGET_DIR; do
     if [[ -n ${!v:-} ]]; then printf -v cmd_env '%s%s=%q ' "$cmd_env" "$v" "${!v}"; fi
 done
 
@@ -119,6 +143,9 @@ MAX_FAILS=${MAX_FAILS:-2}
 QUIET_PCT=${QUIET_PCT:-10}
 if [[ $QUICK == 1 ]]; then QUIET_WAIT=${QUIET_WAIT:-0}; else QUIET_WAIT=${QUIET_WAIT:-120}; fi
 RETRY_DISTURBED=${RETRY_DISTURBED:-1}
+WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-5000}
+# The signing secret of the -hooks variants (the sink verifies every event with it).
+WEBHOOK_SECRET="bench-webhook-secret"
 # shellcheck source=../../scripts/ports.sh
 source "$repo/scripts/ports.sh"
 # The widest free range it can get (22000 ports hold about 5,500 calls up at once; another user's
@@ -137,8 +164,12 @@ for r in $RATES; do [[ $r =~ ^[1-9][0-9]*$ ]] || die "RATES: '$r' is not a posit
 for v in QUIET_PCT QUIET_WAIT RETRY_DISTURBED; do [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"; done
 [[ $UDP_BUF_BYTES =~ ^[1-9][0-9]*$ ]] || die "UDP_BUF_BYTES must be a positive integer"
 [[ $KAMAILIO_MEM =~ ^(tlsf|fm|qm)$ ]] || die "KAMAILIO_MEM must be tlsf, fm or qm"
+[[ $WEBHOOK_TIMEOUT_MS =~ ^[1-9][0-9]*$ ]] || die "WEBHOOK_TIMEOUT_MS must be a positive integer"
+hooks_servers=""
 for s in $SERVERS; do
-    [[ $s == callbridge || $s == callbridge-norecords || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ]] || die "SERVERS: unknown server '$s'"
+    [[ $s == callbridge || $s == callbridge-norecords || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ||
+        $s == callbridge-hooks || $s == callbridge-hooks-stalled ]] || die "SERVERS: unknown server '$s'"
+    [[ $s == callbridge-hooks* ]] && hooks_servers="$hooks_servers $s"
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -172,15 +203,19 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # Ports: BASE_PORT and the offsets from it, moved together by 100s until none is bound. Chosen
 # again before every run: on this shared machine another user's run may bind one meanwhile.
 port_busy() { [[ -n $(ss -Htuln "sport = :$1" 2>/dev/null) ]]; }
+# Bound in any state: BASE_PORT's set lies in the ephemeral range, where an outgoing TCP
+# connection's port in TIME-WAIT (curl's, or the webhook client's of a -hooks run) keeps a
+# listener off it for a minute, SO_REUSEADDR or not.
+port_taken() { [[ -n $(ss -Htuan "sport = :$1" 2>/dev/null) ]]; }
 choose_ports() {
     local base0=${BASE_PORT:-35060} busy="" try b p
     for try in 0 1 2 3 4 5 6 7 8 9; do
         b=$((base0 + try * 100))
         SIP_PORT=$b CALLER_PORT=$((b + 2)) KAM_PORT=$((b + 10)) CALLEE_PORT=$((b + 20))
-        API_PORT=$((b + 3000)) MEDIA_CALLEE=$((b + 1000)) MEDIA_CALLER=$((b + 1100))
+        API_PORT=$((b + 3000)) SINK_PORT=$((b + 3001)) MEDIA_CALLEE=$((b + 1000)) MEDIA_CALLER=$((b + 1100))
         busy=""
-        for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $MEDIA_CALLEE $MEDIA_CALLER; do
-            port_busy "$p" && busy="$busy $p"
+        for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $SINK_PORT $MEDIA_CALLEE $MEDIA_CALLER; do
+            port_taken "$p" && busy="$busy $p"
         done
         [[ -z $busy ]] && break
         [[ -n ${BASE_PORT:-} ]] && break
@@ -210,7 +245,7 @@ results=$work/results.tsv
 
 # ---------------------------------------------------------------------------------------------
 # Processes: the server, the two SIPps, the memory sampler. Stopped by pid on exit.
-srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port=""
+srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port="" sink_pid=""
 # shellcheck source=../../scripts/proc.sh
 source "$repo/scripts/proc.sh"
 cleanup() {
@@ -218,6 +253,7 @@ cleanup() {
     stop_pid "$caller_pid"
     stop_pid "$callee_pid"
     stop_pid "$srv_pid"
+    stop_pid "$sink_pid"
     echo "benches/load/signalling.sh: logs and SIPp statistics in $work"
 }
 trap cleanup EXIT
@@ -235,6 +271,19 @@ if [[ " $SERVERS " == *" callbridge"* ]]; then
         cb_bin=$target/release/callbridge
     fi
     [[ -x $cb_bin ]] || die "callbridge binary $cb_bin not found"
+fi
+# The webhook receiver of the -hooks variants (benches/src/bin/webhook_sink.rs).
+if [[ -n $hooks_servers ]]; then
+    if [[ -n ${WEBHOOK_SINK_BIN:-} ]]; then
+        sink_bin=$WEBHOOK_SINK_BIN
+    else
+        log "building webhook_sink (release)"
+        (cd "$repo" && cargo build --release --locked -p callbridge-benches --bin webhook_sink)
+        target=${CARGO_TARGET_DIR:-target}
+        [[ $target == /* ]] || target=$repo/$target
+        sink_bin=$target/release/webhook_sink
+    fi
+    [[ -x $sink_bin ]] || die "webhook_sink binary $sink_bin not found"
 fi
 # callbridge's own CALLBRIDGE_<SECTION>_<KEY> variables are not passed on.
 while read -r var; do unset "$var"; done < <(compgen -e | grep '^CALLBRIDGE_' || true)
@@ -357,6 +406,39 @@ udp_bufs() {
 
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
 
+# The webhook receiver of a -hooks variant: `ok` (verifies, answers 204) or `stall` (never
+# answers); it writes its counts to $work/$name.sink.counts every second and when stopped.
+start_sink() { # server name -> sink_pid
+    local server=$1 name=$2 mode=ok
+    [[ $server == callbridge-hooks-stalled ]] && mode=stall
+    rm -f "$work/$name.sink.counts"
+    "$sink_bin" "$HOST:$SINK_PORT" "$mode" "$WEBHOOK_SECRET" "$work/$name.sink.counts" \
+        >"$work/$name.sink.log" 2>&1 &
+    sink_pid=$!
+    for _ in $(seq 50); do
+        kill -0 "$sink_pid" 2>/dev/null || { cat "$work/$name.sink.log" >&2; die "webhook_sink exited during start-up"; }
+        port_busy "$SINK_PORT" && break
+        sleep 0.1
+    done
+    port_busy "$SINK_PORT" || die "webhook_sink is not listening on $SINK_PORT"
+}
+# "delivered retried failed dropped pending in_flight queue_dropped store_errors queued" from
+# /metrics (pending counts the events in flight; queued: built by the call engine and not yet
+# taken into the outbox by the dispatcher).
+webhook_metrics() {
+    curl -s --max-time 2 "$api/metrics" 2>/dev/null | awk '
+        /^callbridge_webhook_deliveries_total\{result="delivered"\}/ { d = $2 }
+        /^callbridge_webhook_deliveries_total\{result="retried"\}/ { r = $2 }
+        /^callbridge_webhook_deliveries_total\{result="failed"\}/ { f = $2 }
+        /^callbridge_webhook_deliveries_total\{result="dropped"\}/ { x = $2 }
+        /^callbridge_webhook_outbox_pending / { p = $2 }
+        /^callbridge_webhook_in_flight / { i = $2 }
+        /^callbridge_webhook_events_dropped_total / { q = $2 }
+        /^callbridge_webhook_store_errors_total / { e = $2 }
+        /^callbridge_webhook_events_queued / { w = $2 }
+        END { if (d == "") print "- - - - - - - - -"; else print d + 0, r + 0, f + 0, x + 0, p + 0, i + 0, q + 0, e + 0, w + 0 }'
+}
+
 start_server() { # server name -> srv_pid, sip target "host:port"
     local server=$1 name=$2
     if [[ $server == callbridge* ]]; then
@@ -365,6 +447,15 @@ start_server() { # server name -> srv_pid, sip target "host:port"
         # The reference for the store's cost: the same server with call records kept in memory
         # only (store.records = false), nothing written to the SQLite file.
         [[ $server == callbridge-norecords ]] && extra=(--set "store.records=false")
+        if [[ $server == callbridge-hooks* ]]; then
+            # The receiver first, so that no event meets a closed port. A fresh store: the outbox
+            # of an earlier attempt at this run (a stalled one's pending events) would be
+            # delivered again at start.
+            start_sink "$server" "$name"
+            rm -f "$work/$name.db" "$work/$name.db-wal" "$work/$name.db-shm"
+            extra=(--set "webhooks.url=http://$HOST:$SINK_PORT/hook" --set "webhooks.secret=$WEBHOOK_SECRET"
+                --set "webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS")
+        fi
         NO_COLOR=1 "$cb_bin" \
             --set "sip.listen=$HOST:$SIP_PORT" \
             --set "sip.trunk=$HOST:$CALLEE_PORT" \
@@ -474,9 +565,10 @@ run_one() {
 
     log "UDP buffers granted (receive/send bytes): server $(udp_bufs "$srv_port"), callee SIPp $(udp_bufs "$CALLEE_PORT")"
     sleep 1
-    local cpu0 pss0 rss0 callee_ticks0 busy0 total0
+    local cpu0 pss0 rss0 callee_ticks0 busy0 total0 sink_ticks0=0
     cpu0=$(cpu_ticks)
     callee_ticks0=$(pid_ticks "$callee_pid")
+    [[ -n $sink_pid ]] && sink_ticks0=$(pid_ticks "$sink_pid")
     read -r busy0 total0 < <(machine_ticks)
     read -r pss0 rss0 < <(mem_kib)
 
@@ -509,8 +601,9 @@ run_one() {
         wait "$callee_pid" || crc=$?
     fi
     callee_pid=""
-    local cpu1 hwm pss1 rss1 alive=yes srv_drops_end busy1 total1
+    local cpu1 hwm pss1 rss1 alive=yes srv_drops_end busy1 total1 sink_ticks1=0
     cpu1=$(cpu_ticks)
+    [[ -n $sink_pid ]] && sink_ticks1=$(pid_ticks "$sink_pid")
     read -r busy1 total1 < <(machine_ticks)
     read -r srv_drops_end _ < <(udp_drops)
     hwm=$(hwm_kib)
@@ -526,8 +619,30 @@ run_one() {
         port_refusals=$(curl -s --max-time 2 "$api/metrics" 2>/dev/null |
             awk '/^callbridge_calls_failed_total\{reason="resources_exhausted"\}/ { n += $2 } END { print n + 0 }')
     fi
+    # Webhooks: the dispatcher's counters at the end of the run (after the CPU window). A healthy
+    # receiver is given up to 10 s to take the last events first; a stalled one is not waited for.
+    local wh="- - - - - - - - -" sink_counts="- - -" wh_p wh_i wh_q
+    if [[ $server == callbridge-hooks* ]]; then
+        wh=$(webhook_metrics)
+        if [[ $server == callbridge-hooks ]]; then
+            for _ in $(seq 20); do
+                read -r _ _ _ _ wh_p wh_i _ _ wh_q <<<"$wh"
+                [[ $wh_p == 0 && $wh_i == 0 && $wh_q == 0 ]] && break
+                sleep 0.5
+                wh=$(webhook_metrics)
+            done
+        fi
+    fi
     stop_pid "$srv_pid"
     srv_pid=""
+    # The receiver stops after the server and writes its final counts.
+    if [[ -n $sink_pid ]]; then
+        stop_pid "$sink_pid"
+        sink_pid=""
+        sink_counts=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); c[kv[1]] = kv[2] } }
+            END { print (c["requests"] != "" ? c["requests"] : "?"), (c["verified"] != "" ? c["verified"] : "?"), (c["unverified"] != "" ? c["unverified"] : "?") }' \
+            "$work/$name.sink.counts" 2>/dev/null || echo "? ? ?")
+    fi
     # Ports of callbridge's relay range that another process held before the run or still holds
     # after it (another user's relay test on this shared machine): callbridge skips them, and
     # refuses calls when it meets too many in a row. Such a run counts as disturbed.
@@ -583,7 +698,11 @@ run_one() {
     # sampling), in % of all cores: busy ticks minus the server's and the two SIPps'.
     local sipp_ticks others_pct
     sipp_ticks=$(awk -v c0="$callee_ticks0" '{ if ($8 > a) a = $8; if ($9 > b) b = $9 } END { print a + (b > c0 ? b - c0 : 0) }' "$work/$name.mem.txt")
-    others_pct=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v s=$((cpu1 - cpu0)) -v p="$sipp_ticks" \
+    # The webhook sink's CPU (the -hooks variants' receiver) is its own column, not "others".
+    local sink_ticks=$((sink_ticks1 - sink_ticks0)) sink_cpu_ms=-
+    ((sink_ticks < 0)) && sink_ticks=0
+    [[ $server == callbridge-hooks* ]] && sink_cpu_ms=$((sink_ticks * 1000 / CLK_TCK))
+    others_pct=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v s=$((cpu1 - cpu0)) -v p=$((sipp_ticks + sink_ticks)) \
         'BEGIN { o = b - s - p; if (o < 0) o = 0; printf "%.0f", (t > 0 ? 100 * o / t : 0) }')
     local cpu_ms per_call_kib
     cpu_ms=$(awk -v d=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.3f", d * 1000 / hz / n; else print "n/a" }')
@@ -597,12 +716,24 @@ run_one() {
         "cpu=${cpu_total_ms}ms (${cpu_ms} ms/call) pss0=${pss0}KiB peak_calls=$peak_calls" \
         "pss@peak=${peak_pss}KiB (${per_call_kib} KiB/call) peak=${peak_kib}KiB server_alive=$alive" \
         "server_log_warnings=$warn_lines udp_drops(server/caller/callee)=$drops_srv/$drops_caller/$drops_callee port_refusals=$port_refusals foreign_rtp_ports=$foreign_ports sipp_cpu=$((sipp_ticks * 1000 / CLK_TCK))ms others_cpu=${others_pct}% clean=$clean"
+    [[ $server == callbridge-hooks* ]] &&
+        log "$server@$rate webhooks (delivered retried failed dropped pending in_flight queue_dropped store_errors queued): $wh;" \
+            "sink (requests verified unverified): $sink_counts; sink_cpu=${sink_cpu_ms}ms"
     printf '%s\t' "$server" "$rate" "$calls" "$created" "$ok" "$all_failed" "$retr" "$ce_retr" \
         "$achieved" "$cpu_total_ms" "$cpu_ms" "$pss0" "$peak_calls" "$peak_pss" "$per_call_kib" \
         "$peak_kib" "$pss1" "$warn_lines" "$alive" "$t_int" >>"$results"
     # Columns 22-27 after "clean" (21): UDP drops at the server, caller and callee; port
     # refusals; the others' CPU %; relay-range ports bound by another process.
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$clean" "$drops_srv" "$drops_caller" "$drops_callee" "$port_refusals" "$others_pct" "$foreign_ports" >>"$results"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t' "$clean" "$drops_srv" "$drops_caller" "$drops_callee" "$port_refusals" "$others_pct" "$foreign_ports" >>"$results"
+    # Columns 28-40 (-hooks variants; "-" otherwise): the sink's CPU ms over the run; webhook
+    # deliveries delivered, retried, failed, dropped; outbox pending, in flight, events dropped
+    # by the engine's queue, outbox write errors, events queued in the engine (/metrics, end of
+    # run); the sink's requests, verified, unverified.
+    local wh_cols sink_cols
+    read -r -a wh_cols <<<"$wh"
+    read -r -a sink_cols <<<"$sink_counts"
+    printf '%s\t' "$sink_cpu_ms" "${wh_cols[@]}" "${sink_cols[0]}" "${sink_cols[1]}" >>"$results"
+    printf '%s\n' "${sink_cols[2]}" >>"$results"
 }
 
 # Rate by rate, every server at each rate before the next rate (see the top of this file).
@@ -650,6 +781,9 @@ cpu_at() { # server rate -> CPU ms per call
 clean_at() { # server rate -> yes/no
     awk -F'\t' -v s="$1" -v r="$2" '$1 == s && $2 == r { print $21 }' "$results"
 }
+col_at() { # server rate column -> that column of the run
+    awk -F'\t' -v s="$1" -v r="$2" -v c="$3" '$1 == s && $2 == r { print $c }' "$results"
+}
 cb_rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo "?")
 cb_dirty=$(cd "$repo" && git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 cmd="${cmd_env}benches/load/signalling.sh"
@@ -668,6 +802,16 @@ cmd="${cmd_env}benches/load/signalling.sh"
     echo "  for Kamailio); for callbridge one intent per call registered first (one kept-alive curl, POST makecall);"
     echo "  then \`benches/load/trunk_uac.xml\` (\`sipp-scenarios/trunk_uac.xml\` surviving a 180 relayed after the 200) with the telnums from a CSV, RATE calls/s for $DURATION s, each held $HOLD_MS ms;"
     echo "  UDP, default timers (T1 500 ms) on every side; logging warnings only (callbridge \`log.filter=warn\`, Kamailio \`debug=0\`)."
+    if [[ -n $hooks_servers ]]; then
+        echo "- Webhooks:$hooks_servers = callbridge with \`--set webhooks.url=http://$HOST:<port>/hook --set webhooks.secret=…"
+        echo "  --set webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS\` (other webhooks.* keys at their defaults: max_in_flight 64, max_attempts 10,"
+        echo "  max_pending 100000, backoff_base_ms 1000); the target is \`benches/src/bin/webhook_sink.rs\` (hyper 1, counters only),"
+        echo "  started before the server and stopped after it on each run: \`ok\` (callbridge-hooks: verifies each"
+        echo "  \`Callbridge-Signature\`, answers 204) or \`stall\` (callbridge-hooks-stalled: reads each request and never"
+        echo "  answers, so each attempt holds a connection for the timeout: the costliest dead receiver; one refusing"
+        echo "  connections fails each attempt at once). The sink's CPU is reported apart, not in the server's CPU nor"
+        echo "  in *others' CPU*."
+    fi
     echo "- Columns: *failed* = failed on either SIPp side or never finished; *retrans* = SIPp retransmissions"
     echo "  (caller + callee); *CPU ms/call* = server utime+stime (\`/proc/<pid>/stat\`, all Kamailio processes)"
     echo "  from the first call to the callee's exit (last call + 4 s), over successful calls; *base* = server PSS"
@@ -691,7 +835,7 @@ cmd="${cmd_env}benches/load/signalling.sh"
         echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|$refusals_sep---:|:---:|"
         row() { # one results.tsv line on stdin -> one table row
             local _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign
-            while IFS=$'\t' read -r _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign; do
+            while IFS=$'\t' read -r _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign _; do
                 refusals_cell=""
                 if [[ $server == callbridge* ]]; then
                     refusals_cell=" $refusals |"
@@ -707,6 +851,27 @@ cmd="${cmd_env}benches/load/signalling.sh"
         echo "Highest clean rate: **$(best_rate "$server")** calls/s (of the rates tried)."
         if [[ -n ${skipped_from[$server]:-} ]]; then
             echo "Not run from $(printf '%s' "${skipped_from[$server]}") calls/s on: $MAX_FAILS rates in a row had failed."
+        fi
+        if [[ $server == callbridge-hooks* ]]; then
+            echo
+            if [[ $server == callbridge-hooks ]]; then
+                echo "Webhooks, receiver healthy (\`webhook_sink ok\`: verifies each signature, answers 204):"
+            else
+                echo "Webhooks, receiver stalled (\`webhook_sink stall\`: never answers; each attempt holds a connection"
+                echo "for webhooks.timeout_ms = $WEBHOOK_TIMEOUT_MS ms, then is retried with backoff):"
+            fi
+            echo "callbridge's counters (\`/metrics\`) at the end of the run (healthy: once the outbox was empty, 10 s"
+            echo "at most), and the requests the sink received. Each bridged call makes 5 events (intent.created at"
+            echo "makecall, call.incoming, call.ringing, call.answered, call.ended); *dropped* = let go because more"
+            echo "than webhooks.max_pending waited (outbox) or the engine's queue was full; *pending* includes those in"
+            echo "flight; *not yet in the outbox* = built by the call engine, not yet taken by the dispatcher."
+            echo
+            echo "| rate (cps) | calls | delivered | delivered per call | retried | failed | dropped (outbox full) | dropped (engine queue) | pending at end | in flight at end | not yet in the outbox | outbox write errors | sink requests | verified | unverified | sink CPU ms |"
+            echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            awk -F'\t' -v s="$server" '$1 == s {
+                per = ($29 ~ /^[0-9]+$/ && $3 > 0) ? sprintf("%.2f", $29 / $3) : "-"
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+                    $2, $3, $29, per, $30, $31, $32, $35, $33, $34, $37, $36, $38, $39, $40, $28 }' "$results"
         fi
         if awk -F'\t' -v s="$server" '$1 == s { f = 1 } END { exit !f }' "$work/superseded.tsv"; then
             echo
@@ -751,6 +916,48 @@ cmd="${cmd_env}benches/load/signalling.sh"
             done
             echo
         done
+    fi
+    if [[ " $SERVERS " == *" callbridge "* && -n $hooks_servers ]]; then
+        echo "### Webhooks on vs off"
+        echo
+        echo "CPU ms per call of each webhooks variant against callbridge with webhooks off, at the same rate in the"
+        echo "same run (ratio: variant / off; † = a run with failed calls, whose figure covers the calls that succeeded),"
+        echo "and the failed calls and SIPp retransmissions of each: the webhook work (events written to the outbox,"
+        echo "signed, POSTed; the stalled receiver's held connections and retries) must not fail or slow the calls."
+        echo
+        hdr="| rate (cps) | callbridge (off): CPU ms/call | failed | retrans |"
+        sep="|---:|---:|---:|---:|"
+        for h in $hooks_servers; do
+            hdr="$hdr $h: CPU ms/call | × off | failed | retrans |"
+            sep="$sep---:|---:|---:|---:|"
+        done
+        echo "$hdr"
+        echo "$sep"
+        for rate in $RATES; do
+            off=$(cpu_at callbridge "$rate")
+            line="| $rate | ${off:-not run} | $(col_at callbridge "$rate" 6) | $(awk -F'\t' -v r="$rate" '$1 == "callbridge" && $2 == r { print $7 + $8 }' "$results") |"
+            any=${off:+1}
+            for h in $hooks_servers; do
+                a=$(cpu_at "$h" "$rate")
+                if [[ -z $a ]]; then
+                    line="$line not run | | | |"
+                    continue
+                fi
+                any=1
+                mark=""
+                [[ $(clean_at "$h" "$rate") == yes && $(clean_at callbridge "$rate") == yes ]] || mark=" †"
+                if [[ $a =~ ^[0-9.]+$ && $off =~ ^[0-9.]+$ ]] && awk -v b="$off" 'BEGIN { exit !(b > 0) }'; then
+                    ratio="**$(awk -v a="$a" -v b="$off" 'BEGIN { printf "%.2f", a / b }')×**$mark"
+                else
+                    ratio="-$mark"
+                fi
+                line="$line $a | $ratio | $(col_at "$h" "$rate" 6) | $(awk -F'\t' -v s="$h" -v r="$rate" '$1 == s && $2 == r { print $7 + $8 }' "$results") |"
+            done
+            [[ -n $any ]] && echo "$line"
+        done
+        echo
+        echo "Highest clean rate: callbridge (off) $(best_rate callbridge)$(for h in $hooks_servers; do printf ', %s %s' "$h" "$(best_rate "$h")"; done) calls/s (of the rates tried)."
+        echo
     fi
     echo "Raw per-run logs and SIPp statistics were in \`$work\` (not kept in the repository)."
 } >"$out.tmp"

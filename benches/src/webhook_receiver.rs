@@ -2,8 +2,8 @@
 //! verifies each event's `Callbridge-Signature`, records every attempt in arrival order, and
 //! answers as its [`Rule`] says — a status, or nothing at all (a stalled target).
 //!
-//! sip-tests drives it in-process ([`Receiver::start`]); `src/bin/webhook_sink.rs` runs it as
-//! the load harness's target.
+//! sip-tests drives it in-process ([`Receiver::start`]). It keeps every attempt in memory; the
+//! load harness's target is the counting `src/bin/webhook_sink.rs` instead.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
