@@ -318,7 +318,7 @@ impl Inner {
         let target = target.to_owned();
         slot.seq += 1;
         events.push(WebhookEvent {
-            id: new_event_id(),
+            id: new_event_id(at),
             kind,
             callid: callid.to_owned(),
             seq: slot.seq,
@@ -625,7 +625,7 @@ impl CallRegistry {
             sip_reason: Some(bounded(reason).to_owned()),
         };
         events.push(WebhookEvent {
-            id: new_event_id(),
+            id: new_event_id(at),
             kind: EventKind::CallRefused,
             callid,
             seq: 1,
