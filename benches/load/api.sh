@@ -285,10 +285,15 @@ start_sink() { # server name -> SINK_PID
     die "webhook_sink is not listening on $SINK_PORT"
 }
 
-stop_sink() { # name -> "requests verified unverified" (the sink's final counts)
+# Stops the sink (in this shell: a $(...) subshell could neither wait for it nor clear
+# SINK_PID, and the next server's run would read a dead process's /proc entry).
+stop_sink() {
     kill "$SINK_PID" 2>/dev/null || true
     wait "$SINK_PID" 2>/dev/null || true
     SINK_PID=
+}
+
+sink_counts() { # name -> "requests verified unverified" (the stopped sink's final counts)
     awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); c[kv[1]] = kv[2] } }
         END { print (c["requests"] != "" ? c["requests"] : "?"), (c["verified"] != "" ? c["verified"] : "?"), (c["unverified"] != "" ? c["unverified"] : "?") }' \
         "$WORK/$1.sink.counts" 2>/dev/null || echo "? ? ?"
@@ -357,7 +362,8 @@ for round in $(seq "$ROUNDS"); do
                     drain_cpu=$(awk -v a="$t1" -v b="$(cpu_ticks "$SERVER_PID")" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
                 fi
                 stop_server
-                sink_counts=$(stop_sink "$server")
+                stop_sink
+                sink_counts=$(sink_counts "$server")
                 read -r -a whs <<<"$wh"
                 read -r -a whe <<<"$wh_end"
                 # makecalls: warm-up + measured + the start-up check.

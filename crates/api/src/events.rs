@@ -82,6 +82,24 @@ impl EventView {
     }
 }
 
+/// Every field of an [`EventView`] on the wire (for the tests of the view and of its schema).
+#[cfg(test)]
+pub(crate) const EVENT_FIELDS: [&str; 13] = [
+    "id",
+    "event",
+    "callid",
+    "seq",
+    "at",
+    "target",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "last_status",
+    "last_error",
+    "delivered_at",
+    "payload",
+];
+
 /// The body of `GET /api/calls/{callid}/events`.
 ///
 /// It exists so that the list is an object (room for more fields later) with its schema.
@@ -177,21 +195,7 @@ mod tests {
         assert_eq!(failed.next_attempt_at, None);
         assert_eq!(failed.payload, Value::String("not json".into()));
         let json = serde_json::to_value(&failed).unwrap();
-        for field in [
-            "id",
-            "event",
-            "callid",
-            "seq",
-            "at",
-            "target",
-            "state",
-            "attempts",
-            "next_attempt_at",
-            "last_status",
-            "last_error",
-            "delivered_at",
-            "payload",
-        ] {
+        for field in EVENT_FIELDS {
             assert!(json.get(field).is_some(), "{field}");
         }
         assert!(json["next_attempt_at"].is_null());

@@ -546,21 +546,7 @@ mod tests {
             assert!(record.get(field).is_some(), "record field {field}");
         }
         let event = &doc["components"]["schemas"]["EventView"]["properties"];
-        for field in [
-            "id",
-            "event",
-            "callid",
-            "seq",
-            "at",
-            "target",
-            "state",
-            "attempts",
-            "next_attempt_at",
-            "last_status",
-            "last_error",
-            "delivered_at",
-            "payload",
-        ] {
+        for field in crate::events::EVENT_FIELDS {
             assert!(event.get(field).is_some(), "event field {field}");
         }
         let events = &doc["components"]["schemas"]["EventsResponse"]["properties"]["events"];

@@ -35,6 +35,8 @@ const RECOVERY_PAGE: usize = 1_000;
 /// stored record waits as long, see the binary's persistence). The event's `at` stays the
 /// moment of the end; nothing of the call can follow it, so no order changes.
 pub const ENDED_SETTLE: Duration = Duration::from_secs(1);
+/// While the outbox overflows, one log line per this period says how many were dropped.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 /// At shutdown, how long requests on the wire get to finish (and be recorded).
 const FINISH_WAIT: Duration = Duration::from_secs(2);
 
@@ -128,6 +130,7 @@ pub fn start(
         stats: handle.shared_stats(),
         outcomes_tx,
         dropped_logged: 0,
+        drop_logged_at: None,
         settling: VecDeque::new(),
     };
     let task = tokio::spawn(driver.run(requeued, outcomes, stopped));
@@ -145,6 +148,8 @@ struct Driver {
     outcomes_tx: mpsc::UnboundedSender<(u64, Outcome)>,
     /// Drops already logged (the log says how many since the last line).
     dropped_logged: u64,
+    /// When the last drop line was logged: at most one per [`DROP_LOG_EVERY`].
+    drop_logged_at: Option<Instant>,
     /// `call.ended` events waiting [`ENDED_SETTLE`] for their call's final record, oldest
     /// first, with the instant they are due.
     settling: VecDeque<(Instant, WebhookEvent)>,
@@ -306,14 +311,18 @@ impl Driver {
             self.record(&settled, now, wall);
         }
         let total = self.stats.snapshot().dropped;
-        // One line per burst, not one per event.
-        if total >= self.dropped_logged + 1000 || self.dropped_logged == 0 {
+        // The first drop at once, then one line per period, not one per event.
+        if self
+            .drop_logged_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= DROP_LOG_EVERY)
+        {
             tracing::warn!(
                 dropped = total - self.dropped_logged,
                 total,
                 "webhooks: outbox full (webhooks.max_pending), oldest events dropped"
             );
             self.dropped_logged = total;
+            self.drop_logged_at = Some(now);
         }
     }
 
