@@ -138,6 +138,19 @@ pub fn start(
     Ok((handle, Dispatcher { stop, task }))
 }
 
+/// A batch written to the outbox, and how the write went.
+type Inserted = (Vec<OutboxEvent>, Result<(), store::StoreError>);
+/// The outbox write of a batch, on a blocking thread.
+type Insert = JoinHandle<Inserted>;
+
+/// The batch write in progress, if any (never resolves without one).
+async fn join(insert: &mut Option<Insert>) -> Result<Inserted, tokio::task::JoinError> {
+    match insert {
+        Some(insert) => insert.await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Driver {
     schedule: Schedule,
     control: Arc<CallControl>,
@@ -172,10 +185,19 @@ impl Driver {
         self.recover().await;
         let mut intake = tokio::time::interval(INTAKE_EVERY);
         intake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // At most one batch being written to the outbox at a time (batches keep their order);
+        // while it is written, outcomes keep coming in and attempts keep going out.
+        let mut inserting: Option<Insert> = None;
         loop {
             let deadline = self.schedule.poll_timeout();
             tokio::select! {
-                _ = intake.tick() => self.intake(false).await,
+                _ = intake.tick(), if inserting.is_none() => {
+                    inserting = self.take_batch(false).map(|batch| self.start_insert(batch));
+                }
+                joined = join(&mut inserting), if inserting.is_some() => {
+                    inserting = None;
+                    self.inserted(joined);
+                }
                 Some((no, outcome)) = outcomes.recv() => self.outcome(no, outcome),
                 Some(event) = requeued.0.recv() => self.push_requeued(event),
                 _ = sleep_until(deadline), if deadline.is_some() => {}
@@ -183,8 +205,15 @@ impl Driver {
             }
             self.send_due();
         }
-        // The events of the last hang-ups, then a moment for the requests on the wire.
-        self.intake(true).await;
+        // The batch being written, the events of the last hang-ups, then a moment for the
+        // requests on the wire.
+        if let Some(insert) = inserting.take() {
+            self.inserted(insert.await);
+        }
+        if let Some(batch) = self.take_batch(true) {
+            let insert = self.start_insert(batch);
+            self.inserted(insert.await);
+        }
         let until = tokio::time::Instant::now() + FINISH_WAIT;
         while self.schedule.in_flight() > 0 {
             match tokio::time::timeout_at(until, outcomes.recv()).await {
@@ -238,9 +267,9 @@ impl Driver {
         self.publish();
     }
 
-    /// Takes the registry's new events and the `call.ended` ones that have settled (all of
-    /// them when `last`), stores them (one transaction) and schedules them.
-    async fn intake(&mut self, last: bool) {
+    /// The registry's new events and the `call.ended` ones that have settled (all of them
+    /// when `last`), oldest first; `None` when there are none.
+    fn take_batch(&mut self, last: bool) -> Option<Vec<WebhookEvent>> {
         let now = Instant::now();
         let mut events = Vec::new();
         while let Some((due, _)) = self.settling.front() {
@@ -263,21 +292,27 @@ impl Driver {
                 events.push(event);
             }
         }
-        if events.is_empty() {
-            return;
-        }
-        let batch: Vec<OutboxEvent> = events.iter().map(outbox_event).collect();
-        drop(events);
+        (!events.is_empty()).then_some(events)
+    }
+
+    /// Serialises a batch and writes it to the outbox in one transaction, on a blocking
+    /// thread (JSON included: the driver's task only schedules).
+    fn start_insert(&self, events: Vec<WebhookEvent>) -> Insert {
         let store = Arc::clone(&self.store);
-        let stored = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
+            let batch: Vec<OutboxEvent> = events.iter().map(outbox_event).collect();
+            drop(events);
             let result = store.insert_events(&batch);
             (batch, result)
         })
-        .await;
-        let batch = match stored {
+    }
+
+    /// Schedules a batch once written (or, if the write failed, anyway: it is delivered from
+    /// memory, and only a restart before delivery loses it).
+    fn inserted(&mut self, joined: Result<Inserted, tokio::task::JoinError>) {
+        let batch = match joined {
             Ok((batch, Ok(()))) => batch,
             Ok((batch, Err(error))) => {
-                // Still delivered, from memory; only a restart before delivery loses them.
                 tracing::error!(%error, events = batch.len(),
                     "webhooks: events not written to the outbox");
                 self.stats.store_error();
