@@ -515,6 +515,9 @@ pub struct WebhooksSection {
     pub max_pending: usize,
     /// Requests on the wire at once at most (one per call: a call's events go in order).
     pub max_in_flight: usize,
+    /// Requests on the wire to one target (scheme, host, port) at most: a hung app endpoint
+    /// cannot take every slot from the others.
+    pub max_in_flight_per_target: usize,
     /// The wait after a first failed attempt, doubled after each further one.
     pub backoff_base_ms: u64,
     /// The longest wait between two attempts.
@@ -536,6 +539,7 @@ impl Default for WebhooksSection {
             allowed_hosts: lib.allowed_hosts,
             max_pending: lib.schedule.max_pending,
             max_in_flight: lib.schedule.max_in_flight,
+            max_in_flight_per_target: lib.schedule.max_in_flight_per_target,
             backoff_base_ms: millis(lib.schedule.backoff.base),
             backoff_max_ms: millis(lib.schedule.backoff.cap),
             ca_file: lib.ca_file,
@@ -563,6 +567,7 @@ impl WebhooksSection {
                 max_attempts: self.max_attempts,
                 max_pending: self.max_pending,
                 max_in_flight: self.max_in_flight,
+                max_in_flight_per_target: self.max_in_flight_per_target,
                 backoff: webhooks::Backoff {
                     base: Duration::from_millis(self.backoff_base_ms),
                     cap: Duration::from_millis(self.backoff_max_ms),
@@ -586,7 +591,7 @@ impl WebhooksSection {
                     .into(),
             );
         }
-        let ranges: [(&str, u64, u64, u64); 6] = [
+        let ranges: [(&str, u64, u64, u64); 7] = [
             ("webhooks.timeout_ms", self.timeout_ms, 1, 600_000),
             (
                 "webhooks.max_attempts",
@@ -603,6 +608,12 @@ impl WebhooksSection {
             (
                 "webhooks.max_in_flight",
                 self.max_in_flight as u64,
+                1,
+                100_000,
+            ),
+            (
+                "webhooks.max_in_flight_per_target",
+                self.max_in_flight_per_target as u64,
                 1,
                 100_000,
             ),

@@ -7,7 +7,11 @@
 //! their `seq` order: the registry numbers them under one lock and the dispatcher pushes them
 //! in that order). Only a queue's head can be on the wire or waiting for its retry, so event
 //! n+1 of a call never leaves before event n is delivered or given up (SPEC.md *Webhooks*).
-//! Calls are independent: up to `max_in_flight` heads are on the wire at once.
+//! Calls are independent: up to `max_in_flight` heads are on the wire at once, and at most
+//! `max_in_flight_per_target` of them to one target (scheme, host and port), so that one
+//! app's hung endpoint (a makecall's `notify_url`) cannot hold every slot and starve the
+//! others' events. A head whose target is full waits in that target's line and goes when one
+//! of its requests ends.
 //!
 //! **Bounds.** At most `max_pending` events are held; pushing one more drops the oldest that
 //! is not on the wire (SPEC: `webhooks.max_pending`, oldest first), and the drop is returned
@@ -33,6 +37,8 @@ pub struct ScheduleConfig {
     pub max_pending: usize,
     /// Requests on the wire at most (`webhooks.max_in_flight`).
     pub max_in_flight: usize,
+    /// Requests on the wire to one target at most (`webhooks.max_in_flight_per_target`).
+    pub max_in_flight_per_target: usize,
     pub backoff: Backoff,
 }
 
@@ -42,6 +48,7 @@ impl Default for ScheduleConfig {
             max_attempts: 10,
             max_pending: 100_000,
             max_in_flight: 64,
+            max_in_flight_per_target: 32,
             backoff: Backoff::default(),
         }
     }
@@ -119,7 +126,26 @@ pub struct Schedule {
     /// dropped or sent; [`Schedule::ready_head`] skips those.
     ready: BinaryHeap<Reverse<(Instant, u64)>>,
     in_flight: usize,
+    /// Targets with requests on the wire, by [`target_key`].
+    targets: HashMap<String, TargetLine>,
     rng: StdRng,
+}
+
+/// One target's requests on the wire, and the heads due that wait for a slot of it (oldest
+/// first; entries go stale like `ready`'s).
+#[derive(Debug, Default)]
+struct TargetLine {
+    in_flight: usize,
+    waiting: VecDeque<(Instant, u64)>,
+}
+
+/// What the per-target limit counts by: the URL up to its path (`https://host:port`).
+pub fn target_key(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    &url[..end]
 }
 
 impl Schedule {
@@ -130,6 +156,7 @@ impl Schedule {
                 max_attempts: config.max_attempts.max(1),
                 max_pending: config.max_pending.max(1),
                 max_in_flight: config.max_in_flight.max(1),
+                max_in_flight_per_target: config.max_in_flight_per_target.max(1),
                 backoff: config.backoff,
             },
             next_no: 0,
@@ -137,6 +164,7 @@ impl Schedule {
             calls: HashMap::new(),
             ready: BinaryHeap::new(),
             in_flight: 0,
+            targets: HashMap::new(),
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -194,6 +222,7 @@ impl Schedule {
             (!on_wire).then_some(no)
         })?;
         let item = self.remove(no, now)?;
+        self.refill(target_key(&item.target));
         Some(Settled {
             event_id: item.event_id,
             state: EVENT_DROPPED,
@@ -272,6 +301,16 @@ impl Schedule {
                 continue;
             }
             let item = self.items.get_mut(&no)?;
+            let line = self
+                .targets
+                .entry(target_key(&item.target).to_owned())
+                .or_default();
+            if line.in_flight >= self.config.max_in_flight_per_target {
+                // Its target is full: it waits in the target's line, not in `ready`.
+                line.waiting.push_back((due, no));
+                continue;
+            }
+            line.in_flight += 1;
             item.attempts += 1;
             if let Some(queue) = self.calls.get_mut(&item.callid) {
                 queue.busy = true;
@@ -309,6 +348,9 @@ impl Schedule {
         }
         queue.busy = false;
         self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(target) = self.items.get(&no).map(|item| item.target.clone()) {
+            self.release_slot(target_key(&target));
+        }
         let (status, error) = match outcome {
             Outcome::Delivered { status } => {
                 let item = self.remove(no, now)?;
@@ -353,6 +395,42 @@ impl Schedule {
         })
     }
 
+    /// A request to `key` has ended: one slot of it is free.
+    fn release_slot(&mut self, key: &str) {
+        if let Some(line) = self.targets.get_mut(key) {
+            line.in_flight = line.in_flight.saturating_sub(1);
+        }
+        self.refill(key);
+    }
+
+    /// Moves as many of `key`'s waiting heads (still valid) back to `ready` as it has free
+    /// slots, and forgets the line once nothing is on the wire to it and nothing waits. Also
+    /// run when an event is dropped: a head released to `ready` and then dropped would
+    /// otherwise leave its slot unused while others wait. Releasing too many is harmless
+    /// ([`poll_send`](Self::poll_send) puts them back in line); walking the whole line per
+    /// outcome would not be.
+    fn refill(&mut self, key: &str) {
+        let Some(mut line) = self.targets.remove(key) else {
+            return;
+        };
+        let mut free = self
+            .config
+            .max_in_flight_per_target
+            .saturating_sub(line.in_flight);
+        while free > 0 {
+            let Some((due, no)) = line.waiting.pop_front() else {
+                break;
+            };
+            if self.ready_head(no, due) {
+                self.ready.push(Reverse((due, no)));
+                free -= 1;
+            }
+        }
+        if line.in_flight > 0 || !line.waiting.is_empty() {
+            self.targets.insert(key.to_owned(), line);
+        }
+    }
+
     /// Events held (pending, on the wire or waiting for a retry).
     pub fn len(&self) -> usize {
         self.items.len()
@@ -370,6 +448,11 @@ impl Schedule {
     /// Calls with events held.
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Targets with requests on the wire or heads waiting for one.
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
     }
 }
 

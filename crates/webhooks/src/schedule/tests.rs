@@ -134,6 +134,48 @@ fn given_up_after_max_attempts_and_the_next_event_goes() {
 }
 
 #[test]
+fn a_hung_target_holds_only_its_own_slots() {
+    let t0 = Instant::now();
+    let mut s = schedule(ScheduleConfig {
+        max_in_flight: 4,
+        max_in_flight_per_target: 2,
+        ..ScheduleConfig::default()
+    });
+    let to = |s: &mut Schedule, call: &str, target: &str| {
+        let mut e = event(call, 1);
+        e.target = target.to_owned();
+        s.push(t0, e, Bytes::new(), t0)
+    };
+    // Three calls to the hung target, then one to a healthy one (another port: another
+    // target).
+    for call in ["h1", "h2", "h3"] {
+        to(&mut s, call, "http://10.0.0.9:8080/hook?app=1");
+    }
+    to(&mut s, "ok", "http://10.0.0.9:8081/hook");
+    let sent = sends(&mut s, t0);
+    assert_eq!(
+        sent.iter().map(|(c, _, _)| c.as_str()).collect::<Vec<_>>(),
+        ["h1", "h2", "ok"],
+        "the third event of the hung target waits; the healthy one goes"
+    );
+    assert_eq!(s.in_flight(), 3);
+    assert_eq!(s.target_count(), 2);
+    assert!(s.poll_send(t0).is_none());
+    // One of the hung target's requests ends: its waiting head goes, in its place.
+    let h1 = 0;
+    s.on_outcome(t0, h1, failed()).unwrap();
+    assert_eq!(sends(&mut s, t0), vec![("h3".into(), 1, 1)]);
+    // The healthy target's outcome frees its own line.
+    s.on_outcome(t0, 3, OK).unwrap();
+    assert_eq!(s.target_count(), 1);
+    assert_eq!(
+        target_key("https://a.example:8443/x?y"),
+        "https://a.example:8443"
+    );
+    assert_eq!(target_key("http://a.example"), "http://a.example");
+}
+
+#[test]
 fn at_most_max_in_flight_on_the_wire() {
     let t0 = Instant::now();
     let mut s = schedule(ScheduleConfig {
@@ -236,6 +278,7 @@ fn random_runs_keep_order_bounds_and_leave_nothing() {
             max_attempts: 4,
             max_pending: 40,
             max_in_flight: 5,
+            max_in_flight_per_target: 3,
             backoff: Backoff {
                 base: Duration::from_millis(10),
                 cap: Duration::from_millis(80),
@@ -271,7 +314,13 @@ fn random_runs_keep_order_bounds_and_leave_nothing() {
                     *seq += 1;
                     held.entry(call.clone()).or_default().insert(*seq);
                     pushed += 1;
-                    for st in push(&mut s, now, &call, *seq) {
+                    let mut e = event(&call, *seq);
+                    // Calls c0..c3 go to one target, c4..c7 to another.
+                    if call.as_str() >= "c4" {
+                        e.target = "http://127.0.0.1:10/other".into();
+                    }
+                    let body = Bytes::from(e.body.clone());
+                    for st in s.push(now, e, body, now) {
                         assert_eq!(st.state, EVENT_DROPPED);
                         settle(&mut held, &mut settled_ids, &st);
                     }
@@ -294,6 +343,13 @@ fn random_runs_keep_order_bounds_and_leave_nothing() {
                 wire.push((send.no, send.callid, seq));
             }
             assert!(wire.len() <= 5);
+            for group in [["c0", "c1", "c2", "c3"], ["c4", "c5", "c6", "c7"]] {
+                let to_target = wire.iter().filter(|(_, c, _)| group.contains(&c.as_str()));
+                assert!(
+                    to_target.count() <= 3,
+                    "seed {seed}: a target over its limit"
+                );
+            }
             assert_eq!(s.in_flight(), wire.len());
             assert!(s.len() <= 40);
         }
@@ -313,6 +369,7 @@ fn random_runs_keep_order_bounds_and_leave_nothing() {
         }
         assert!(s.is_empty(), "seed {seed}");
         assert_eq!(s.call_count(), 0);
+        assert_eq!(s.target_count(), 0);
         assert!(held.values().all(|h| h.is_empty()));
         assert_eq!(settled_ids.len(), pushed);
     }
