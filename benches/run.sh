@@ -9,7 +9,8 @@
 #                             packet or HTTP error, never on timing; BENCHMARKS.md untouched
 #   PARTS="micro media"       run only some parts (micro media signalling api; also soak, not
 #                             run by default: benches/load/soak.sh, 30 minutes, QUICK=1 one;
-#                             its section, benches/results/soak.md, is written by hand from a run)
+#                             its section, benches/results/soak.md, is written by hand from a run;
+#                             PARTS=write runs nothing and only writes BENCHMARKS.md again)
 #   SIGNALLING_SERVERS=...    SERVERS for the signalling part only, API_SERVERS=... for the api
 #   API_SERVERS=...           part only (SERVERS itself reaches every part); e.g. with webhooks:
 #     SIGNALLING_SERVERS="callbridge kamailio callbridge-hooks callbridge-hooks-stalled" \
@@ -37,6 +38,7 @@ for part in $parts; do
         signalling) QUICK=$quick with_servers "${SIGNALLING_SERVERS:-}" benches/load/signalling.sh ;;
         api) QUICK=$quick with_servers "${API_SERVERS:-}" benches/load/api.sh ;;
         soak) QUICK=$quick benches/load/soak.sh ;;
+        write) ;; # nothing to run: BENCHMARKS.md is written again from benches/results/
         *) echo "unknown part $part" >&2; exit 2 ;;
     esac
 done
@@ -55,9 +57,10 @@ target it is held to.
 
 HEAD
     # profiling.md is written by hand (what was profiled and fixed, with before/after figures),
-    # and so is soak.md (the soak's results block with what was run); the other parts are
-    # written by their scripts.
-    for part in profiling micro signalling media api soak; do
+    # and so are soak.md (the soak's results block with what was run) and webhooks.md (what
+    # the webhook runs of signalling and api showed); the other parts are written by their
+    # scripts.
+    for part in profiling micro signalling media api webhooks soak; do
         if [[ -f benches/results/$part.md ]]; then
             # Each part is a section of this page: its headings move one level down when its
             # title is a level-1 heading (outside code blocks).
