@@ -299,22 +299,8 @@ sink_counts() { # name -> "requests verified unverified" (the stopped sink's fin
         "$WORK/$1.sink.counts" 2>/dev/null || echo "? ? ?"
 }
 
-# "delivered retried failed dropped pending in_flight queue_dropped store_errors queued" from
-# /metrics (pending counts the events in flight; queued: built by the call engine and not yet
-# taken into the outbox by the dispatcher).
-webhook_metrics() {
-    curl -s --max-time 2 "$URL/metrics" 2>/dev/null | awk '
-        /^callbridge_webhook_deliveries_total\{result="delivered"\}/ { d = $2 }
-        /^callbridge_webhook_deliveries_total\{result="retried"\}/ { r = $2 }
-        /^callbridge_webhook_deliveries_total\{result="failed"\}/ { f = $2 }
-        /^callbridge_webhook_deliveries_total\{result="dropped"\}/ { x = $2 }
-        /^callbridge_webhook_outbox_pending / { p = $2 }
-        /^callbridge_webhook_in_flight / { i = $2 }
-        /^callbridge_webhook_events_dropped_total / { q = $2 }
-        /^callbridge_webhook_store_errors_total / { e = $2 }
-        /^callbridge_webhook_events_queued / { w = $2 }
-        END { if (d == "") print "? ? ? ? ? ? ? ? ?"; else print d + 0, r + 0, f + 0, x + 0, p + 0, i + 0, q + 0, e + 0, w + 0 }'
-}
+# shellcheck source=webhook_metrics.sh
+source "$ROOT/benches/load/webhook_metrics.sh"
 
 field() { # line key -> value
     local kv
@@ -346,7 +332,7 @@ for round in $(seq "$ROUNDS"); do
             line=$(grep '^RESULT ' <<<"$out") || { stop_server; die "no RESULT line from wrk: $out"; }
             if [[ $server == callbridge-hooks* ]]; then
                 s1=$(cpu_ticks "$SINK_PID")
-                wh=$(webhook_metrics)
+                wh=$(webhook_metrics "$URL")
                 # A healthy receiver: how long the backlog left at the end of the window took to
                 # deliver (at most DRAIN_WAIT s), and the server CPU it took.
                 drain_s=- drain_cpu=- wh_end=$wh
@@ -357,7 +343,7 @@ for round in $(seq "$ROUNDS"); do
                         [[ $wh_p == 0 && $wh_i == 0 && $wh_q == 0 ]] && { drain_s=$(awk -v a="$d0" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'); break; }
                         (($(date +%s%N) - d0 > DRAIN_WAIT * 1000000000)) && { drain_s=">$DRAIN_WAIT"; break; }
                         sleep 0.5
-                        wh_end=$(webhook_metrics)
+                        wh_end=$(webhook_metrics "$URL")
                     done
                     drain_cpu=$(awk -v a="$t1" -v b="$(cpu_ticks "$SERVER_PID")" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
                 fi

@@ -422,22 +422,8 @@ start_sink() { # server name -> sink_pid
     done
     port_busy "$SINK_PORT" || die "webhook_sink is not listening on $SINK_PORT"
 }
-# "delivered retried failed dropped pending in_flight queue_dropped store_errors queued" from
-# /metrics (pending counts the events in flight; queued: built by the call engine and not yet
-# taken into the outbox by the dispatcher).
-webhook_metrics() {
-    curl -s --max-time 2 "$api/metrics" 2>/dev/null | awk '
-        /^callbridge_webhook_deliveries_total\{result="delivered"\}/ { d = $2 }
-        /^callbridge_webhook_deliveries_total\{result="retried"\}/ { r = $2 }
-        /^callbridge_webhook_deliveries_total\{result="failed"\}/ { f = $2 }
-        /^callbridge_webhook_deliveries_total\{result="dropped"\}/ { x = $2 }
-        /^callbridge_webhook_outbox_pending / { p = $2 }
-        /^callbridge_webhook_in_flight / { i = $2 }
-        /^callbridge_webhook_events_dropped_total / { q = $2 }
-        /^callbridge_webhook_store_errors_total / { e = $2 }
-        /^callbridge_webhook_events_queued / { w = $2 }
-        END { if (d == "") print "- - - - - - - - -"; else print d + 0, r + 0, f + 0, x + 0, p + 0, i + 0, q + 0, e + 0, w + 0 }'
-}
+# shellcheck source=webhook_metrics.sh
+source "$repo/benches/load/webhook_metrics.sh"
 
 start_server() { # server name -> srv_pid, sip target "host:port"
     local server=$1 name=$2
@@ -623,13 +609,13 @@ run_one() {
     # receiver is given up to 10 s to take the last events first; a stalled one is not waited for.
     local wh="- - - - - - - - -" sink_counts="- - -" wh_p wh_i wh_q
     if [[ $server == callbridge-hooks* ]]; then
-        wh=$(webhook_metrics)
+        wh=$(webhook_metrics "$api")
         if [[ $server == callbridge-hooks ]]; then
             for _ in $(seq 20); do
                 read -r _ _ _ _ wh_p wh_i _ _ wh_q <<<"$wh"
                 [[ $wh_p == 0 && $wh_i == 0 && $wh_q == 0 ]] && break
                 sleep 0.5
-                wh=$(webhook_metrics)
+                wh=$(webhook_metrics "$api")
             done
         fi
     fi
