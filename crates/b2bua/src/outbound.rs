@@ -66,7 +66,10 @@ pub fn leg_b_invite(
     h.push(HeaderName::To, NameAddr::new(target).to_string());
     h.push(HeaderName::CallId, ids::new_call_id(&local.public_addr));
     h.push(HeaderName::CSeq, "1 INVITE");
-    h.push(HeaderName::MaxForwards, "70");
+    h.push(
+        HeaderName::MaxForwards,
+        forwarded_max_forwards(a_invite).to_string(),
+    );
     h.push(
         HeaderName::Contact,
         NameAddr::new(local.contact(&intent.caller)).to_string(),
@@ -80,6 +83,18 @@ pub fn leg_b_invite(
     copy_body(&a_invite.headers, h, &body);
     request.body = body;
     request
+}
+
+/// Max-Forwards of leg B's INVITE: leg A's less one, as a proxy does (RFC 3261 §16.6 step 3),
+/// so that a loop through callbridge (the trunk sending leg B back as a new leg A, or two
+/// B2BUAs calling each other) ends with a 483 instead of running forever, as it would if
+/// every leg started again at 70. Leg A without one (or with an unreadable one) gets the
+/// default 70; leg A at 0 was refused with 483 before the intent was claimed.
+fn forwarded_max_forwards(a_invite: &Request) -> u32 {
+    match a_invite.headers.max_forwards() {
+        Some(Ok(hops)) if hops > 0 => hops - 1,
+        _ => sip_core::dialog::MAX_FORWARDS,
+    }
 }
 
 /// The methods callbridge handles inside a call.
@@ -235,6 +250,29 @@ mod tests {
         assert_eq!(b.headers.content_type(), Some("application/sdp"));
         assert_eq!(&b.body[..], b"v=0\n");
         assert!(b.headers.get(&HeaderName::Via).is_none());
+        // No Max-Forwards on leg A: the default.
+        assert_eq!(b.headers.max_forwards(), Some(Ok(70)));
+    }
+
+    #[test]
+    fn leg_b_max_forwards_is_leg_as_less_one() {
+        let b_of = |hops: &str| {
+            let mut a = a_invite();
+            a.headers.set(HeaderName::MaxForwards, hops);
+            let b = leg_b_invite(
+                &local(),
+                &intent(),
+                "198.51.100.1",
+                5080,
+                &a,
+                a.body.clone(),
+            );
+            b.headers.max_forwards()
+        };
+        assert_eq!(b_of("70"), Some(Ok(69)));
+        assert_eq!(b_of("1"), Some(Ok(0)));
+        assert_eq!(b_of("200"), Some(Ok(199)));
+        assert_eq!(b_of("many"), Some(Ok(70)));
     }
 
     #[test]
