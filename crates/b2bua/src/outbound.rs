@@ -215,17 +215,15 @@ mod tests {
         }
     }
 
+    /// Leg B's INVITE for leg A's `a`, toward the trunk at 198.51.100.1:5080.
+    fn leg_b_of(a: &Request) -> Request {
+        leg_b_invite(&local(), &intent(), "198.51.100.1", 5080, a, a.body.clone())
+    }
+
     #[test]
     fn leg_b_reveals_nothing_of_leg_a() {
         let a = a_invite();
-        let b = leg_b_invite(
-            &local(),
-            &intent(),
-            "198.51.100.1",
-            5080,
-            &a,
-            a.body.clone(),
-        );
+        let b = leg_b_of(&a);
         let text = String::from_utf8(b.to_bytes().to_vec()).unwrap();
         for secret in [
             "1001",
@@ -259,15 +257,7 @@ mod tests {
         let b_of = |hops: &str| {
             let mut a = a_invite();
             a.headers.set(HeaderName::MaxForwards, hops);
-            let b = leg_b_invite(
-                &local(),
-                &intent(),
-                "198.51.100.1",
-                5080,
-                &a,
-                a.body.clone(),
-            );
-            b.headers.max_forwards()
+            leg_b_of(&a).headers.max_forwards()
         };
         assert_eq!(b_of("70"), Some(Ok(69)));
         assert_eq!(b_of("1"), Some(Ok(0)));

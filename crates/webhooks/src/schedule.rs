@@ -301,10 +301,14 @@ impl Schedule {
                 continue;
             }
             let item = self.items.get_mut(&no)?;
-            let line = self
-                .targets
-                .entry(target_key(&item.target).to_owned())
-                .or_default();
+            let key = target_key(&item.target);
+            // Looked up before inserted: the key is allocated once per target, not per send.
+            if !self.targets.contains_key(key) {
+                self.targets.insert(key.to_owned(), TargetLine::default());
+            }
+            let Some(line) = self.targets.get_mut(key) else {
+                continue;
+            };
             if line.in_flight >= self.config.max_in_flight_per_target {
                 // Its target is full: it waits in the target's line, not in `ready`.
                 line.waiting.push_back((due, no));
