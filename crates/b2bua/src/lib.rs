@@ -65,8 +65,10 @@
 //! - [`call`]: the state of one call; [`outbound`]: what callbridge writes on each leg;
 //! - [`media`]: the one place where SDP is touched (rewritten so that it names nothing of its
 //!   origin), the relay port pool (ports drawn at random), the media commands and events;
-//! - [`refusal`]: why an incoming call was refused.
+//! - [`refusal`]: why an incoming call was refused;
+//! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying.
 
+pub mod auth;
 pub mod call;
 pub mod control;
 pub mod engine;

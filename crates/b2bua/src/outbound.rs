@@ -3,7 +3,7 @@
 //! topology is not copied back to leg A.
 
 use bytes::Bytes;
-use sip_core::{ids, HeaderName, Method, NameAddr, Request, Response, Uri};
+use sip_core::{ids, HeaderName, Method, NameAddr, Peer, Request, Response, Uri};
 
 use crate::intent::Intent;
 
@@ -48,16 +48,17 @@ fn copy_body(from_headers: &sip_core::Headers, to: &mut sip_core::Headers, body:
 /// The INVITE of leg B: fresh Call-ID and From tag, From = the dedicated number at our public
 /// address, Request-URI and To = the callee at the trunk, P-Asserted-Identity = the dedicated
 /// number. Only the body (already rewritten by the media session) and its Content-Type come
-/// from leg A.
+/// from leg A. Over a connection-oriented transport the Contact says so (`;transport=tcp`),
+/// so that the trunk's requests in the dialog come back over it (RFC 3261 §19.1.4).
 pub fn leg_b_invite(
     local: &LocalIdentity,
     intent: &Intent,
-    trunk_host: &str,
-    trunk_port: u16,
+    trunk: &Peer,
     a_invite: &Request,
     body: Bytes,
 ) -> Request {
-    let target = Uri::sip(Some(&intent.callee), trunk_host, Some(trunk_port));
+    let host = trunk.addr.ip().to_string();
+    let target = Uri::sip(Some(&intent.callee), &host, Some(trunk.addr.port()));
     let mut request = Request::new(Method::Invite, target.clone());
     let from_uri = Uri::sip(Some(&intent.caller), &local.public_addr, None);
     let from = NameAddr::new(from_uri.clone()).with_tag(&ids::new_tag());
@@ -70,10 +71,12 @@ pub fn leg_b_invite(
         HeaderName::MaxForwards,
         forwarded_max_forwards(a_invite).to_string(),
     );
-    h.push(
-        HeaderName::Contact,
-        NameAddr::new(local.contact(&intent.caller)).to_string(),
-    );
+    let mut contact = local.contact(&intent.caller);
+    if trunk.transport.is_reliable() {
+        let transport = trunk.transport.as_str().to_ascii_lowercase();
+        contact = contact.with_param("transport", Some(&transport));
+    }
+    h.push(HeaderName::Contact, NameAddr::new(contact).to_string());
     h.push(
         HeaderName::PAssertedIdentity,
         NameAddr::new(from_uri).to_string(),
@@ -217,7 +220,13 @@ mod tests {
 
     /// Leg B's INVITE for leg A's `a`, toward the trunk at 198.51.100.1:5080.
     fn leg_b_of(a: &Request) -> Request {
-        leg_b_invite(&local(), &intent(), "198.51.100.1", 5080, a, a.body.clone())
+        leg_b_invite(
+            &local(),
+            &intent(),
+            &Peer::udp("198.51.100.1:5080".parse().unwrap()),
+            a,
+            a.body.clone(),
+        )
     }
 
     #[test]

@@ -32,6 +32,9 @@ use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
+mod trunk;
+pub use trunk::TrunkSection;
+
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +54,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub sip: SipSection,
+    pub trunk: TrunkSection,
     pub media: MediaSection,
     pub api: ApiSection,
     pub intent: IntentSection,
@@ -67,7 +71,8 @@ pub struct SipSection {
     pub listen: SocketAddr,
     /// Host written into Via, Contact and Record-Route.
     pub public_addr: String,
-    /// Where outbound (B-leg) INVITEs are sent, `host:port`.
+    /// Where outbound (B-leg) INVITEs are sent, `host:port` (`trunk.address`, when set,
+    /// takes its place).
     pub trunk: String,
     /// Sources whose SIP is processed statefully, besides the trunk's address; with it,
     /// also the only sources whose TCP connections are accepted (SPEC "Trust boundary").
@@ -198,6 +203,7 @@ impl SipSection {
                     .then(|| self.server_header.trim().to_owned()),
             },
             trunk,
+            trunk_credentials: None,
             trusted_peers: self.trusted_peers.clone(),
             untrusted_reply: self.untrusted_reply.0,
             refuse_code: self.refuse_code,
@@ -854,6 +860,7 @@ impl Config {
         self.media.port_range()?;
         self.media.learning_config()?;
         self.webhooks.validate()?;
+        self.trunk.validate()?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated

@@ -38,7 +38,7 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("sip.trunk {0:?} does not resolve to an address")]
+    #[error("the trunk {0:?} (trunk.address or sip.trunk) does not resolve to an address")]
     Trunk(String),
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
@@ -106,7 +106,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     // The trunk first: its address is trusted for TCP and holds the reserved connections,
     // which the transport needs from the moment it accepts.
-    let trunk = resolve(&config.sip.trunk).await?;
+    let trunk = resolve(config.trunk.address(&config.sip.trunk)).await?;
+    let trunk = Peer {
+        transport: config.trunk.transport(),
+        ..trunk
+    };
     let (transport, events) = SipTransport::bind(config.sip.transport_config(trunk.addr.ip()))
         .await
         .map_err(|source| StartError::Sip {
@@ -119,12 +123,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let media_config = config.media.media_config()?;
     let (first_port, last_port) = (media_config.first_port, media_config.last_port);
     let media = MediaBridge::new(config.media.driver_config());
-    let mut engine = Engine::new(
-        config
-            .sip
-            .engine_config(sip_addr.port(), trunk, media_config),
-        control.clone(),
-    );
+    let mut engine_config = config
+        .sip
+        .engine_config(sip_addr.port(), trunk, media_config);
+    engine_config.trunk_credentials = config.trunk.credentials();
+    let mut engine = Engine::new(engine_config, control.clone());
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

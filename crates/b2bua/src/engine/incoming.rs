@@ -185,14 +185,7 @@ impl Engine {
             }
         };
         let trunk = self.config.trunk;
-        let b_invite = leg_b_invite(
-            &self.config.local,
-            &intent,
-            &trunk.addr.ip().to_string(),
-            trunk.addr.port(),
-            &request,
-            body,
-        );
+        let b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
         let b_tx = match self.layer.send_request(now, b_invite, trunk) {
             Ok(b_tx) => b_tx,
             Err(error) => {

@@ -62,8 +62,12 @@ pub enum ApiHangup {
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub local: LocalIdentity,
-    /// Where leg B's INVITEs go (`sip.trunk`).
+    /// Where leg B's INVITEs go (`trunk.address` or `sip.trunk`), and over which transport
+    /// (`trunk.transport`).
     pub trunk: Peer,
+    /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
+    /// `trunk.password`); `None`: a challenge fails leg B.
+    pub trunk_credentials: Option<crate::auth::Credentials>,
     /// Sources whose SIP is processed statefully (`sip.trusted_peers`), besides the trunk.
     pub trusted_peers: Vec<IpNet>,
     /// What requests from every other source get (`sip.untrusted_reply`).

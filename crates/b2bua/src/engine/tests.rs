@@ -105,6 +105,7 @@ impl Harness {
                 agent: None,
             },
             trunk: trunk(),
+            trunk_credentials: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
             untrusted_reply: super::UntrustedReply::Forbidden,
             refuse_code: 403,

@@ -1,0 +1,142 @@
+//! `[trunk]`: the carrier side of leg B (SPEC "Configuration contract"): where it is, how it
+//! is reached, and the digest credentials callbridge answers its challenges with.
+
+use serde::{Deserialize, Serialize};
+use sip_core::Transport;
+
+use super::ConfigError;
+
+/// `[trunk]`. `sip.trunk` stays accepted as the trunk's address: `trunk.address`, when set,
+/// takes its place.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrunkSection {
+    /// `host:port` of the trunk; empty: `sip.trunk`.
+    pub address: String,
+    /// How leg B reaches the trunk: `udp` or `tcp`.
+    pub transport: String,
+    /// Digest credentials answering the trunk's 401/407 challenges; empty: none (a challenge
+    /// then fails leg B, and leg A gets 403).
+    pub username: String,
+    pub password: String,
+    /// Keep a registration at the trunk.
+    pub register: bool,
+    /// The registration's requested lifetime.
+    pub register_expires_secs: u64,
+    /// OPTIONS keepalive interval; 0: off.
+    pub ping_secs: u64,
+}
+
+impl Default for TrunkSection {
+    fn default() -> Self {
+        TrunkSection {
+            address: String::new(),
+            transport: "udp".into(),
+            username: String::new(),
+            password: String::new(),
+            register: false,
+            register_expires_secs: 600,
+            ping_secs: 0,
+        }
+    }
+}
+
+impl TrunkSection {
+    /// The trunk's address: `trunk.address`, else `sip_trunk` (the `sip.trunk` key).
+    pub fn address<'a>(&'a self, sip_trunk: &'a str) -> &'a str {
+        if self.address.trim().is_empty() {
+            sip_trunk
+        } else {
+            self.address.trim()
+        }
+    }
+
+    /// The transport toward the trunk (validated: `udp` or `tcp`).
+    pub fn transport(&self) -> Transport {
+        match self.transport.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Transport::Tcp,
+            _ => Transport::Udp,
+        }
+    }
+
+    /// The digest credentials, when a username is configured.
+    pub fn credentials(&self) -> Option<b2bua::auth::Credentials> {
+        (!self.username.is_empty()).then(|| b2bua::auth::Credentials {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        })
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        match self.transport.trim().to_ascii_lowercase().as_str() {
+            "udp" | "tcp" => {}
+            "tls" => {
+                return invalid(
+                    "trunk.transport = \"tls\" is not supported yet: use \"udp\" or \"tcp\"".into(),
+                )
+            }
+            other => return invalid(format!("trunk.transport {other:?} must be udp or tcp")),
+        }
+        if self.username.is_empty() && !self.password.is_empty() {
+            return invalid("trunk.password is set but trunk.username is empty".into());
+        }
+        let printable = |s: &str| !s.chars().any(|c| c.is_control() || c == '"');
+        if !printable(&self.username) || !printable(&self.password) {
+            return invalid(
+                "trunk.username and trunk.password must not contain control characters or '\"'"
+                    .into(),
+            );
+        }
+        if self.register {
+            return invalid(
+                "trunk.register = true is not supported yet: register the trunk's address \
+                 by IP instead"
+                    .into(),
+            );
+        }
+        if !(60..=86_400).contains(&self.register_expires_secs) {
+            return invalid(format!(
+                "trunk.register_expires_secs = {} must be 60-86400",
+                self.register_expires_secs
+            ));
+        }
+        if self.ping_secs != 0 {
+            return invalid("trunk.ping_secs is not supported yet: leave it 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_falls_back_to_sip_trunk() {
+        let mut trunk = TrunkSection::default();
+        assert_eq!(trunk.address("10.0.0.1:5060"), "10.0.0.1:5060");
+        trunk.address = "10.0.0.2:5080".into();
+        assert_eq!(trunk.address("10.0.0.1:5060"), "10.0.0.2:5080");
+    }
+
+    #[test]
+    fn transports_and_credentials_checked() {
+        let mut trunk = TrunkSection {
+            transport: "TCP".into(),
+            ..TrunkSection::default()
+        };
+        assert!(trunk.validate().is_ok());
+        assert_eq!(trunk.transport(), Transport::Tcp);
+        trunk.transport = "sctp".into();
+        assert!(trunk.validate().is_err());
+        trunk.transport = "udp".into();
+        trunk.password = "secret".into();
+        assert!(trunk.validate().is_err(), "a password without a username");
+        trunk.username = "2001".into();
+        assert!(trunk.validate().is_ok());
+        assert_eq!(trunk.credentials().map(|c| c.username), Some("2001".into()));
+        trunk.username = "a\"b".into();
+        assert!(trunk.validate().is_err());
+    }
+}
