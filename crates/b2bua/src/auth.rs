@@ -91,23 +91,44 @@ pub fn answer(
     credentials: Option<&Credentials>,
     rounds: u8,
 ) -> Result<Request, AuthFailure> {
+    let mut request = sent.clone();
+    request.headers.remove_all(&HeaderName::Via);
+    answer_into(
+        &mut request,
+        has_credentials(sent),
+        response,
+        credentials,
+        rounds,
+    )?;
+    Ok(request)
+}
+
+/// Like [`answer`], for a request built afresh (a BYE from its dialog, a REGISTER refresh):
+/// `request` gets the credentials, replacing any it had; `sent_with_credentials` says whether
+/// the challenged request carried some.
+pub fn answer_into(
+    request: &mut Request,
+    sent_with_credentials: bool,
+    response: &Response,
+    credentials: Option<&Credentials>,
+    rounds: u8,
+) -> Result<(), AuthFailure> {
     let credentials = credentials.ok_or(AuthFailure::NoCredentials)?;
     let mut challenges = usable_challenges(response);
     if challenges.is_empty() {
         return Err(AuthFailure::NoUsableChallenge);
     }
-    if has_credentials(sent) && !challenges.iter().all(|c| c.prompt.stale) {
+    if sent_with_credentials && !challenges.iter().all(|c| c.prompt.stale) {
         return Err(AuthFailure::Rejected);
     }
     if rounds >= MAX_ROUNDS {
         return Err(AuthFailure::TooManyRounds);
     }
-    let mut request = sent.clone();
-    request.headers.remove_all(&HeaderName::Via);
     request.headers.remove_all(&authorization());
     request.headers.remove_all(&proxy_authorization());
     let uri = request.uri.to_string();
     let method = request.method.to_string();
+    let mut answers = Vec::with_capacity(challenges.len());
     for challenge in &mut challenges {
         let context = AuthContext::new_with_method(
             credentials.username.as_str(),
@@ -120,11 +141,12 @@ pub fn answer(
             .prompt
             .respond(&context)
             .map_err(|_| AuthFailure::NoUsableChallenge)?;
-        request
-            .headers
-            .push(challenge.answer_header.clone(), value.to_header_string());
+        answers.push((challenge.answer_header.clone(), value.to_header_string()));
     }
-    Ok(request)
+    for (name, value) in answers {
+        request.headers.push(name, value);
+    }
+    Ok(())
 }
 
 /// The challenges of `response` worth answering: digest ones with an algorithm this side

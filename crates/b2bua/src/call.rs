@@ -83,6 +83,11 @@ pub struct Relay {
     pub answered: bool,
     /// The ACK sent on the other leg for its 2xx (re-sent if that 2xx is retransmitted).
     pub ack: Option<Request>,
+    /// The request as sent to leg B, kept only when trunk credentials are configured: a
+    /// 401/407 to it is answered by sending it again with credentials.
+    pub sent: Option<Request>,
+    /// How many times it was sent again with credentials.
+    pub auth_rounds: u8,
 }
 
 /// An ACK we owe one leg and can only build once the other leg's ACK brings the SDP answer
@@ -127,6 +132,10 @@ pub struct LegB {
     pub dialog: Option<Dialog>,
     /// The ACK sent for leg B's 2xx, re-sent when the 2xx is retransmitted.
     pub ack: Option<Request>,
+    /// How many times the INVITE, and the BYE, were sent again with credentials after a
+    /// 401/407 (bounded by [`crate::auth::MAX_ROUNDS`]).
+    pub invite_auth_rounds: u8,
+    pub bye_auth_rounds: u8,
 }
 
 /// Everything the engine knows about one call.

@@ -88,6 +88,8 @@ pub enum EndCause {
     NoAnswer,
     /// A transaction timed out or the transport failed.
     SignallingFailure,
+    /// The trunk refused callbridge's credentials, or challenged without any configured.
+    TrunkAuthFailed,
     /// No media in either direction for the inactivity timeout.
     MediaTimeout,
     /// The maximum call duration elapsed.
@@ -115,6 +117,7 @@ impl EndCause {
             EndCause::CalleeRejected => "callee_rejected",
             EndCause::NoAnswer => "no_answer",
             EndCause::SignallingFailure => "signalling_failure",
+            EndCause::TrunkAuthFailed => "trunk_auth_failed",
             EndCause::MediaTimeout => "media_timeout",
             EndCause::MaxDuration => "max_duration",
             EndCause::IntentExpired => "intent_expired",

@@ -200,6 +200,8 @@ impl Engine {
         }
         out.body = body;
         let to = destination(call, to_leg, self.config.trunk);
+        let sent =
+            (to_leg == Leg::B && self.config.trunk_credentials.is_some()).then(|| out.clone());
         match self.layer.send_request(now, out, to) {
             Ok(client_tx) => {
                 if let Some(call) = self.calls.get_mut(&key) {
@@ -212,6 +214,8 @@ impl Engine {
                             cseq,
                             answered: false,
                             ack: None,
+                            sent,
+                            auth_rounds: 0,
                         },
                     );
                 }

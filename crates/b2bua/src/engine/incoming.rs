@@ -228,6 +228,8 @@ impl Engine {
                 cancelled: false,
                 dialog: None,
                 ack: None,
+                invite_auth_rounds: 0,
+                bye_auth_rounds: 0,
             },
         );
         call.media = media;

@@ -8,7 +8,9 @@ use sip_core::dialog::{Dialog, DialogId};
 use sip_core::transaction::{ClientTxId, TxId};
 use sip_core::{HeaderName, Method, Peer, Response};
 
+use super::challenge::{is_challenge, AUTH_FAILED_STATUS};
 use super::Engine;
+use crate::auth::AuthFailure;
 use crate::call::{CallKey, CallTimer, DeferredAck, Leg};
 use crate::outbound::{reason_header, relay_response_to_a};
 use crate::registry::{CallEvent, CallState, EndCause, Party};
@@ -24,8 +26,26 @@ impl Engine {
         let _entered = call.span.clone().entered();
         if tx == call.b.invite_tx {
             self.on_leg_b_invite_response(now, key, response);
-        } else if call.relays.contains_key(&tx) {
-            self.on_relay_response(now, key, tx, response);
+        } else if let Some(relay) = call.relays.get(&tx) {
+            let towards_b = relay.from_leg == Leg::A;
+            if towards_b && is_challenge(response.status) {
+                if let Err(failure) = self.answer_relay_challenge(now, key, tx, &response) {
+                    self.log_auth_failure(now, failure);
+                    let mut refused = response;
+                    refused.status = AUTH_FAILED_STATUS;
+                    refused.reason = "Forbidden".into();
+                    self.on_relay_response(now, key, tx, refused);
+                }
+            } else {
+                self.on_relay_response(now, key, tx, response);
+            }
+        } else if is_challenge(response.status)
+            && response
+                .headers
+                .cseq()
+                .is_ok_and(|c| c.method == Method::Bye)
+        {
+            self.answer_bye_challenge(now, key, &response);
         }
         // Anything else is the answer to a BYE we sent: nothing more to do.
     }
@@ -35,7 +55,27 @@ impl Engine {
             100 => {}
             101..=199 => self.leg_b_provisional(now, key, response),
             200..=299 => self.leg_b_answered(now, key, response),
+            401 | 407 => {
+                if let Err(failure) = self.answer_invite_challenge(now, key, &response) {
+                    self.log_auth_failure(now, failure);
+                    let reason = reason_header(response.status, "Trunk authentication failed");
+                    let failure = LegBFailure {
+                        a_status: AUTH_FAILED_STATUS,
+                        reason: Some(reason),
+                        cause: EndCause::TrunkAuthFailed,
+                    };
+                    self.leg_b_failed_as(now, key, response, failure);
+                }
+            }
             _ => self.leg_b_failed(now, key, response),
+        }
+    }
+
+    /// Says why the trunk's challenge was not answered, at most 10 times a second (a wrong
+    /// password fails every call).
+    fn log_auth_failure(&mut self, now: Instant, failure: AuthFailure) {
+        if let Some(unlogged) = self.auth_log.allow(now) {
+            tracing::warn!(%failure, unlogged, "trunk challenge not answered; leg B fails");
         }
     }
 
@@ -255,6 +295,22 @@ impl Engine {
     }
 
     fn leg_b_failed(&mut self, now: Instant, key: CallKey, response: Response) {
+        let failure = LegBFailure {
+            a_status: response.status,
+            reason: None,
+            cause: EndCause::CalleeRejected,
+        };
+        self.leg_b_failed_as(now, key, response, failure);
+    }
+
+    /// Leg B's INVITE failed with `response`; leg A is answered as `failure` says.
+    fn leg_b_failed_as(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        response: Response,
+        failure: LegBFailure,
+    ) {
         self.track_leg_b_dialog(key, &response);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -274,10 +330,11 @@ impl Engine {
             return;
         }
         tracing::info!(status = response.status, "callee refused");
-        call.a.final_sent = Some(response.status);
-        let reason = match response.headers.get(&HeaderName::Reason) {
-            Some(reason) => reason.to_owned(),
-            None => reason_header(response.status, &response.reason),
+        call.a.final_sent = Some(failure.a_status);
+        let reason = match (failure.reason, response.headers.get(&HeaderName::Reason)) {
+            (Some(reason), _) => reason,
+            (None, Some(reason)) => reason.to_owned(),
+            (None, None) => reason_header(response.status, &response.reason),
         };
         self.control
             .registry()
@@ -290,17 +347,23 @@ impl Engine {
             &response,
             bytes::Bytes::new(),
         );
-        // The callee's reason is worth passing on; nothing else of leg B crosses.
-        for name in [HeaderName::Reason, HeaderName::parse("Retry-After")] {
-            if let Some(value) = response.headers.get(&name) {
-                relayed.headers.push(name.clone(), value);
+        if failure.a_status != response.status {
+            relayed.status = failure.a_status;
+            relayed.reason = "Forbidden".into();
+            relayed.headers.push(HeaderName::Reason, reason);
+        } else {
+            // The callee's reason is worth passing on; nothing else of leg B crosses.
+            for name in [HeaderName::Reason, HeaderName::parse("Retry-After")] {
+                if let Some(value) = response.headers.get(&name) {
+                    relayed.headers.push(name.clone(), value);
+                }
             }
         }
         let tx = call.a.invite_tx;
         self.send_response(now, tx, relayed);
         self.control
-            .record(now, &callid, CallEvent::LegAFinal(response.status));
-        self.end_call(now, key, Party::Leg(Leg::B), EndCause::CalleeRejected);
+            .record(now, &callid, CallEvent::LegAFinal(failure.a_status));
+        self.end_call(now, key, Party::Leg(Leg::B), failure.cause);
     }
 
     /// A response that matches no transaction: a 2xx to leg B's INVITE retransmitted after
@@ -325,4 +388,14 @@ impl Engine {
             let _ = self.layer.send_stateless_request(ack, self.config.trunk);
         }
     }
+}
+
+/// How leg A is told of leg B's failure: by default the same code with the callee's reason
+/// (SPEC "SIP behaviour"); a challenge callbridge could not answer is told as 403.
+struct LegBFailure {
+    a_status: u16,
+    /// The Reason recorded and sent on leg A; `None`: the callee's own, else one built from
+    /// its status line.
+    reason: Option<String>,
+    cause: EndCause,
 }

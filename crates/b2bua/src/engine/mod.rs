@@ -11,11 +11,13 @@
 //! - [`door`]: the trust boundary and overload shedding, before any transaction exists;
 //! - [`incoming`]: a new INVITE on leg A (trust, intent, leg B), CANCEL, out-of-dialog requests;
 //! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
+//! - [`challenge`]: the trunk's 401/407 to leg B's requests, answered with credentials;
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
 //! - [`media_events`]: media events from the driver, the media inactivity check, media counters.
 
+mod challenge;
 mod door;
 mod in_dialog;
 mod incoming;
@@ -150,6 +152,8 @@ pub struct Engine {
     exhausted_log: throttle::LogThrottle,
     refusal_log: throttle::LogThrottle,
     wrong_peer_log: throttle::LogThrottle,
+    /// Rate limit of "trunk challenge not answered" (10 a second).
+    auth_log: throttle::LogThrottle,
     /// Rate limit of the "untrusted source" log line.
     untrusted_log: door::SourceLog,
     /// Set by [`Engine::start_drain`]: new INVITEs are refused.
@@ -183,6 +187,7 @@ impl Engine {
             exhausted_log: throttle::LogThrottle::new(Duration::from_secs(10), 1),
             refusal_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
             wrong_peer_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
+            auth_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
             untrusted_log: door::SourceLog::default(),
             draining: false,
             input_backlog: 0,

@@ -1992,6 +1992,7 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
     h.assert_drained();
 }
 
+mod challenge;
 mod door;
 mod hangup;
 mod reliable;
