@@ -66,7 +66,8 @@
 //! - [`media`]: the one place where SDP is touched (rewritten so that it names nothing of its
 //!   origin), the relay port pool (ports drawn at random), the media commands and events;
 //! - [`refusal`]: why an incoming call was refused;
-//! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying.
+//! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying;
+//! - [`registration`]: callbridge's own registration at the trunk (`trunk.register`).
 
 pub mod auth;
 pub mod call;
@@ -78,6 +79,7 @@ pub mod media;
 pub mod numbers;
 pub mod outbound;
 pub mod refusal;
+pub mod registration;
 pub mod registry;
 
 pub use call::Leg;

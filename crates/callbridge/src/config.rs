@@ -204,6 +204,7 @@ impl SipSection {
             },
             trunk,
             trunk_credentials: None,
+            registration: None,
             trusted_peers: self.trusted_peers.clone(),
             untrusted_reply: self.untrusted_reply.0,
             refuse_code: self.refuse_code,

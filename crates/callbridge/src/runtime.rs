@@ -127,7 +127,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .sip
         .engine_config(sip_addr.port(), trunk, media_config);
     engine_config.trunk_credentials = config.trunk.credentials();
+    engine_config.registration = config.trunk.registration_config(
+        &config.sip.trunk,
+        &config.sip.public_addr,
+        sip_addr.port(),
+        engine_config.local.agent.clone(),
+    );
     let mut engine = Engine::new(engine_config, control.clone());
+    engine.start_registration(Instant::now());
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -272,6 +279,11 @@ async fn sip_task(
     (grace, hangup): (Duration, Duration),
 ) {
     let mut drain = Drain::Serving;
+    // What the engine queued before its task started (the first REGISTER) goes out now, not
+    // at the first event.
+    while let Some(transmit) = engine.poll_transmit() {
+        transport.send(transmit);
+    }
     // The driver's media counters go to the engine (and from there to the call records and
     // metrics) once a second, not per packet.
     let mut media_tick = tokio::time::interval(Duration::from_secs(1));
@@ -364,7 +376,7 @@ fn begin_drain(engine: &mut Engine, status: &SharedStatus, grace: Duration) -> D
     // /healthz turns 503 (Running::shutdown has already said so; a signal path that did not
     // go through it still gets it here).
     status.set_draining();
-    engine.start_drain();
+    engine.start_drain(Instant::now());
     Drain::Grace {
         until: tokio::time::Instant::now() + grace,
     }

@@ -319,8 +319,10 @@ impl Engine {
     /// The first step of a shutdown (SIGTERM): from now on every new INVITE gets a
     /// stateless 503, while live calls go on. The runtime gives them `sip.shutdown_grace_secs`
     /// to end by themselves, then calls [`Engine::shutdown`].
-    pub fn start_drain(&mut self) {
+    /// Also removes callbridge's registration at the trunk.
+    pub fn start_drain(&mut self, now: Instant) {
         self.draining = true;
+        self.remove_registration(now);
     }
 
     /// Whether [`Engine::start_drain`] was called.

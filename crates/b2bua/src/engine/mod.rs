@@ -15,7 +15,8 @@
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
-//! - [`media_events`]: media events from the driver, the media inactivity check, media counters.
+//! - [`media_events`]: media events from the driver, the media inactivity check, media counters;
+//! - [`register`]: callbridge's registration at the trunk, driven over the same layer.
 
 mod challenge;
 mod door;
@@ -24,6 +25,7 @@ mod incoming;
 mod leg_b;
 mod lifecycle;
 mod media_events;
+mod register;
 mod throttle;
 
 #[cfg(test)]
@@ -70,6 +72,9 @@ pub struct EngineConfig {
     /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
     /// `trunk.password`); `None`: a challenge fails leg B.
     pub trunk_credentials: Option<crate::auth::Credentials>,
+    /// callbridge's registration at the trunk (`trunk.register`); `None`: it does not
+    /// register. Started by [`Engine::start_registration`].
+    pub registration: Option<crate::registration::RegistrationConfig>,
     /// Sources whose SIP is processed statefully (`sip.trusted_peers`), besides the trunk.
     pub trusted_peers: Vec<IpNet>,
     /// What requests from every other source get (`sip.untrusted_reply`).
@@ -158,6 +163,8 @@ pub struct Engine {
     untrusted_log: door::SourceLog,
     /// Set by [`Engine::start_drain`]: new INVITEs are refused.
     draining: bool,
+    /// callbridge's registration at the trunk, once started.
+    registration: Option<crate::registration::Registration>,
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
@@ -190,6 +197,7 @@ impl Engine {
             auth_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
             untrusted_log: door::SourceLog::default(),
             draining: false,
+            registration: None,
             input_backlog: 0,
             input_wait: Duration::ZERO,
         }
@@ -268,6 +276,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.process_events(now);
+        self.drive_registration(now);
         self.fire_call_timers(now);
         self.process_events(now);
     }
@@ -276,10 +285,8 @@ impl Engine {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let layer = self.layer.poll_timeout();
         let calls = self.next_call_timer();
-        match (layer, calls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
+        [layer, calls, registration].into_iter().flatten().min()
     }
 
     /// Next datagram or stream write to send.
@@ -310,9 +317,16 @@ impl Engine {
                 cancels,
             } => self.on_request(now, tx, request, from, cancels),
             TxEvent::Ack { tx, request, from } => self.on_ack(now, tx, request, from),
+            TxEvent::Response { tx, response, .. } if self.is_registration(tx) => {
+                self.on_registration_response(now, &response)
+            }
             TxEvent::Response { tx, response, .. } => self.on_response(now, tx, response),
             TxEvent::StrayResponse { response, from } => self.on_stray_response(response, from),
-            TxEvent::Timeout(id) | TxEvent::TransportError(id) => self.on_tx_failure(now, id),
+            TxEvent::Timeout(id) | TxEvent::TransportError(id) => {
+                if !self.on_registration_failure(now, id) {
+                    self.on_tx_failure(now, id);
+                }
+            }
             TxEvent::Terminated(id) => self.on_terminated(id),
         }
     }

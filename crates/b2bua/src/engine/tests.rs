@@ -106,6 +106,7 @@ impl Harness {
             },
             trunk: trunk(),
             trunk_credentials: None,
+            registration: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
             untrusted_reply: super::UntrustedReply::Forbidden,
             refuse_code: 403,
@@ -1995,4 +1996,5 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 mod challenge;
 mod door;
 mod hangup;
+mod register;
 mod reliable;

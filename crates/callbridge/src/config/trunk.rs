@@ -67,6 +67,37 @@ impl TrunkSection {
         })
     }
 
+    /// callbridge's registration at the trunk, when `register` is on: the account's binding
+    /// at the trunk's address (`sip_trunk`: the `sip.trunk` key, used when `address` is
+    /// empty), with our Contact at `public_addr:sip_port`.
+    pub fn registration_config(
+        &self,
+        sip_trunk: &str,
+        public_addr: &str,
+        sip_port: u16,
+        agent: Option<String>,
+    ) -> Option<b2bua::registration::RegistrationConfig> {
+        if !self.register {
+            return None;
+        }
+        let credentials = self.credentials()?;
+        let (host, port) = split_host_port(self.address(sip_trunk));
+        let mut contact =
+            sip_core::Uri::sip(Some(&credentials.username), public_addr, Some(sip_port));
+        if self.transport().is_reliable() {
+            let transport = self.transport().as_str().to_ascii_lowercase();
+            contact = contact.with_param("transport", Some(&transport));
+        }
+        Some(b2bua::registration::RegistrationConfig {
+            registrar_host: host.to_owned(),
+            registrar_port: port,
+            credentials,
+            contact,
+            expires: std::time::Duration::from_secs(self.register_expires_secs),
+            agent,
+        })
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         match self.transport.trim().to_ascii_lowercase().as_str() {
@@ -88,12 +119,8 @@ impl TrunkSection {
                     .into(),
             );
         }
-        if self.register {
-            return invalid(
-                "trunk.register = true is not supported yet: register the trunk's address \
-                 by IP instead"
-                    .into(),
-            );
+        if self.register && (self.username.is_empty() || self.password.is_empty()) {
+            return invalid("trunk.register = true needs trunk.username and trunk.password".into());
         }
         if !(60..=86_400).contains(&self.register_expires_secs) {
             return invalid(format!(
@@ -106,6 +133,18 @@ impl TrunkSection {
         }
         Ok(())
     }
+}
+
+/// `host:port` (or `[v6]:port`) split; a missing port is SIP's default, 5060.
+fn split_host_port(address: &str) -> (&str, u16) {
+    if let Some((host, port)) = address.rsplit_once(':') {
+        if let Ok(port) = port.parse() {
+            if !host.contains(':') || (host.starts_with('[') && host.ends_with(']')) {
+                return (host, port);
+            }
+        }
+    }
+    (address, 5060)
 }
 
 #[cfg(test)]
@@ -138,5 +177,34 @@ mod tests {
         assert_eq!(trunk.credentials().map(|c| c.username), Some("2001".into()));
         trunk.username = "a\"b".into();
         assert!(trunk.validate().is_err());
+    }
+
+    #[test]
+    fn registration_needs_credentials_and_names_the_trunk() {
+        let mut trunk = TrunkSection {
+            register: true,
+            username: "2001".into(),
+            ..TrunkSection::default()
+        };
+        assert!(trunk.validate().is_err(), "no password");
+        trunk.password = "secret".into();
+        trunk.transport = "tcp".into();
+        assert!(trunk.validate().is_ok());
+        let config = trunk
+            .registration_config("sip.carrier.example:5080", "192.0.2.1", 5060, None)
+            .unwrap();
+        assert_eq!(config.registrar_host, "sip.carrier.example");
+        assert_eq!(config.registrar_port, 5080);
+        assert_eq!(
+            config.contact.to_string(),
+            "sip:2001@192.0.2.1:5060;transport=tcp"
+        );
+        assert_eq!(split_host_port("[::1]:5070"), ("[::1]", 5070));
+        assert_eq!(
+            split_host_port("carrier.example"),
+            ("carrier.example", 5060)
+        );
+        trunk.register = false;
+        assert!(trunk.registration_config("x:1", "y", 1, None).is_none());
     }
 }

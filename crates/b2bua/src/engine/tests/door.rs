@@ -252,7 +252,7 @@ fn while_draining_new_invites_get_503_and_live_calls_go_on() {
     let mut h = Harness::new();
     let (callid, _, a_tag) = bridged_call(&mut h);
     let late = h.control.make_call(h.now, "1002", "2002", "3002").unwrap();
-    h.engine.start_drain();
+    h.engine.start_drain(h.now);
     h.feed(
         &with_call_id(
             leg_a_invite("1002", "2002", "z9hG4bKlate", SDP_A),
