@@ -67,9 +67,11 @@
 //!   origin), the relay port pool (ports drawn at random), the media commands and events;
 //! - [`refusal`]: why an incoming call was refused;
 //! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying;
-//! - [`registration`]: callbridge's own registration at the trunk (`trunk.register`).
+//! - [`registration`]: callbridge's own registration at the trunk (`trunk.register`);
+//! - [`body`]: multipart (SIP-I) bodies reduced to their SDP as they enter the engine.
 
 pub mod auth;
+pub mod body;
 pub mod call;
 pub mod control;
 pub mod engine;

@@ -232,9 +232,12 @@ impl Engine {
     }
 
     /// A message from the transport. It passes the trust boundary first (see [`door`]).
-    pub fn handle_message(&mut self, now: Instant, message: Message, from: Peer) {
+    pub fn handle_message(&mut self, now: Instant, mut message: Message, from: Peer) {
         match self.admit(now, &message, from) {
             door::Admission::Stateful => {
+                // A SIP-I body is reduced to its SDP here, once: nothing after this sees the
+                // ISUP, so nothing can pass it to the other leg.
+                crate::body::keep_sdp_only(&mut message);
                 if let Err(error) = self.layer.handle_message(now, message, from) {
                     tracing::debug!(%error, ?from, "message dropped by the transaction layer");
                 }

@@ -1996,5 +1996,6 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 mod challenge;
 mod door;
 mod hangup;
+mod multipart;
 mod register;
 mod reliable;

@@ -273,4 +273,3 @@ fn answer_byes_to_phone(h: &mut Harness, sent: &[(Peer, Message)]) {
             }
         }
     }
-}
