@@ -21,7 +21,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,6 +40,9 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// How long a probe waits for Kamailio's answer (it answers locally, in well under this).
 const PROBE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long Kamailio may take to stop its workers after SIGTERM before all are killed.
+const STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// Attempts at starting Kamailio when its port was taken between the check and its bind.
 const START_ATTEMPTS: usize = 3;
@@ -101,7 +103,7 @@ impl CarrierOptions {
     }
 }
 
-/// One running Kamailio carrier; killed (its whole process group) and its directory removed
+/// One running Kamailio carrier; stopped (main process and workers) and its directory removed
 /// on drop.
 pub struct Carrier {
     child: Child,
@@ -227,9 +229,9 @@ impl Carrier {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            // Its own process group: Kamailio forks its workers, and Drop signals them all.
-            .process_group(0);
+            // Kamailio stays in the test's process group: a Ctrl-C that ends the test run ends
+            // it too (Drop does not run then).
+            .stderr(Stdio::from(log_err));
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
@@ -327,20 +329,55 @@ impl Carrier {
 
 impl Drop for Carrier {
     fn drop(&mut self) {
-        // SIGKILL to the process group: Kamailio's main process and every worker it forked
-        // (a SIGKILL to the main process alone would leave the workers holding the port).
-        // Nothing is left to clean up: its shared memory is anonymous and its files are in
-        // the temporary directory, removed next.
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) with a negative pid signals the group whose id is our child's
-            // pid; the child was made that group's leader at spawn and is not reaped yet (the
-            // wait below), so the id cannot have been reused.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
+        // SIGTERM to the main process: Kamailio stops its workers and reaps them itself, so
+        // none is left holding the port or waiting for init. Nothing else is left behind: its
+        // shared memory is anonymous and its files are in the temporary directory, removed
+        // next.
+        let pid = self.child.id();
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        // Stuck: SIGKILL the workers (killing the main process alone would leave them
+        // running), then the main process, while it is not yet reaped (so its children are
+        // still its own).
+        for worker in children(pid) {
+            signal(worker, libc::SIGKILL);
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` to process `pid` (std's `Child::kill` only sends SIGKILL).
+fn signal(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions. The pids signalled are our
+        // unreaped child and its own children, so none can have been reused.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+/// The children of process `pid` (Kamailio's workers), from `/proc/PID/task/*/children`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The Kamailio binary: on `PATH`, else where Debian installs it; panics with how to install
