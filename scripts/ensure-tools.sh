@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end SIPp run needs when it is missing: SIPp (Debian package
-# sip-tester) and curl. Needs root or passwordless sudo; does nothing when both are there or
-# when SKIP_SIPP=1.
+# Installs what the end-to-end runs need when it is missing: SIPp (Debian package sip-tester)
+# and curl for the SIPp run, Kamailio (Debian package kamailio) for the carrier tests
+# (sip-tests/tests/carrier.rs, which start their own Kamailio and fail when there is none).
+# Needs root or passwordless sudo; does nothing when all are there. SKIP_SIPP=1 leaves SIPp
+# and curl out, SKIP_KAMAILIO=1 leaves Kamailio out.
 set -euo pipefail
 
-# SIPp (Debian/Ubuntu package sip-tester) and curl for sipp-scenarios/run.sh.
+# Debian installs kamailio in /usr/sbin, which a non-root PATH may lack; the carrier harness
+# looks there too.
+have_kamailio() {
+    command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]]
+}
+
 missing=()
+# SIPp (Debian/Ubuntu package sip-tester) and curl for sipp-scenarios/run.sh.
 if [[ "${SKIP_SIPP:-0}" != 1 ]]; then
     command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+fi
+# Kamailio, the real SIP carrier of the carrier tests.
+if [[ "${SKIP_KAMAILIO:-0}" != 1 ]]; then
+    have_kamailio || missing+=(kamailio)
 fi
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
@@ -24,6 +36,16 @@ if ((${#missing[@]})); then
     "${as_root[@]}" apt-get update -qq
     "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    command -v sipp >/dev/null 2>&1 || { echo "sip-tester installed but sipp not found" >&2; exit 1; }
+    if [[ " ${missing[*]} " == *" sip-tester "* ]]; then
+        command -v sipp >/dev/null 2>&1 || { echo "sip-tester installed but sipp not found" >&2; exit 1; }
+    fi
+    if [[ " ${missing[*]} " == *" kamailio "* ]]; then
+        have_kamailio || { echo "kamailio installed but its binary not found" >&2; exit 1; }
+        # The package enables a system Kamailio on port 5060 where systemd runs. The tests
+        # never use it (each starts its own on a free port), and it would hold the port a
+        # locally run callbridge may want: stop and disable the one this script installed.
+        if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+            "${as_root[@]}" systemctl disable --now kamailio >/dev/null 2>&1 || true
+        fi
+    fi
 fi
-

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The one command that runs every check of callbridge: formatting, lints, the rust-version
-# claim, all test suites (unit, property, end-to-end over loopback sockets), the SIPp run through
-# the real binary (SIPp is installed first if missing; SKIP_SIPP=1 leaves that run out), a media
-# relay check, a two-minute soak through SIPp with RTP (benches/load/soak.sh QUICK=1; SKIP_SOAK=1
-# or SKIP_SIPP=1 leaves it out) and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1
-# leaves it out; FUZZ_SECONDS sets its length). Right after the workspace tests, schemathesis
+# claim, all test suites (unit, property, end-to-end over loopback sockets, the carrier tests
+# against a real Kamailio), the SIPp run through the real binary (SIPp and Kamailio are
+# installed first if missing; SKIP_SIPP=1 leaves the SIPp run out), a media relay check, a
+# two-minute soak through SIPp with RTP (benches/load/soak.sh QUICK=1; SKIP_SOAK=1 or
+# SKIP_SIPP=1 leaves it out) and a bounded fuzzing run of every fuzz target (SKIP_FUZZ=1 leaves
+# it out; FUZZ_SECONDS sets its length). Right after the workspace tests, schemathesis
 # checks the release binary's HTTP API against its OpenAPI document (scripts/schemathesis.sh,
 # about a minute; SKIP_SCHEMATHESIS=1 leaves it out), and the Python webhook receiver of
 # examples/ is checked against the server's signed events (scripts/webhook-example.sh). CI
@@ -23,6 +24,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "rust-version is the real minimum (dependencies; clippy checked our own code)"
 ./scripts/check-msrv.sh
 
+# Before the tests: the carrier tests (sip-tests/tests/carrier.rs) start a real Kamailio and
+# fail without one; this installs it (and SIPp, used further down) when missing.
+step "tools: SIPp, curl and Kamailio installed if missing (scripts/ensure-tools.sh)"
+./scripts/ensure-tools.sh
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 
@@ -35,7 +41,6 @@ step "webhooks: examples/webhook_receiver.py verifies the release binary's event
 ./scripts/webhook-example.sh
 
 step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
-./scripts/ensure-tools.sh
 ./sipp-scenarios/run.sh
 
 step "media relay quick check: 20 calls × 3 s of RTP both ways, any lost packet fails"

@@ -4,8 +4,12 @@
 //! [`sip_core`] types and waits, with a bounded timeout, for what the server sends back. It does
 //! no transaction handling of its own, so a test can see (and assert on) every retransmission.
 //! Failures panic with the message that was expected and what arrived instead: these are tests.
+//!
+//! A [`carrier::Carrier`] is a real Kamailio started by a test to play callbridge's SIP trunk
+//! (digest challenges, registrations, relaying calls to a scripted callee).
 
 pub mod bridge;
+pub mod carrier;
 pub mod ports;
 
 use std::net::SocketAddr;
