@@ -120,9 +120,9 @@ fn parts<'a>(
             break;
         }
     }
-    let closed = starts
-        .last()
-        .is_some_and(|&last| body.get(last + delimiter.len()..last + delimiter.len() + 2) == Some(b"--"));
+    let closed = starts.last().is_some_and(|&last| {
+        body.get(last + delimiter.len()..last + delimiter.len() + 2) == Some(b"--")
+    });
     let count = if closed {
         starts.len().saturating_sub(1)
     } else {
@@ -228,10 +228,15 @@ mod tests {
 
     #[test]
     fn sip_i_gives_its_sdp_and_nothing_else() {
-        let mut message = invite("multipart/mixed; boundary=unique-boundary-1", &sip_i("unique-boundary-1"));
+        let mut message = invite(
+            "multipart/mixed; boundary=unique-boundary-1",
+            &sip_i("unique-boundary-1"),
+        );
         assert!(keep_sdp_only(&mut message));
         assert_eq!(body_of(&message), (SDP, Some("application/sdp")));
-        let Message::Request(r) = &message else { unreachable!() };
+        let Message::Request(r) = &message else {
+            unreachable!()
+        };
         assert!(!r.headers.contains(&HeaderName::parse("MIME-Version")));
         // Quoted boundary, ISUP first, LF line ends.
         let lf = format!(
@@ -274,11 +279,23 @@ mod tests {
             ("multipart/mixed; boundary=b", ""),
             ("multipart/mixed; boundary=b", "--b"),
             ("multipart/mixed; boundary=b", "--b--"),
-            ("multipart/mixed; boundary=b", "--b\r\nContent-Type: application/sdp"),
-            ("multipart/mixed; boundary=b", "--b\r\nContent-Type: application/sdp\r\n"),
+            (
+                "multipart/mixed; boundary=b",
+                "--b\r\nContent-Type: application/sdp",
+            ),
+            (
+                "multipart/mixed; boundary=b",
+                "--b\r\nContent-Type: application/sdp\r\n",
+            ),
             ("multipart/mixed; boundary=b", "--b\n\n--b\n\n--b--"),
-            ("multipart/mixed; boundary=b", "x--b\r\nContent-Type: application/sdp\r\n\r\nv=0"),
-            ("multipart/mixed; boundary=b", "--b\r\n\u{ff}\u{fe}: y\r\n\r\n"),
+            (
+                "multipart/mixed; boundary=b",
+                "x--b\r\nContent-Type: application/sdp\r\n\r\nv=0",
+            ),
+            (
+                "multipart/mixed; boundary=b",
+                "--b\r\n\u{ff}\u{fe}: y\r\n\r\n",
+            ),
         ];
         for (content_type, body) in cases {
             let mut message = invite(content_type, body);
@@ -289,7 +306,10 @@ mod tests {
         // such (the media session refuses it), never a panic.
         let mut deep = String::new();
         for i in 0..50 {
-            deep.push_str(&format!("--b{i}\r\nContent-Type: multipart/mixed; boundary=b{}\r\n\r\n", i + 1));
+            deep.push_str(&format!(
+                "--b{i}\r\nContent-Type: multipart/mixed; boundary=b{}\r\n\r\n",
+                i + 1
+            ));
         }
         let mut message = invite("multipart/mixed; boundary=b0", &deep);
         keep_sdp_only(&mut message);

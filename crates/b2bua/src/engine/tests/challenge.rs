@@ -273,3 +273,4 @@ fn answer_byes_to_phone(h: &mut Harness, sent: &[(Peer, Message)]) {
             }
         }
     }
+}

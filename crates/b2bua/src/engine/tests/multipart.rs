@@ -33,9 +33,16 @@ fn sip_i_invite_and_answer_cross_as_sdp_only() {
     assert_eq!(b_invite.headers.content_type(), Some("application/sdp"));
     let text = String::from_utf8(b_invite.body.to_vec()).unwrap();
     assert!(!text.contains("ISUP") && !text.contains("1001"), "{text}");
-    assert_eq!(towards(&b_invite.body), "b", "the SDP went through the media session");
+    assert_eq!(
+        towards(&b_invite.body),
+        "b",
+        "the SDP went through the media session"
+    );
     // The callee's SIP-I answer: leg A gets its SDP, anchored, and nothing else.
-    h.feed(&as_multipart(answer(&b_invite, 200, "btag", SDP_B)), trunk());
+    h.feed(
+        &as_multipart(answer(&b_invite, 200, "btag", SDP_B)),
+        trunk(),
+    );
     let sent = h.sent();
     let Some((_, Message::Response(ok))) = sent.iter().find(|(p, _)| *p == phone()) else {
         panic!("no answer to leg A");
