@@ -81,6 +81,11 @@ pub fn callee_reply(request: &Request, status: u16, tag: &str, sdp_body: Option<
         response
             .headers
             .push(HeaderName::Contact, "<sip:callee@127.0.0.1>");
+        // A UAS copies the Record-Route of a dialog-creating request into its answers
+        // (RFC 3261 §12.1.1), so that a proxy in the path stays in it.
+        for route in request.headers.get_all(&HeaderName::RecordRoute) {
+            response.headers.push(HeaderName::RecordRoute, route);
+        }
     }
     if let Some(body) = sdp_body {
         response
