@@ -136,6 +136,10 @@ pub struct LegB {
     /// 401/407 (bounded by [`crate::auth::MAX_ROUNDS`]).
     pub invite_auth_rounds: u8,
     pub bye_auth_rounds: u8,
+    /// 3xx followed through the trunk, and the numbers leg B was sent to before the current
+    /// one (a redirect back to one of them is a loop).
+    pub redirects: u8,
+    pub tried: Vec<String>,
 }
 
 /// Everything the engine knows about one call.

@@ -230,6 +230,8 @@ impl Engine {
                 ack: None,
                 invite_auth_rounds: 0,
                 bye_auth_rounds: 0,
+                redirects: 0,
+                tried: Vec::new(),
             },
         );
         call.media = media;

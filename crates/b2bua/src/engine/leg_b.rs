@@ -9,6 +9,7 @@ use sip_core::transaction::{ClientTxId, TxId};
 use sip_core::{HeaderName, Method, Peer, Response};
 
 use super::challenge::{is_challenge, AUTH_FAILED_STATUS};
+use super::redirect::UNFOLLOWED_STATUS;
 use super::Engine;
 use crate::auth::AuthFailure;
 use crate::call::{CallKey, CallTimer, DeferredAck, Leg};
@@ -63,6 +64,16 @@ impl Engine {
                         a_status: AUTH_FAILED_STATUS,
                         reason: Some(reason),
                         cause: EndCause::TrunkAuthFailed,
+                    };
+                    self.leg_b_failed_as(now, key, response, failure);
+                }
+            }
+            300..=399 => {
+                if !self.follow_redirect(now, key, &response) {
+                    let failure = LegBFailure {
+                        a_status: UNFOLLOWED_STATUS,
+                        reason: Some(reason_header(response.status, "Redirection not followed")),
+                        cause: EndCause::CalleeRejected,
                     };
                     self.leg_b_failed_as(now, key, response, failure);
                 }
@@ -349,7 +360,7 @@ impl Engine {
         );
         if failure.a_status != response.status {
             relayed.status = failure.a_status;
-            relayed.reason = "Forbidden".into();
+            relayed.reason = sip_core::message::default_reason(failure.a_status).into();
             relayed.headers.push(HeaderName::Reason, reason);
         } else {
             // The callee's reason is worth passing on; nothing else of leg B crosses.

@@ -12,6 +12,7 @@
 //! - [`incoming`]: a new INVITE on leg A (trust, intent, leg B), CANCEL, out-of-dialog requests;
 //! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
 //! - [`challenge`]: the trunk's 401/407 to leg B's requests, answered with credentials;
+//! - [`redirect`]: a 3xx to leg B's INVITE, followed through the trunk only;
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
@@ -25,6 +26,7 @@ mod incoming;
 mod leg_b;
 mod lifecycle;
 mod media_events;
+mod redirect;
 mod register;
 mod throttle;
 

@@ -1997,5 +1997,6 @@ mod challenge;
 mod door;
 mod hangup;
 mod multipart;
+mod redirect;
 mod register;
 mod reliable;
