@@ -122,6 +122,12 @@ pub struct LegA {
 
 /// Leg B: our call to the target through the trunk.
 pub struct LegB {
+    /// The trunk's address this leg's INVITE went to, and where its in-dialog requests and
+    /// ACKs go: one of the trunk's targets (RFC 3263), chosen when the leg was placed.
+    pub target: Peer,
+    /// The trunk's other targets, in order, not tried yet by this leg: the next one gets
+    /// the INVITE when this one times out, fails to send or answers 503.
+    pub fallbacks: Vec<Peer>,
     /// The INVITE as handed to the transaction layer (Via included once sent).
     pub invite: Request,
     pub invite_tx: ClientTxId,

@@ -3,7 +3,7 @@
 //! topology is not copied back to leg A.
 
 use bytes::Bytes;
-use sip_core::{ids, HeaderName, Method, NameAddr, Peer, Request, Response, Uri};
+use sip_core::{ids, HeaderName, Method, NameAddr, Request, Response, Uri};
 
 use crate::intent::Intent;
 
@@ -53,12 +53,11 @@ fn copy_body(from_headers: &sip_core::Headers, to: &mut sip_core::Headers, body:
 pub fn leg_b_invite(
     local: &LocalIdentity,
     intent: &Intent,
-    trunk: &Peer,
+    trunk: &TrunkUri<'_>,
     a_invite: &Request,
     body: Bytes,
 ) -> Request {
-    let host = trunk.addr.ip().to_string();
-    let target = Uri::sip(Some(&intent.callee), &host, Some(trunk.addr.port()));
+    let target = Uri::sip(Some(&intent.callee), trunk.host, trunk.port);
     let mut request = Request::new(Method::Invite, target.clone());
     let from_uri = Uri::sip(Some(&intent.caller), &local.public_addr, None);
     let from = NameAddr::new(from_uri.clone()).with_tag(&ids::new_tag());
@@ -86,6 +85,15 @@ pub fn leg_b_invite(
     copy_body(&a_invite.headers, h, &body);
     request.body = body;
     request
+}
+
+/// The trunk as leg B's INVITE names it: Request-URI and To host (the configured name or
+/// address), and the transport its Contact asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct TrunkUri<'a> {
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub transport: sip_core::Transport,
 }
 
 /// Max-Forwards of leg B's INVITE: leg A's less one, as a proxy does (RFC 3261 §16.6 step 3),
@@ -220,13 +228,12 @@ mod tests {
 
     /// Leg B's INVITE for leg A's `a`, toward the trunk at 198.51.100.1:5080.
     fn leg_b_of(a: &Request) -> Request {
-        leg_b_invite(
-            &local(),
-            &intent(),
-            &Peer::udp("198.51.100.1:5080".parse().unwrap()),
-            a,
-            a.body.clone(),
-        )
+        let trunk = TrunkUri {
+            host: "198.51.100.1",
+            port: Some(5080),
+            transport: sip_core::Transport::Udp,
+        };
+        leg_b_invite(&local(), &intent(), &trunk, a, a.body.clone())
     }
 
     #[test]

@@ -203,6 +203,8 @@ impl SipSection {
                     .then(|| self.server_header.trim().to_owned()),
             },
             trunk,
+            trunk_host: trunk.addr.ip().to_string(),
+            trunk_port: Some(trunk.addr.port()),
             trunk_credentials: None,
             registration: None,
             trusted_peers: self.trusted_peers.clone(),

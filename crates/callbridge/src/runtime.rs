@@ -127,6 +127,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .sip
         .engine_config(sip_addr.port(), trunk, media_config);
     engine_config.trunk_credentials = config.trunk.credentials();
+    (engine_config.trunk_host, engine_config.trunk_port) =
+        config.trunk.uri_host_port(&config.sip.trunk);
     engine_config.registration = config.trunk.registration_config(
         &config.sip.trunk,
         &config.sip.public_addr,

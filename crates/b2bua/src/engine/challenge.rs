@@ -41,7 +41,8 @@ impl Engine {
         )?;
         let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
         set_cseq(&mut retry, seq.saturating_add(1));
-        let tx = match self.layer.send_request(now, retry, self.config.trunk) {
+        let target = call.b.target;
+        let tx = match self.layer.send_request(now, retry, target) {
             Ok(tx) => tx,
             Err(error) => {
                 tracing::warn!(%error, "leg B INVITE with credentials not sent");
@@ -75,7 +76,6 @@ impl Engine {
         response: &Response,
     ) -> Result<(), AuthFailure> {
         let credentials = self.config.trunk_credentials.as_ref();
-        let trunk = self.config.trunk;
         let Some(call) = self.calls.get_mut(&key) else {
             return Ok(());
         };
@@ -93,7 +93,7 @@ impl Engine {
         let _ = dialog.create_request(retry.method.clone());
         let seq = dialog.local_seq();
         set_cseq(&mut retry, seq);
-        let to = destination(call, Leg::B, trunk);
+        let to = destination(call, Leg::B);
         let kept = retry.clone();
         let tx = match self.layer.send_request(now, retry, to) {
             Ok(tx) => tx,
@@ -120,7 +120,6 @@ impl Engine {
     /// anyway; the trunk's own timers end it there.
     pub(super) fn answer_bye_challenge(&mut self, now: Instant, key: CallKey, response: &Response) {
         let credentials = self.config.trunk_credentials.as_ref();
-        let trunk = self.config.trunk;
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -135,7 +134,7 @@ impl Engine {
             return;
         }
         call.b.bye_auth_rounds += 1;
-        let to = destination(call, Leg::B, trunk);
+        let to = destination(call, Leg::B);
         match self.layer.send_request(now, bye, to) {
             Ok(tx) => self.own(key, TxId::Client(tx)),
             Err(error) => tracing::debug!(%error, "BYE with credentials not sent"),

@@ -105,7 +105,7 @@ impl Engine {
     /// Whether `ip` is the trunk's: the only source leg B's requests and responses may
     /// come from.
     pub(super) fn is_trunk(&self, ip: IpAddr) -> bool {
-        self.config.trunk.addr.ip() == ip
+        self.config.trunk.addr.ip() == ip || self.trunk_targets.iter().any(|t| t.addr.ip() == ip)
     }
 
     /// Whether a request inside a call came from that leg's peer: a trusted peer for leg A,

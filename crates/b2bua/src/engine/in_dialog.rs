@@ -199,7 +199,7 @@ impl Engine {
             }
         }
         out.body = body;
-        let to = destination(call, to_leg, self.config.trunk);
+        let to = destination(call, to_leg);
         let sent =
             (to_leg == Leg::B && self.config.trunk_credentials.is_some()).then(|| out.clone());
         match self.layer.send_request(now, out, to) {
@@ -251,7 +251,7 @@ impl Engine {
         if relay.answered {
             // A retransmitted 2xx to a relayed re-INVITE: ACK it again.
             if let (true, Some(ack)) = (response.class() == 2, relay.ack.clone()) {
-                let to = destination(call, to_leg, self.config.trunk);
+                let to = destination(call, to_leg);
                 let _ = self.layer.send_stateless_request(ack, to);
             }
             return;
@@ -350,7 +350,7 @@ impl Engine {
         if let Some(relay) = call.relays.get_mut(&client_tx) {
             relay.ack = Some(ack.clone());
         }
-        let to = destination(call, leg, self.config.trunk);
+        let to = destination(call, leg);
         let _ = self.layer.send_stateless_request(ack, to);
     }
 

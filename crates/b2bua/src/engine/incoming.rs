@@ -10,7 +10,7 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
 use crate::media::{CallMedia, MediaError, SignallingIps};
-use crate::outbound::{leg_b_invite, local_response, ALLOW};
+use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW};
 use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
 
@@ -162,9 +162,13 @@ impl Engine {
         };
         let key = CallKey(self.next_key);
         self.next_key += 1;
+        let (target, fallbacks) = match self.trunk_targets.split_first() {
+            Some((first, rest)) => (*first, rest.to_vec()),
+            None => (self.config.trunk, Vec::new()),
+        };
         let signalling = SignallingIps {
             a: Some(from.addr.ip()),
-            b: Some(self.config.trunk.addr.ip()),
+            b: Some(target.addr.ip()),
         };
         let mut media = CallMedia::new(key, signalling);
         let body = if request.body.is_empty() {
@@ -184,9 +188,13 @@ impl Engine {
                 }
             }
         };
-        let trunk = self.config.trunk;
+        let trunk = TrunkUri {
+            host: &self.config.trunk_host,
+            port: self.config.trunk_port,
+            transport: target.transport,
+        };
         let b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
-        let b_tx = match self.layer.send_request(now, b_invite, trunk) {
+        let b_tx = match self.layer.send_request(now, b_invite, target) {
             Ok(b_tx) => b_tx,
             Err(error) => {
                 media.close(&mut self.media);
@@ -222,6 +230,8 @@ impl Engine {
                 dialog: None,
             },
             LegB {
+                target,
+                fallbacks,
                 invite: b_invite,
                 invite_tx: b_tx,
                 final_received: None,

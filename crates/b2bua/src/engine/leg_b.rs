@@ -68,6 +68,7 @@ impl Engine {
                     self.leg_b_failed_as(now, key, response, failure);
                 }
             }
+            503 if self.fail_over(now, key) => {}
             300..=399 => {
                 if !self.follow_redirect(now, key, &response) {
                     let failure = LegBFailure {
@@ -168,7 +169,7 @@ impl Engine {
             if Some(&tag) == to_tag.as_ref() {
                 // A retransmission of the 2xx we already acknowledged.
                 if let Some(ack) = call.b.ack.clone() {
-                    let _ = self.layer.send_stateless_request(ack, self.config.trunk);
+                    let _ = self.layer.send_stateless_request(ack, call.b.target);
                 }
             } else {
                 // A second fork answered: acknowledge and release it.
@@ -281,7 +282,8 @@ impl Engine {
         if cseq == call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(0) {
             call.b.ack = Some(ack.clone());
         }
-        if let Err(error) = self.layer.send_stateless_request(ack, self.config.trunk) {
+        let target = call.b.target;
+        if let Err(error) = self.layer.send_stateless_request(ack, target) {
             tracing::debug!(%error, "ACK not sent");
         }
     }
@@ -296,11 +298,12 @@ impl Engine {
             return;
         };
         let cseq = response.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        let target = call.b.target;
         let _ = self
             .layer
-            .send_stateless_request(dialog.create_ack(cseq), self.config.trunk);
+            .send_stateless_request(dialog.create_ack(cseq), target);
         let bye = dialog.create_request(Method::Bye);
-        if let Ok(tx) = self.layer.send_request(now, bye, self.config.trunk) {
+        if let Ok(tx) = self.layer.send_request(now, bye, target) {
             self.own(key, TxId::Client(tx));
         }
     }
@@ -395,8 +398,12 @@ impl Engine {
         let Some(&(key, Leg::B)) = self.dialog_owner.get(&id) else {
             return;
         };
-        if let Some(ack) = self.calls.get(&key).and_then(|c| c.b.ack.clone()) {
-            let _ = self.layer.send_stateless_request(ack, self.config.trunk);
+        if let Some((ack, target)) = self
+            .calls
+            .get(&key)
+            .and_then(|c| Some((c.b.ack.clone()?, c.b.target)))
+        {
+            let _ = self.layer.send_stateless_request(ack, target);
         }
     }
 }

@@ -219,7 +219,7 @@ impl Engine {
             bye.headers.push(HeaderName::Reason, reason);
         }
         call.mark_bye_sent(leg);
-        let to = destination(call, leg, self.config.trunk);
+        let to = destination(call, leg);
         match self.layer.send_request(now, bye, to) {
             Ok(tx) => self.own(key, TxId::Client(tx)),
             Err(error) => tracing::debug!(%error, "BYE not sent"),
@@ -237,6 +237,12 @@ impl Engine {
         let _entered = call.span.clone().entered();
         match id {
             TxId::Client(tx) if tx == call.b.invite_tx => {
+                if self.fail_over(now, key) {
+                    return;
+                }
+                let Some(call) = self.calls.get(&key) else {
+                    return;
+                };
                 if call.b.final_received.is_none() && !call.b.cancelled {
                     tracing::warn!("leg B INVITE failed (timeout or transport error)");
                     self.answer_a_locally(now, key, 408, "Callee unreachable");

@@ -13,6 +13,7 @@
 //! - [`leg_b`]: responses to leg B's INVITE (relay ringing, answer both legs, relay failures);
 //! - [`challenge`]: the trunk's 401/407 to leg B's requests, answered with credentials;
 //! - [`redirect`]: a 3xx to leg B's INVITE, followed through the trunk only;
+//! - [`failover`]: leg B's INVITE moved to the trunk's next target (RFC 3263);
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
@@ -21,6 +22,7 @@
 
 mod challenge;
 mod door;
+mod failover;
 mod in_dialog;
 mod incoming;
 mod leg_b;
@@ -52,6 +54,10 @@ use crate::registry::CallRecord;
 
 pub use door::UntrustedReply;
 
+/// Trunk targets kept at most: more than enough for any SRV set, and a bound on what a DNS
+/// answer can make the engine hold per call.
+pub const MAX_TRUNK_TARGETS: usize = 8;
+
 /// What `POST /api/calls/{callid}/hangup` did ([`Engine::hang_up_by_api`]): the API answers
 /// 200 with the record, 409 `call_ended` or 404 `unknown_call` from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +74,15 @@ pub enum ApiHangup {
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub local: LocalIdentity,
-    /// Where leg B's INVITEs go (`trunk.address` or `sip.trunk`), and over which transport
-    /// (`trunk.transport`).
+    /// Where leg B's INVITEs go (`trunk.address` or `sip.trunk`, resolved), and over which
+    /// transport (`trunk.transport`): the first target until
+    /// [`Engine::set_trunk_targets`] says otherwise.
     pub trunk: Peer,
+    /// The trunk as leg B's Request-URI names it (`sip:callee@host[:port]`): the configured
+    /// name or address, not the target it resolved to (RFC 3263 §4: the URI keeps the
+    /// domain).
+    pub trunk_host: String,
+    pub trunk_port: Option<u16>,
     /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
     /// `trunk.password`); `None`: a challenge fails leg B.
     pub trunk_credentials: Option<crate::auth::Credentials>,
@@ -167,6 +179,9 @@ pub struct Engine {
     draining: bool,
     /// callbridge's registration at the trunk, once started.
     registration: Option<crate::registration::Registration>,
+    /// The trunk's targets in the order to try them (RFC 3263: SRV priority and weight);
+    /// never empty. New legs B go to the first, and fail over along the rest.
+    trunk_targets: Vec<Peer>,
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
@@ -179,6 +194,7 @@ impl Engine {
     /// A new engine. Needs no runtime: it does no I/O.
     pub fn new(config: EngineConfig, control: Arc<CallControl>) -> Engine {
         let layer = TransactionLayer::new(config.transactions.clone());
+        let first_target = config.trunk;
         let media = MediaPlane::new(config.media.clone());
         Engine {
             config,
@@ -200,6 +216,7 @@ impl Engine {
             untrusted_log: door::SourceLog::default(),
             draining: false,
             registration: None,
+            trunk_targets: vec![first_target],
             input_backlog: 0,
             input_wait: Duration::ZERO,
         }
@@ -215,6 +232,27 @@ impl Engine {
 
     pub fn transactions(&self) -> &TransactionLayer {
         &self.layer
+    }
+
+    /// The trunk's targets, in the order legs B try them (RFC 3263 resolution, done by the
+    /// runtime): new calls use them from now on; calls placed already keep theirs. At most
+    /// [`MAX_TRUNK_TARGETS`] are kept; an empty list changes nothing (the last known targets
+    /// are better than none).
+    pub fn set_trunk_targets(&mut self, targets: Vec<Peer>) {
+        if targets.is_empty() {
+            return;
+        }
+        let mut targets = targets;
+        targets.truncate(MAX_TRUNK_TARGETS);
+        if targets != self.trunk_targets {
+            tracing::info!(?targets, "trunk targets");
+            self.trunk_targets = targets;
+        }
+    }
+
+    /// The trunk's targets in order (see [`Engine::set_trunk_targets`]).
+    pub fn trunk_targets(&self) -> &[Peer] {
+        &self.trunk_targets
     }
 
     /// Calls held, bridged or still finishing their last transactions.
@@ -370,13 +408,13 @@ impl Engine {
 }
 
 /// Where requests on a leg go: leg A back to where its INVITE came from (the trunk, or a
-/// phone behind NAT), leg B to the trunk.
+/// phone behind NAT), leg B to the trunk target its INVITE went to.
 ///
 /// Over TCP, leg A's requests go on the connection its INVITE came on while it is open; the
 /// address beside it is the dialog's next hop (its first route, else its remote target,
 /// RFC 3261 §12.2.1.1), not the peer's ephemeral source port, so that a connection that
 /// dropped mid-call is opened again to where the dialog says and a BYE still reaches leg A.
-fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
+fn destination(call: &Call, leg: Leg) -> Peer {
     match leg {
         Leg::A if call.a.source.is_reliable() => {
             let hop = call
@@ -390,7 +428,7 @@ fn destination(call: &Call, leg: Leg, trunk: Peer) -> Peer {
             }
         }
         Leg::A => call.a.source,
-        Leg::B => trunk,
+        Leg::B => call.b.target,
     }
 }
 

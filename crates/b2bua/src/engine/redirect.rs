@@ -42,7 +42,7 @@ impl Engine {
             tracing::info!(%number, "redirect loop; not followed");
             return false;
         }
-        let trunk = self.config.trunk;
+        let target = call.b.target;
         let mut retry = call.b.invite.clone();
         retry.headers.remove_all(&HeaderName::Via);
         retry
@@ -53,8 +53,8 @@ impl Engine {
             .remove_all(&HeaderName::parse("Proxy-Authorization"));
         retry.uri = Uri::sip(
             Some(&number),
-            &trunk.addr.ip().to_string(),
-            Some(trunk.addr.port()),
+            &self.config.trunk_host,
+            self.config.trunk_port,
         );
         let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
         retry.headers.set(
@@ -62,7 +62,7 @@ impl Engine {
             format!("{} INVITE", seq.saturating_add(1)),
         );
         let previous = call.b.invite.uri.user().map(str::to_owned);
-        let tx = match self.layer.send_request(now, retry, trunk) {
+        let tx = match self.layer.send_request(now, retry, target) {
             Ok(tx) => tx,
             Err(error) => {
                 tracing::warn!(%error, "redirected INVITE not sent");

@@ -40,7 +40,12 @@ impl Engine {
         let Some(request) = registration.poll_request(now) else {
             return;
         };
-        match self.layer.send_request(now, request, self.config.trunk) {
+        let target = self
+            .trunk_targets
+            .first()
+            .copied()
+            .unwrap_or(self.config.trunk);
+        match self.layer.send_request(now, request, target) {
             Ok(tx) => {
                 let sent = self.layer.client_request(tx).cloned();
                 if let (Some(registration), Some(sent)) = (self.registration.as_mut(), sent) {

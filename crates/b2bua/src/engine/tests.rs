@@ -105,6 +105,8 @@ impl Harness {
                 agent: None,
             },
             trunk: trunk(),
+            trunk_host: "127.0.0.1".into(),
+            trunk_port: Some(5080),
             trunk_credentials: None,
             registration: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
@@ -1995,6 +1997,7 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 
 mod challenge;
 mod door;
+mod failover;
 mod hangup;
 mod multipart;
 mod redirect;

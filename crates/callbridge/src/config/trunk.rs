@@ -51,6 +51,16 @@ impl TrunkSection {
         }
     }
 
+    /// The trunk as leg B's Request-URI names it: host (name or address) and port (`None`
+    /// when the address has none: a domain resolved through SRV).
+    pub fn uri_host_port(&self, sip_trunk: &str) -> (String, Option<u16>) {
+        let address = self.address(sip_trunk);
+        match split_host_port(address) {
+            (host, port) if host.len() < address.len() => (host.to_owned(), Some(port)),
+            (host, _) => (host.to_owned(), None),
+        }
+    }
+
     /// The transport toward the trunk (validated: `udp` or `tcp`).
     pub fn transport(&self) -> Transport {
         match self.transport.trim().to_ascii_lowercase().as_str() {
