@@ -81,6 +81,7 @@ pub fn leg_b_invite(
         NameAddr::new(from_uri).to_string(),
     );
     h.push(HeaderName::Allow, ALLOW);
+    h.push(HeaderName::Supported, SUPPORTED.join(", "));
     local.sign(h, HeaderName::UserAgent);
     copy_body(&a_invite.headers, h, &body);
     request.body = body;
@@ -108,8 +109,25 @@ fn forwarded_max_forwards(a_invite: &Request) -> u32 {
     }
 }
 
+/// The SIP extensions (option tags) callbridge supports: `Supported` of leg B's INVITE, and
+/// what a `Require` may ask for (anything else gets 420).
+pub const SUPPORTED: &[&str] = &["100rel"];
+
+/// The `Require` tags of `request` that callbridge does not support (RFC 3261 §8.2.2.3).
+pub fn unsupported_requirements(request: &Request) -> Vec<String> {
+    request
+        .headers
+        .get_all(&HeaderName::Require)
+        .flat_map(sip_core::message::split_top_level_commas)
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+        .take(8)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The methods callbridge handles inside a call.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
 
 /// A response on leg A to `a_request`, relaying `status`/`reason` (and the rewritten body) of
 /// leg B's response. Only the status line, body and Content-Type cross; the To tag and Contact

@@ -12,6 +12,8 @@ pub enum Refusal {
     TooManyHops,
     /// The INVITE cannot start a dialog (no Contact).
     Malformed,
+    /// The INVITE requires an extension callbridge does not support (answered 420).
+    UnsupportedExtension,
     /// `sip.max_calls` calls are live, or the engine has fallen behind its input.
     Overloaded,
     /// The process is shutting down (SIGTERM): no new calls.
@@ -29,6 +31,7 @@ impl Refusal {
             Refusal::UntrustedSource => "untrusted_source",
             Refusal::TooManyHops => "too_many_hops",
             Refusal::Malformed => "malformed",
+            Refusal::UnsupportedExtension => "unsupported_extension",
             Refusal::Overloaded => "overloaded",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",

@@ -64,6 +64,9 @@ impl Engine {
         self.own(key, TxId::Server(tx));
         match request.method {
             Method::Bye => self.on_bye(now, key, leg, tx, &request, &our_tag),
+            Method::Prack if leg == Leg::A => {
+                self.on_prack_from_a(now, key, tx, &request, &our_tag)
+            }
             Method::Invite if self.calls.get(&key).is_some_and(|c| c.invite_pending()) => {
                 // RFC 3261 §14.2: an INVITE is already in progress on this call.
                 self.respond(now, tx, &request, 491, Some(&our_tag), None);

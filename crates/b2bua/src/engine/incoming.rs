@@ -84,6 +84,22 @@ impl Engine {
                 "Too many hops",
             );
         }
+        let unsupported = crate::outbound::unsupported_requirements(&request);
+        if !unsupported.is_empty() {
+            let code = Refusal::UnsupportedExtension.code();
+            *self.stats.calls_refused.entry(code).or_default() += 1;
+            let mut response = local_response(
+                &self.config.local,
+                &request,
+                420,
+                Some(&ids::new_tag()),
+                Some("Bad Extension"),
+            );
+            response
+                .headers
+                .push(HeaderName::parse("Unsupported"), unsupported.join(", "));
+            return self.send_response(now, tx, response);
+        }
         if !request.headers.contacts().is_ok_and(|c| !c.is_empty()) {
             return self.refuse(
                 now,

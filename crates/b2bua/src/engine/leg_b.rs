@@ -114,6 +114,10 @@ impl Engine {
 
     fn leg_b_provisional(&mut self, now: Instant, key: CallKey, response: Response) {
         self.track_leg_b_dialog(key, &response);
+        let Some(reliable) = self.prack_leg_b(now, key, &response) else {
+            // A reliable provisional seen already (or out of order): PRACKed once, relayed once.
+            return;
+        };
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -145,8 +149,8 @@ impl Engine {
             }
         }
         call.state = CallState::Ringing;
-        let (tx, callid) = (call.a.invite_tx, call.intent.callid.clone());
-        self.send_response(now, tx, relayed);
+        let callid = call.intent.callid.clone();
+        self.send_provisional_to_a(now, key, relayed, reliable);
         self.control.record(now, &callid, CallEvent::Ringing);
     }
 
@@ -254,7 +258,9 @@ impl Engine {
         } else {
             self.ack_leg_b(key, cseq, None);
         }
-        self.send_response(now, a_tx, answer);
+        if !self.hold_final_for_prack(key, &answer) {
+            self.send_response(now, a_tx, answer);
+        }
         self.control
             .record(now, &callid, CallEvent::LegAFinal(response.status));
         self.control.record(now, &callid, CallEvent::Answered);

@@ -49,6 +49,7 @@ impl Engine {
                 }
                 CallTimer::MediaInactivity => self.media_inactivity_due(now, key),
                 CallTimer::MediaCheck => self.media_check_due(now, key),
+                CallTimer::ReliableProvisional => self.reliable_provisional_due(now, key),
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - [`challenge`]: the trunk's 401/407 to leg B's requests, answered with credentials;
 //! - [`redirect`]: a 3xx to leg B's INVITE, followed through the trunk only;
 //! - [`failover`]: leg B's INVITE moved to the trunk's next target (RFC 3263);
+//! - [`prack`]: reliable provisionals (RFC 3262) PRACKed on leg B, relayed reliably to leg A;
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
@@ -28,6 +29,7 @@ mod incoming;
 mod leg_b;
 mod lifecycle;
 mod media_events;
+mod prack;
 mod redirect;
 mod register;
 mod throttle;
@@ -53,6 +55,7 @@ use crate::outbound::{local_response, LocalIdentity};
 use crate::registry::CallRecord;
 
 pub use door::UntrustedReply;
+pub use prack::Reliability;
 
 /// Trunk targets kept at most: more than enough for any SRV set, and a bound on what a DNS
 /// answer can make the engine hold per call.

@@ -2000,6 +2000,7 @@ mod door;
 mod failover;
 mod hangup;
 mod multipart;
+mod prack;
 mod redirect;
 mod register;
 mod reliable;
