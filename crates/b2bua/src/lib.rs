@@ -66,7 +66,9 @@
 //! - [`media`]: the one place where SDP is touched (rewritten so that it names nothing of its
 //!   origin), the relay port pool (ports drawn at random), the media commands and events;
 //! - [`refusal`]: why an incoming call was refused;
-//! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying.
+//! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying;
+//! - [`trunk_health`]: whether the trunk answers callbridge's OPTIONS pings
+//!   (`trunk.ping_secs`), and so whether new calls are worth trying.
 
 pub mod auth;
 pub mod call;
@@ -79,6 +81,7 @@ pub mod numbers;
 pub mod outbound;
 pub mod refusal;
 pub mod registry;
+pub mod trunk_health;
 
 pub use call::Leg;
 pub use control::CallControl;
@@ -92,3 +95,4 @@ pub use registry::{
     CallEvent, CallExtras, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock,
 };
 pub use sip_core;
+pub use trunk_health::{TrunkHealth, TrunkState};
