@@ -18,7 +18,8 @@
 //!   ([`Engine::hang_up_by_api`], answered with an [`engine::ApiHangup`]);
 //! - how far behind its input it is ([`Engine::set_input_wait`], [`Engine::set_input_backlog`]),
 //!   by which it sheds new INVITEs;
-//! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed.
+//! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed,
+//!   and once at start-up (it sends the first trunk ping, when `trunk.ping_secs` is on).
 //!   Every input carries `now`; the engine never asks the clock.
 //!
 //! Its outputs, drained after each input:
@@ -35,6 +36,8 @@
 //! # use std::time::Instant;
 //! # use b2bua::{Engine, MediaCommand, MediaEvent};
 //! # fn run(mut engine: Engine, clock: impl Fn() -> Instant) {
+//! // Start-up: the first trunk ping (with `trunk.ping_secs` on) goes out now.
+//! engine.handle_timeout(clock());
 //! loop {
 //!     let _deadline = engine.poll_timeout();
 //!     // Wait for a datagram, a media report or the deadline, then feed it with the time:

@@ -203,6 +203,7 @@ impl SipSection {
                     .then(|| self.server_header.trim().to_owned()),
             },
             trunk,
+            trunk_ping: None,
             trunk_credentials: None,
             trusted_peers: self.trusted_peers.clone(),
             untrusted_reply: self.untrusted_reply.0,

@@ -14,11 +14,14 @@
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
-//! - [`media_events`]: media events from the driver, the media inactivity check, media counters.
+//! - [`media_events`]: media events from the driver, the media inactivity check, media counters;
+//! - [`keepalive`]: OPTIONS pings to the trunk (`trunk.ping_secs`), which belong to no call,
+//!   and the 503 to new INVITEs while the trunk does not answer them.
 
 mod door;
 mod in_dialog;
 mod incoming;
+mod keepalive;
 mod leg_b;
 mod lifecycle;
 mod media_events;
@@ -65,6 +68,9 @@ pub struct EngineConfig {
     /// Where leg B's INVITEs go (`trunk.address` or `sip.trunk`), and over which transport
     /// (`trunk.transport`).
     pub trunk: Peer,
+    /// How often the trunk is pinged with OPTIONS (`trunk.ping_secs`); `None`: never, and the
+    /// trunk is never taken for down. See [`crate::trunk_health`].
+    pub trunk_ping: Option<Duration>,
     /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
     /// `trunk.password`); `None`: a challenge fails leg B.
     pub trunk_credentials: Option<crate::auth::Credentials>,
@@ -154,6 +160,8 @@ pub struct Engine {
     untrusted_log: door::SourceLog,
     /// Set by [`Engine::start_drain`]: new INVITEs are refused.
     draining: bool,
+    /// The trunk's OPTIONS keepalive and health.
+    keepalive: keepalive::Keepalive,
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
@@ -167,6 +175,8 @@ impl Engine {
     pub fn new(config: EngineConfig, control: Arc<CallControl>) -> Engine {
         let layer = TransactionLayer::new(config.transactions.clone());
         let media = MediaPlane::new(config.media.clone());
+        let keepalive =
+            keepalive::Keepalive::new(config.trunk_ping, config.transactions.timers.timeout());
         Engine {
             config,
             layer,
@@ -185,6 +195,7 @@ impl Engine {
             wrong_peer_log: throttle::LogThrottle::new(Duration::from_secs(1), 10),
             untrusted_log: door::SourceLog::default(),
             draining: false,
+            keepalive,
             input_backlog: 0,
             input_wait: Duration::ZERO,
         }
@@ -259,11 +270,14 @@ impl Engine {
         self.process_events(now);
     }
 
-    /// Fires transaction and call timers due at `now`.
+    /// Fires transaction and call timers due at `now`, and the trunk keepalive's. The run
+    /// loop calls it once at start-up too: the keepalive has no clock before it, and sends
+    /// its first ping then.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.process_events(now);
         self.fire_call_timers(now);
+        self.drive_keepalive(now);
         self.process_events(now);
     }
 
@@ -271,10 +285,8 @@ impl Engine {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let layer = self.layer.poll_timeout();
         let calls = self.next_call_timer();
-        match (layer, calls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let keepalive = self.keepalive_timeout();
+        [layer, calls, keepalive].into_iter().flatten().min()
     }
 
     /// Next datagram or stream write to send.
@@ -297,6 +309,10 @@ impl Engine {
     }
 
     fn on_event(&mut self, now: Instant, event: TxEvent) {
+        // The trunk's OPTIONS pings are no call's: their events stop here.
+        let Some(event) = self.keepalive_event(now, event) else {
+            return;
+        };
         match event {
             TxEvent::Request {
                 tx,

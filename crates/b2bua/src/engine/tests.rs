@@ -105,6 +105,7 @@ impl Harness {
                 agent: None,
             },
             trunk: trunk(),
+            trunk_ping: None,
             trunk_credentials: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
             untrusted_reply: super::UntrustedReply::Forbidden,
@@ -1994,4 +1995,5 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 
 mod door;
 mod hangup;
+mod keepalive;
 mod reliable;
