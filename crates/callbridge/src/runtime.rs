@@ -127,6 +127,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .sip
         .engine_config(sip_addr.port(), trunk, media_config);
     engine_config.trunk_credentials = config.trunk.credentials();
+    engine_config.trunk_ping = config.trunk.ping_interval();
     let mut engine = Engine::new(engine_config, control.clone());
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -272,6 +273,12 @@ async fn sip_task(
     (grace, hangup): (Duration, Duration),
 ) {
     let mut drain = Drain::Serving;
+    // The engine's clock starts here: with trunk.ping_secs on, the first OPTIONS ping goes
+    // out now, not with whatever first wakes the loop.
+    engine.handle_timeout(Instant::now());
+    while let Some(transmit) = engine.poll_transmit() {
+        transport.send(transmit);
+    }
     // The driver's media counters go to the engine (and from there to the call records and
     // metrics) once a second, not per packet.
     let mut media_tick = tokio::time::interval(Duration::from_secs(1));
@@ -373,10 +380,15 @@ fn begin_drain(engine: &mut Engine, status: &SharedStatus, grace: Duration) -> D
 /// Nothing left to finish: no call, and no transaction either. A call is forgotten once its
 /// own transactions end, but a transaction can outlive every call (an OPTIONS answered during
 /// the drain, a refusal waiting for its ACK): stopping then would leave the peer without the
-/// retransmission or the answer it is owed. The grace period still bounds the wait.
+/// retransmission or the answer it is owed. The grace period still bounds the wait. The
+/// trunk keepalive's own pings are not waited for: nobody is owed anything by them, and one
+/// to a silent trunk would hold the stop for up to 64·T1.
 fn drained(engine: &Engine) -> bool {
     let layer = engine.transactions();
-    engine.call_count() == 0 && layer.client_count() == 0 && layer.server_count() == 0
+    let client = layer
+        .client_count()
+        .saturating_sub(engine.keepalive_transactions());
+    engine.call_count() == 0 && client == 0 && layer.server_count() == 0
 }
 
 fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
