@@ -119,6 +119,11 @@ pub struct Health {
     pub sip: bool,
     /// Always true: this answer came over HTTP.
     pub http: bool,
+    /// The trunk as the OPTIONS keepalive sees it (`trunk.ping_secs`). It does not change
+    /// the status code: a node whose trunk is down is itself healthy (it answers, refuses
+    /// new calls with 503 at once, and takes them again when the trunk is back), and every
+    /// node behind the same trunk would be pulled alike.
+    pub trunk: crate::TrunkStatus,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.
@@ -196,6 +201,7 @@ impl Modify for Completions {
         AssignNumberRequest,
         EmptyObject,
         Health,
+        crate::TrunkStatus,
         ErrorBody,
         NumberList,
         EventView,
@@ -471,7 +477,7 @@ mod ops {
     fn openapi_json() {}
 
     #[utoipa::path(get, path = "/healthz", tag = "meta",
-        summary = "200 when SIP and HTTP are serving; 503 unavailable or draining",
+        summary = "200 when SIP and HTTP are serving (whatever the trunk's state); 503 unavailable or draining",
         responses(
             (status = 200, description = "Serving", body = Health),
             (status = 405, description = "Wrong method", body = ErrorBody, headers(("Allow" = String))),
@@ -549,6 +555,18 @@ mod tests {
         for field in crate::events::EVENT_FIELDS {
             assert!(event.get(field).is_some(), "event field {field}");
         }
+        let health = &doc["components"]["schemas"]["Health"];
+        assert_eq!(
+            health["properties"]["trunk"]["$ref"],
+            "#/components/schemas/TrunkStatus"
+        );
+        assert!(health["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&"trunk".into())));
+        assert_eq!(
+            doc["components"]["schemas"]["TrunkStatus"]["enum"],
+            serde_json::json!(["unmonitored", "up", "down"])
+        );
         let events = &doc["components"]["schemas"]["EventsResponse"]["properties"]["events"];
         assert_eq!(events["items"]["$ref"], "#/components/schemas/EventView");
     }

@@ -20,6 +20,8 @@ pub enum Refusal {
     ShuttingDown,
     /// No relay ports are free.
     MediaExhausted,
+    /// The trunk does not answer its OPTIONS pings (`trunk.ping_secs`): leg B would fail.
+    TrunkDown,
     /// No intent matches the call (none, expired, or for another dedicated number).
     NoIntent(NoIntent),
 }
@@ -35,6 +37,7 @@ impl Refusal {
             Refusal::Overloaded => "overloaded",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",
+            Refusal::TrunkDown => "trunk_down",
             Refusal::NoIntent(no) => no.code(),
         }
     }

@@ -205,6 +205,7 @@ impl SipSection {
             trunk,
             trunk_host: trunk.addr.ip().to_string(),
             trunk_port: Some(trunk.addr.port()),
+            trunk_ping: None,
             trunk_credentials: None,
             registration: None,
             trusted_peers: self.trusted_peers.clone(),

@@ -2,11 +2,11 @@
 //! work and read by the HTTP API (`/healthz`, `/metrics`) and by tests, without a lock on the
 //! engine itself (the engine is owned by one task and never shared).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use api::{HeapStats, SipSnapshot, SipStatus};
-use b2bua::Engine;
+use api::{HeapStats, SipSnapshot, SipStatus, TrunkStatus};
+use b2bua::{Engine, TrunkState};
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
 
@@ -39,6 +39,12 @@ pub struct SharedStatus {
     media_streams: AtomicU64,
     media_relayed: AtomicU64,
     media_dropped: AtomicU64,
+    /// The trunk keepalive: its state ([`trunk_code`]) and pings answered and lost.
+    trunk: AtomicU8,
+    trunk_answered: AtomicU64,
+    trunk_lost: AtomicU64,
+    /// Client transactions that are the keepalive's pings (not a call's: never a leak).
+    keepalive_transactions: AtomicU64,
     /// Reads the process allocator's figures; set by the binary, which chose the allocator
     /// (in-process tests run on the system allocator and report none).
     heap_probe: OnceLock<HeapProbe>,
@@ -91,6 +97,13 @@ impl SharedStatus {
         let (free, pairs) = engine.media_ports();
         self.media_pairs_free.store(free as u64, relaxed);
         self.media_pairs.store(pairs as u64, relaxed);
+        let health = engine.trunk_health();
+        self.trunk.store(trunk_code(health.state()), relaxed);
+        self.trunk_answered
+            .store(health.stats().pings_answered, relaxed);
+        self.trunk_lost.store(health.stats().pings_lost, relaxed);
+        self.keepalive_transactions
+            .store(engine.keepalive_transactions() as u64, relaxed);
         let stats = engine.stats();
         self.bridged.store(stats.calls_bridged, relaxed);
         self.untrusted.store(stats.untrusted_messages, relaxed);
@@ -110,13 +123,18 @@ impl SharedStatus {
         self.media_streams.load(Ordering::Relaxed)
     }
 
-    /// Calls, dialogs and transactions held: all zero when nothing leaked.
+    /// Calls, dialogs and transactions held: all zero when nothing leaked. The trunk
+    /// keepalive's pings are not counted: they come and go on their own, whatever the calls.
     pub fn held(&self) -> (u64, u64, u64) {
         let relaxed = Ordering::Relaxed;
+        let client = self
+            .client_transactions
+            .load(relaxed)
+            .saturating_sub(self.keepalive_transactions.load(relaxed));
         (
             self.calls.load(relaxed),
             self.dialogs.load(relaxed),
-            self.client_transactions.load(relaxed) + self.server_transactions.load(relaxed),
+            client + self.server_transactions.load(relaxed),
         )
     }
 }
@@ -158,6 +176,26 @@ impl SipStatus for SharedStatus {
             media_ports_in_use: 2 * pairs.saturating_sub(free),
             media_ports_capacity: 2 * pairs,
             heap: self.heap_probe.get().and_then(|probe| probe()),
+            trunk: trunk_status(self.trunk.load(relaxed)),
+            trunk_pings_answered: self.trunk_answered.load(relaxed),
+            trunk_pings_lost: self.trunk_lost.load(relaxed),
         }
+    }
+}
+
+/// [`TrunkState`] in one atomic byte (0, the default, is unmonitored).
+fn trunk_code(state: TrunkState) -> u8 {
+    match state {
+        TrunkState::Unmonitored => 0,
+        TrunkState::Up => 1,
+        TrunkState::Down => 2,
+    }
+}
+
+fn trunk_status(code: u8) -> TrunkStatus {
+    match code {
+        1 => TrunkStatus::Up,
+        2 => TrunkStatus::Down,
+        _ => TrunkStatus::Unmonitored,
     }
 }

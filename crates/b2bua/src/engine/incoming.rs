@@ -10,7 +10,7 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
 use crate::media::{CallMedia, MediaError, SignallingIps};
-use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW};
+use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW, SUPPORTED};
 use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
 
@@ -38,6 +38,9 @@ impl Engine {
                 response
                     .headers
                     .push(HeaderName::parse("Accept"), "application/sdp");
+                response
+                    .headers
+                    .push(HeaderName::Supported, SUPPORTED.join(", "));
                 self.send_response(now, tx, response);
             }
             Method::Bye | Method::Update | Method::Info => {
@@ -63,12 +66,17 @@ impl Engine {
         reason: Refusal,
         text: &str,
     ) {
+        self.count_refusal(now, status, reason);
+        self.respond(now, tx, request, status, None, Some(text));
+    }
+
+    /// Counts (and rate-limits the log line of) an INVITE refused with `status`.
+    pub(super) fn count_refusal(&mut self, now: Instant, status: u16, reason: Refusal) {
         let code = reason.code();
         if let Some(unlogged) = self.refusal_log.allow(now) {
             tracing::info!(status, reason = code, unlogged, "incoming call refused");
         }
         *self.stats.calls_refused.entry(code).or_default() += 1;
-        self.respond(now, tx, request, status, None, Some(text));
     }
 
     /// A new INVITE that passed the door (trusted source, room for a call): refused, or
@@ -109,6 +117,10 @@ impl Engine {
                 Refusal::Malformed,
                 "Missing Contact",
             );
+        }
+        if let Some(retry_after) = self.trunk_down_retry_after() {
+            // Before the claim too: the intent waits for the trunk to answer again.
+            return self.refuse_trunk_down(now, tx, &request, retry_after);
         }
         if !self.media.has_capacity() {
             // Refused before the intent is claimed: the user can simply dial again.

@@ -19,13 +19,16 @@
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
 //! - [`media_events`]: media events from the driver, the media inactivity check, media counters;
-//! - [`register`]: callbridge's registration at the trunk, driven over the same layer.
+//! - [`register`]: callbridge's registration at the trunk, driven over the same layer;
+//! - [`keepalive`]: OPTIONS pings to the trunk (`trunk.ping_secs`), which belong to no call,
+//!   and the 503 to new INVITEs while the trunk does not answer them.
 
 mod challenge;
 mod door;
 mod failover;
 mod in_dialog;
 mod incoming;
+mod keepalive;
 mod leg_b;
 mod lifecycle;
 mod media_events;
@@ -86,6 +89,9 @@ pub struct EngineConfig {
     /// domain).
     pub trunk_host: String,
     pub trunk_port: Option<u16>,
+    /// How often the trunk is pinged with OPTIONS (`trunk.ping_secs`); `None`: never, and the
+    /// trunk is never taken for down. See [`crate::trunk_health`].
+    pub trunk_ping: Option<Duration>,
     /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
     /// `trunk.password`); `None`: a challenge fails leg B.
     pub trunk_credentials: Option<crate::auth::Credentials>,
@@ -185,6 +191,8 @@ pub struct Engine {
     /// The trunk's targets in the order to try them (RFC 3263: SRV priority and weight);
     /// never empty. New legs B go to the first, and fail over along the rest.
     trunk_targets: Vec<Peer>,
+    /// The trunk's OPTIONS keepalive and health.
+    keepalive: keepalive::Keepalive,
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
@@ -199,6 +207,8 @@ impl Engine {
         let layer = TransactionLayer::new(config.transactions.clone());
         let first_target = config.trunk;
         let media = MediaPlane::new(config.media.clone());
+        let keepalive =
+            keepalive::Keepalive::new(config.trunk_ping, config.transactions.timers.timeout());
         Engine {
             config,
             layer,
@@ -220,6 +230,7 @@ impl Engine {
             draining: false,
             registration: None,
             trunk_targets: vec![first_target],
+            keepalive,
             input_backlog: 0,
             input_wait: Duration::ZERO,
         }
@@ -318,12 +329,15 @@ impl Engine {
         self.process_events(now);
     }
 
-    /// Fires transaction and call timers due at `now`.
+    /// Fires transaction and call timers due at `now`, and the trunk keepalive's. The run
+    /// loop calls it once at start-up too: the keepalive has no clock before it, and sends
+    /// its first ping then.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.process_events(now);
         self.drive_registration(now);
         self.fire_call_timers(now);
+        self.drive_keepalive(now);
         self.process_events(now);
     }
 
@@ -332,7 +346,11 @@ impl Engine {
         let layer = self.layer.poll_timeout();
         let calls = self.next_call_timer();
         let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
-        [layer, calls, registration].into_iter().flatten().min()
+        let keepalive = self.keepalive_timeout();
+        [layer, calls, registration, keepalive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Next datagram or stream write to send.
@@ -355,6 +373,10 @@ impl Engine {
     }
 
     fn on_event(&mut self, now: Instant, event: TxEvent) {
+        // The trunk's OPTIONS pings are no call's: their events stop here.
+        let Some(event) = self.keepalive_event(now, event) else {
+            return;
+        };
         match event {
             TxEvent::Request {
                 tx,

@@ -107,6 +107,7 @@ impl Harness {
             trunk: trunk(),
             trunk_host: "127.0.0.1".into(),
             trunk_port: Some(5080),
+            trunk_ping: None,
             trunk_credentials: None,
             registration: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
@@ -1999,6 +2000,7 @@ mod challenge;
 mod door;
 mod failover;
 mod hangup;
+mod keepalive;
 mod multipart;
 mod prack;
 mod redirect;
