@@ -33,7 +33,10 @@ impl Engine {
             _ if in_dialog => self.on_in_dialog(now, tx, request, from),
             Method::Invite => self.on_new_invite(now, tx, request, from),
             Method::Options => {
-                let mut response = local_response(&self.config.local, &request, 200, None, None);
+                // A To tag on every final response (RFC 3261 §8.2.6.2).
+                let tag = ids::new_tag();
+                let mut response =
+                    local_response(&self.config.local, &request, 200, Some(&tag), None);
                 response.headers.push(HeaderName::Allow, ALLOW);
                 response
                     .headers
@@ -49,7 +52,9 @@ impl Engine {
             }
             Method::Other(_) => self.respond(now, tx, &request, 501, None, None),
             _ => {
-                let mut response = local_response(&self.config.local, &request, 405, None, None);
+                let tag = ids::new_tag();
+                let mut response =
+                    local_response(&self.config.local, &request, 405, Some(&tag), None);
                 response.headers.push(HeaderName::Allow, ALLOW);
                 self.send_response(now, tx, response);
             }
