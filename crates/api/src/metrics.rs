@@ -28,7 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::state::ApiState;
-use crate::TrunkStatus;
+use crate::{RegistrationStatus, TrunkStatus};
 
 /// Label set: a list of `(name, value)` pairs.
 type Labels = Vec<(String, String)>;
@@ -257,6 +257,28 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
                 &[
                     ("answered".to_owned(), sip.trunk_pings_answered),
                     ("lost".to_owned(), sip.trunk_pings_lost),
+                ],
+            ),
+        );
+    }
+    // Only when callbridge registers, for the same reason.
+    if sip.registration != RegistrationStatus::Off {
+        registry.register(
+            "trunk_registered",
+            "1 while the trunk holds callbridge's registration (trunk.register), else 0",
+            gauge(u64::from(
+                sip.registration == RegistrationStatus::Registered,
+            )),
+        );
+        registry.register(
+            "trunk_registrations",
+            "REGISTERs to the trunk by result: accepted (2xx, refreshes included), failed \
+             (refused, unanswered, or credentials refused; retried after a backoff)",
+            family_of_counters(
+                "result",
+                &[
+                    ("accepted".to_owned(), sip.registrations_accepted),
+                    ("failed".to_owned(), sip.registrations_failed),
                 ],
             ),
         );

@@ -124,6 +124,9 @@ pub struct Health {
     /// new calls with 503 at once, and takes them again when the trunk is back), and every
     /// node behind the same trunk would be pulled alike.
     pub trunk: crate::TrunkStatus,
+    /// callbridge's registration at the trunk (`trunk.register`): reported, like the trunk,
+    /// without changing the status code.
+    pub registration: crate::RegistrationStatus,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.
@@ -202,6 +205,7 @@ impl Modify for Completions {
         EmptyObject,
         Health,
         crate::TrunkStatus,
+        crate::RegistrationStatus,
         ErrorBody,
         NumberList,
         EventView,

@@ -569,6 +569,7 @@ fn healthz(state: &ApiState) -> Response<ApiBody> {
         sip,
         http: true,
         trunk: snapshot.trunk,
+        registration: snapshot.registration,
     };
     json_response(status, &body)
 }

@@ -67,6 +67,32 @@ pub struct SipSnapshot {
     /// unanswered when the next was due), since start-up.
     pub trunk_pings_answered: u64,
     pub trunk_pings_lost: u64,
+    /// callbridge's registration at the trunk (`trunk.register`).
+    pub registration: RegistrationStatus,
+    /// REGISTERs the trunk accepted (refreshes included) and attempts that failed.
+    pub registrations_accepted: u64,
+    pub registrations_failed: u64,
+}
+
+/// callbridge's registration at the trunk, as `/healthz` (`"registration"`) and `/metrics`
+/// (`callbridge_trunk_registered`) say it.
+///
+/// It exists because a carrier that routes calls to a registered account sends none while
+/// the registration has lapsed: the operator must see that state, not infer it from silence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationStatus {
+    /// callbridge does not register (`trunk.register = false`).
+    #[default]
+    Off,
+    /// A REGISTER is on its way (the first, or after a failure).
+    Registering,
+    /// The trunk holds callbridge's binding; it is refreshed before it expires.
+    Registered,
+    /// The last attempt failed; another follows after a backoff.
+    Failed,
+    /// The binding was removed (shutdown).
+    Unregistered,
 }
 
 /// What callbridge knows of its trunk, as `/healthz` (`"trunk"`) and `/metrics`

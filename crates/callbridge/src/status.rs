@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use api::{HeapStats, SipSnapshot, SipStatus, TrunkStatus};
+use api::{HeapStats, RegistrationStatus, SipSnapshot, SipStatus, TrunkStatus};
+use b2bua::registration::RegistrationState;
 use b2bua::{Engine, TrunkState};
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
@@ -43,6 +44,10 @@ pub struct SharedStatus {
     trunk: AtomicU8,
     trunk_answered: AtomicU64,
     trunk_lost: AtomicU64,
+    /// The registration at the trunk ([`registration_code`]) and its counters.
+    registration: AtomicU8,
+    registrations_accepted: AtomicU64,
+    registrations_failed: AtomicU64,
     /// Client transactions that are the keepalive's pings (not a call's: never a leak).
     keepalive_transactions: AtomicU64,
     /// Reads the process allocator's figures; set by the binary, which chose the allocator
@@ -102,6 +107,12 @@ impl SharedStatus {
         self.trunk_answered
             .store(health.stats().pings_answered, relaxed);
         self.trunk_lost.store(health.stats().pings_lost, relaxed);
+        self.registration
+            .store(registration_code(engine.registration_state()), relaxed);
+        if let Some(stats) = engine.registration_stats() {
+            self.registrations_accepted.store(stats.accepted, relaxed);
+            self.registrations_failed.store(stats.failed, relaxed);
+        }
         self.keepalive_transactions
             .store(engine.keepalive_transactions() as u64, relaxed);
         let stats = engine.stats();
@@ -179,6 +190,9 @@ impl SipStatus for SharedStatus {
             trunk: trunk_status(self.trunk.load(relaxed)),
             trunk_pings_answered: self.trunk_answered.load(relaxed),
             trunk_pings_lost: self.trunk_lost.load(relaxed),
+            registration: registration_status(self.registration.load(relaxed)),
+            registrations_accepted: self.registrations_accepted.load(relaxed),
+            registrations_failed: self.registrations_failed.load(relaxed),
         }
     }
 }
@@ -189,6 +203,27 @@ fn trunk_code(state: TrunkState) -> u8 {
         TrunkState::Unmonitored => 0,
         TrunkState::Up => 1,
         TrunkState::Down => 2,
+    }
+}
+
+/// The registration's state in one atomic byte (0, the default, is off).
+fn registration_code(state: Option<RegistrationState>) -> u8 {
+    match state {
+        None => 0,
+        Some(RegistrationState::Registering) => 1,
+        Some(RegistrationState::Registered { .. }) => 2,
+        Some(RegistrationState::Failed { .. }) => 3,
+        Some(RegistrationState::Unregistered) => 4,
+    }
+}
+
+fn registration_status(code: u8) -> RegistrationStatus {
+    match code {
+        1 => RegistrationStatus::Registering,
+        2 => RegistrationStatus::Registered,
+        3 => RegistrationStatus::Failed,
+        4 => RegistrationStatus::Unregistered,
+        _ => RegistrationStatus::Off,
     }
 }
 

@@ -350,7 +350,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         reply.json(),
-        json!({"status": "unavailable", "sip": false, "http": true, "trunk": "unmonitored"})
+        json!({"status": "unavailable", "sip": false, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
     let up = harness_with(
         ApiSettings::default(),
@@ -363,7 +363,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.json(),
-        json!({"status": "ok", "sip": true, "http": true, "trunk": "unmonitored"})
+        json!({"status": "ok", "sip": true, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
     let head = up.send(request(Method::HEAD, "/healthz", &[], "")).await;
     assert_eq!(head.status, StatusCode::OK);
@@ -380,7 +380,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         reply.json(),
-        json!({"status": "draining", "sip": false, "http": true, "trunk": "unmonitored"})
+        json!({"status": "draining", "sip": false, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
 }
 
@@ -401,7 +401,7 @@ async fn healthz_reports_the_trunk_and_stays_200_while_it_is_down() {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(
             reply.json(),
-            json!({"status": "ok", "sip": true, "http": true, "trunk": word})
+            json!({"status": "ok", "sip": true, "http": true, "trunk": word, "registration": "off"})
         );
     }
 }
@@ -473,6 +473,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         trunk: TrunkStatus::Up,
         trunk_pings_answered: 20,
         trunk_pings_lost: 1,
+        registration: crate::RegistrationStatus::Registered,
+        registrations_accepted: 5,
+        registrations_failed: 2,
     };
     let h = harness_with(ApiSettings::default(), Arc::new(FixedSip(sip)));
     h.make_call("1001", "2001", "3001").await;
@@ -488,6 +491,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
     let text = reply.text();
     for line in [
         "callbridge_sip_serving 1",
+        "callbridge_trunk_registered 1",
+        "callbridge_trunk_registrations_total{result=\"accepted\"} 5",
+        "callbridge_trunk_registrations_total{result=\"failed\"} 2",
         "callbridge_active_calls 7",
         "callbridge_sip_dialogs 13",
         "callbridge_media_packets_relayed_total 1000",
