@@ -61,7 +61,10 @@ async fn wait_registration_health(bridge: &Bridge, state: &str) {
         if health["registration"] == state {
             return;
         }
-        assert!(Instant::now() < deadline, "healthz never said {state}: {health}");
+        assert!(
+            Instant::now() < deadline,
+            "healthz never said {state}: {health}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -190,7 +193,9 @@ async fn registers_and_bridges(transport: &str, algorithm: Algorithm) {
     wait_registration_health(&setup.bridge, "registered").await;
     let metrics = setup.bridge.metrics().await;
     assert!(
-        metrics.lines().any(|l| l == "callbridge_trunk_registered 1"),
+        metrics
+            .lines()
+            .any(|l| l == "callbridge_trunk_registered 1"),
         "{metrics}"
     );
     call_bridges_with_media(&mut setup).await;

@@ -224,7 +224,10 @@ async fn options_from_a_trusted_peer_get_200_with_allow_accept_and_supported() {
         Some("application/sdp")
     );
     // Present, and empty: no option tags supported yet.
-    assert_eq!(ok.headers.get(&HeaderName::Supported), Some("100rel"));
+    assert_eq!(
+        ok.headers.get(&HeaderName::Supported),
+        Some("100rel, timer")
+    );
     assert!(ok.headers.get(&HeaderName::Server).is_none());
     // No keepalive configured: the trunk is not judged.
     assert_eq!(trunk_word(&bridge).await, (200, "unmonitored".to_owned()));

@@ -72,6 +72,7 @@
 //! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying;
 //! - [`registration`]: callbridge's own registration at the trunk (`trunk.register`);
 //! - [`body`]: multipart (SIP-I) bodies reduced to their SDP as they enter the engine;
+//! - [`session_timer`]: session timer negotiation (RFC 4028) for both legs;
 //! - [`trunk_health`]: whether the trunk answers callbridge's OPTIONS pings
 //!   (`trunk.ping_secs`), and so whether new calls are worth trying.
 
@@ -88,6 +89,7 @@ pub mod outbound;
 pub mod refusal;
 pub mod registration;
 pub mod registry;
+pub mod session_timer;
 pub mod trunk_health;
 
 pub use call::Leg;

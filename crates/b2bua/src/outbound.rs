@@ -112,7 +112,7 @@ fn forwarded_max_forwards(a_invite: &Request) -> u32 {
 /// The SIP extensions (option tags, RFC 3261 §20.37) callbridge supports: the `Supported`
 /// of leg B's INVITE and of its answer to OPTIONS, and what a `Require` may ask for
 /// (anything else gets 420).
-pub const SUPPORTED: &[&str] = &["100rel"];
+pub const SUPPORTED: &[&str] = &["100rel", "timer"];
 
 /// The `Require` tags of `request` that callbridge does not support (RFC 3261 §8.2.2.3).
 pub fn unsupported_requirements(request: &Request) -> Vec<String> {

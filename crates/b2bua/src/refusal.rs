@@ -14,6 +14,8 @@ pub enum Refusal {
     Malformed,
     /// The INVITE requires an extension callbridge does not support (answered 420).
     UnsupportedExtension,
+    /// The INVITE's Session-Expires is below callbridge's Min-SE (answered 422).
+    SessionIntervalTooSmall,
     /// `sip.max_calls` calls are live, or the engine has fallen behind its input.
     Overloaded,
     /// The process is shutting down (SIGTERM): no new calls.
@@ -34,6 +36,7 @@ impl Refusal {
             Refusal::TooManyHops => "too_many_hops",
             Refusal::Malformed => "malformed",
             Refusal::UnsupportedExtension => "unsupported_extension",
+            Refusal::SessionIntervalTooSmall => "session_interval_too_small",
             Refusal::Overloaded => "overloaded",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",

@@ -308,6 +308,8 @@ impl Engine {
         if final_response {
             relay.answered = true;
         }
+        let refreshes = response.class() == 2
+            && matches!(relay.request.method, Method::Invite | Method::Update);
         let (server_tx, cseq, offer_in_answer) = (
             relay.server_tx,
             relay.cseq,
@@ -323,6 +325,13 @@ impl Engine {
             } else {
                 self.ack_relayed(key, client_tx, to_leg, cseq, None);
             }
+        }
+        let mut answer = answer;
+        if refreshes {
+            // A re-INVITE or UPDATE answered across the call refreshes both legs' sessions,
+            // and the answer says the session timer of the leg it goes to.
+            self.add_session_expires(key, from_leg, &mut answer);
+            self.session_refreshed(now, key);
         }
         self.send_response(now, server_tx, answer);
         if response.status == 481 && final_response {

@@ -13,6 +13,7 @@ use crate::media::{CallMedia, MediaError, SignallingIps};
 use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW, SUPPORTED};
 use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
+use crate::session_timer::{self, SessionExpires, UasDecision};
 
 impl Engine {
     pub(super) fn on_request(
@@ -164,6 +165,28 @@ impl Engine {
                 "No call intent",
             );
         };
+        // Session timers (RFC 4028 §9): an interval below ours is refused before the claim,
+        // so that the caller's retry with a longer one finds its intent.
+        let a_session =
+            match session_timer::negotiate_uas(&request.headers, self.config.session_timers) {
+                UasDecision::TooBrief { min_se } => {
+                    let code = Refusal::SessionIntervalTooSmall.code();
+                    *self.stats.calls_refused.entry(code).or_default() += 1;
+                    let mut response = local_response(
+                        &self.config.local,
+                        &request,
+                        422,
+                        Some(&ids::new_tag()),
+                        Some("Session Interval Too Small"),
+                    );
+                    response
+                        .headers
+                        .push(HeaderName::parse("Min-SE"), min_se.to_string());
+                    return self.send_response(now, tx, response);
+                }
+                UasDecision::None => None,
+                UasDecision::Timer(answer) => Some(answer),
+            };
         let intent = match self.control.claim(now, &calling, &dialled) {
             Ok(intent) => intent,
             Err(no) => {
@@ -226,7 +249,10 @@ impl Engine {
             port: self.config.trunk_port,
             transport: target.transport,
         };
-        let b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
+        let mut b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
+        if let Some(asked) = session_timer::uac_request(self.config.session_timers, 0) {
+            add_session_request(&mut b_invite, asked, self.config.session_timers.min_se);
+        }
         let b_tx = match self.layer.send_request(now, b_invite, target) {
             Ok(b_tx) => b_tx,
             Err(error) => {
@@ -278,6 +304,7 @@ impl Engine {
             },
         );
         call.media = media;
+        call.sessions.a_answer = a_session;
         drop(_entered);
         self.by_callid.insert(call.intent.callid.clone(), key);
         self.calls.insert(key, Box::new(call));
@@ -338,4 +365,15 @@ impl Engine {
             );
         }
     }
+}
+
+/// `Session-Expires` and `Min-SE` of a request asking for a session timer (RFC 4028 §7.1),
+/// replacing any it had.
+pub(super) fn add_session_request(request: &mut Request, asked: SessionExpires, min_se: u32) {
+    request
+        .headers
+        .set(HeaderName::SessionExpires, asked.to_header());
+    request
+        .headers
+        .set(HeaderName::parse("Min-SE"), min_se.to_string());
 }

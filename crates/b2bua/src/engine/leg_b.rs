@@ -40,6 +40,8 @@ impl Engine {
             } else {
                 self.on_relay_response(now, key, tx, response);
             }
+        } else if self.is_session_refresh(key, tx) {
+            self.on_refresh_response(now, key, tx, response);
         } else if is_challenge(response.status)
             && response
                 .headers
@@ -69,6 +71,7 @@ impl Engine {
                 }
             }
             503 if self.fail_over(now, key) => {}
+            422 if self.retry_session_interval(now, key, &response) => {}
             300..=399 => {
                 if !self.follow_redirect(now, key, &response) {
                     let failure = LegBFailure {
@@ -258,9 +261,19 @@ impl Engine {
         } else {
             self.ack_leg_b(key, cseq, None);
         }
+        let mut answer = answer;
+        if let Some(se) = self.calls.get(&key).and_then(|c| c.sessions.a_answer) {
+            answer
+                .headers
+                .push(HeaderName::SessionExpires, se.to_header());
+            if se.refresher == Some(crate::session_timer::Refresher::Uac) {
+                answer.headers.push(HeaderName::Require, "timer");
+            }
+        }
         if !self.hold_final_for_prack(key, &answer) {
             self.send_response(now, a_tx, answer);
         }
+        self.start_session_timers(now, key, &response);
         self.control
             .record(now, &callid, CallEvent::LegAFinal(response.status));
         self.control.record(now, &callid, CallEvent::Answered);

@@ -15,6 +15,7 @@
 //! - [`redirect`]: a 3xx to leg B's INVITE, followed through the trunk only;
 //! - [`failover`]: leg B's INVITE moved to the trunk's next target (RFC 3263);
 //! - [`prack`]: reliable provisionals (RFC 3262) PRACKed on leg B, relayed reliably to leg A;
+//! - [`session`]: session timers (RFC 4028) on both legs: refreshes sent or watched for;
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
@@ -35,6 +36,7 @@ mod media_events;
 mod prack;
 mod redirect;
 mod register;
+mod session;
 mod throttle;
 
 #[cfg(test)]
@@ -59,6 +61,7 @@ use crate::registry::CallRecord;
 
 pub use door::UntrustedReply;
 pub use prack::Reliability;
+pub use session::CallSessions;
 
 /// Trunk targets kept at most: more than enough for any SRV set, and a bound on what a DNS
 /// answer can make the engine hold per call.
@@ -126,6 +129,8 @@ pub struct EngineConfig {
     /// Media anchoring: the relay port range, the address written in SDP, the inactivity
     /// timeout.
     pub media: MediaConfig,
+    /// Session timers (`sip.session_expires_secs`, `sip.min_se_secs`).
+    pub session_timers: crate::session_timer::SessionTimerConfig,
 }
 
 /// Counters of call outcomes, for metrics.

@@ -126,6 +126,7 @@ impl Harness {
                 ..TransactionConfig::default()
             },
             media: media_config(),
+            session_timers: Default::default(),
         };
         adjust(&mut config);
         let (first, last) = (config.media.first_port, config.media.last_port);
@@ -2006,3 +2007,4 @@ mod prack;
 mod redirect;
 mod register;
 mod reliable;
+mod session;

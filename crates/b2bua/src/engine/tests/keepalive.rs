@@ -264,11 +264,11 @@ fn options_from_a_trusted_peer_get_200_with_allow_accept_and_supported() {
     // On the wire too, and it parses back.
     let bytes = ok.to_bytes();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("\r\nSupported: 100rel\r\n"), "{text}");
+    assert!(text.contains("\r\nSupported: 100rel, timer\r\n"), "{text}");
     let parsed = Message::parse(&bytes, &ParseLimits::default()).unwrap();
     assert_eq!(
         response_of(&parsed).headers.get(&HeaderName::Supported),
-        Some("100rel")
+        Some("100rel, timer")
     );
     h.assert_drained();
 }

@@ -59,7 +59,10 @@ fn prack_from_a(a_tag: &str, rseq: &str, cseq: u32) -> Message {
 fn leg_b_invite_offers_100rel() {
     let mut h = Harness::new();
     let (_, b_invite) = start_call(&mut h, SDP_A);
-    assert_eq!(b_invite.headers.get(&HeaderName::Supported), Some("100rel"));
+    assert_eq!(
+        b_invite.headers.get(&HeaderName::Supported),
+        Some("100rel, timer")
+    );
     callee_refuses(&mut h, &b_invite, "z9hG4bKa1");
     h.assert_drained();
 }
