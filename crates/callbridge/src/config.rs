@@ -199,6 +199,8 @@ impl SipSection {
             local: LocalIdentity {
                 public_addr: self.public_addr.clone(),
                 port: sip_port,
+                // Known once the transport has bound its TLS listener (`runtime.rs`).
+                tls_port: None,
                 agent: (!self.server_header.trim().is_empty())
                     .then(|| self.server_header.trim().to_owned()),
             },
