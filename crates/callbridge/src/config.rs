@@ -32,7 +32,9 @@ use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
+mod tls;
 mod trunk;
+pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
 
 /// Why a configuration cannot be used.
@@ -55,6 +57,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipSection,
     pub trunk: TrunkSection,
+    pub tls: TlsSection,
     pub media: MediaSection,
     pub api: ApiSection,
     pub intent: IntentSection,
@@ -864,6 +867,8 @@ impl Config {
         self.media.learning_config()?;
         self.webhooks.validate()?;
         self.trunk.validate()?;
+        self.tls
+            .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated
