@@ -352,6 +352,7 @@ pub(super) fn send(shared: &Arc<Shared>, transmit: Transmit) {
 /// `peer.connection`, so that sends made while it opens queue behind it) — over TLS, with the
 /// handshake — and runs it.
 async fn connect_and_run(shared: Arc<Shared>, peer: Peer, mut queued: Queued) {
+    // `send` always names the id it registered; a peer without one has nothing to run.
     let Some(id) = peer.connection else {
         return;
     };
@@ -447,6 +448,7 @@ pub(super) async fn run_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Every caller passes the id under which the connection is in the table.
     let Some(id) = peer.connection else {
         return;
     };
