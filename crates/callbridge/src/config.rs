@@ -32,7 +32,9 @@ use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
+mod tls;
 mod trunk;
+pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
 
 /// Why a configuration cannot be used.
@@ -55,6 +57,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipSection,
     pub trunk: TrunkSection,
+    pub tls: TlsSection,
     pub media: MediaSection,
     pub api: ApiSection,
     pub intent: IntentSection,
@@ -207,6 +210,8 @@ impl SipSection {
             local: LocalIdentity {
                 public_addr: self.public_addr.clone(),
                 port: sip_port,
+                // Known once the transport has bound its TLS listener (`runtime.rs`).
+                tls_port: None,
                 agent: (!self.server_header.trim().is_empty())
                     .then(|| self.server_header.trim().to_owned()),
             },
@@ -892,6 +897,8 @@ impl Config {
         self.media.learning_config()?;
         self.webhooks.validate()?;
         self.trunk.validate()?;
+        self.tls
+            .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated
