@@ -170,12 +170,13 @@ pub fn trunk_ping(local: &LocalIdentity, trunk: &TrunkUri<'_>) -> Request {
 
 /// A response on leg A to `a_request`, relaying `status`/`reason` (and the rewritten body) of
 /// leg B's response. Only the status line, body and Content-Type cross; the To tag and Contact
-/// are callbridge's own.
+/// are callbridge's own (the Contact over leg A's `transport`: over TLS it names the TLS port,
+/// so that leg A's in-dialog requests come back over TLS).
 pub fn relay_response_to_a(
     local: &LocalIdentity,
     a_request: &Request,
     a_local_tag: &str,
-    contact_user: &str,
+    (contact_user, transport): (&str, Transport),
     from_b: &Response,
     body: Bytes,
 ) -> Response {
@@ -184,7 +185,7 @@ pub fn relay_response_to_a(
     if from_b.status < 300 {
         response.headers.push(
             HeaderName::Contact,
-            NameAddr::new(local.contact(contact_user)).to_string(),
+            NameAddr::new(local.contact_over(contact_user, transport)).to_string(),
         );
     }
     local.sign(&mut response.headers, HeaderName::Server);
@@ -395,7 +396,7 @@ mod tests {
             &local(),
             &a,
             "a-tag",
-            "2001",
+            ("2001", Transport::Udp),
             &b_ringing,
             b_ringing.body.clone(),
         );

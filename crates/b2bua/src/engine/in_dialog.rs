@@ -291,13 +291,11 @@ impl Engine {
         {
             let user = call.intent.caller.clone();
             // Toward the trunk, the Contact leg B's INVITE gave (its transport, the TLS port).
-            let contact = match from_leg {
-                Leg::B => self
-                    .config
-                    .local
-                    .contact_over(&user, self.config.trunk.transport),
-                Leg::A => self.config.local.contact(&user),
+            let transport = match from_leg {
+                Leg::B => call.b.target.transport,
+                Leg::A => call.a.source.transport,
             };
+            let contact = self.config.local.contact_over(&user, transport);
             answer
                 .headers
                 .push(HeaderName::Contact, NameAddr::new(contact).to_string());

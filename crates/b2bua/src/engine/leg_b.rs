@@ -139,7 +139,7 @@ impl Engine {
             &self.config.local,
             &call.a.invite,
             &call.a.tag,
-            &call.intent.caller,
+            (&call.intent.caller, call.a.source.transport),
             &response,
             body,
         );
@@ -234,7 +234,7 @@ impl Engine {
             &self.config.local,
             &call.a.invite,
             &call.a.tag,
-            &call.intent.caller,
+            (&call.intent.caller, call.a.source.transport),
             &response,
             body,
         );
@@ -376,7 +376,7 @@ impl Engine {
             &self.config.local,
             &call.a.invite,
             &call.a.tag,
-            &call.intent.caller,
+            (&call.intent.caller, call.a.source.transport),
             &response,
             bytes::Bytes::new(),
         );

@@ -451,7 +451,7 @@ fn destination(call: &Call, leg: Leg) -> Peer {
                 .a
                 .dialog
                 .as_ref()
-                .and_then(|d| hop_address(d.next_hop()));
+                .and_then(|d| hop_address(d.next_hop(), call.a.source.transport));
             Peer {
                 addr: hop.unwrap_or(call.a.source.addr),
                 ..call.a.source
@@ -463,11 +463,23 @@ fn destination(call: &Call, leg: Leg) -> Peer {
 }
 
 /// The address of `uri` when its host is an IP literal (a name would need RFC 3263
-/// resolution, which the engine, doing no I/O, leaves to the transport's caller).
-fn hop_address(uri: &sip_core::Uri) -> Option<std::net::SocketAddr> {
+/// resolution, which the engine, doing no I/O, leaves to the transport's caller); without a
+/// port, SIP's default for the transport (5061 over TLS, else 5060).
+fn hop_address(
+    uri: &sip_core::Uri,
+    transport: sip_core::Transport,
+) -> Option<std::net::SocketAddr> {
     let host = uri.host().trim_start_matches('[').trim_end_matches(']');
     let ip: std::net::IpAddr = host.parse().ok()?;
-    Some(std::net::SocketAddr::new(ip, uri.port().unwrap_or(5060)))
+    let default_port = if transport == sip_core::Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    Some(std::net::SocketAddr::new(
+        ip,
+        uri.port().unwrap_or(default_port),
+    ))
 }
 
 fn log_refused(error: TxError) {
