@@ -14,6 +14,13 @@
 #      each call is held longer than the pcap plays, so its record must show every packet of the
 #      pcap relayed each way with none dropped, and both legs latched to SIPp's media ports;
 #      /metrics must count them, and callbridge must drain again (no media ports).
+#   8. carrier extensions, a few calls each, callee scenarios standing for the carrier:
+#      callee_uas_auth.xml challenges every INVITE (401, qop=auth) and checks callbridge's answer
+#      with SIPp's verifyauth; callee_uas_100rel.xml sends a reliable 183 that callbridge must
+#      PRACK, and trunk_uac_100rel.xml PRACKs what callbridge relays reliably;
+#      callee_uas_timer.xml grants a 90 s session timer it refreshes once and then lets lapse
+#      (on hold, so no media either): callbridge must end those calls itself (session_expired).
+#      (SIPP_CARRIER=0 skips this phase: about 100 s.)
 # Exits non-zero, with the reason and the tails of the logs, on any failure.
 #
 # Usage: sipp-scenarios/run.sh            (needs sipp, from Debian/Ubuntu package sip-tester, and curl;
@@ -28,6 +35,7 @@
 #   SIPP_MEDIA_HOLD_MS      how long each call with RTP stays up; default and minimum: the pcap's
 #                           playing time + 2 s (so that every packet is played and echoed)
 #   SIPP_MEDIA_PCAP=/usr/share/sip-tester/g711a.pcap   RTP the callers play (PCMA, as offered)
+#   SIPP_CARRIER=1          the carrier-extension phase (0 skips it)
 #   SIPP_CALLER_TRANSPORT=u1   SIPp transport of the callers (trunk side): u1 = UDP, t1 = TCP
 #   SIPP_SIP_PORT=15060  SIPP_CALLEE_PORT=15080  SIPP_CALLER_PORT=15062  SIPP_API_PORT=18080
 #   SIPP_MEDIA_PORT=16000   SIPp's own media ports (callee, caller = +100, refused = +200;
@@ -61,6 +69,10 @@ for tool in sipp curl; do
 done
 
 CALLS=${SIPP_CALLS:-300}
+CARRIER=${SIPP_CARRIER:-1}
+# The account callbridge answers the carrier scenarios' challenges with.
+TRUNK_USER=callbridge
+TRUNK_PASS=sipp-trunk-secret
 RATE=${SIPP_RATE:-50}
 REFUSED=${SIPP_REFUSED_CALLS:-5}
 HOLD_MS=${SIPP_HOLD_MS:-500}
@@ -221,6 +233,8 @@ NO_COLOR=1 "$bin" \
     --set "api.listen=$HOST:$API_PORT" \
     --set "intent.ttl_secs=300" \
     --set "store.path=$work/callbridge.db" \
+    --set "trunk.username=$TRUNK_USER" \
+    --set "trunk.password=$TRUNK_PASS" \
     >"$cb_log" 2>&1 &
 cb_pid=$!
 
@@ -568,6 +582,51 @@ if ((MEDIA_CALLS > 0)); then
     media_summary=", $MEDIA_CALLS with RTP ($relayed packets relayed)"
 fi
 
+# ---------------------------------------------------------------------------------------------
+# Carrier extensions: digest challenges, reliable provisionals, session timers. Each phase has
+# its own callee scenario on the trunk port, its own callers and intents (numbers 15xxxx,
+# 25xxxx, 35xxxx and up), and its records are checked for how they ended.
+carrier_summary=""
+# Runs phase $1: callee scenario $2, caller scenario $3, $4 calls, each held $5 ms, records
+# ending with cause $6; further arguments go to the callee's SIPp.
+carrier_phase() {
+    local name=$1 callee=$2 caller=$3 n=$4 hold=$5 cause=$6 base=$7
+    shift 7
+    local pcsv=$work/$name.csv pids=$work/$name.callids.txt rc=0 i
+    echo SEQUENTIAL >"$pcsv"
+    for ((i = base; i < base + n; i++)); do
+        echo "$((100000 + i));$((200000 + i));$((300000 + i))" >>"$pcsv"
+    done
+    start_callee "${name}_callee" "$here/$callee" "$n" 150 "$@"
+    make_intents "$pcsv" "$pids" "$n"
+    log "$caller: $n calls ($name)"
+    mapfile -t opts < <(sipp_opts "${name}_caller")
+    sipp "$HOST:$SIP_PORT" -sf "$here/$caller" -inf "$pcsv" -i "$HOST" -p "$CALLER_PORT" \
+        -mp "$((MEDIA_PORT + 100))" -t "$CALLER_TRANSPORT" -m "$n" -r 5 -d "$hold" -l "$n" \
+        -recv_timeout 100000 -timeout 140s -timeout_error \
+        "${opts[@]}" >"$work/${name}_caller.out" 2>&1 || rc=$?
+    check_sipp "${name}_caller" "$rc" "$n"
+    finish_callee "${name}_callee" "$n"
+    local id record
+    while read -r id; do
+        record=$(curl -sS --max-time 5 "$api/api/calls/$id" | tr -d ' \n')
+        [[ $record == *'"state":"ended"'* && $record == *"\"end_cause\":\"$cause\""* && $record == *'"answered_at":'[0-9]* ]] ||
+            fail "$name: call record not answered and ended as $cause: $record"
+    done <"$pids"
+    carrier_summary+=", $n $name"
+}
+if [[ $CARRIER == 1 ]]; then
+    base=$((CALLS + MEDIA_CALLS + 50000))
+    carrier_phase auth callee_uas_auth.xml trunk_uac.xml 4 500 hangup "$base" \
+        -set user "$TRUNK_USER" -set pass "$TRUNK_PASS"
+    carrier_phase prack callee_uas_100rel.xml trunk_uac_100rel.xml 4 500 hangup $((base + 10))
+    carrier_phase timer callee_uas_timer.xml trunk_uac_timer.xml 3 0 session_expired $((base + 20))
+    scrape
+    [[ $(metric_sum callbridge_calls_failed_total) == 0 ]] ||
+        fail "callbridge_calls_failed_total sums to $(metric_sum callbridge_calls_failed_total) after the carrier phase"
+    wait_drained
+fi
+
 kill -0 "$cb_pid" 2>/dev/null || fail "callbridge is no longer running"
 ok=1
-log "PASS: $CALLS bridged, $REFUSED refused$media_summary, in $((SECONDS - started)) s"
+log "PASS: $CALLS bridged, $REFUSED refused$media_summary$carrier_summary, in $((SECONDS - started)) s"
