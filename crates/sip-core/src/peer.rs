@@ -109,13 +109,23 @@ pub fn response_destination(top_via: &Via, request_source: Peer) -> Peer {
 /// RFC 3261 §18.2.1 and RFC 3581 §4: stamps the top Via of a received request with the source
 /// address (`received=` when it differs from sent-by, `rport=` filled in when requested).
 /// Returns the rewritten Via value, or `None` when nothing changes.
+///
+/// The sent-by host is compared as an address when it is one, so that `[0:0::1]` is `::1` and
+/// an IPv4 peer on a dual-stack socket (`::ffff:a.b.c.d`) is `a.b.c.d`. An IPv6 `received` is
+/// written bare, `received=2001:db8::1`, as RFC 3261's grammar (`IPv6address`, no brackets)
+/// and RFC 5118 §4.5 have it.
 pub fn stamp_received(top_via: &Via, source: &Peer) -> Option<Via> {
-    let source_ip = source.addr.ip().to_string();
+    let source_ip = source.addr.ip().to_canonical();
     let wants_rport = top_via.rport().is_some();
-    let host_differs = top_via.host != source_ip;
+    let host_differs = match top_via.host.parse::<std::net::IpAddr>() {
+        Ok(host) => host.to_canonical() != source_ip,
+        // A name: the source can never be "the same" as it.
+        Err(_) => true,
+    };
     if !wants_rport && !host_differs {
         return None;
     }
+    let source_ip = source_ip.to_string();
     let mut via = top_via.clone();
     if host_differs || wants_rport {
         via.params.set("received", Some(&source_ip));
@@ -170,5 +180,39 @@ mod tests {
         assert!(
             stamp_received(&via("SIP/2.0/UDP 10.0.0.9:40000;branch=z9hG4bK1"), &source).is_none()
         );
+    }
+
+    #[test]
+    fn ipv6_sources_are_stamped_bare_and_compared_as_addresses() {
+        let source = Peer::udp("[::1]:40000".parse().unwrap());
+        // RFC 5118 §4.5: the bracketed sent-by, a bare received.
+        let stamped = stamp_received(
+            &via("SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK1;rport"),
+            &source,
+        )
+        .unwrap();
+        assert_eq!(
+            stamped.to_string(),
+            "SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK1;rport=40000;received=::1"
+        );
+        // The same address written longhand is the same host: nothing to stamp.
+        assert!(stamp_received(
+            &via("SIP/2.0/UDP [0:0:0:0:0:0:0:1]:40000;branch=z9hG4bK1"),
+            &source
+        )
+        .is_none());
+        // A mapped source (had one slipped past the transport) is its IPv4 address.
+        let mapped = Peer::udp("[::ffff:10.0.0.9]:40000".parse().unwrap());
+        assert!(stamp_received(&via("SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK1"), &mapped).is_none());
+        let stamped =
+            stamp_received(&via("SIP/2.0/UDP host.invalid;branch=z9hG4bK1"), &mapped).unwrap();
+        assert_eq!(stamped.received(), Some("10.0.0.9"));
+        // A `received` a peer already bracketed is replaced, not parsed as an address.
+        let stamped = stamp_received(
+            &via("SIP/2.0/UDP [::2];branch=z9hG4bK1;received=[::2]"),
+            &source,
+        )
+        .unwrap();
+        assert_eq!(stamped.received(), Some("::1"));
     }
 }

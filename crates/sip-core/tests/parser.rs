@@ -1261,6 +1261,99 @@ Max-Forwards: 70
     ));
 }
 
+/// Broken IPv6 literals where hosts go (Via sent-by and `received`, the Request-URI, Contact,
+/// From): every one is an error or a value, never a panic, and the typed accessors of what
+/// parsed are errors too, never panics. A stamped `received` goes bare (RFC 5118 §4.5), but a
+/// bracketed one from a peer is kept as a value.
+#[test]
+fn malformed_ipv6_hosts_are_errors_never_panics() {
+    let vias = [
+        "[::1",
+        "[::1]]",
+        "[]",
+        "[::1]:",
+        "[::1]:99999",
+        "[::1]x",
+        "[fe80::1%eth0]",
+        "::1:5060",
+        "[::ffff:192.0.2.1]:5060",
+        "[::1];received=[::1]",
+        "[::1];received=::zz;rport=x",
+        "[::1];received=",
+        "[[::1]]",
+    ];
+    let uris = [
+        "sip:a@[::1",
+        "sip:a@[]",
+        "sip:a@[::1]:",
+        "sip:[::1]]",
+        "sips:[",
+        "sip:a@[::1]:65536",
+        "sip:a@[::1]]:5060",
+        "sip:a@[:::]",
+        "sip:a@::1",
+        "sip:a@[::1]%25eth0",
+        // A valid one, so that every broken Via is tried on a request that parses.
+        "sip:a@[::1]:5060",
+    ];
+    let mut parsed = 0;
+    for via in vias {
+        for uri in uris {
+            let buf = with_body(
+                &format!(
+                    "OPTIONS {uri} SIP/2.0
+Via: SIP/2.0/UDP {via};branch=z9hG4bKbad6
+From: <{uri}>;tag=x
+To: <sip:b@[::1]>
+Call-ID: bad6@[::1]
+CSeq: 1 OPTIONS
+Contact: <{uri}>
+Max-Forwards: 70
+"
+                ),
+                b"",
+            );
+            if let Ok(Message::Request(r)) = parse(&buf) {
+                parsed += 1;
+                let _ = r
+                    .headers
+                    .top_via()
+                    .map(|v| (v.received().map(str::to_owned), v.rport()));
+                let _ = r.headers.from();
+                let _ = r.headers.contacts();
+                let _ = r.to_bytes();
+            }
+        }
+    }
+    assert!(parsed >= 1, "the valid URI's requests parse");
+    let kept = request(&with_body(
+        "OPTIONS sip:a@[::1] SIP/2.0
+Via: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKok6;received=[::1]
+From: <sip:a@[::1]>;tag=x
+To: <sip:b@[::1]>
+Call-ID: ok6
+CSeq: 1 OPTIONS
+Max-Forwards: 70
+",
+        b"",
+    ));
+    assert_eq!(kept.headers.top_via().unwrap().received(), Some("[::1]"));
+    for bad in [
+        "[::1",
+        "[]",
+        "[::1]:",
+        "[::1]:99999",
+        "[::1]x",
+        "::1:5060",
+        "[[::1]]",
+    ] {
+        assert!(
+            sip_core::Via::parse(&format!("SIP/2.0/UDP {bad};branch=z9hG4bK1")).is_err(),
+            "{bad}"
+        );
+    }
+}
+
 #[test]
 fn tel_uris() {
     let buf = with_body(

@@ -7,8 +7,14 @@
 //! Via already carries `received`/`rport` (RFC 3261 §18.2.1, RFC 3581), and unparseable
 //! requests are answered with 400 without reaching them. Stream framing lives in the sans-IO
 //! [`StreamFramer`].
+//!
+//! IPv6: any of the addresses may be IPv6 (`[::1]:5060`), and `[::]` binds dual-stack. Peers
+//! are always reported by their canonical address ([`canonical`]: an IPv4 peer on a
+//! dual-stack socket is `a.b.c.d`, not `::ffff:a.b.c.d`), and destinations are mapped to the
+//! socket's family when sent ([`for_socket`]), so the layers above never see the difference.
 
 mod admission;
+mod family;
 mod framer;
 mod stats;
 mod tcp;
@@ -26,6 +32,7 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 
+pub use family::{canonical, for_socket};
 pub use framer::{Frame, FramingError, StreamFramer};
 pub use stats::TransportStats;
 pub use tls::{TlsConfig, TlsError, TlsIdentity, TlsRoots};
@@ -432,7 +439,10 @@ impl Shared {
         ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn send(self: &Arc<Self>, transmit: Transmit) {
+    fn send(self: &Arc<Self>, mut transmit: Transmit) {
+        // The connection table and the reports are keyed by canonical addresses, as received
+        // ones are: a caller naming an IPv4 peer by its mapped form reaches the same one.
+        transmit.to.addr = canonical(transmit.to.addr);
         if self.is_shut_down() {
             self.send_failed(
                 transmit.to,

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::admission::{ConnectionCounts, Note, Refusal, RefusalLog};
+use super::family::{canonical, dual_stack_if_wildcard};
 use super::framer::{Frame, StreamFramer};
 use super::stats::{bump, drop_one};
 use super::{shut_down, tls, Inbound, Shared, TransportEvent};
@@ -194,6 +195,7 @@ pub(super) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListene
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    dual_stack_if_wildcard(&socket, addr)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -213,7 +215,9 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tran
             accepted = listener.accept() => accepted,
         };
         let (stream, addr) = match accepted {
-            Ok(accepted) => accepted,
+            // An IPv4 peer of a dual-stack listener is known by its IPv4 address: admission,
+            // the connection table and the layers above all see that one.
+            Ok((stream, addr)) => (stream, canonical(addr)),
             Err(e) => {
                 tracing::warn!("{transport} accept failed: {e}");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -397,9 +401,11 @@ fn opened(shared: &Shared, peer: Peer) {
 }
 
 /// Connects from the bound IP when it is a specific address of the same family, so that the
-/// peer sees the address the Via advertises.
+/// peer sees the address the Via advertises; otherwise (a wildcard listener, or a peer of the
+/// other family) from a fresh socket of the peer's own family, chosen by the kernel's routing.
+/// `addr` is canonical (`send` made it so): an IPv4 peer gets an IPv4 socket.
 async fn connect(shared: &Shared, addr: SocketAddr) -> io::Result<TcpStream> {
-    let local_ip = shared.local_addr.ip();
+    let local_ip = shared.local_addr.ip().to_canonical();
     if local_ip.is_unspecified() || local_ip.is_ipv4() != addr.is_ipv4() {
         return TcpStream::connect(addr).await;
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
+use super::family::{canonical, dual_stack_if_wildcard, for_socket};
 use super::stats::bump;
 use super::{shut_down, Inbound, Shared, TransportConfig};
 use crate::peer::{Peer, Transmit, MAX_UDP_PAYLOAD};
@@ -40,6 +41,7 @@ pub(super) fn bind_socket(config: &TransportConfig) -> io::Result<std::net::UdpS
         );
     }
     socket.set_nonblocking(true)?;
+    dual_stack_if_wildcard(&socket, config.bind)?;
     socket.bind(&config.bind.into())?;
     Ok(socket.into())
 }
@@ -80,7 +82,8 @@ pub(super) async fn receive_loop(shared: Arc<Shared>) {
             bump(&shared.stats.keepalives);
             continue;
         }
-        let from = Peer::udp(source);
+        // An IPv4 peer of a dual-stack socket is known above by its IPv4 address.
+        let from = Peer::udp(canonical(source));
         match shared.inbound(datagram, from) {
             Inbound::Deliver(event) => {
                 if !shared.deliver(event).await {
@@ -117,7 +120,9 @@ impl Shared {
             return;
         }
         let socket = SockRef::from(&self.udp);
-        match socket.send_to(&transmit.bytes, &SockAddr::from(transmit.to.addr)) {
+        // IPv4 peers go IPv4-mapped from an IPv6 socket (see `family.rs`).
+        let to = for_socket(self.local_addr, transmit.to.addr);
+        match socket.send_to(&transmit.bytes, &SockAddr::from(to)) {
             Ok(_) => bump(&self.stats.sent),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 bump(&self.stats.udp_send_dropped);
