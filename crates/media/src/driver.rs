@@ -18,7 +18,9 @@ use crate::stream::{LearningConfig, Leg, SignallingIps, StreamCounters, StreamSt
 /// configuration): one setting for every stream, so it is the driver's, not each command's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// Where relay sockets bind (`media.bind_ip`).
+    /// Where relay sockets bind (`media.bind_ip`). IPv6 works as IPv4 does; the IPv6
+    /// wildcard `::` binds dual-stack, so one relay port serves an IPv4 leg and an IPv6 leg
+    /// (sources are learned canonically, destinations mapped to the socket's family).
     pub bind_ip: IpAddr,
     /// SO_RCVBUF/SO_SNDBUF asked per socket; the kernel may grant less.
     pub socket_buffer_bytes: usize,

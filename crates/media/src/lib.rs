@@ -49,6 +49,12 @@
 //!   thin, so another I/O backend could replace it around the same [`StreamState`].
 //! - [`MediaDriver`]: the streams by key; binds (with raised kernel buffers), spawns, closes.
 //!
+//! IPv6: relay sockets bind on IPv6 as on IPv4, and on `::` dual-stack, where one stream may
+//! bridge an IPv4 leg and an IPv6 leg. Addresses inside the stream logic are canonical (an
+//! IPv4 peer is `a.b.c.d` even when a dual-stack socket reports `::ffff:a.b.c.d`), so that
+//! latching compares them with the SDP and signalling addresses as they were written; the
+//! relay maps each destination to its socket's family when it sends.
+//!
 //! ## Use
 //!
 //! ```no_run

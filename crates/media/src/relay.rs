@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 
+use crate::socket::for_socket;
 use crate::stream::{DirectionCounters, Leg, SocketKind, StreamCounters, StreamState, Verdict};
 
 /// Largest datagram relayed; a datagram filling the buffer may have been truncated and is
@@ -58,18 +59,26 @@ pub(crate) fn clock_base() -> Instant {
 const NEVER: u64 = u64::MAX;
 
 /// A stream's four sockets, registered with the runtime: `[leg][kind]`, the sockets facing
-/// each leg (leg A sends to `[A][..]`).
-pub(crate) struct Sockets([[UdpSocket; 2]; 2]);
+/// each leg (leg A sends to `[A][..]`), and whether they are IPv6 sockets (all four are bound
+/// to the same address): destinations are mapped to that family before each send.
+pub(crate) struct Sockets {
+    sockets: [[UdpSocket; 2]; 2],
+    v6: bool,
+}
 
 impl Sockets {
     /// Registers the bound sockets with the runtime entered by the caller.
     pub(crate) fn from_std(
         [a_rtp, a_rtcp, b_rtp, b_rtcp]: [StdUdpSocket; 4],
     ) -> std::io::Result<Sockets> {
-        Ok(Sockets([
-            [UdpSocket::from_std(a_rtp)?, UdpSocket::from_std(a_rtcp)?],
-            [UdpSocket::from_std(b_rtp)?, UdpSocket::from_std(b_rtcp)?],
-        ]))
+        let v6 = a_rtp.local_addr()?.is_ipv6();
+        Ok(Sockets {
+            sockets: [
+                [UdpSocket::from_std(a_rtp)?, UdpSocket::from_std(a_rtcp)?],
+                [UdpSocket::from_std(b_rtp)?, UdpSocket::from_std(b_rtcp)?],
+            ],
+            v6,
+        })
     }
 
     fn get(&self, leg: Leg, kind: SocketKind) -> &UdpSocket {
@@ -81,7 +90,7 @@ impl Sockets {
             SocketKind::Rtp => 0,
             SocketKind::Rtcp => 1,
         };
-        &self.0[leg][kind]
+        &self.sockets[leg][kind]
     }
 }
 
@@ -280,10 +289,13 @@ fn drain_into(
         // A datagram that filled the buffer may have been cut short.
         let truncated = len == buffer.len();
         let packet = &buffer[..len];
+        // The state learns and compares canonical addresses (an IPv4 phone on a dual-stack
+        // socket is `a.b.c.d`, as its SDP and signalling name it) and answers one; the socket
+        // sends in its own family.
         if let Verdict::Forward(destination) =
             state.on_datagram(now, from, kind, source, packet, truncated)
         {
-            match output.try_send_to(packet, destination) {
+            match output.try_send_to(packet, for_socket(sockets.v6, destination)) {
                 Ok(_) => state.on_sent(from, len),
                 Err(_) => state.on_send_failed(from),
             }

@@ -51,6 +51,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::packet::{is_rtcp, is_rtp};
+use crate::socket::canonical;
 
 /// One side of a relayed stream. (The engine in b2bua has its own `Leg` with the same meaning;
 /// media does not depend on b2bua, the binary maps one onto the other.)
@@ -274,7 +275,8 @@ enum Learning {
 }
 
 fn same_ip(a: IpAddr, b: IpAddr) -> bool {
-    // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6.
+    // The relay gives canonical sources and SDP addresses are kept canonical; a signalling
+    // IP could still come mapped from an embedder.
     a.to_canonical() == b.to_canonical()
 }
 
@@ -392,12 +394,16 @@ impl StreamState {
     /// Sets where `leg` receives media, from its latest SDP. When the addresses differ from the
     /// previous ones (or are the first), what the leg learned is forgotten (its window starts
     /// again at its next packet) and true is returned.
+    ///
+    /// Addresses are kept in canonical form (an SDP naming `IN IP6 ::ffff:a.b.c.d` means the
+    /// IPv4 host), as the relay gives datagram sources.
     pub fn set_remote(
         &mut self,
         leg: Leg,
         rtp: Option<SocketAddr>,
         rtcp: Option<SocketAddr>,
     ) -> bool {
+        let (rtp, rtcp) = (rtp.map(canonical), rtcp.map(canonical));
         let [rtp_latch, rtcp_latch] = &self.latches[leg.index()];
         if self.remote_set[leg.index()] && rtp_latch.sdp == rtp && rtcp_latch.sdp == rtcp {
             return false;
@@ -419,6 +425,10 @@ impl StreamState {
     /// A datagram of `packet.len()` bytes from `source` arrived on the `kind` socket facing
     /// `from`; `truncated` when it filled the receive buffer. Says where to forward it, or why
     /// it is dropped (and counts the drop).
+    ///
+    /// `source` may be IPv4-mapped (a dual-stack socket's report of an IPv4 peer): it is
+    /// learned and compared as the IPv4 address it stands for, and a [`Verdict::Forward`]
+    /// destination is likewise canonical; the I/O loop maps it back to its socket's family.
     pub fn on_datagram(
         &mut self,
         now: Instant,
@@ -428,6 +438,7 @@ impl StreamState {
         packet: &[u8],
         truncated: bool,
     ) -> Verdict {
+        let source = canonical(source);
         let verdict = self.decide(now, from, kind, source, packet, truncated);
         if let Verdict::Drop(reason) = verdict {
             let counters = &mut self.counters[from.index()];
@@ -875,9 +886,11 @@ mod tests {
         assert_eq!(f.rtp(Leg::A, mapped), Verdict::Forward(b_rtp));
         let mapped_pbx = addr("[::ffff:192.0.2.100]:9");
         assert_eq!(f.rtp(Leg::A, mapped_pbx), FOREIGN, "latched exact");
+        // Latched, and sent to, as the IPv4 address it is (the relay maps it back for an
+        // IPv6 socket).
         assert_eq!(
             f.rtp(Leg::B, addr("[::ffff:198.51.100.50]:9")),
-            Verdict::Forward(mapped)
+            Verdict::Forward(addr("192.0.2.1:4000"))
         );
     }
 
@@ -1149,6 +1162,67 @@ mod tests {
                 last_packet_at: Some(t0 + Duration::from_secs(60)),
             }
         );
+    }
+
+    /// A dual-stack relay socket reports an IPv4 phone as `::ffff:a.b.c.d`: it is still the
+    /// phone of its IPv4 SDP (an exact latch, not a stranger), its signalling IP still makes
+    /// same-IP evidence, and what goes back to it is named canonically. An IPv6 leg beside it
+    /// learns as any other.
+    #[test]
+    fn mapped_ipv4_sources_are_the_ipv4_peers_of_their_sdp_and_signalling() {
+        let config = LearningConfig {
+            mode: LearningMode::Strict,
+            ..LearningConfig::default()
+        };
+        let signalling = SignallingIps {
+            a: Some("127.0.0.1".parse().unwrap()),
+            b: Some("::1".parse().unwrap()),
+        };
+        let mut stream = StreamState::new(config, signalling);
+        let now = Instant::now();
+        let (phone, callee) = (addr("127.0.0.1:4000"), addr("[::1]:5000"));
+        stream.set_remote(Leg::A, Some(phone), None);
+        stream.set_remote(Leg::B, Some(callee), None);
+        let mapped = addr("[::ffff:127.0.0.1]:4000");
+        assert_eq!(
+            stream.on_datagram(now, Leg::A, SocketKind::Rtp, mapped, &rtp(1), false),
+            Verdict::Forward(callee)
+        );
+        assert_eq!(stream.latched(Leg::A), Some(phone), "latched canonically");
+        assert_eq!(
+            stream.on_datagram(now, Leg::B, SocketKind::Rtp, callee, &rtp(1), false),
+            Verdict::Forward(phone)
+        );
+        // The same packet again is the latched source, not a foreign one.
+        assert_eq!(
+            stream.on_datagram(now, Leg::A, SocketKind::Rtp, mapped, &rtp(2), false),
+            Verdict::Forward(callee)
+        );
+        // A mapped SDP address is the IPv4 one: not a change, nothing forgotten.
+        assert!(!stream.set_remote(Leg::A, Some(addr("[::ffff:127.0.0.1]:4000")), None));
+        assert_eq!(stream.latched(Leg::A), Some(phone));
+        // Strict learning on a fresh stream: a mapped source on the signalling IP (another
+        // port) is same-IP evidence, an IPv6 stranger is not.
+        let mut stream = StreamState::new(config, signalling);
+        stream.set_remote(Leg::A, Some(phone), None);
+        stream.set_remote(Leg::B, Some(callee), None);
+        assert_eq!(
+            stream.on_datagram(
+                now,
+                Leg::B,
+                SocketKind::Rtp,
+                addr("[2001:db8::1]:5000"),
+                &rtp(1),
+                false
+            ),
+            NOT_LEARNED
+        );
+        let natted = addr("[::ffff:127.0.0.1]:7000");
+        assert_eq!(
+            stream.on_datagram(now, Leg::A, SocketKind::Rtp, natted, &rtp(1), false),
+            Verdict::Forward(callee)
+        );
+        assert_eq!(stream.latched(Leg::A), Some(addr("127.0.0.1:7000")));
     }
 
     /// The per-datagram cost of the stream logic (validation, learning, choice of destination,
