@@ -93,7 +93,12 @@ impl SourceLog {
 
 impl Engine {
     /// Whether `ip` may talk to the engine statefully: a trusted peer or the trunk.
+    ///
+    /// Addresses are compared in canonical form (an IPv4-mapped `::ffff:a.b.c.d` is
+    /// `a.b.c.d`): the transport already reports an IPv4 peer of a dual-stack socket so, and
+    /// this keeps `127.0.0.0/8` matching it should an address reach here another way.
     pub(super) fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
         self.is_trunk(ip)
             || self
                 .config
@@ -103,9 +108,12 @@ impl Engine {
     }
 
     /// Whether `ip` is the trunk's: the only source leg B's requests and responses may
-    /// come from.
+    /// come from. Canonical on both sides, so that a trunk configured as `[::ffff:a.b.c.d]`
+    /// is the IPv4 peer the transport reports.
     pub(super) fn is_trunk(&self, ip: IpAddr) -> bool {
-        self.config.trunk.addr.ip() == ip || self.trunk_targets.iter().any(|t| t.addr.ip() == ip)
+        let ip = ip.to_canonical();
+        let is = |peer: &Peer| peer.addr.ip().to_canonical() == ip;
+        is(&self.config.trunk) || self.trunk_targets.iter().any(is)
     }
 
     /// Whether a request inside a call came from that leg's peer: a trusted peer for leg A,

@@ -2002,6 +2002,7 @@ mod challenge;
 mod door;
 mod failover;
 mod hangup;
+mod ipv6;
 mod keepalive;
 mod multipart;
 mod prack;
