@@ -32,6 +32,7 @@ use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
+mod addresses;
 mod tls;
 mod trunk;
 pub use tls::{TlsSection, TlsTrunk};
@@ -72,7 +73,8 @@ pub struct Config {
 pub struct SipSection {
     /// UDP and TCP listen address (same port for both).
     pub listen: SocketAddr,
-    /// Host written into Via, Contact and Record-Route.
+    /// Host written into Via, Contact and Record-Route: a name or an address; an IPv6
+    /// address either bare (`::1`) or bracketed (`[::1]`), written bracketed in every header.
     pub public_addr: String,
     /// Where outbound (B-leg) INVITEs are sent, `host:port` (`trunk.address`, when set,
     /// takes its place).
@@ -176,6 +178,23 @@ impl Default for SipSection {
 }
 
 impl SipSection {
+    /// `public_addr` as the engine and the transaction layer keep it: an IPv6 address bare
+    /// however it was written (they bracket it where SIP wants brackets), anything else
+    /// trimmed.
+    pub fn public_host(&self) -> String {
+        addresses::public_host(&self.public_addr)
+    }
+
+    /// Refuses, at start, a trunk reached over UDP whose address family the SIP socket cannot
+    /// send to (an IPv6 trunk from `sip.listen = "0.0.0.0:…"`, an IPv4 one from `"[::1]:…"`):
+    /// every leg B would fail at its first send.
+    pub fn check_trunk(&self, trunk: Peer) -> Result<(), ConfigError> {
+        if trunk.transport != sip_core::Transport::Udp {
+            return Ok(());
+        }
+        addresses::check_trunk(self.listen.ip(), trunk.addr.ip())
+    }
+
     /// The SIP transport's settings: where it binds, its socket buffers, message size limit
     /// and TCP admission. `trunk` is the resolved address of `self.trunk`: trusted for TCP
     /// like `trusted_peers`, and given the connections reserved for the trunk.
@@ -208,7 +227,7 @@ impl SipSection {
     pub fn engine_config(&self, sip_port: u16, trunk: Peer, media: MediaConfig) -> EngineConfig {
         EngineConfig {
             local: LocalIdentity {
-                public_addr: self.public_addr.clone(),
+                public_addr: self.public_host(),
                 port: sip_port,
                 // Known once the transport has bound its TLS listener (`runtime.rs`).
                 tls_port: None,
@@ -253,7 +272,7 @@ impl SipSection {
                 timer_d: t1 * 64,
                 ..TimerConfig::default()
             },
-            via_host: self.public_addr.clone(),
+            via_host: self.public_host(),
             via_port: Some(sip_port),
             udp_max_request: self.udp_max_request_bytes,
             ..TransactionConfig::default()
@@ -311,13 +330,16 @@ fn loopback_net() -> IpNet {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSection {
-    /// Address written into SDP `c=` lines.
+    /// Address written into SDP `c=` and `o=` lines (`IN IP4`, or `IN IP6` for an IPv6
+    /// address).
     pub public_ip: IpAddr,
     /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP. Each stream's
     /// ports are drawn from it at random.
     pub rtp_ports: String,
     pub inactivity_secs: u64,
-    /// Local address the relay sockets bind (default: all addresses).
+    /// Local address the relay sockets bind (default: all IPv4 addresses). `"::"` binds
+    /// dual-stack (IPv4 and IPv6 peers alike); one IPv6 address (`"::1"`) serves IPv6 only. It
+    /// must be able to reach peers in `public_ip`'s family (checked at start).
     pub bind_ip: IpAddr,
     /// Which sources teach a leg its media peer (SPEC.md "Trust boundary"). Both modes take
     /// the SDP address at once and for good, and a source on the SDP's IP or the leg's
@@ -893,6 +915,7 @@ impl Config {
         if !(1..=1_000_000).contains(&self.store.queue) {
             return Err(ConfigError::Invalid("store.queue must be 1-1000000".into()));
         }
+        self.validate_addresses()?;
         self.media.port_range()?;
         self.media.learning_config()?;
         self.webhooks.validate()?;
@@ -915,6 +938,32 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `sip.public_addr` is a host, and every address callbridge advertises can be reached on
+    /// the socket it binds: the SIP listeners' for `sip.public_addr` (when it is an address),
+    /// the relay sockets' for `media.public_ip` (see `config/addresses.rs`).
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
+        addresses::check_public_addr(&self.sip.public_addr)?;
+        if let Some(public) = addresses::public_ip(&self.sip.public_addr) {
+            addresses::check_family(
+                "sip.listen",
+                self.sip.listen.ip(),
+                "sip.public_addr",
+                public,
+            )?;
+            if let Ok(Some(tls)) = self.tls.listen_addr() {
+                addresses::check_family("tls.listen", tls.ip(), "sip.public_addr", public)?;
+            }
+        }
+        addresses::check_family(
+            "media.bind_ip",
+            self.media.bind_ip,
+            "media.public_ip",
+            self.media.public_ip,
+        )
     }
 }
 
@@ -1379,5 +1428,68 @@ mod tests {
         let mut with_token = open;
         with_token.push(("CALLBRIDGE_API_TOKENS".into(), "[\"t\"]".into()));
         assert!(Config::load(None, with_token, &[]).is_ok());
+    }
+    #[test]
+    fn ipv6_addresses_are_accepted_normalised_and_checked_against_their_sockets() {
+        let load = |set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
+            Config::load(None, env(&[]), &set)
+        };
+        // `[::1]` and `::1` alike: kept bare, bracketed by whoever writes a header.
+        for public in ["[::1]", "::1"] {
+            let c = load(&[
+                "sip.listen=[::1]:5070",
+                &format!("sip.public_addr={public}"),
+                "sip.trusted_peers=[\"::1/128\"]",
+                "media.public_ip=::1",
+                "media.bind_ip=::1",
+            ])
+            .unwrap();
+            assert_eq!(c.sip.listen, "[::1]:5070".parse().unwrap());
+            let trunk = Peer::udp("[::1]:5080".parse().unwrap());
+            let engine = c
+                .sip
+                .engine_config(5070, trunk, c.media.media_config().unwrap());
+            assert_eq!(engine.local.public_addr, "::1");
+            assert_eq!(engine.transactions.via_host, "::1");
+            assert_eq!(
+                engine.local.contact("2001").to_string(),
+                "sip:2001@[::1]:5070"
+            );
+            assert_eq!(
+                c.media.driver_config().bind_ip,
+                "::1".parse::<IpAddr>().unwrap()
+            );
+        }
+        // Dual-stack listeners take either family.
+        for public in ["127.0.0.1", "::1"] {
+            load(&[
+                "sip.listen=[::]:5060",
+                &format!("sip.public_addr={public}"),
+                "media.bind_ip=::",
+                &format!("media.public_ip={public}"),
+            ])
+            .unwrap();
+        }
+        // Families that cannot meet, and hosts that are no hosts.
+        for bad in [
+            &["media.public_ip=::1"][..],
+            &["media.public_ip=127.0.0.1", "media.bind_ip=::1"],
+            &["sip.public_addr=::1"],
+            &["sip.listen=[::1]:5060", "sip.public_addr=127.0.0.1"],
+            &["sip.public_addr=127.0.0.1:5060"],
+            &["sip.public_addr=[sbc.example]"],
+            &["sip.public_addr=\"\""],
+        ] {
+            assert!(
+                matches!(load(bad), Err(ConfigError::Invalid(_))),
+                "{bad:?} accepted"
+            );
+        }
+        let error = load(&["media.public_ip=::1"]).unwrap_err().to_string();
+        assert!(
+            error.contains("media.public_ip ::1") && error.contains("media.bind_ip 0.0.0.0"),
+            "{error}"
+        );
     }
 }

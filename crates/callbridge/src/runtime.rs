@@ -113,6 +113,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         transport: config.trunk.transport(),
         ..trunk
     };
+    config.sip.check_trunk(trunk)?;
     let mut transport_config = config.sip.transport_config(trunk.addr.ip());
     // TLS: the listener, and toward a TLS trunk its certificate checked for the host of
     // trunk.address (files read and checked again here, as they are now).

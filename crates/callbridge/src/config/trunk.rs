@@ -251,6 +251,27 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_trunk_is_bracketed_in_the_request_uri() {
+        let trunk = TrunkSection::default();
+        for (address, host, port) in [
+            ("[::1]:5080", "[::1]", Some(5080)),
+            ("[2001:db8::1]", "[2001:db8::1]", None),
+            ("::1", "::1", None),
+        ] {
+            let (uri_host, uri_port) = trunk.uri_host_port(address);
+            assert_eq!((uri_host.as_str(), uri_port), (host, port), "{address}");
+            // Either form comes out bracketed once.
+            assert_eq!(
+                sip_core::Uri::sip(Some("3001"), &uri_host, uri_port)
+                    .to_string()
+                    .replace(":5080", ""),
+                format!("sip:3001@[{}]", host.trim_matches(|c| c == '[' || c == ']'))
+            );
+        }
+        assert_eq!(trunk.host("[::1]:5080"), "[::1]");
+    }
+
+    #[test]
     fn ping_secs_is_off_or_one_second_to_an_hour() {
         let mut trunk = TrunkSection::default();
         assert!(trunk.validate().is_ok());
