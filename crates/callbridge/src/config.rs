@@ -333,6 +333,11 @@ pub struct MediaSection {
     /// Address written into SDP `c=` and `o=` lines (`IN IP4`, or `IN IP6` for an IPv6
     /// address).
     pub public_ip: IpAddr,
+    /// With a dual-stack relay (`bind_ip = "::"`) and an IPv4 `public_ip`: the IPv6 address
+    /// written instead into the SDP sent to a leg whose signalling peer is IPv6, so that a call
+    /// between an IPv4 and an IPv6 party gives each an address it can reach. Empty: none
+    /// (every leg is given `public_ip`).
+    pub public_ip6: String,
     /// Inclusive port range, `"20000-29999"`: even ports RTP, odd ports RTCP. Each stream's
     /// ports are drawn from it at random.
     pub rtp_ports: String,
@@ -385,6 +390,7 @@ impl Default for MediaSection {
         let learning = media::DriverConfig::default().learning;
         MediaSection {
             public_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            public_ip6: String::new(),
             rtp_ports: "20000-29999".into(),
             inactivity_secs: 60,
             bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -412,15 +418,44 @@ impl MediaSection {
         Ok((first, last))
     }
 
-    /// The engine's media settings: the relay range, the SDP address, the inactivity timeout.
+    /// The engine's media settings: the relay range, the SDP addresses, the inactivity
+    /// timeout.
     pub fn media_config(&self) -> Result<MediaConfig, ConfigError> {
         let (first_port, last_port) = self.port_range()?;
         Ok(MediaConfig {
             public_ip: self.public_ip,
+            public_ip6: self.public_ip6()?,
             first_port,
             last_port,
             inactivity: Duration::from_secs(self.inactivity_secs),
         })
+    }
+
+    /// `public_ip6`, when set: an IPv6 address (not IPv4-mapped), beside an IPv4 `public_ip`.
+    pub fn public_ip6(&self) -> Result<Option<IpAddr>, ConfigError> {
+        let text = self.public_ip6.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let invalid = |why: &str| {
+            ConfigError::Invalid(format!("media.public_ip6 {:?} {why}", self.public_ip6))
+        };
+        let ip: std::net::Ipv6Addr = text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| invalid("is not an IPv6 address"))?;
+        if ip.to_ipv4_mapped().is_some() {
+            return Err(invalid(
+                "is IPv4-mapped: write the IPv4 address as media.public_ip",
+            ));
+        }
+        if self.public_ip.to_canonical().is_ipv6() {
+            return Err(invalid(
+                "is set beside an IPv6 media.public_ip: make media.public_ip the IPv4 address",
+            ));
+        }
+        Ok(Some(IpAddr::V6(ip)))
     }
 
     /// The learning settings, refused when `learning_secs` is beyond
@@ -963,7 +998,16 @@ impl Config {
             self.media.bind_ip,
             "media.public_ip",
             self.media.public_ip,
-        )
+        )?;
+        if let Some(public_ip6) = self.media.public_ip6()? {
+            addresses::check_family(
+                "media.bind_ip",
+                self.media.bind_ip,
+                "media.public_ip6",
+                public_ip6,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1480,12 +1524,33 @@ mod tests {
             &["sip.public_addr=127.0.0.1:5060"],
             &["sip.public_addr=[sbc.example]"],
             &["sip.public_addr=\"\""],
+            &["media.public_ip6=::1"],
+            &["media.bind_ip=::", "media.public_ip6=127.0.0.1"],
+            &["media.bind_ip=::", "media.public_ip6=::ffff:127.0.0.1"],
+            &[
+                "media.bind_ip=::",
+                "media.public_ip=::1",
+                "media.public_ip6=::2",
+            ],
         ] {
             assert!(
                 matches!(load(bad), Err(ConfigError::Invalid(_))),
                 "{bad:?} accepted"
             );
         }
+        // A dual-stack relay with an address per family.
+        let c = load(&[
+            "media.bind_ip=::",
+            "media.public_ip=127.0.0.1",
+            "media.public_ip6=[::1]",
+        ])
+        .unwrap();
+        let media = c.media.media_config().unwrap();
+        assert_eq!(media.public_ip6, Some("::1".parse().unwrap()));
+        assert_eq!(
+            Config::default().media.media_config().unwrap().public_ip6,
+            None
+        );
         let error = load(&["media.public_ip=::1"]).unwrap_err().to_string();
         assert!(
             error.contains("media.public_ip ::1") && error.contains("media.bind_ip 0.0.0.0"),

@@ -42,6 +42,7 @@ struct Harness {
 fn media_config() -> MediaConfig {
     MediaConfig {
         public_ip: "192.0.2.1".parse().unwrap(),
+        public_ip6: None,
         first_port: 30000,
         last_port: 30099,
         // Armed in every bridged call of these tests, and so checked to be disarmed when the

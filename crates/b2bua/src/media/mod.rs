@@ -35,8 +35,13 @@ pub const MAX_STREAMS: usize = 8;
 /// What anchoring needs from the configuration (`media.*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MediaConfig {
-    /// The address written in `c=` lines: where the legs send media.
+    /// The address written in `c=` and `o=` lines: where the legs send media (`IN IP4`, or
+    /// `IN IP6` for an IPv6 address).
     pub public_ip: std::net::IpAddr,
+    /// The IPv6 address written instead towards a leg whose signalling peer is IPv6, when
+    /// `public_ip` is IPv4 (`media.public_ip6`): a dual-stack relay bridging an IPv4 leg and an
+    /// IPv6 leg tells each an address it can reach. `None`: `public_ip` towards every leg.
+    pub public_ip6: Option<std::net::IpAddr>,
     /// First port of the relay range (`media.rtp_ports`), inclusive.
     pub first_port: u16,
     /// Last port of the relay range, inclusive.
@@ -44,6 +49,18 @@ pub struct MediaConfig {
     /// A call with no valid packet in either direction for this long, once both legs have
     /// sent SDP, is hung up as `media_timeout` (`media.inactivity_secs`). Zero disables it.
     pub inactivity: Duration,
+}
+
+impl MediaConfig {
+    /// The address written in the SDP sent to a leg whose signalling comes from `peer`:
+    /// [`public_ip6`](Self::public_ip6) for an IPv6 peer when there is one, else
+    /// [`public_ip`](Self::public_ip). (An IPv4-mapped peer is an IPv4 one.)
+    pub fn public_ip_for(&self, peer: Option<IpAddr>) -> IpAddr {
+        match (self.public_ip6, peer.map(|ip| ip.to_canonical())) {
+            (Some(v6), Some(IpAddr::V6(_))) => v6,
+            _ => self.public_ip,
+        }
+    }
 }
 
 /// Why an SDP body cannot be forwarded; the call answers with the SIP code given.
@@ -83,6 +100,16 @@ pub struct StreamId {
 pub struct SignallingIps {
     pub a: Option<IpAddr>,
     pub b: Option<IpAddr>,
+}
+
+impl SignallingIps {
+    /// `leg`'s signalling IP.
+    pub fn get(&self, leg: Leg) -> Option<IpAddr> {
+        match leg {
+            Leg::A => self.a,
+            Leg::B => self.b,
+        }
+    }
 }
 
 /// What the engine asks of the media driver. Commands come out of

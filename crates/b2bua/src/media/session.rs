@@ -14,7 +14,7 @@
 //! and a version that moves on by one exactly when the description sent to that leg changes.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -121,10 +121,10 @@ impl Outgoing {
     fn write(
         &mut self,
         sdp: &mut SessionDescription,
-        plane: &MediaPlane,
+        public_ip: IpAddr,
         relay: &[Option<RelayPorts>],
     ) -> Bytes {
-        sdp.rewrite(plane.config.public_ip, relay, self.origin);
+        sdp.rewrite(public_ip, relay, self.origin);
         let mut body = sdp.to_bytes();
         // Both written with the same `o=`: they differ exactly when the content does.
         if self.last.is_some_and(|last| last != body_hash(&body)) {
@@ -299,7 +299,10 @@ impl CallMedia {
             });
         }
         self.on_hold[from.index()] = super::sdp::is_hold(body);
-        let body = self.outgoing[from.other().index()].write(&mut sdp, plane, &relay);
+        // The address of the receiving leg's family (dual-stack, `media.public_ip6`).
+        let to = from.other();
+        let public_ip = plane.config.public_ip_for(self.signalling.get(to));
+        let body = self.outgoing[to.index()].write(&mut sdp, public_ip, &relay);
         self.last_sent[from.other().index()] = Some(body.clone());
 
         self.seen[from.index()] = true;
@@ -434,6 +437,7 @@ mod tests {
     fn plane(first: u16, last: u16) -> MediaPlane {
         MediaPlane::new(MediaConfig {
             public_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            public_ip6: None,
             first_port: first,
             last_port: last,
             inactivity: Duration::from_secs(60),
@@ -472,6 +476,49 @@ mod tests {
         call: CALL,
         index: 0,
     };
+
+    /// A dual-stack relay bridging an IPv4 phone and an IPv6 trunk (`media.public_ip6`): each
+    /// leg is written the address of its own family, `o=` included; without `public_ip6`
+    /// both get `public_ip`.
+    #[test]
+    fn each_leg_is_given_the_public_address_of_its_signalling_family() {
+        let mut plane = plane(30000, 30099);
+        plane.config.public_ip6 = Some("2001:db8::5".parse().unwrap());
+        let mixed = SignallingIps {
+            a: Some("192.0.2.10".parse().unwrap()),
+            b: Some("2001:db8::1".parse().unwrap()),
+        };
+        let t0 = Instant::now();
+        let mut media = CallMedia::new(CALL, mixed);
+        let to_b = media
+            .towards_b(t0, &sdp("192.0.2.10", &[4000]), &mut plane)
+            .unwrap();
+        let to_b = String::from_utf8(to_b.to_vec()).unwrap();
+        assert!(to_b.contains("c=IN IP6 2001:db8::5\r\n"), "{to_b}");
+        assert!(to_b.contains(" IN IP6 2001:db8::5\r\ns=-"), "{to_b}");
+        let answer = "v=0\r\no=x 1 1 IN IP6 2001:db8::1\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let to_a = media
+            .towards_a(t0, &Bytes::from_static(answer.as_bytes()), &mut plane)
+            .unwrap();
+        let to_a = String::from_utf8(to_a.to_vec()).unwrap();
+        assert!(to_a.contains("c=IN IP4 192.0.2.1\r\n"), "{to_a}");
+        assert!(to_a.contains(" IN IP4 192.0.2.1\r\ns=-"), "{to_a}");
+        media.close(&mut plane);
+        // An IPv4-mapped signalling address is an IPv4 peer.
+        let config = &plane.config;
+        assert_eq!(
+            config.public_ip_for(Some("::ffff:192.0.2.10".parse().unwrap())),
+            config.public_ip
+        );
+        assert_eq!(config.public_ip_for(None), config.public_ip);
+        plane.config.public_ip6 = None;
+        assert_eq!(
+            plane
+                .config
+                .public_ip_for(Some("2001:db8::1".parse().unwrap())),
+            plane.config.public_ip
+        );
+    }
 
     #[test]
     fn offer_and_answer_open_one_stream_and_point_each_leg_at_its_own_ports() {
