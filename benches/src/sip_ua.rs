@@ -27,13 +27,15 @@ const DIALLED: &str = "2001";
 const TARGET: &str = "3001";
 
 /// A minimal audio SDP offer or answer (PCMU and telephone-event, sendrecv) whose media address
-/// is `addr`, with an `a=ptime` line when `ptime_ms` is given.
+/// is `addr` (`IN IP4`, or `IN IP6` for an IPv6 address), with an `a=ptime` line when
+/// `ptime_ms` is given.
 pub fn audio_sdp(addr: SocketAddr, session_id: u64, ptime_ms: Option<u32>) -> String {
     let ptime = ptime_ms
         .map(|ms| format!("a=ptime:{ms}\r\n"))
         .unwrap_or_default();
+    let family = if addr.is_ipv6() { "IP6" } else { "IP4" };
     format!(
-        "v=0\r\no=- {session_id} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+        "v=0\r\no=- {session_id} 1 IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
          m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
          a=rtpmap:101 telephone-event/8000\r\n{ptime}a=sendrecv\r\n",
         ip = addr.ip(),
@@ -46,23 +48,26 @@ fn sdp(addr: SocketAddr, session_id: u64) -> String {
     audio_sdp(addr, session_id, Some(20))
 }
 
-/// The media address (`c=` IP, first `m=` port) of an SDP body.
+/// The media address (`c=` IP, IPv4 or IPv6, first `m=` port) of an SDP body.
 pub fn sdp_media_addr(body: &[u8]) -> Result<SocketAddr, String> {
     let text = String::from_utf8_lossy(body);
-    let ip = text
+    let ip: std::net::IpAddr = text
         .lines()
-        .find_map(|l| l.strip_prefix("c=IN IP4 "))
+        .find_map(|l| {
+            l.strip_prefix("c=IN IP4 ")
+                .or_else(|| l.strip_prefix("c=IN IP6 "))
+        })
         .map(str::trim)
-        .ok_or_else(|| format!("no c= line in SDP:\n{text}"))?;
+        .ok_or_else(|| format!("no c= line in SDP:\n{text}"))?
+        .parse()
+        .map_err(|e| format!("SDP c= address: {e}"))?;
     let port = text
         .lines()
         .find_map(|l| l.strip_prefix("m="))
         .and_then(|m| m.split_whitespace().nth(1))
         .and_then(|p| p.parse::<u16>().ok())
         .ok_or_else(|| format!("no m= port in SDP:\n{text}"))?;
-    format!("{ip}:{port}")
-        .parse()
-        .map_err(|e| format!("SDP address {ip}:{port}: {e}"))
+    Ok(SocketAddr::new(ip, port))
 }
 
 /// The callee's response to `request` (callbridge's INVITE or a request on leg B): the To tag
@@ -400,6 +405,10 @@ mod tests {
         let without = audio_sdp(addr, 7, None);
         assert_eq!(without, with.replace("a=ptime:20\r\n", ""));
         assert!(sdp_media_addr(b"v=0\r\nm=audio 4 RTP/AVP 0\r\n").is_err());
+        let v6: SocketAddr = "[::1]:40002".parse().unwrap();
+        let sdp = audio_sdp(v6, 7, None);
+        assert!(sdp.contains("o=- 7 1 IN IP6 ::1\r\n") && sdp.contains("c=IN IP6 ::1\r\n"));
+        assert_eq!(sdp_media_addr(sdp.as_bytes()), Ok(v6));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! ports, short SIP timers), the scripted phones and callee around it, and a tiny HTTP client
 //! for its API.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use callbridge::config::Config;
@@ -30,6 +30,9 @@ pub struct Options {
     pub max_calls: usize,
     /// Further `section.key=value` overrides, applied last.
     pub extra: Vec<String>,
+    /// The loopback address the callee (callbridge's trunk) binds: `127.0.0.1` by default,
+    /// `::1` for a trunk over IPv6.
+    pub callee_ip: IpAddr,
 }
 
 /// callbridge's own defaults (read from [`Config::default`], not written again here), except a
@@ -51,6 +54,7 @@ impl Default for Options {
             max_call_secs: defaults.sip.max_call_secs,
             max_calls: defaults.sip.max_calls,
             extra: Vec::new(),
+            callee_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -64,6 +68,8 @@ pub struct Bridge {
     pub callee: TestUa,
     /// The relay port range of this instance.
     pub rtp_ports: (u16, u16),
+    /// Where the relay sockets bind (`media.bind_ip`), for [`Bridge::assert_ports_free`].
+    pub media_ip: IpAddr,
 }
 
 impl Bridge {
@@ -72,7 +78,11 @@ impl Bridge {
     }
 
     pub async fn start_with(options: Options) -> Bridge {
-        let mut callee = TestUa::udp("127.0.0.1:9".parse().expect("addr")).await;
+        let callee = TestUa::udp_at(
+            SocketAddr::new(options.callee_ip, 0),
+            "127.0.0.1:9".parse().expect("addr"),
+        )
+        .await;
         let rtp_ports = options
             .rtp_ports
             .unwrap_or_else(|| crate::ports::free_range(200));
@@ -108,23 +118,40 @@ impl Bridge {
         let running = callbridge::start(&config).await.expect("callbridge starts");
         let rtp_ports_range = rtp_ports;
         let sip = running.sip_addr;
-        callee.server = sip;
-        Bridge {
+        let mut bridge = Bridge {
             sip,
             api: running.api_addr,
             running,
             callee,
             rtp_ports: rtp_ports_range,
-        }
+            media_ip: config.media.bind_ip,
+        };
+        bridge.callee.server = bridge.sip_for(options.callee_ip);
+        bridge
     }
 
-    /// Asserts that every port of this bridge's relay range can be bound again (no call
-    /// kept a relay socket), waiting briefly for relays that are still closing.
+    /// Where a UA on loopback address `ip` reaches callbridge's SIP port: its listen address,
+    /// or, when that is a wildcard (`0.0.0.0`, `[::]`), the loopback address of `ip`'s family
+    /// (an IPv4 phone calls a dual-stack callbridge at `127.0.0.1`).
+    pub fn sip_for(&self, ip: IpAddr) -> SocketAddr {
+        if !self.sip.ip().is_unspecified() {
+            return self.sip;
+        }
+        let loopback = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        SocketAddr::new(loopback, self.sip.port())
+    }
+
+    /// Asserts that every port of this bridge's relay range can be bound again on the relay's
+    /// address (no call kept a relay socket), waiting briefly for relays that are still
+    /// closing.
     pub async fn assert_ports_free(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         'retry: loop {
             for port in self.rtp_ports.0..=self.rtp_ports.1 {
-                if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                if std::net::UdpSocket::bind((self.media_ip, port)).is_err() {
                     assert!(Instant::now() < deadline, "relay port {port} still bound");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue 'retry;
@@ -278,12 +305,19 @@ impl Phone {
     /// A UDP phone on the loopback address `ip` (another `127.0.0.x` stands for another
     /// host).
     pub async fn udp_from(bridge: &Bridge, user: &str, ip: &str) -> Phone {
-        let local = SocketAddr::new(ip.parse().expect("ip"), 0);
-        Phone::with(TestUa::udp_at(local, bridge.sip).await, user)
+        let ip: IpAddr = ip.parse().expect("ip");
+        let local = SocketAddr::new(ip, 0);
+        Phone::with(TestUa::udp_at(local, bridge.sip_for(ip)).await, user)
     }
 
     pub async fn tcp(bridge: &Bridge, user: &str) -> Phone {
         Phone::with(TestUa::tcp(bridge.sip).await, user)
+    }
+
+    /// A TCP phone on the loopback address `ip` (`::1`: over IPv6).
+    pub async fn tcp_from(bridge: &Bridge, user: &str, ip: &str) -> Phone {
+        let ip: IpAddr = ip.parse().expect("ip");
+        Phone::with(TestUa::tcp_from(ip, bridge.sip_for(ip)).await, user)
     }
 
     /// A phone (or a trunk delivering leg A) over TLS to callbridge's TLS listener, trusting
@@ -543,13 +577,28 @@ pub fn media_port(body: &[u8]) -> u16 {
 /// Asserts that callbridge anchored an SDP body: `c=` is its address, the `m=` port is one of
 /// its relay ports, codecs and direction are what the sender offered.
 pub fn assert_anchored(body: &[u8], range: (u16, u16), direction: &str) {
+    assert_anchored_at(body, range, direction, IpAddr::V4(Ipv4Addr::LOCALHOST));
+}
+
+/// [`assert_anchored`] for a callbridge whose `media.public_ip` is `public_ip`: `c=` and `o=`
+/// name it, as `IN IP4` or `IN IP6`.
+pub fn assert_anchored_at(body: &[u8], range: (u16, u16), direction: &str, public_ip: IpAddr) {
     let text = String::from_utf8_lossy(body);
     let port = media_port(body);
     assert!(
         (range.0..=range.1).contains(&port),
         "m= port {port} is not a relay port:\n{text}"
     );
-    assert!(text.contains("c=IN IP4 127.0.0.1"), "{text}");
+    let family = if public_ip.is_ipv6() { "IP6" } else { "IP4" };
+    assert!(
+        text.contains(&format!("\nc=IN {family} {public_ip}\r\n")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("o=") && l.ends_with(&format!(" IN {family} {public_ip}"))),
+        "{text}"
+    );
     assert!(
         text.contains("a=rtpmap:0 PCMU/8000"),
         "codecs changed:\n{text}"

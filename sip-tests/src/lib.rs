@@ -77,9 +77,14 @@ impl TestUa {
     }
 
     /// A TCP endpoint connected to `server` from the loopback address `ip` (another
-    /// `127.0.0.x` stands for another host).
+    /// `127.0.0.x` stands for another host; `::1` for a client over IPv6).
     pub async fn tcp_from(ip: std::net::IpAddr, server: SocketAddr) -> TestUa {
-        let socket = tokio::net::TcpSocket::new_v4().expect("TCP socket");
+        let socket = if ip.is_ipv6() {
+            tokio::net::TcpSocket::new_v6()
+        } else {
+            tokio::net::TcpSocket::new_v4()
+        }
+        .expect("TCP socket");
         socket
             .bind(SocketAddr::new(ip, 0))
             .expect("bind the TCP client");
