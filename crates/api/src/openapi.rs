@@ -117,6 +117,11 @@ pub struct Health {
     pub status: HealthStatus,
     /// SIP is serving (and not draining).
     pub sip: bool,
+    /// The trunk's targets (`ip:port`) in the order leg B's INVITEs try them: the trunk's
+    /// address as resolved per RFC 3263, kept current as its DNS answers expire. Left out
+    /// when the SIP side has published none (not started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk_targets: Vec<String>,
     /// Always true: this answer came over HTTP.
     pub http: bool,
 }

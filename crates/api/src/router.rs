@@ -166,7 +166,8 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   again (due now, attempts from zero) and handed to the dispatcher; `409 event_not_failed`
 ///   if it is pending or delivered, `404 unknown_event`, `503 webhooks_unavailable` when
 ///   webhooks are not configured (nothing is requeued).
-/// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true}`, or
+/// * `GET /healthz` → `200 {"status":"ok","sip":true,"trunk_targets":["ip:port",…],
+///   "http":true}`, or
 ///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving, and
 ///   `503 {"status":"draining","sip":false,"http":true}` from the start of a shutdown.
 /// * `GET /metrics` → OpenMetrics text; not behind tokens (scrapers rarely carry them; protect
@@ -561,6 +562,7 @@ fn healthz(state: &ApiState) -> Response<ApiBody> {
     let body = Health {
         status: word,
         sip,
+        trunk_targets: snapshot.trunk_targets,
         http: true,
     };
     json_response(status, &body)
