@@ -53,6 +53,22 @@ async fn wait_registered(carrier: &Carrier, user: &str, registered: bool) {
     }
 }
 
+/// Polls `/healthz` until its `registration` says `state` (bounded).
+async fn wait_registration_health(bridge: &Bridge, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, health) = bridge.http("GET", "/healthz", None).await;
+        if health["registration"] == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz never said {state}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// INVITEs the carrier saw (one log line per request).
 fn invites_seen(carrier: &Carrier) -> usize {
     carrier
@@ -174,6 +190,14 @@ async fn registers_and_bridges(transport: &str, algorithm: Algorithm) {
     let mut setup = setup(transport, None, algorithm).await;
     let user = setup.carrier.options().username.clone();
     wait_registered(&setup.carrier, &user, true).await;
+    wait_registration_health(&setup.bridge, "registered").await;
+    let metrics = setup.bridge.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "callbridge_trunk_registered 1"),
+        "{metrics}"
+    );
     call_bridges_with_media(&mut setup).await;
     // Two INVITEs reached the carrier: the challenged one and the one with credentials.
     assert_eq!(invites_seen(&setup.carrier), 2, "{}", setup.carrier.log());
@@ -227,6 +251,7 @@ async fn a_wrong_password_fails_cleanly_without_a_retry_loop() {
         .is_none());
     assert_eq!(invites_seen(&setup.carrier), 2, "{}", setup.carrier.log());
     // The registration was refused too, and is not retried at once.
+    wait_registration_health(&setup.bridge, "failed").await;
     let user = setup.carrier.options().username.clone();
     assert!(!setup.carrier.is_registered(&user).await);
     let registers = setup

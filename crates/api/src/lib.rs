@@ -53,7 +53,7 @@ pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;
 pub use settings::ApiSettings;
-pub use sip_status::{HeapStats, NoSip, SipSnapshot, SipStatus};
+pub use sip_status::{HeapStats, NoSip, RegistrationStatus, SipSnapshot, SipStatus, TrunkStatus};
 pub use state::{ApiState, Clock, ManualClock, SystemClock};
 
 /// Runs a store call on a blocking thread (the store's calls block on the database).

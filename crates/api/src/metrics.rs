@@ -9,7 +9,9 @@
 //! `store_writes_total{result}`, `store_queue_depth`, `store_batches_total`,
 //! `store_unsettled_records`, `numbers_assigned`,
 //! `heap_bytes{kind="allocated"|"active"|"resident"|"retained"}` when the allocator reports,
-//! and with webhooks on ([`ApiState::with_webhooks`]):
+//! `trunk_up` (1/0) and `trunk_pings_total{result="answered"|"lost"}` with the trunk keepalive
+//! on (`trunk.ping_secs` > 0; absent when the trunk is unmonitored), and with webhooks on
+//! ([`ApiState::with_webhooks`]):
 //! `webhook_deliveries_total{result="delivered"|"retried"|"failed"|"dropped"}`,
 //! `webhook_store_errors_total`, `webhook_outbox_pending`, `webhook_in_flight`,
 //! `webhook_delivery_seconds` (histogram: from the change to its acknowledgement),
@@ -26,6 +28,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::state::ApiState;
+use crate::{RegistrationStatus, TrunkStatus};
 
 /// Label set: a list of `(name, value)` pairs.
 type Labels = Vec<(String, String)>;
@@ -235,6 +238,51 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         "UDP ports in media.rtp_ports",
         gauge(sip.media_ports_capacity),
     );
+    // Only with the keepalive on (`trunk.ping_secs` > 0): a gauge saying 1 for a trunk
+    // nobody checks would claim what is not known. An alert on `trunk_up == 0` is quiet for
+    // an unmonitored trunk either way.
+    if sip.trunk != TrunkStatus::Unmonitored {
+        registry.register(
+            "trunk_up",
+            "1 while the trunk answers callbridge's OPTIONS pings, 0 once 3 in a row went \
+             unanswered (new calls then get 503 at once)",
+            gauge(u64::from(sip.trunk == TrunkStatus::Up)),
+        );
+        registry.register(
+            "trunk_pings",
+            "OPTIONS pings to the trunk, by result: answered (any response), lost (no response \
+             by the next ping or Timer F, or not sent)",
+            family_of_counters(
+                "result",
+                &[
+                    ("answered".to_owned(), sip.trunk_pings_answered),
+                    ("lost".to_owned(), sip.trunk_pings_lost),
+                ],
+            ),
+        );
+    }
+    // Only when callbridge registers, for the same reason.
+    if sip.registration != RegistrationStatus::Off {
+        registry.register(
+            "trunk_registered",
+            "1 while the trunk holds callbridge's registration (trunk.register), else 0",
+            gauge(u64::from(
+                sip.registration == RegistrationStatus::Registered,
+            )),
+        );
+        registry.register(
+            "trunk_registrations",
+            "REGISTERs to the trunk by result: accepted (2xx, refreshes included), failed \
+             (refused, unanswered, or credentials refused; retried after a backoff)",
+            family_of_counters(
+                "result",
+                &[
+                    ("accepted".to_owned(), sip.registrations_accepted),
+                    ("failed".to_owned(), sip.registrations_failed),
+                ],
+            ),
+        );
+    }
     if let Some(heap) = sip.heap {
         registry.register(
             "heap_bytes",

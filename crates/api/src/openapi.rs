@@ -117,13 +117,21 @@ pub struct Health {
     pub status: HealthStatus,
     /// SIP is serving (and not draining).
     pub sip: bool,
+    /// Always true: this answer came over HTTP.
+    pub http: bool,
+    /// The trunk as the OPTIONS keepalive sees it (`trunk.ping_secs`). It does not change
+    /// the status code: a node whose trunk is down is itself healthy (it answers, refuses
+    /// new calls with 503 at once, and takes them again when the trunk is back), and every
+    /// node behind the same trunk would be pulled alike.
+    pub trunk: crate::TrunkStatus,
+    /// callbridge's registration at the trunk (`trunk.register`): reported, like the trunk,
+    /// without changing the status code.
+    pub registration: crate::RegistrationStatus,
     /// The trunk's targets (`ip:port`) in the order leg B's INVITEs try them: the trunk's
     /// address as resolved per RFC 3263, kept current as its DNS answers expire. Left out
     /// when the SIP side has published none (not started).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trunk_targets: Vec<String>,
-    /// Always true: this answer came over HTTP.
-    pub http: bool,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.
@@ -201,6 +209,8 @@ impl Modify for Completions {
         AssignNumberRequest,
         EmptyObject,
         Health,
+        crate::TrunkStatus,
+        crate::RegistrationStatus,
         ErrorBody,
         NumberList,
         EventView,
@@ -476,7 +486,7 @@ mod ops {
     fn openapi_json() {}
 
     #[utoipa::path(get, path = "/healthz", tag = "meta",
-        summary = "200 when SIP and HTTP are serving; 503 unavailable or draining",
+        summary = "200 when SIP and HTTP are serving (whatever the trunk's state); 503 unavailable or draining",
         responses(
             (status = 200, description = "Serving", body = Health),
             (status = 405, description = "Wrong method", body = ErrorBody, headers(("Allow" = String))),
@@ -554,6 +564,18 @@ mod tests {
         for field in crate::events::EVENT_FIELDS {
             assert!(event.get(field).is_some(), "event field {field}");
         }
+        let health = &doc["components"]["schemas"]["Health"];
+        assert_eq!(
+            health["properties"]["trunk"]["$ref"],
+            "#/components/schemas/TrunkStatus"
+        );
+        assert!(health["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&"trunk".into())));
+        assert_eq!(
+            doc["components"]["schemas"]["TrunkStatus"]["enum"],
+            serde_json::json!(["unmonitored", "up", "down"])
+        );
         let events = &doc["components"]["schemas"]["EventsResponse"]["properties"]["events"];
         assert_eq!(events["items"]["$ref"], "#/components/schemas/EventView");
     }

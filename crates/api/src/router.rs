@@ -166,10 +166,12 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   again (due now, attempts from zero) and handed to the dispatcher; `409 event_not_failed`
 ///   if it is pending or delivered, `404 unknown_event`, `503 webhooks_unavailable` when
 ///   webhooks are not configured (nothing is requeued).
-/// * `GET /healthz` → `200 {"status":"ok","sip":true,"trunk_targets":["ip:port",…],
-///   "http":true}`, or
-///   `503 {"status":"unavailable","sip":false,"http":true}` while SIP is not serving, and
-///   `503 {"status":"draining","sip":false,"http":true}` from the start of a shutdown.
+/// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true,"trunk":…,
+///   "trunk_targets":["ip:port",…]}`, or
+///   `503 {"status":"unavailable","sip":false,…}` while SIP is not serving, and
+///   `503 {"status":"draining","sip":false,…}` from the start of a shutdown. `trunk` is
+///   `"up"`, `"down"` or `"unmonitored"` (`trunk.ping_secs = 0`); a trunk down leaves the
+///   status 200.
 /// * `GET /metrics` → OpenMetrics text; not behind tokens (scrapers rarely carry them; protect
 ///   it with the listen address or the network).
 ///
@@ -559,11 +561,17 @@ fn healthz(state: &ApiState) -> Response<ApiBody> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Unavailable)
     };
+    // The trunk's state is reported, not judged: a node whose trunk is down is itself
+    // healthy and still answers 200. It refuses new calls with 503 at once on its own and
+    // takes them again as soon as the trunk answers a ping; a load balancer pulling it would
+    // gain nothing (every node behind the same trunk sees it down) and would only delay that.
     let body = Health {
         status: word,
         sip,
-        trunk_targets: snapshot.trunk_targets,
         http: true,
+        trunk: snapshot.trunk,
+        registration: snapshot.registration,
+        trunk_targets: snapshot.trunk_targets,
     };
     json_response(status, &body)
 }

@@ -1,6 +1,9 @@
 //! [`SipStatus`]: the live status of the SIP side (transport, call engine and media relay)
 //! that `/healthz` and `/metrics` report, without the API holding any of them.
 
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
 /// The SIP side's live status, as `/healthz` (`sip_serving`) and `/metrics` (the counters)
 /// report it. The call engine is owned by the SIP task alone, so the API never reads it: the
 /// binary implements this over what that task publishes and hands it to
@@ -61,6 +64,55 @@ pub struct SipSnapshot {
     pub media_ports_capacity: u64,
     /// The process allocator's own figures, when the binary's allocator can report them.
     pub heap: Option<HeapStats>,
+    /// Whether the trunk answers callbridge's OPTIONS pings (`trunk.ping_secs`).
+    pub trunk: TrunkStatus,
+    /// Trunk pings answered (any response) and lost (timed out, failed to send, or
+    /// unanswered when the next was due), since start-up.
+    pub trunk_pings_answered: u64,
+    pub trunk_pings_lost: u64,
+    /// callbridge's registration at the trunk (`trunk.register`).
+    pub registration: RegistrationStatus,
+    /// REGISTERs the trunk accepted (refreshes included) and attempts that failed.
+    pub registrations_accepted: u64,
+    pub registrations_failed: u64,
+}
+
+/// callbridge's registration at the trunk, as `/healthz` (`"registration"`) and `/metrics`
+/// (`callbridge_trunk_registered`) say it.
+///
+/// It exists because a carrier that routes calls to a registered account sends none while
+/// the registration has lapsed: the operator must see that state, not infer it from silence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationStatus {
+    /// callbridge does not register (`trunk.register = false`).
+    #[default]
+    Off,
+    /// A REGISTER is on its way (the first, or after a failure).
+    Registering,
+    /// The trunk holds callbridge's binding; it is refreshed before it expires.
+    Registered,
+    /// The last attempt failed; another follows after a backoff.
+    Failed,
+    /// The binding was removed (shutdown).
+    Unregistered,
+}
+
+/// What callbridge knows of its trunk, as `/healthz` (`"trunk"`) and `/metrics`
+/// (`callbridge_trunk_up`) say it.
+///
+/// It exists so that "not pinged" (`trunk.ping_secs = 0`) is told apart from "answering":
+/// callbridge never refuses calls for an unmonitored trunk, but does not claim it is up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrunkStatus {
+    /// No OPTIONS keepalive (`trunk.ping_secs = 0`).
+    #[default]
+    Unmonitored,
+    /// The trunk answers its pings.
+    Up,
+    /// Three pings in a row went unanswered: new INVITEs get 503 until one is answered.
+    Down,
 }
 
 /// What the process allocator holds, in bytes (jemalloc's `stats.*`). Beside the RSS these

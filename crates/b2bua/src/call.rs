@@ -61,6 +61,12 @@ pub enum CallTimer {
     NoAnswer,
     /// `sip.max_call_secs` after the answer.
     MaxDuration,
+    /// Retransmission of leg A's unacknowledged reliable provisional (RFC 3262 §3).
+    ReliableProvisional,
+    /// callbridge refreshes the leg's session (RFC 4028).
+    SessionRefresh(Leg),
+    /// The leg's peer had to refresh its session by now.
+    SessionExpiry(Leg),
     /// `media.inactivity_secs` after the last media activity known: ask the driver for fresh
     /// counters, then decide at [`CallTimer::MediaCheck`].
     MediaInactivity,
@@ -163,6 +169,10 @@ pub struct Call {
     /// In-dialog requests relayed to the other leg, by the client transaction carrying them.
     pub relays: HashMap<ClientTxId, Relay>,
     pub deferred_ack: Option<DeferredAck>,
+    /// Reliable provisionals (100rel) on both legs.
+    pub reliability: crate::engine::Reliability,
+    /// Session timers (RFC 4028) on both legs.
+    pub sessions: crate::engine::CallSessions,
     /// Transactions of this call still alive in the transaction layer.
     pub live_transactions: usize,
     /// Deadlines of this call's own timers.
@@ -186,6 +196,8 @@ impl Call {
             b,
             relays: HashMap::new(),
             deferred_ack: None,
+            reliability: Default::default(),
+            sessions: Default::default(),
             live_transactions: 0,
             timers: HashMap::new(),
             bye_sent: [false; 2],

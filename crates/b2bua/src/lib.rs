@@ -18,7 +18,8 @@
 //!   ([`Engine::hang_up_by_api`], answered with an [`engine::ApiHangup`]);
 //! - how far behind its input it is ([`Engine::set_input_wait`], [`Engine::set_input_backlog`]),
 //!   by which it sheds new INVITEs;
-//! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed.
+//! - time: [`Engine::handle_timeout`] once the deadline of [`Engine::poll_timeout`] has passed,
+//!   and once at start-up (it sends the first trunk ping, when `trunk.ping_secs` is on).
 //!   Every input carries `now`; the engine never asks the clock.
 //!
 //! Its outputs, drained after each input:
@@ -35,6 +36,8 @@
 //! # use std::time::Instant;
 //! # use b2bua::{Engine, MediaCommand, MediaEvent};
 //! # fn run(mut engine: Engine, clock: impl Fn() -> Instant) {
+//! // Start-up: the first trunk ping (with `trunk.ping_secs` on) goes out now.
+//! engine.handle_timeout(clock());
 //! loop {
 //!     let _deadline = engine.poll_timeout();
 //!     // Wait for a datagram, a media report or the deadline, then feed it with the time:
@@ -68,7 +71,10 @@
 //! - [`refusal`]: why an incoming call was refused;
 //! - [`auth`]: digest answers to the trunk's 401/407 challenges, and when to stop trying;
 //! - [`registration`]: callbridge's own registration at the trunk (`trunk.register`);
-//! - [`body`]: multipart (SIP-I) bodies reduced to their SDP as they enter the engine.
+//! - [`body`]: multipart (SIP-I) bodies reduced to their SDP as they enter the engine;
+//! - [`session_timer`]: session timer negotiation (RFC 4028) for both legs;
+//! - [`trunk_health`]: whether the trunk answers callbridge's OPTIONS pings
+//!   (`trunk.ping_secs`), and so whether new calls are worth trying.
 
 pub mod auth;
 pub mod body;
@@ -83,6 +89,8 @@ pub mod outbound;
 pub mod refusal;
 pub mod registration;
 pub mod registry;
+pub mod session_timer;
+pub mod trunk_health;
 
 pub use call::Leg;
 pub use control::CallControl;
@@ -96,3 +104,4 @@ pub use registry::{
     CallEvent, CallExtras, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock,
 };
 pub use sip_core;
+pub use trunk_health::{TrunkHealth, TrunkState};

@@ -81,6 +81,7 @@ pub fn leg_b_invite(
         NameAddr::new(from_uri).to_string(),
     );
     h.push(HeaderName::Allow, ALLOW);
+    h.push(HeaderName::Supported, SUPPORTED.join(", "));
     local.sign(h, HeaderName::UserAgent);
     copy_body(&a_invite.headers, h, &body);
     request.body = body;
@@ -108,8 +109,48 @@ fn forwarded_max_forwards(a_invite: &Request) -> u32 {
     }
 }
 
+/// The SIP extensions (option tags, RFC 3261 §20.37) callbridge supports: the `Supported`
+/// of leg B's INVITE and of its answer to OPTIONS, and what a `Require` may ask for
+/// (anything else gets 420).
+pub const SUPPORTED: &[&str] = &["100rel", "timer"];
+
+/// The `Require` tags of `request` that callbridge does not support (RFC 3261 §8.2.2.3).
+pub fn unsupported_requirements(request: &Request) -> Vec<String> {
+    request
+        .headers
+        .get_all(&HeaderName::Require)
+        .flat_map(sip_core::message::split_top_level_commas)
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty() && !SUPPORTED.iter().any(|s| s.eq_ignore_ascii_case(tag)))
+        .take(8)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The methods callbridge handles inside a call.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
+
+/// An OPTIONS keepalive to the trunk (`trunk.ping_secs`): out of any dialog, so a fresh
+/// Call-ID and From tag each time; From `sip:ping@{public_addr}`, Request-URI and To the
+/// trunk as configured, `Max-Forwards: 70`, no Contact (RFC 3261 §11.1 makes it optional,
+/// and a ping starts nothing). The transaction layer adds the Via.
+pub fn trunk_ping(local: &LocalIdentity, trunk: &TrunkUri<'_>) -> Request {
+    let target = Uri::sip(None, trunk.host, trunk.port);
+    let mut request = Request::new(Method::Options, target.clone());
+    let from =
+        NameAddr::new(Uri::sip(Some("ping"), &local.public_addr, None)).with_tag(&ids::new_tag());
+    let h = &mut request.headers;
+    h.push(HeaderName::From, from.to_string());
+    h.push(HeaderName::To, NameAddr::new(target).to_string());
+    h.push(HeaderName::CallId, ids::new_call_id(&local.public_addr));
+    h.push(HeaderName::CSeq, "1 OPTIONS");
+    h.push(
+        HeaderName::MaxForwards,
+        sip_core::dialog::MAX_FORWARDS.to_string(),
+    );
+    local.sign(h, HeaderName::UserAgent);
+    request
+}
 
 /// A response on leg A to `a_request`, relaying `status`/`reason` (and the rewritten body) of
 /// leg B's response. Only the status line, body and Content-Type cross; the To tag and Contact
@@ -314,6 +355,43 @@ mod tests {
             "sip:2001@192.0.2.10:5060"
         );
         assert_eq!(&r.body[..], b"v=0");
+    }
+
+    #[test]
+    fn a_trunk_ping_is_a_fresh_out_of_dialog_options() {
+        let trunk = TrunkUri {
+            host: "198.51.100.1",
+            port: Some(5080),
+            transport: sip_core::Transport::Udp,
+        };
+        let anonymous = LocalIdentity {
+            agent: None,
+            ..local()
+        };
+        let ping = trunk_ping(&anonymous, &trunk);
+        assert_eq!(ping.method, Method::Options);
+        assert_eq!(ping.uri.to_string(), "sip:198.51.100.1:5080");
+        let from = ping.headers.from().unwrap();
+        assert_eq!(from.uri.to_string(), "sip:ping@192.0.2.10");
+        assert!(from.tag().is_some());
+        let to = ping.headers.to().unwrap();
+        assert_eq!(to.uri.to_string(), "sip:198.51.100.1:5080");
+        assert!(to.tag().is_none(), "out of dialog");
+        let cseq = ping.headers.cseq().unwrap();
+        assert_eq!((cseq.seq, cseq.method), (1, Method::Options));
+        assert_eq!(ping.headers.max_forwards(), Some(Ok(70)));
+        assert!(ping.headers.get(&HeaderName::UserAgent).is_none());
+        assert!(ping.headers.get(&HeaderName::Contact).is_none());
+        // Each ping is its own: another Call-ID and tag.
+        let again = trunk_ping(&anonymous, &trunk);
+        assert_ne!(again.headers.call_id(), ping.headers.call_id());
+        assert_ne!(again.headers.from().unwrap().tag(), from.tag());
+        // The configured agent, and only it, names the software.
+        let signed = trunk_ping(&local(), &trunk);
+        assert_eq!(
+            signed.headers.get(&HeaderName::UserAgent),
+            Some("callbridge")
+        );
     }
 
     #[test]

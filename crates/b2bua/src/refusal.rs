@@ -12,12 +12,18 @@ pub enum Refusal {
     TooManyHops,
     /// The INVITE cannot start a dialog (no Contact).
     Malformed,
+    /// The INVITE requires an extension callbridge does not support (answered 420).
+    UnsupportedExtension,
+    /// The INVITE's Session-Expires is below callbridge's Min-SE (answered 422).
+    SessionIntervalTooSmall,
     /// `sip.max_calls` calls are live, or the engine has fallen behind its input.
     Overloaded,
     /// The process is shutting down (SIGTERM): no new calls.
     ShuttingDown,
     /// No relay ports are free.
     MediaExhausted,
+    /// The trunk does not answer its OPTIONS pings (`trunk.ping_secs`): leg B would fail.
+    TrunkDown,
     /// No intent matches the call (none, expired, or for another dedicated number).
     NoIntent(NoIntent),
 }
@@ -29,9 +35,12 @@ impl Refusal {
             Refusal::UntrustedSource => "untrusted_source",
             Refusal::TooManyHops => "too_many_hops",
             Refusal::Malformed => "malformed",
+            Refusal::UnsupportedExtension => "unsupported_extension",
+            Refusal::SessionIntervalTooSmall => "session_interval_too_small",
             Refusal::Overloaded => "overloaded",
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",
+            Refusal::TrunkDown => "trunk_down",
             Refusal::NoIntent(no) => no.code(),
         }
     }

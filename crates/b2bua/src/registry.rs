@@ -90,6 +90,9 @@ pub enum EndCause {
     SignallingFailure,
     /// The trunk refused callbridge's credentials, or challenged without any configured.
     TrunkAuthFailed,
+    /// A session timer ran out (RFC 4028): the peer did not refresh, or callbridge's
+    /// refresh failed.
+    SessionExpired,
     /// No media in either direction for the inactivity timeout.
     MediaTimeout,
     /// The maximum call duration elapsed.
@@ -118,6 +121,7 @@ impl EndCause {
             EndCause::NoAnswer => "no_answer",
             EndCause::SignallingFailure => "signalling_failure",
             EndCause::TrunkAuthFailed => "trunk_auth_failed",
+            EndCause::SessionExpired => "session_expired",
             EndCause::MediaTimeout => "media_timeout",
             EndCause::MaxDuration => "max_duration",
             EndCause::IntentExpired => "intent_expired",

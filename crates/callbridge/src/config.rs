@@ -125,6 +125,12 @@ pub struct SipSection {
     /// Socket buffer sizes requested from the kernel.
     pub recv_buffer_bytes: usize,
     pub send_buffer_bytes: usize,
+    /// The session interval (RFC 4028) callbridge asks for on leg B and proposes on leg A
+    /// when the caller asks for none; 0: none asked (a caller's is still honoured).
+    pub session_expires_secs: u64,
+    /// The shortest session interval accepted (Min-SE, at least 90); a caller asking for
+    /// less gets 422.
+    pub min_se_secs: u64,
     /// RFC 3261 timer base values, in milliseconds.
     pub t1_ms: u64,
     pub t2_ms: u64,
@@ -160,6 +166,8 @@ impl Default for SipSection {
             udp_max_request_bytes: TransactionConfig::default().udp_max_request,
             recv_buffer_bytes: transport.recv_buffer_bytes,
             send_buffer_bytes: transport.send_buffer_bytes,
+            session_expires_secs: 1800,
+            min_se_secs: u64::from(b2bua::session_timer::MIN_SE_FLOOR),
             t1_ms: millis(timers.t1),
             t2_ms: millis(timers.t2),
             t4_ms: millis(timers.t4),
@@ -221,6 +229,7 @@ impl SipSection {
             trunk,
             trunk_host: trunk.addr.ip().to_string(),
             trunk_port: Some(trunk.addr.port()),
+            trunk_ping: None,
             trunk_credentials: None,
             registration: None,
             trusted_peers: self.trusted_peers.clone(),
@@ -235,6 +244,12 @@ impl SipSection {
             max_server_transactions: self.max_server_transactions,
             transactions: self.transaction_config(sip_port),
             media,
+            session_timers: b2bua::session_timer::SessionTimerConfig {
+                session_expires: u32::try_from(self.session_expires_secs)
+                    .ok()
+                    .filter(|&secs| secs > 0),
+                min_se: u32::try_from(self.min_se_secs).unwrap_or(u32::MAX),
+            },
         }
     }
 
@@ -863,6 +878,19 @@ impl Config {
         if self.sip.server_header.chars().any(|c| c.is_control()) {
             return Err(ConfigError::Invalid(
                 "sip.server_header must not contain control characters".into(),
+            ));
+        }
+        let floor = u64::from(b2bua::session_timer::MIN_SE_FLOOR);
+        if !(floor..=86_400).contains(&self.sip.min_se_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "sip.min_se_secs must be {floor}-86400 (RFC 4028's floor is {floor})"
+            )));
+        }
+        if self.sip.session_expires_secs != 0
+            && !(self.sip.min_se_secs..=86_400).contains(&self.sip.session_expires_secs)
+        {
+            return Err(ConfigError::Invalid(
+                "sip.session_expires_secs must be 0 (off) or sip.min_se_secs-86400".into(),
             ));
         }
         if self.intent.ttl_secs == 0 {

@@ -154,6 +154,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         sip_addr.port(),
         engine_config.local.agent.clone(),
     );
+    engine_config.trunk_ping = config.trunk.ping_interval();
     let mut engine = Engine::new(engine_config, control.clone());
     engine.set_trunk_targets(trunk.resolved.targets.clone());
     status.set_trunk_targets(engine.trunk_targets());
@@ -356,6 +357,9 @@ async fn sip_task(
     let mut drain = Drain::Serving;
     // What the engine queued before its task started (the first REGISTER) goes out now, not
     // at the first event.
+    // The engine's clock starts here: with trunk.ping_secs on, the first OPTIONS ping goes
+    // out now, not with whatever first wakes the loop.
+    engine.handle_timeout(Instant::now());
     while let Some(transmit) = engine.poll_transmit() {
         transport.send(transmit);
     }
@@ -461,10 +465,15 @@ fn begin_drain(engine: &mut Engine, status: &SharedStatus, grace: Duration) -> D
 /// Nothing left to finish: no call, and no transaction either. A call is forgotten once its
 /// own transactions end, but a transaction can outlive every call (an OPTIONS answered during
 /// the drain, a refusal waiting for its ACK): stopping then would leave the peer without the
-/// retransmission or the answer it is owed. The grace period still bounds the wait.
+/// retransmission or the answer it is owed. The grace period still bounds the wait. The
+/// trunk keepalive's own pings are not waited for: nobody is owed anything by them, and one
+/// to a silent trunk would hold the stop for up to 64·T1.
 fn drained(engine: &Engine) -> bool {
     let layer = engine.transactions();
-    engine.call_count() == 0 && layer.client_count() == 0 && layer.server_count() == 0
+    let client = layer
+        .client_count()
+        .saturating_sub(engine.keepalive_transactions());
+    engine.call_count() == 0 && client == 0 && layer.server_count() == 0
 }
 
 fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {

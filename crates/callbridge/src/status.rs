@@ -3,11 +3,12 @@
 //! engine itself (the engine is owned by one task and never shared).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use api::{HeapStats, SipSnapshot, SipStatus};
-use b2bua::Engine;
+use api::{HeapStats, RegistrationStatus, SipSnapshot, SipStatus, TrunkStatus};
+use b2bua::registration::RegistrationState;
+use b2bua::{Engine, TrunkState};
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
 use sip_core::Peer;
@@ -44,6 +45,16 @@ pub struct SharedStatus {
     media_streams: AtomicU64,
     media_relayed: AtomicU64,
     media_dropped: AtomicU64,
+    /// The trunk keepalive: its state ([`trunk_code`]) and pings answered and lost.
+    trunk: AtomicU8,
+    trunk_answered: AtomicU64,
+    trunk_lost: AtomicU64,
+    /// The registration at the trunk ([`registration_code`]) and its counters.
+    registration: AtomicU8,
+    registrations_accepted: AtomicU64,
+    registrations_failed: AtomicU64,
+    /// Client transactions that are the keepalive's pings (not a call's: never a leak).
+    keepalive_transactions: AtomicU64,
     /// Reads the process allocator's figures; set by the binary, which chose the allocator
     /// (in-process tests run on the system allocator and report none).
     heap_probe: OnceLock<HeapProbe>,
@@ -109,6 +120,19 @@ impl SharedStatus {
         let (free, pairs) = engine.media_ports();
         self.media_pairs_free.store(free as u64, relaxed);
         self.media_pairs.store(pairs as u64, relaxed);
+        let health = engine.trunk_health();
+        self.trunk.store(trunk_code(health.state()), relaxed);
+        self.trunk_answered
+            .store(health.stats().pings_answered, relaxed);
+        self.trunk_lost.store(health.stats().pings_lost, relaxed);
+        self.registration
+            .store(registration_code(engine.registration_state()), relaxed);
+        if let Some(stats) = engine.registration_stats() {
+            self.registrations_accepted.store(stats.accepted, relaxed);
+            self.registrations_failed.store(stats.failed, relaxed);
+        }
+        self.keepalive_transactions
+            .store(engine.keepalive_transactions() as u64, relaxed);
         let stats = engine.stats();
         self.bridged.store(stats.calls_bridged, relaxed);
         self.untrusted.store(stats.untrusted_messages, relaxed);
@@ -128,13 +152,18 @@ impl SharedStatus {
         self.media_streams.load(Ordering::Relaxed)
     }
 
-    /// Calls, dialogs and transactions held: all zero when nothing leaked.
+    /// Calls, dialogs and transactions held: all zero when nothing leaked. The trunk
+    /// keepalive's pings are not counted: they come and go on their own, whatever the calls.
     pub fn held(&self) -> (u64, u64, u64) {
         let relaxed = Ordering::Relaxed;
+        let client = self
+            .client_transactions
+            .load(relaxed)
+            .saturating_sub(self.keepalive_transactions.load(relaxed));
         (
             self.calls.load(relaxed),
             self.dialogs.load(relaxed),
-            self.client_transactions.load(relaxed) + self.server_transactions.load(relaxed),
+            client + self.server_transactions.load(relaxed),
         )
     }
 }
@@ -182,6 +211,50 @@ impl SipStatus for SharedStatus {
             media_ports_in_use: 2 * pairs.saturating_sub(free),
             media_ports_capacity: 2 * pairs,
             heap: self.heap_probe.get().and_then(|probe| probe()),
+            trunk: trunk_status(self.trunk.load(relaxed)),
+            trunk_pings_answered: self.trunk_answered.load(relaxed),
+            trunk_pings_lost: self.trunk_lost.load(relaxed),
+            registration: registration_status(self.registration.load(relaxed)),
+            registrations_accepted: self.registrations_accepted.load(relaxed),
+            registrations_failed: self.registrations_failed.load(relaxed),
         }
+    }
+}
+
+/// [`TrunkState`] in one atomic byte (0, the default, is unmonitored).
+fn trunk_code(state: TrunkState) -> u8 {
+    match state {
+        TrunkState::Unmonitored => 0,
+        TrunkState::Up => 1,
+        TrunkState::Down => 2,
+    }
+}
+
+/// The registration's state in one atomic byte (0, the default, is off).
+fn registration_code(state: Option<RegistrationState>) -> u8 {
+    match state {
+        None => 0,
+        Some(RegistrationState::Registering) => 1,
+        Some(RegistrationState::Registered { .. }) => 2,
+        Some(RegistrationState::Failed { .. }) => 3,
+        Some(RegistrationState::Unregistered) => 4,
+    }
+}
+
+fn registration_status(code: u8) -> RegistrationStatus {
+    match code {
+        1 => RegistrationStatus::Registering,
+        2 => RegistrationStatus::Registered,
+        3 => RegistrationStatus::Failed,
+        4 => RegistrationStatus::Unregistered,
+        _ => RegistrationStatus::Off,
+    }
+}
+
+fn trunk_status(code: u8) -> TrunkStatus {
+    match code {
+        1 => TrunkStatus::Up,
+        2 => TrunkStatus::Down,
+        _ => TrunkStatus::Unmonitored,
     }
 }

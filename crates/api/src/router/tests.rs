@@ -11,7 +11,7 @@ use http_body::Frame;
 use http_body_util::Full;
 
 use super::*;
-use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus};
+use crate::{ApiSettings, ManualClock, NoSip, SipSnapshot, SipStatus, TrunkStatus};
 use serde_json::json;
 
 const TTL: Duration = Duration::from_secs(120);
@@ -350,7 +350,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         reply.json(),
-        json!({"status": "unavailable", "sip": false, "http": true})
+        json!({"status": "unavailable", "sip": false, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
     let up = harness_with(
         ApiSettings::default(),
@@ -363,7 +363,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(
         reply.json(),
-        json!({"status": "ok", "sip": true, "http": true})
+        json!({"status": "ok", "sip": true, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
     let head = up.send(request(Method::HEAD, "/healthz", &[], "")).await;
     assert_eq!(head.status, StatusCode::OK);
@@ -380,7 +380,7 @@ async fn healthz_follows_the_sip_side() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         reply.json(),
-        json!({"status": "draining", "sip": false, "http": true})
+        json!({"status": "draining", "sip": false, "http": true, "trunk": "unmonitored", "registration": "off"})
     );
 }
 
@@ -400,6 +400,59 @@ async fn healthz_lists_the_trunk_targets_in_order() {
         reply.json()["trunk_targets"],
         json!(["192.0.2.10:5060", "192.0.2.20:5080"])
     );
+}
+
+#[tokio::test]
+async fn healthz_reports_the_trunk_and_stays_200_while_it_is_down() {
+    for (trunk, word) in [(TrunkStatus::Up, "up"), (TrunkStatus::Down, "down")] {
+        let h = harness_with(
+            ApiSettings::default(),
+            Arc::new(FixedSip(SipSnapshot {
+                sip_serving: true,
+                trunk,
+                ..SipSnapshot::default()
+            })),
+        );
+        let reply = h.get("/healthz").await;
+        // The node is healthy whatever the trunk does: it refuses calls itself while the
+        // trunk is down, and a load balancer must not pull it for that.
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.json(),
+            json!({"status": "ok", "sip": true, "http": true, "trunk": word, "registration": "off"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn trunk_metrics_only_when_the_trunk_is_pinged() {
+    let text = |trunk| async move {
+        let h = harness_with(
+            ApiSettings::default(),
+            Arc::new(FixedSip(SipSnapshot {
+                sip_serving: true,
+                trunk,
+                trunk_pings_answered: 7,
+                trunk_pings_lost: 3,
+                ..SipSnapshot::default()
+            })),
+        );
+        h.get("/metrics").await.text()
+    };
+    let down = text(TrunkStatus::Down).await;
+    for line in [
+        "callbridge_trunk_up 0",
+        "callbridge_trunk_pings_total{result=\"answered\"} 7",
+        "callbridge_trunk_pings_total{result=\"lost\"} 3",
+        "# TYPE callbridge_trunk_up gauge",
+        "# TYPE callbridge_trunk_pings counter",
+    ] {
+        assert!(down.lines().any(|l| l == line), "{line} missing:\n{down}");
+    }
+    let up = text(TrunkStatus::Up).await;
+    assert!(up.lines().any(|l| l == "callbridge_trunk_up 1"), "{up}");
+    let unmonitored = text(TrunkStatus::Unmonitored).await;
+    assert!(!unmonitored.contains("callbridge_trunk_"), "{unmonitored}");
 }
 
 #[tokio::test]
@@ -436,6 +489,12 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
             resident: 300,
             retained: 400,
         }),
+        trunk: TrunkStatus::Up,
+        trunk_pings_answered: 20,
+        trunk_pings_lost: 1,
+        registration: crate::RegistrationStatus::Registered,
+        registrations_accepted: 5,
+        registrations_failed: 2,
     };
     let h = harness_with(ApiSettings::default(), Arc::new(FixedSip(sip)));
     h.make_call("1001", "2001", "3001").await;
@@ -451,6 +510,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
     let text = reply.text();
     for line in [
         "callbridge_sip_serving 1",
+        "callbridge_trunk_registered 1",
+        "callbridge_trunk_registrations_total{result=\"accepted\"} 5",
+        "callbridge_trunk_registrations_total{result=\"failed\"} 2",
         "callbridge_active_calls 7",
         "callbridge_sip_dialogs 13",
         "callbridge_media_packets_relayed_total 1000",
@@ -481,6 +543,9 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         "callbridge_http_requests_total{class=\"4xx\"} 1",
         "callbridge_http_requests_total{class=\"5xx\"} 0",
         "callbridge_cti_decisions_total{action=\"reject\",reason=\"no_intent\"} 1",
+        "callbridge_trunk_up 1",
+        "callbridge_trunk_pings_total{result=\"answered\"} 20",
+        "callbridge_trunk_pings_total{result=\"lost\"} 1",
         "# TYPE callbridge_calls_bridged counter",
         "# TYPE callbridge_active_calls gauge",
         "# EOF",

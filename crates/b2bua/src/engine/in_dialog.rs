@@ -64,6 +64,9 @@ impl Engine {
         self.own(key, TxId::Server(tx));
         match request.method {
             Method::Bye => self.on_bye(now, key, leg, tx, &request, &our_tag),
+            Method::Prack if leg == Leg::A => {
+                self.on_prack_from_a(now, key, tx, &request, &our_tag)
+            }
             Method::Invite if self.calls.get(&key).is_some_and(|c| c.invite_pending()) => {
                 // RFC 3261 §14.2: an INVITE is already in progress on this call.
                 self.respond(now, tx, &request, 491, Some(&our_tag), None);
@@ -305,6 +308,8 @@ impl Engine {
         if final_response {
             relay.answered = true;
         }
+        let refreshes = response.class() == 2
+            && matches!(relay.request.method, Method::Invite | Method::Update);
         let (server_tx, cseq, offer_in_answer) = (
             relay.server_tx,
             relay.cseq,
@@ -320,6 +325,13 @@ impl Engine {
             } else {
                 self.ack_relayed(key, client_tx, to_leg, cseq, None);
             }
+        }
+        let mut answer = answer;
+        if refreshes {
+            // A re-INVITE or UPDATE answered across the call refreshes both legs' sessions,
+            // and the answer says the session timer of the leg it goes to.
+            self.add_session_expires(key, from_leg, &mut answer);
+            self.session_refreshed(now, key);
         }
         self.send_response(now, server_tx, answer);
         if response.status == 481 && final_response {

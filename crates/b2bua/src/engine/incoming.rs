@@ -10,9 +10,10 @@ use sip_core::{ids, HeaderName, Method, Peer, Request};
 use super::Engine;
 use crate::call::{Call, CallKey, CallTimer, Leg, LegA, LegB};
 use crate::media::{CallMedia, MediaError, SignallingIps};
-use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW};
+use crate::outbound::{leg_b_invite, local_response, TrunkUri, ALLOW, SUPPORTED};
 use crate::refusal::Refusal;
 use crate::registry::{CallEvent, EndCause, Party};
+use crate::session_timer::{self, SessionExpires, UasDecision};
 
 impl Engine {
     pub(super) fn on_request(
@@ -33,11 +34,17 @@ impl Engine {
             _ if in_dialog => self.on_in_dialog(now, tx, request, from),
             Method::Invite => self.on_new_invite(now, tx, request, from),
             Method::Options => {
-                let mut response = local_response(&self.config.local, &request, 200, None, None);
+                // A To tag on every final response (RFC 3261 §8.2.6.2).
+                let tag = ids::new_tag();
+                let mut response =
+                    local_response(&self.config.local, &request, 200, Some(&tag), None);
                 response.headers.push(HeaderName::Allow, ALLOW);
                 response
                     .headers
                     .push(HeaderName::parse("Accept"), "application/sdp");
+                response
+                    .headers
+                    .push(HeaderName::Supported, SUPPORTED.join(", "));
                 self.send_response(now, tx, response);
             }
             Method::Bye | Method::Update | Method::Info => {
@@ -46,7 +53,9 @@ impl Engine {
             }
             Method::Other(_) => self.respond(now, tx, &request, 501, None, None),
             _ => {
-                let mut response = local_response(&self.config.local, &request, 405, None, None);
+                let tag = ids::new_tag();
+                let mut response =
+                    local_response(&self.config.local, &request, 405, Some(&tag), None);
                 response.headers.push(HeaderName::Allow, ALLOW);
                 self.send_response(now, tx, response);
             }
@@ -63,12 +72,17 @@ impl Engine {
         reason: Refusal,
         text: &str,
     ) {
+        self.count_refusal(now, status, reason);
+        self.respond(now, tx, request, status, None, Some(text));
+    }
+
+    /// Counts (and rate-limits the log line of) an INVITE refused with `status`.
+    pub(super) fn count_refusal(&mut self, now: Instant, status: u16, reason: Refusal) {
         let code = reason.code();
         if let Some(unlogged) = self.refusal_log.allow(now) {
             tracing::info!(status, reason = code, unlogged, "incoming call refused");
         }
         *self.stats.calls_refused.entry(code).or_default() += 1;
-        self.respond(now, tx, request, status, None, Some(text));
     }
 
     /// A new INVITE that passed the door (trusted source, room for a call): refused, or
@@ -84,6 +98,22 @@ impl Engine {
                 "Too many hops",
             );
         }
+        let unsupported = crate::outbound::unsupported_requirements(&request);
+        if !unsupported.is_empty() {
+            let code = Refusal::UnsupportedExtension.code();
+            *self.stats.calls_refused.entry(code).or_default() += 1;
+            let mut response = local_response(
+                &self.config.local,
+                &request,
+                420,
+                Some(&ids::new_tag()),
+                Some("Bad Extension"),
+            );
+            response
+                .headers
+                .push(HeaderName::parse("Unsupported"), unsupported.join(", "));
+            return self.send_response(now, tx, response);
+        }
         if !request.headers.contacts().is_ok_and(|c| !c.is_empty()) {
             return self.refuse(
                 now,
@@ -93,6 +123,10 @@ impl Engine {
                 Refusal::Malformed,
                 "Missing Contact",
             );
+        }
+        if let Some(retry_after) = self.trunk_down_retry_after() {
+            // Before the claim too: the intent waits for the trunk to answer again.
+            return self.refuse_trunk_down(now, tx, &request, retry_after);
         }
         if !self.media.has_capacity() {
             // Refused before the intent is claimed: the user can simply dial again.
@@ -131,6 +165,28 @@ impl Engine {
                 "No call intent",
             );
         };
+        // Session timers (RFC 4028 §9): an interval below ours is refused before the claim,
+        // so that the caller's retry with a longer one finds its intent.
+        let a_session =
+            match session_timer::negotiate_uas(&request.headers, self.config.session_timers) {
+                UasDecision::TooBrief { min_se } => {
+                    let code = Refusal::SessionIntervalTooSmall.code();
+                    *self.stats.calls_refused.entry(code).or_default() += 1;
+                    let mut response = local_response(
+                        &self.config.local,
+                        &request,
+                        422,
+                        Some(&ids::new_tag()),
+                        Some("Session Interval Too Small"),
+                    );
+                    response
+                        .headers
+                        .push(HeaderName::parse("Min-SE"), min_se.to_string());
+                    return self.send_response(now, tx, response);
+                }
+                UasDecision::None => None,
+                UasDecision::Timer(answer) => Some(answer),
+            };
         let intent = match self.control.claim(now, &calling, &dialled) {
             Ok(intent) => intent,
             Err(no) => {
@@ -193,7 +249,10 @@ impl Engine {
             port: self.config.trunk_port,
             transport: target.transport,
         };
-        let b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
+        let mut b_invite = leg_b_invite(&self.config.local, &intent, &trunk, &request, body);
+        if let Some(asked) = session_timer::uac_request(self.config.session_timers, 0) {
+            add_session_request(&mut b_invite, asked, self.config.session_timers.min_se);
+        }
         let b_tx = match self.layer.send_request(now, b_invite, target) {
             Ok(b_tx) => b_tx,
             Err(error) => {
@@ -245,6 +304,7 @@ impl Engine {
             },
         );
         call.media = media;
+        call.sessions.a_answer = a_session;
         drop(_entered);
         self.by_callid.insert(call.intent.callid.clone(), key);
         self.calls.insert(key, Box::new(call));
@@ -305,4 +365,15 @@ impl Engine {
             );
         }
     }
+}
+
+/// `Session-Expires` and `Min-SE` of a request asking for a session timer (RFC 4028 §7.1),
+/// replacing any it had.
+pub(super) fn add_session_request(request: &mut Request, asked: SessionExpires, min_se: u32) {
+    request
+        .headers
+        .set(HeaderName::SessionExpires, asked.to_header());
+    request
+        .headers
+        .set(HeaderName::parse("Min-SE"), min_se.to_string());
 }

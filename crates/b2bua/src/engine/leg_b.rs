@@ -40,6 +40,8 @@ impl Engine {
             } else {
                 self.on_relay_response(now, key, tx, response);
             }
+        } else if self.is_session_refresh(key, tx) {
+            self.on_refresh_response(now, key, tx, response);
         } else if is_challenge(response.status)
             && response
                 .headers
@@ -69,6 +71,7 @@ impl Engine {
                 }
             }
             503 if self.fail_over(now, key) => {}
+            422 if self.retry_session_interval(now, key, &response) => {}
             300..=399 => {
                 if !self.follow_redirect(now, key, &response) {
                     let failure = LegBFailure {
@@ -114,6 +117,10 @@ impl Engine {
 
     fn leg_b_provisional(&mut self, now: Instant, key: CallKey, response: Response) {
         self.track_leg_b_dialog(key, &response);
+        let Some(reliable) = self.prack_leg_b(now, key, &response) else {
+            // A reliable provisional seen already (or out of order): PRACKed once, relayed once.
+            return;
+        };
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -145,8 +152,8 @@ impl Engine {
             }
         }
         call.state = CallState::Ringing;
-        let (tx, callid) = (call.a.invite_tx, call.intent.callid.clone());
-        self.send_response(now, tx, relayed);
+        let callid = call.intent.callid.clone();
+        self.send_provisional_to_a(now, key, relayed, reliable);
         self.control.record(now, &callid, CallEvent::Ringing);
     }
 
@@ -254,7 +261,19 @@ impl Engine {
         } else {
             self.ack_leg_b(key, cseq, None);
         }
-        self.send_response(now, a_tx, answer);
+        let mut answer = answer;
+        if let Some(se) = self.calls.get(&key).and_then(|c| c.sessions.a_answer) {
+            answer
+                .headers
+                .push(HeaderName::SessionExpires, se.to_header());
+            if se.refresher == Some(crate::session_timer::Refresher::Uac) {
+                answer.headers.push(HeaderName::Require, "timer");
+            }
+        }
+        if !self.hold_final_for_prack(key, &answer) {
+            self.send_response(now, a_tx, answer);
+        }
+        self.start_session_timers(now, key, &response);
         self.control
             .record(now, &callid, CallEvent::LegAFinal(response.status));
         self.control.record(now, &callid, CallEvent::Answered);

@@ -49,6 +49,9 @@ impl Engine {
                 }
                 CallTimer::MediaInactivity => self.media_inactivity_due(now, key),
                 CallTimer::MediaCheck => self.media_check_due(now, key),
+                CallTimer::ReliableProvisional => self.reliable_provisional_due(now, key),
+                CallTimer::SessionRefresh(leg) => self.session_refresh_due(now, key, leg),
+                CallTimer::SessionExpiry(leg) => self.session_expiry_due(now, key, leg),
             }
         }
     }
@@ -231,6 +234,11 @@ impl Engine {
         let Some(&key) = self.tx_owner.get(&id) else {
             return;
         };
+        if let TxId::Client(tx) = id {
+            if self.on_refresh_failure(now, key, tx) {
+                return;
+            }
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };

@@ -110,6 +110,11 @@ impl Engine {
             return;
         };
         let last = call.media.last_activity().unwrap_or(now);
+        if call.media.on_hold() {
+            // Silent on purpose: a held call's liveness is its session timers' to judge.
+            self.arm_call_timer(key, CallTimer::MediaInactivity, now + inactivity);
+            return;
+        }
         if now.saturating_duration_since(last) < inactivity {
             self.arm_call_timer(key, CallTimer::MediaInactivity, last + inactivity);
             return;

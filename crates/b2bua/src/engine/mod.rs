@@ -14,22 +14,29 @@
 //! - [`challenge`]: the trunk's 401/407 to leg B's requests, answered with credentials;
 //! - [`redirect`]: a 3xx to leg B's INVITE, followed through the trunk only;
 //! - [`failover`]: leg B's INVITE moved to the trunk's next target (RFC 3263);
+//! - [`prack`]: reliable provisionals (RFC 3262) PRACKed on leg B, relayed reliably to leg A;
+//! - [`session`]: session timers (RFC 4028) on both legs: refreshes sent or watched for;
 //! - [`in_dialog`]: BYE, re-INVITE/UPDATE/INFO relayed between the legs, ACKs;
 //! - [`lifecycle`]: call timers, ending a call, and forgetting it once its last transaction
 //!   has finished;
 //! - [`media_events`]: media events from the driver, the media inactivity check, media counters;
-//! - [`register`]: callbridge's registration at the trunk, driven over the same layer.
+//! - [`register`]: callbridge's registration at the trunk, driven over the same layer;
+//! - [`keepalive`]: OPTIONS pings to the trunk (`trunk.ping_secs`), which belong to no call,
+//!   and the 503 to new INVITEs while the trunk does not answer them.
 
 mod challenge;
 mod door;
 mod failover;
 mod in_dialog;
 mod incoming;
+mod keepalive;
 mod leg_b;
 mod lifecycle;
 mod media_events;
+mod prack;
 mod redirect;
 mod register;
+mod session;
 mod throttle;
 
 #[cfg(test)]
@@ -53,6 +60,8 @@ use crate::outbound::{local_response, LocalIdentity};
 use crate::registry::CallRecord;
 
 pub use door::UntrustedReply;
+pub use prack::Reliability;
+pub use session::CallSessions;
 
 /// Trunk targets kept at most: more than enough for any SRV set, and a bound on what a DNS
 /// answer can make the engine hold per call.
@@ -83,6 +92,9 @@ pub struct EngineConfig {
     /// domain).
     pub trunk_host: String,
     pub trunk_port: Option<u16>,
+    /// How often the trunk is pinged with OPTIONS (`trunk.ping_secs`); `None`: never, and the
+    /// trunk is never taken for down. See [`crate::trunk_health`].
+    pub trunk_ping: Option<Duration>,
     /// What the trunk's 401/407 challenges are answered with (`trunk.username`,
     /// `trunk.password`); `None`: a challenge fails leg B.
     pub trunk_credentials: Option<crate::auth::Credentials>,
@@ -117,6 +129,8 @@ pub struct EngineConfig {
     /// Media anchoring: the relay port range, the address written in SDP, the inactivity
     /// timeout.
     pub media: MediaConfig,
+    /// Session timers (`sip.session_expires_secs`, `sip.min_se_secs`).
+    pub session_timers: crate::session_timer::SessionTimerConfig,
 }
 
 /// Counters of call outcomes, for metrics.
@@ -182,6 +196,8 @@ pub struct Engine {
     /// The trunk's targets in the order to try them (RFC 3263: SRV priority and weight);
     /// never empty. New legs B go to the first, and fail over along the rest.
     trunk_targets: Vec<Peer>,
+    /// The trunk's OPTIONS keepalive and health.
+    keepalive: keepalive::Keepalive,
     /// New out-of-dialog requests queued for the engine, as the runtime last said
     /// ([`Engine::set_input_backlog`]).
     input_backlog: usize,
@@ -196,6 +212,8 @@ impl Engine {
         let layer = TransactionLayer::new(config.transactions.clone());
         let first_target = config.trunk;
         let media = MediaPlane::new(config.media.clone());
+        let keepalive =
+            keepalive::Keepalive::new(config.trunk_ping, config.transactions.timers.timeout());
         Engine {
             config,
             layer,
@@ -217,6 +235,7 @@ impl Engine {
             draining: false,
             registration: None,
             trunk_targets: vec![first_target],
+            keepalive,
             input_backlog: 0,
             input_wait: Duration::ZERO,
         }
@@ -315,12 +334,15 @@ impl Engine {
         self.process_events(now);
     }
 
-    /// Fires transaction and call timers due at `now`.
+    /// Fires transaction and call timers due at `now`, and the trunk keepalive's. The run
+    /// loop calls it once at start-up too: the keepalive has no clock before it, and sends
+    /// its first ping then.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
         self.process_events(now);
         self.drive_registration(now);
         self.fire_call_timers(now);
+        self.drive_keepalive(now);
         self.process_events(now);
     }
 
@@ -329,7 +351,11 @@ impl Engine {
         let layer = self.layer.poll_timeout();
         let calls = self.next_call_timer();
         let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
-        [layer, calls, registration].into_iter().flatten().min()
+        let keepalive = self.keepalive_timeout();
+        [layer, calls, registration, keepalive]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Next datagram or stream write to send.
@@ -352,6 +378,10 @@ impl Engine {
     }
 
     fn on_event(&mut self, now: Instant, event: TxEvent) {
+        // The trunk's OPTIONS pings are no call's: their events stop here.
+        let Some(event) = self.keepalive_event(now, event) else {
+            return;
+        };
         match event {
             TxEvent::Request {
                 tx,

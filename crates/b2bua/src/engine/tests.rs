@@ -107,6 +107,7 @@ impl Harness {
             trunk: trunk(),
             trunk_host: "127.0.0.1".into(),
             trunk_port: Some(5080),
+            trunk_ping: None,
             trunk_credentials: None,
             registration: None,
             trusted_peers: vec!["127.0.0.0/8".parse().unwrap()],
@@ -125,6 +126,7 @@ impl Harness {
                 ..TransactionConfig::default()
             },
             media: media_config(),
+            session_timers: Default::default(),
         };
         adjust(&mut config);
         let (first, last) = (config.media.first_port, config.media.last_port);
@@ -1999,7 +2001,10 @@ mod challenge;
 mod door;
 mod failover;
 mod hangup;
+mod keepalive;
 mod multipart;
+mod prack;
 mod redirect;
 mod register;
 mod reliable;
+mod session;

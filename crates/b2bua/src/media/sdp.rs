@@ -384,8 +384,85 @@ impl SessionDescription {
     }
 }
 
+/// Whether an SDP body puts the call on hold (RFC 3264 §8.4, and RFC 2543's `c=0.0.0.0`):
+/// no active stream (port not 0) is `sendrecv`. A stream's direction is its own `a=` line,
+/// else the session's, else `sendrecv`; a stream whose connection address is 0.0.0.0 sends
+/// nothing either way. A body that is not SDP text holds nothing.
+pub fn is_hold(body: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let direction = |line: &str| match line.trim_end() {
+        "a=sendonly" | "a=recvonly" | "a=inactive" => Some(false),
+        "a=sendrecv" => Some(true),
+        _ => None,
+    };
+    let null_connection = |line: &str| {
+        let line = line.trim_end();
+        line == "c=IN IP4 0.0.0.0" || line == "c=IN IP6 ::"
+    };
+    let mut session_two_way = true;
+    let mut session_null = false;
+    // Per stream: (active, two-way, null connection), directions defaulting to the session's.
+    let mut streams: Vec<(bool, Option<bool>, Option<bool>)> = Vec::new();
+    for line in text.lines().take(1024) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            let active = rest.split_whitespace().nth(1).is_some_and(|p| p != "0");
+            streams.push((active, None, None));
+            continue;
+        }
+        match streams.last_mut() {
+            None => {
+                if let Some(two_way) = direction(line) {
+                    session_two_way = two_way;
+                }
+                if line.starts_with("c=") {
+                    session_null = null_connection(line);
+                }
+            }
+            Some(stream) => {
+                if let Some(two_way) = direction(line) {
+                    stream.1 = Some(two_way);
+                }
+                if line.starts_with("c=") {
+                    stream.2 = Some(null_connection(line));
+                }
+            }
+        }
+    }
+    let active: Vec<_> = streams.iter().filter(|s| s.0).collect();
+    !active.is_empty()
+        && active.iter().all(|(_, two_way, null)| {
+            !two_way.unwrap_or(session_two_way) || null.unwrap_or(session_null)
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hold_is_no_active_stream_sending_both_ways() {
+        let held = [
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n",
+            "v=0\r\nc=IN IP4 10.0.0.1\r\na=inactive\r\nm=audio 4000 RTP/AVP 0\r\n",
+            "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\n",
+            "v=0\nc=IN IP4 10.0.0.1\nm=audio 4000 RTP/AVP 0\na=recvonly\nm=video 0 RTP/AVP 31\n",
+        ];
+        for body in held {
+            assert!(super::is_hold(body.as_bytes()), "{body}");
+        }
+        let talking = [
+            "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n",
+            "v=0\r\nc=IN IP4 10.0.0.1\r\na=inactive\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n",
+            "v=0\r\nc=IN IP4 0.0.0.0\r\nm=audio 4000 RTP/AVP 0\r\nc=IN IP4 10.0.0.1\r\n",
+            "v=0\r\nm=audio 0 RTP/AVP 0\r\na=inactive\r\n",
+            "",
+        ];
+        for body in talking {
+            assert!(!super::is_hold(body.as_bytes()), "{body}");
+        }
+        assert!(!super::is_hold(&[0xff, 0xfe]));
+    }
+
     use super::*;
 
     const OFFER: &str = "v=0\r\n\

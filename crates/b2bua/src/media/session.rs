@@ -152,6 +152,12 @@ pub struct CallMedia {
     seen: [bool; 2],
     /// When both legs had sent SDP: where the inactivity window starts.
     both_seen_at: Option<Instant>,
+    /// The SDP callbridge last sent on leg A / leg B (a session refresh by re-INVITE offers
+    /// it again, unchanged).
+    last_sent: [Option<Bytes>; 2],
+    /// Whether the last SDP from leg A / leg B puts the call on hold (no stream sending
+    /// both ways): such a call is silent on purpose.
+    on_hold: [bool; 2],
 }
 
 impl CallMedia {
@@ -165,6 +171,8 @@ impl CallMedia {
             outgoing: [Outgoing::new(), Outgoing::new()],
             seen: [false; 2],
             both_seen_at: None,
+            last_sent: [None, None],
+            on_hold: [false; 2],
         }
     }
 
@@ -290,7 +298,9 @@ impl CallMedia {
                 Leg::B => stream.a_facing,
             });
         }
+        self.on_hold[from.index()] = super::sdp::is_hold(body);
         let body = self.outgoing[from.other().index()].write(&mut sdp, plane, &relay);
+        self.last_sent[from.other().index()] = Some(body.clone());
 
         self.seen[from.index()] = true;
         if self.seen == [true; 2] && self.both_seen_at.is_none() {
@@ -298,6 +308,18 @@ impl CallMedia {
             plane.newly_active.push(self.call);
         }
         Ok(body)
+    }
+
+    /// The SDP callbridge last sent on `leg`.
+    pub fn last_sent(&self, leg: Leg) -> Option<Bytes> {
+        self.last_sent[leg.index()].clone()
+    }
+
+    /// Whether either leg's last SDP holds the call (`a=inactive`, `a=sendonly`,
+    /// `a=recvonly`, or `c=` 0.0.0.0, RFC 3264 §8.4): no media is expected then, and the
+    /// media inactivity timer leaves the call to its session timers.
+    pub fn on_hold(&self) -> bool {
+        self.on_hold.iter().any(|&held| held)
     }
 
     /// Closes every stream (the driver closes its sockets) and gives its ports back. The

@@ -6,6 +6,9 @@ use sip_core::Transport;
 
 use super::ConfigError;
 
+/// The longest `trunk.ping_secs`: a trunk silent for three hours is found down after nine.
+const MAX_PING_SECS: u64 = 3600;
+
 /// `[trunk]`. `sip.trunk` stays accepted as the trunk's address: `trunk.address`, when set,
 /// takes its place.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -23,7 +26,8 @@ pub struct TrunkSection {
     pub register: bool,
     /// The registration's requested lifetime.
     pub register_expires_secs: u64,
-    /// OPTIONS keepalive interval; 0: off.
+    /// OPTIONS keepalive interval (1-3600 s); 0: off. After 3 pings unanswered the trunk is
+    /// down, and new INVITEs get 503 at once until it answers one again.
     pub ping_secs: u64,
 }
 
@@ -67,6 +71,11 @@ impl TrunkSection {
             "tcp" => Transport::Tcp,
             _ => Transport::Udp,
         }
+    }
+
+    /// The OPTIONS keepalive interval (`ping_secs`), `None` when off.
+    pub fn ping_interval(&self) -> Option<std::time::Duration> {
+        (self.ping_secs > 0).then(|| std::time::Duration::from_secs(self.ping_secs))
     }
 
     /// The digest credentials, when a username is configured.
@@ -138,8 +147,11 @@ impl TrunkSection {
                 self.register_expires_secs
             ));
         }
-        if self.ping_secs != 0 {
-            return invalid("trunk.ping_secs is not supported yet: leave it 0".into());
+        if self.ping_secs > MAX_PING_SECS {
+            return invalid(format!(
+                "trunk.ping_secs = {} must be 0 (off) or 1-{MAX_PING_SECS}",
+                self.ping_secs
+            ));
         }
         Ok(())
     }
@@ -216,5 +228,35 @@ mod tests {
         );
         trunk.register = false;
         assert!(trunk.registration_config("x:1", "y", 1, None).is_none());
+    }
+
+    #[test]
+    fn ping_secs_is_off_or_one_second_to_an_hour() {
+        let mut trunk = TrunkSection::default();
+        assert!(trunk.validate().is_ok());
+        assert_eq!(trunk.ping_interval(), None, "off by default");
+        for secs in [1, 30, 3600] {
+            trunk.ping_secs = secs;
+            assert!(trunk.validate().is_ok(), "{secs}");
+            assert_eq!(
+                trunk.ping_interval(),
+                Some(std::time::Duration::from_secs(secs))
+            );
+        }
+        trunk.ping_secs = 3601;
+        assert!(trunk.validate().is_err());
+        // Through the whole configuration: a key, an environment variable.
+        let load = |env: Vec<(String, String)>, set: &[&str]| {
+            let set: Vec<String> = set.iter().map(|s| (*s).to_owned()).collect();
+            crate::config::Config::load(None, env, &set)
+        };
+        let config = load(vec![], &["trunk.ping_secs=30"]).unwrap();
+        assert_eq!(
+            config.trunk.ping_interval(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let env = vec![("CALLBRIDGE_TRUNK_PING_SECS".to_owned(), "5".to_owned())];
+        assert_eq!(load(env, &[]).unwrap().trunk.ping_secs, 5);
+        assert!(load(vec![], &["trunk.ping_secs=86400"]).is_err());
     }
 }
