@@ -2,8 +2,8 @@
 //! (sip-tests/src/dnsmasq.rs) serves `carrier.test` on loopback with NAPTR, SRV and A records.
 //! callbridge's resolver follows NAPTR to SRV to A in priority order; a call whose first target
 //! never answers reaches the second once Timer B fires, and bridges there; when the records
-//! change, the targets follow once their TTL has expired, without a restart; a name that
-//! resolves to nothing stops the start.
+//! change, the targets follow once their TTL has expired, without a restart, and when they
+//! vanish the last targets stay; a name that resolves to nothing stops the start.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -361,6 +361,48 @@ async fn the_targets_follow_the_records_when_their_ttl_expires() {
     assert_eq!(invite.uri.to_string(), "sip:3001@carrier.test");
     answer_and_hang_up(&mut bridge, &mut phone, &invite, &callid).await;
     old.expect_silence(Duration::from_millis(100)).await;
+    bridge.assert_drained().await;
+}
+
+#[tokio::test]
+async fn a_failed_re_resolution_keeps_the_last_targets() {
+    let callee = TestUa::udp_at(
+        "127.0.0.3:0".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+    )
+    .await;
+    let target = callee.local_addr();
+    let records = DnsRecords::new("test")
+        .ttl(1)
+        .srv(
+            "_sip._udp.carrier.test",
+            "sip.carrier.test",
+            target.port(),
+            10,
+            0,
+        )
+        .host("sip.carrier.test", target.ip());
+    let mut dns = Dnsmasq::start(records).await;
+    let mut bridge = bridge_via(&dns, callee).await;
+    // The carrier's records vanish: every lookup now answers "no such name".
+    dns.restart(DnsRecords::new("test")).await;
+    let deadline = Instant::now() + MIN_REFRESH + Duration::from_secs(10);
+    while !dns.log().contains("query[SRV] _sip._udp.carrier.test") {
+        assert!(
+            Instant::now() < deadline,
+            "no re-resolution; dnsmasq log:\n{}",
+            dns.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Asked, answered NXDOMAIN, and the last targets stay: calls still reach the carrier.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(healthz_targets(&bridge).await, [target.to_string()]);
+    let callid = bridge.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&bridge, "1001").await;
+    phone.call("2001").await;
+    let invite = next_invite(&mut bridge.callee, Duration::from_secs(2), &dns).await;
+    answer_and_hang_up(&mut bridge, &mut phone, &invite, &callid).await;
     bridge.assert_drained().await;
 }
 
