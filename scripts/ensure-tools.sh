@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end runs need when it is missing: SIPp (Debian package sip-tester)
 # and curl for the SIPp run, Kamailio (Debian package kamailio) for the carrier tests
-# (sip-tests/tests/carrier.rs, which start their own Kamailio and fail when there is none).
+# (sip-tests/tests/carrier.rs, which start their own Kamailio and fail when there is none),
+# dnsmasq (Debian package dnsmasq-base: the binary without the system service) for the trunk
+# DNS tests (sip-tests/tests/trunk_dns.rs, which start their own on a loopback port).
 # Needs root or passwordless sudo; does nothing when all are there. SKIP_SIPP=1 leaves SIPp
-# and curl out, SKIP_KAMAILIO=1 leaves Kamailio out.
+# and curl out, SKIP_KAMAILIO=1 leaves Kamailio out, SKIP_DNSMASQ=1 leaves dnsmasq out.
 set -euo pipefail
 
 # Debian installs kamailio in /usr/sbin, which a non-root PATH may lack; the carrier harness
 # looks there too.
 have_kamailio() {
     command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]]
+}
+
+# Debian installs dnsmasq in /usr/sbin too; the trunk DNS harness looks there as well.
+have_dnsmasq() {
+    command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]]
 }
 
 missing=()
@@ -21,6 +28,10 @@ fi
 # Kamailio, the real SIP carrier of the carrier tests.
 if [[ "${SKIP_KAMAILIO:-0}" != 1 ]]; then
     have_kamailio || missing+=(kamailio)
+fi
+# dnsmasq, the DNS server of the trunk DNS tests (NAPTR, SRV and A records on loopback).
+if [[ "${SKIP_DNSMASQ:-0}" != 1 ]]; then
+    have_dnsmasq || missing+=(dnsmasq-base)
 fi
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
@@ -38,6 +49,9 @@ if ((${#missing[@]})); then
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
     if [[ " ${missing[*]} " == *" sip-tester "* ]]; then
         command -v sipp >/dev/null 2>&1 || { echo "sip-tester installed but sipp not found" >&2; exit 1; }
+    fi
+    if [[ " ${missing[*]} " == *" dnsmasq-base "* ]]; then
+        have_dnsmasq || { echo "dnsmasq-base installed but dnsmasq not found" >&2; exit 1; }
     fi
     if [[ " ${missing[*]} " == *" kamailio "* ]]; then
         have_kamailio || { echo "kamailio installed but its binary not found" >&2; exit 1; }
