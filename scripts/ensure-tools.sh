@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end runs need when it is missing: SIPp (Debian package sip-tester)
-# and curl for the SIPp run, Kamailio (Debian package kamailio) for the carrier tests
-# (sip-tests/tests/carrier.rs, which start their own Kamailio and fail when there is none),
+# and curl for the SIPp run, Kamailio (Debian package kamailio) with its TLS module (Debian
+# package kamailio-tls-modules) for the carrier tests (sip-tests/tests/carrier.rs and
+# trunk_auth.rs, which start their own Kamailio, over TLS too, and fail when there is none),
 # dnsmasq (Debian package dnsmasq-base: the binary without the system service) for the trunk
 # DNS tests (sip-tests/tests/trunk_dns.rs, which start their own on a loopback port).
 # Needs root or passwordless sudo; does nothing when all are there. SKIP_SIPP=1 leaves SIPp
-# and curl out, SKIP_KAMAILIO=1 leaves Kamailio out, SKIP_DNSMASQ=1 leaves dnsmasq out.
+# and curl out, SKIP_KAMAILIO=1 leaves Kamailio and its TLS module out, SKIP_DNSMASQ=1 leaves
+# dnsmasq out.
 set -euo pipefail
 
 # Debian installs kamailio in /usr/sbin, which a non-root PATH may lack; the carrier harness
 # looks there too.
 have_kamailio() {
     command -v kamailio >/dev/null 2>&1 || [[ -x /usr/sbin/kamailio ]]
+}
+
+# The tls module (tls.so, from kamailio-tls-modules) in Kamailio's module directory, which
+# Debian puts under the architecture's library directory.
+have_kamailio_tls() {
+    compgen -G '/usr/lib/*/kamailio/modules/tls.so' >/dev/null ||
+        [[ -f /usr/lib/kamailio/modules/tls.so ]]
 }
 
 # Debian installs dnsmasq in /usr/sbin too; the trunk DNS harness looks there as well.
@@ -25,9 +34,12 @@ if [[ "${SKIP_SIPP:-0}" != 1 ]]; then
     command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
 fi
-# Kamailio, the real SIP carrier of the carrier tests.
+# Kamailio, the real SIP carrier of the carrier tests, and its TLS module (the carrier over
+# TLS): both when either is missing, so the two come from the same release.
 if [[ "${SKIP_KAMAILIO:-0}" != 1 ]]; then
-    have_kamailio || missing+=(kamailio)
+    if ! have_kamailio || ! have_kamailio_tls; then
+        missing+=(kamailio kamailio-tls-modules)
+    fi
 fi
 # dnsmasq, the DNS server of the trunk DNS tests (NAPTR, SRV and A records on loopback).
 if [[ "${SKIP_DNSMASQ:-0}" != 1 ]]; then
@@ -55,6 +67,7 @@ if ((${#missing[@]})); then
     fi
     if [[ " ${missing[*]} " == *" kamailio "* ]]; then
         have_kamailio || { echo "kamailio installed but its binary not found" >&2; exit 1; }
+        have_kamailio_tls || { echo "kamailio-tls-modules installed but tls.so not found" >&2; exit 1; }
         # The package enables a system Kamailio on port 5060 where systemd runs. The tests
         # never use it (each starts its own on a free port), and it would hold the port a
         # locally run callbridge may want: stop and disable the one this script installed.

@@ -286,6 +286,20 @@ impl Phone {
         Phone::with(TestUa::tcp(bridge.sip).await, user)
     }
 
+    /// A phone (or a trunk delivering leg A) over TLS to callbridge's TLS listener, trusting
+    /// the CA of `config`.
+    pub async fn tls(
+        bridge: &Bridge,
+        user: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Phone {
+        let listener = bridge
+            .running
+            .sip_tls_addr
+            .expect("callbridge started with tls.listen");
+        Phone::with(TestUa::tls(listener, config).await, user)
+    }
+
     fn with(ua: TestUa, user: &str) -> Phone {
         Phone {
             user: user.to_owned(),

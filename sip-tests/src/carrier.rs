@@ -15,8 +15,13 @@
 //! requests follow the route set; an OPTIONS with a user part asks whether that user is
 //! registered ([`Carrier::is_registered`]), one without is a keepalive answered 200.
 //!
-//! Kamailio must be installed (Debian package `kamailio`; `scripts/ensure-tools.sh` installs
-//! it). A missing Kamailio fails the test with that advice: these tests do not skip.
+//! With [`CarrierOptions::tls`] it also listens on TLS ([`Carrier::tls_addr`]), presenting a
+//! certificate for its loopback address signed by a CA made for that carrier alone
+//! ([`Carrier::ca_file`]: what callbridge's `tls.ca_file` names to trust it).
+//!
+//! Kamailio must be installed (Debian packages `kamailio`, and `kamailio-tls-modules` for TLS;
+//! `scripts/ensure-tools.sh` installs both). A missing Kamailio fails the test with that
+//! advice: these tests do not skip.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use sip_core::{ids, Message, ParseLimits};
 use tempfile::TempDir;
+
+use crate::tls::TestPki;
 
 /// The configuration template; the harness fills in its `%NAME%` placeholders.
 const CONFIG_TEMPLATE: &str = include_str!("../kamailio/carrier.cfg");
@@ -86,6 +93,8 @@ pub struct CarrierOptions {
     pub challenge_invite: bool,
     /// REGISTERs must carry credentials (401 otherwise). `false` lets anything register.
     pub challenge_register: bool,
+    /// Also listen for SIP over TLS, on a port of its own ([`Carrier::tls_addr`]).
+    pub tls: bool,
 }
 
 impl CarrierOptions {
@@ -99,6 +108,7 @@ impl CarrierOptions {
             algorithm: Algorithm::Md5,
             challenge_invite: true,
             challenge_register: true,
+            tls: false,
         }
     }
 }
@@ -108,6 +118,8 @@ impl CarrierOptions {
 pub struct Carrier {
     child: Child,
     addr: SocketAddr,
+    /// The TLS listener and the CA its certificate chains to, with `options.tls`.
+    tls: Option<(SocketAddr, PathBuf)>,
     log_path: PathBuf,
     options: CarrierOptions,
     /// Kept last: removed only after the process is gone (fields drop after `Drop::drop`).
@@ -144,6 +156,24 @@ impl Carrier {
     /// Where the carrier listens, on UDP and TCP alike: callbridge's trunk address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the carrier listens for SIP over TLS; panics when it was started without
+    /// [`CarrierOptions::tls`].
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls
+            .as_ref()
+            .map(|(addr, _)| *addr)
+            .expect("the carrier was started without CarrierOptions::tls")
+    }
+
+    /// The PEM certificate of the CA that signed the carrier's TLS certificate (for
+    /// callbridge's `tls.ca_file`); panics when it was started without TLS.
+    pub fn ca_file(&self) -> &Path {
+        self.tls
+            .as_ref()
+            .map(|(_, ca_file)| ca_file.as_path())
+            .expect("the carrier was started without CarrierOptions::tls")
     }
 
     /// The options it was started with (username, password, algorithm, ...).
@@ -192,8 +222,9 @@ impl Carrier {
         std::fs::create_dir(&db_dir).expect("create the carrier's db directory");
         std::fs::create_dir(&run_dir).expect("create the carrier's runtime directory");
         write_tables(&db_dir, &options);
+        let tls = options.tls.then(|| write_tls(dir.path(), addr.ip()));
 
-        let config = render_config(&options, addr, &db_dir);
+        let config = render_config(&options, addr, &db_dir, tls.as_ref());
         let config_path = dir.path().join("carrier.cfg");
         std::fs::write(&config_path, config).expect("write the carrier's configuration");
 
@@ -225,6 +256,9 @@ impl Carrier {
         if options.challenge_register {
             command.args(["-A", "CHALLENGE_REGISTER"]);
         }
+        if options.tls {
+            command.args(["-A", "WITH_TLS"]);
+        }
         command
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -238,6 +272,7 @@ impl Carrier {
         Carrier {
             child,
             addr,
+            tls: tls.map(|tls| (tls.addr, tls.ca_file)),
             log_path,
             options,
             dir,
@@ -245,7 +280,7 @@ impl Carrier {
     }
 
     /// Polls (bounded) until Kamailio answers a keepalive OPTIONS over UDP and accepts a TCP
-    /// connection; `Err(log)` when it exits or the time is up.
+    /// connection (and one on its TLS port); `Err(log)` when it exits or the time is up.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_WITHIN;
         loop {
@@ -257,7 +292,11 @@ impl Carrier {
                     .await,
                 Ok(200)
             );
-            if answered && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            let tls_up = match &self.tls {
+                Some((addr, _)) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+                None => true,
+            };
+            if answered && tls_up && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -445,16 +484,86 @@ fn write_tables(db_dir: &Path, options: &CarrierOptions) {
     .expect("write the db_text subscriber table");
 }
 
+/// What the harness wrote for the carrier's TLS listener.
+struct TlsFiles {
+    /// The listener: the carrier's IP, a port of its own.
+    addr: SocketAddr,
+    /// The CA that signed the carrier's certificate (PEM).
+    ca_file: PathBuf,
+    /// The tls module's configuration file.
+    config: PathBuf,
+}
+
+/// A CA of this carrier's own, a certificate it signs for `ip`, and the tls module's
+/// configuration naming them, all in `dir`.
+fn write_tls(dir: &Path, ip: IpAddr) -> TlsFiles {
+    let pki = TestPki::new(dir, "carrier", "callbridge test carrier CA");
+    let issued = pki.issue(dir, "carrier", &[&ip.to_string()]);
+    let path = |p: &Path| {
+        let text = p
+            .to_str()
+            .expect("temporary directory path is UTF-8")
+            .to_owned();
+        assert!(!text.contains(['"', '\n']), "temporary path has a quote");
+        text
+    };
+    // Kamailio's tls.cfg: one profile for what it accepts, one for what it opens. TLS 1.2 and
+    // up, as rustls speaks; no client certificate asked of callbridge, and callbridge's
+    // certificate not verified when Kamailio connects to it (what is under test is
+    // callbridge's side of TLS, not the carrier's).
+    let config = format!(
+        "[server:default]\n\
+         method = TLSv1.2+\n\
+         verify_certificate = no\n\
+         require_certificate = no\n\
+         certificate = {cert}\n\
+         private_key = {key}\n\
+         \n\
+         [client:default]\n\
+         method = TLSv1.2+\n\
+         verify_certificate = no\n\
+         require_certificate = no\n",
+        cert = path(&issued.cert_file),
+        key = path(&issued.key_file),
+    );
+    let config_path = dir.join("tls.cfg");
+    std::fs::write(&config_path, config).expect("write the carrier's tls.cfg");
+    TlsFiles {
+        addr: free_port(),
+        ca_file: pki.ca_file().to_owned(),
+        config: config_path,
+    }
+}
+
 /// The configuration template with its placeholders filled; panics if one is left (a
 /// placeholder added to the file but not here).
-fn render_config(options: &CarrierOptions, addr: SocketAddr, db_dir: &Path) -> String {
+fn render_config(
+    options: &CarrierOptions,
+    addr: SocketAddr,
+    db_dir: &Path,
+    tls: Option<&TlsFiles>,
+) -> String {
     let db_dir = db_dir.to_str().expect("temporary directory path is UTF-8");
     assert!(
         !db_dir.contains('"'),
         "temporary directory path has a quote"
     );
+    // Without TLS the lines naming these are left out by `#!ifdef WITH_TLS`; they are still
+    // filled, so that no placeholder is ever left in the text.
+    let (tls_port, tls_config) = match tls {
+        Some(tls) => (
+            tls.addr.port().to_string(),
+            tls.config
+                .to_str()
+                .expect("temporary directory path is UTF-8")
+                .to_owned(),
+        ),
+        None => ("0".to_owned(), String::new()),
+    };
     let config = CONFIG_TEMPLATE
         .replace("%LISTEN_IP%", &addr.ip().to_string())
+        .replace("%TLS_PORT%", &tls_port)
+        .replace("%TLS_CONFIG%", &tls_config)
         .replace("%PORT%", &addr.port().to_string())
         .replace("%DB_DIR%", db_dir)
         .replace("%CALLEE%", &options.callee.to_string())
@@ -482,6 +591,7 @@ mod tests {
             &options,
             "127.0.0.1:15060".parse().unwrap(),
             Path::new("/tmp/x/db"),
+            None,
         );
         for line in config.lines().filter(|l| !l.trim_start().starts_with('#')) {
             assert!(!line.contains('%'), "unfilled: {line}");

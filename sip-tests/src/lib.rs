@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod carrier;
 pub mod dnsmasq;
 pub mod ports;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use sip_core::message::find_head_end;
 use sip_core::{HeaderName, Message, ParseLimits, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// How long a test waits for a message it expects before failing.
@@ -29,7 +30,15 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
 enum Socket {
     Udp(UdpSocket),
-    Tcp { stream: TcpStream, buffer: BytesMut },
+    Tcp {
+        stream: TcpStream,
+        buffer: BytesMut,
+    },
+    Tls {
+        stream: Box<tokio_rustls::client::TlsStream<TcpStream>>,
+        buffer: BytesMut,
+        peer: SocketAddr,
+    },
 }
 
 /// One scripted SIP endpoint bound to a loopback port.
@@ -95,15 +104,34 @@ impl TestUa {
         }
     }
 
+    /// A TLS endpoint connected to `server`, checking its certificate (for its IP address)
+    /// against `config`'s roots.
+    pub async fn tls(server: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> TestUa {
+        let stream = tls::connect(server, config)
+            .await
+            .expect("connect over TLS");
+        let local = stream.get_ref().0.local_addr().expect("local addr");
+        TestUa {
+            socket: Socket::Tls {
+                stream: Box::new(stream),
+                buffer: BytesMut::with_capacity(8192),
+                peer: server,
+            },
+            local,
+            server,
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
-    /// "UDP" or "TCP", for Via headers.
+    /// "UDP", "TCP" or "TLS", for Via headers.
     pub fn transport(&self) -> &'static str {
         match self.socket {
             Socket::Udp(_) => "UDP",
             Socket::Tcp { .. } => "TCP",
+            Socket::Tls { .. } => "TLS",
         }
     }
 
@@ -121,6 +149,11 @@ impl TestUa {
             }
             Socket::Tcp { stream, .. } => {
                 stream.write_all(bytes).await.expect("TCP send");
+            }
+            Socket::Tls { stream, .. } => {
+                stream.write_all(bytes).await.expect("TLS send");
+                // The records leave on the flush.
+                stream.flush().await.expect("TLS send");
             }
         }
     }
@@ -249,23 +282,44 @@ impl TestUa {
             }
             Socket::Tcp { stream, buffer } => {
                 let peer = stream.peer_addr().expect("peer addr");
-                loop {
-                    if let Some(frame) = take_frame(buffer) {
-                        match Message::parse(&frame, &limits) {
-                            Ok(message) => return (message, peer),
-                            Err(error) => panic!(
-                                "{local}: unparseable frame from {peer} ({error}):\n{}",
-                                String::from_utf8_lossy(&frame)
-                            ),
-                        }
-                    }
-                    let mut chunk = [0u8; 8192];
-                    let n = stream.read(&mut chunk).await.expect("TCP read");
-                    assert!(n > 0, "server closed the TCP connection");
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
+                let message = read_stream_message(stream, buffer, local, peer).await;
+                (message, peer)
+            }
+            Socket::Tls {
+                stream,
+                buffer,
+                peer,
+            } => {
+                let peer = *peer;
+                let message = read_stream_message(stream.as_mut(), buffer, local, peer).await;
+                (message, peer)
             }
         }
+    }
+}
+
+/// The next message from a stream (TCP or TLS): any that does not parse fails the test.
+async fn read_stream_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Message {
+    let limits = ParseLimits::default();
+    loop {
+        if let Some(frame) = take_frame(buffer) {
+            match Message::parse(&frame, &limits) {
+                Ok(message) => return message,
+                Err(error) => panic!(
+                    "{local}: unparseable frame from {peer} ({error}):\n{}",
+                    String::from_utf8_lossy(&frame)
+                ),
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.expect("stream read");
+        assert!(n > 0, "{local}: server closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -133,6 +133,7 @@ impl Trunk {
     fn contact(&self) -> String {
         let transport = match self.ua.transport() {
             "TCP" => ";transport=tcp",
+            "TLS" => ";transport=tls",
             _ => "",
         };
         format!("<sip:{}@{}{transport}>", self.user, self.ua.local_addr())
@@ -642,4 +643,52 @@ async fn unchallenged_trunk_relays_and_registers_directly() {
         .send_to(callee_reply(&callee, &relayed, 486), from)
         .await;
     assert_eq!(final_response(&mut trunk.ua, &carrier).await.status, 486);
+}
+
+/// With `tls`, the carrier also listens on TLS with a certificate its own CA signed for its
+/// address: a client trusting that CA (as callbridge's `tls.ca_file` will) gets its keepalive
+/// answered and its INVITE challenged over TLS; a client trusting another CA gets no
+/// connection at all.
+#[tokio::test]
+async fn the_carrier_speaks_tls_with_a_certificate_of_its_own_ca() {
+    let (carrier, _callee) = carrier_and_callee(|o| o.tls = true).await;
+    assert_ne!(carrier.tls_addr(), carrier.addr());
+    let trusting = sip_tests::tls::client_config_from_ca_file(carrier.ca_file());
+    let mut trunk = Trunk::new(TestUa::tls(carrier.tls_addr(), trusting).await, "2001");
+    trunk
+        .ua
+        .send(request(&format!(
+            "OPTIONS sip:{carrier} SIP/2.0\n\
+         Via: {via}\n\
+         Max-Forwards: 70\n\
+         From: <sip:2001@{CALLER_DOMAIN}>;tag=keepalive\n\
+         To: <sip:{carrier}>\n\
+         Call-ID: keepalive-{call_id}\n\
+         CSeq: 1 OPTIONS\n\n",
+            carrier = carrier.tls_addr(),
+            via = trunk.via(),
+            call_id = trunk.call_id,
+        )))
+        .await;
+    assert_eq!(final_response(&mut trunk.ua, &carrier).await.status, 200);
+    let invite = trunk.invite("15550005", None);
+    trunk.ua.send(invite.clone()).await;
+    let challenged = final_response(&mut trunk.ua, &carrier).await;
+    assert_eq!(challenged.status, 407, "{}", carrier.log());
+    trunk
+        .ua
+        .send(build_ack_for_non_2xx(&invite, &challenged))
+        .await;
+    assert!(
+        carrier.log().contains("over tls"),
+        "the carrier logs the transport: {}",
+        carrier.log()
+    );
+
+    // Another CA's client does not get through the handshake.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let stranger = sip_tests::tls::TestPki::new(dir.path(), "stranger", "some other CA");
+    let refused = sip_tests::tls::connect(carrier.tls_addr(), stranger.client_config()).await;
+    let error = refused.expect_err("a certificate of an unknown CA is refused");
+    assert!(error.to_string().contains("UnknownIssuer"), "{error}");
 }

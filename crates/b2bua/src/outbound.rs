@@ -3,7 +3,7 @@
 //! topology is not copied back to leg A.
 
 use bytes::Bytes;
-use sip_core::{ids, HeaderName, Method, NameAddr, Request, Response, Uri};
+use sip_core::{ids, HeaderName, Method, NameAddr, Request, Response, Transport, Uri};
 
 use crate::intent::Intent;
 
@@ -14,6 +14,10 @@ pub struct LocalIdentity {
     pub public_addr: String,
     /// The SIP port (same for UDP and TCP).
     pub port: u16,
+    /// The SIP-over-TLS listener's port (`tls.listen`), when there is one. A TLS port is not
+    /// the UDP/TCP one: a Contact reached over TLS must name it, or the peer's requests in the
+    /// dialog would open TLS to a port that does not speak it.
+    pub tls_port: Option<u16>,
     /// Value of the Server (responses) and User-Agent (requests) header (`sip.server_header`).
     /// `None`: the header is omitted, so that a scanner learns nothing it could look up.
     pub agent: Option<String>,
@@ -23,6 +27,23 @@ impl LocalIdentity {
     /// Our Contact for a leg: `<sip:user@public_addr:port>`.
     pub fn contact(&self, user: &str) -> Uri {
         Uri::sip(Some(user), &self.public_addr, Some(self.port))
+    }
+
+    /// Our Contact for a leg whose peer is reached over `transport`: over a
+    /// connection-oriented transport it says so (`;transport=tcp`, `;transport=tls`), so that
+    /// the peer's requests in the dialog come back over it (RFC 3261 §19.1.4), and over TLS it
+    /// names the TLS listener's port.
+    pub fn contact_over(&self, user: &str, transport: Transport) -> Uri {
+        let port = match (transport, self.tls_port) {
+            (Transport::Tls, Some(tls_port)) => tls_port,
+            _ => self.port,
+        };
+        let uri = Uri::sip(Some(user), &self.public_addr, Some(port));
+        if transport.is_reliable() {
+            uri.with_param("transport", Some(&transport.as_str().to_ascii_lowercase()))
+        } else {
+            uri
+        }
     }
 
     /// Adds `Server` (or, for a request, `User-Agent`) naming callbridge, if configured.
@@ -48,8 +69,7 @@ fn copy_body(from_headers: &sip_core::Headers, to: &mut sip_core::Headers, body:
 /// The INVITE of leg B: fresh Call-ID and From tag, From = the dedicated number at our public
 /// address, Request-URI and To = the callee at the trunk, P-Asserted-Identity = the dedicated
 /// number. Only the body (already rewritten by the media session) and its Content-Type come
-/// from leg A. Over a connection-oriented transport the Contact says so (`;transport=tcp`),
-/// so that the trunk's requests in the dialog come back over it (RFC 3261 §19.1.4).
+/// from leg A. The Contact is [`LocalIdentity::contact_over`] the trunk's transport.
 pub fn leg_b_invite(
     local: &LocalIdentity,
     intent: &Intent,
@@ -70,11 +90,7 @@ pub fn leg_b_invite(
         HeaderName::MaxForwards,
         forwarded_max_forwards(a_invite).to_string(),
     );
-    let mut contact = local.contact(&intent.caller);
-    if trunk.transport.is_reliable() {
-        let transport = trunk.transport.as_str().to_ascii_lowercase();
-        contact = contact.with_param("transport", Some(&transport));
-    }
+    let contact = local.contact_over(&intent.caller, trunk.transport);
     h.push(HeaderName::Contact, NameAddr::new(contact).to_string());
     h.push(
         HeaderName::PAssertedIdentity,
@@ -225,7 +241,7 @@ pub fn tag_to(response: &mut Response, tag: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sip_core::{Message, ParseLimits};
+    use sip_core::{Message, ParseLimits, Peer};
     use std::time::{Duration, Instant};
 
     fn a_invite() -> Request {
@@ -251,6 +267,7 @@ mod tests {
         LocalIdentity {
             public_addr: "192.0.2.10".into(),
             port: 5060,
+            tls_port: Some(5061),
             agent: Some("callbridge".into()),
         }
     }
@@ -320,6 +337,43 @@ mod tests {
         assert_eq!(b_of("1"), Some(Ok(0)));
         assert_eq!(b_of("200"), Some(Ok(199)));
         assert_eq!(b_of("many"), Some(Ok(70)));
+    }
+
+    #[test]
+    fn leg_b_contact_names_the_transport_and_over_tls_the_tls_port() {
+        let contact_toward = |trunk: Peer, local: &LocalIdentity| {
+            let a = a_invite();
+            let uri = TrunkUri {
+                host: "198.51.100.1",
+                port: Some(5080),
+                transport: trunk.transport,
+            };
+            let b = leg_b_invite(local, &intent(), &uri, &a, a.body.clone());
+            let contacts = b.headers.contacts().unwrap();
+            contacts.first().unwrap().uri.to_string()
+        };
+        let at = "198.51.100.1:5080".parse().unwrap();
+        assert_eq!(
+            contact_toward(Peer::udp(at), &local()),
+            "sip:2001@192.0.2.10:5060"
+        );
+        assert_eq!(
+            contact_toward(Peer::tcp(at, None), &local()),
+            "sip:2001@192.0.2.10:5060;transport=tcp"
+        );
+        assert_eq!(
+            contact_toward(Peer::tls(at, None), &local()),
+            "sip:2001@192.0.2.10:5061;transport=tls"
+        );
+        // Without a TLS listener there is no other port to name.
+        let no_listener = LocalIdentity {
+            tls_port: None,
+            ..local()
+        };
+        assert_eq!(
+            contact_toward(Peer::tls(at, None), &no_listener),
+            "sip:2001@192.0.2.10:5060;transport=tls"
+        );
     }
 
     #[test]

@@ -33,8 +33,10 @@ use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
 mod dns;
+mod tls;
 mod trunk;
 pub use dns::{DnsSection, MAX_DNS_SERVERS};
+pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
 
 /// Why a configuration cannot be used.
@@ -58,6 +60,7 @@ pub struct Config {
     pub sip: SipSection,
     pub trunk: TrunkSection,
     pub dns: DnsSection,
+    pub tls: TlsSection,
     pub media: MediaSection,
     pub api: ApiSection,
     pub intent: IntentSection,
@@ -223,6 +226,8 @@ impl SipSection {
             local: LocalIdentity {
                 public_addr: self.public_addr.clone(),
                 port: sip_port,
+                // Known once the transport has bound its TLS listener (`runtime.rs`).
+                tls_port: None,
                 agent: (!self.server_header.trim().is_empty())
                     .then(|| self.server_header.trim().to_owned()),
             },
@@ -909,6 +914,8 @@ impl Config {
         self.webhooks.validate()?;
         self.trunk.validate()?;
         self.dns.validate()?;
+        self.tls
+            .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()
             && self.api.tokens.is_empty()
             && !self.api.allow_unauthenticated

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::actions::{EngineCommand, SipActions};
-use crate::config::Config;
+use crate::config::{Config, TlsTrunk};
 use crate::media_driver::MediaBridge;
 use crate::persistence::{self, Persistence};
 use crate::status::SharedStatus;
@@ -57,6 +57,8 @@ pub enum StartError {
 pub struct Running {
     /// Where SIP (UDP and TCP) listens; the real port when the configured one was 0.
     pub sip_addr: SocketAddr,
+    /// Where SIP over TLS listens (`tls.listen`), when it does; the real port likewise.
+    pub sip_tls_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     pub control: Arc<CallControl>,
     pub status: Arc<SharedStatus>,
@@ -130,13 +132,24 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .iter()
         .map(|target| target.addr.ip())
         .collect();
-    let (transport, events) = SipTransport::bind(config.sip.transport_config(&trunk_ips))
+    let mut transport_config = config.sip.transport_config(&trunk_ips);
+    // TLS: the listener, and toward a TLS trunk its certificate checked for the host of
+    // trunk.address at each of its addresses (files read and checked again here, as they are
+    // now).
+    let tls_trunk = (first_target.transport == sip_core::Transport::Tls).then(|| TlsTrunk {
+        ips: &trunk_ips,
+        host: config.trunk.host(&config.sip.trunk),
+    });
+    transport_config.tls = config.tls.transport_tls(tls_trunk)?;
+    transport_config.tls_handshake_timeout = config.tls.handshake_timeout();
+    let (transport, events) = SipTransport::bind(transport_config)
         .await
         .map_err(|source| StartError::Sip {
             addr: config.sip.listen,
             source,
         })?;
     let sip_addr = transport.local_addr();
+    let sip_tls_addr = transport.tls_local_addr();
     status.set_transport(transport.clone());
 
     let media_config = config.media.media_config()?;
@@ -145,15 +158,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut engine_config = config
         .sip
         .engine_config(sip_addr.port(), first_target, media_config);
+    // A Contact reached over TLS names the TLS listener's port.
+    engine_config.local.tls_port = sip_tls_addr.map(|addr| addr.port());
     engine_config.trunk_credentials = config.trunk.credentials();
     (engine_config.trunk_host, engine_config.trunk_port) =
         config.trunk.uri_host_port(&config.sip.trunk);
-    engine_config.registration = config.trunk.registration_config(
-        &config.sip.trunk,
-        &config.sip.public_addr,
-        sip_addr.port(),
-        engine_config.local.agent.clone(),
-    );
+    engine_config.registration = config
+        .trunk
+        .registration_config(&config.sip.trunk, &engine_config.local);
     engine_config.trunk_ping = config.trunk.ping_interval();
     let mut engine = Engine::new(engine_config, control.clone());
     engine.set_trunk_targets(trunk.resolved.targets.clone());
@@ -197,8 +209,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     status.set_serving(true);
     tracing::info!(
         %sip_addr,
+        ?sip_tls_addr,
         %api_addr,
         trunk = %trunk.name.label(),
+        trunk_transport = %first_target.transport,
         targets = ?trunk.resolved.targets.iter().map(|t| t.addr).collect::<Vec<_>>(),
         "callbridge serving"
     );
@@ -259,6 +273,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }));
     Ok(Running {
         sip_addr,
+        sip_tls_addr,
         api_addr,
         control,
         status,

@@ -7,10 +7,12 @@
 //!   write) and the typed headers are our own, because rsip gets those wrong (see the module).
 //!   The CANCEL and the ACK for a non-2xx that RFC 3261 derives from an INVITE are built here
 //!   too ([`build_cancel`], [`build_ack_for_non_2xx`]).
-//! - [`transport`]: UDP and TCP on one port under tokio, with a sans-IO [`StreamFramer`]
+//! - [`transport`]: UDP and TCP on one port under tokio, and TLS (rustls) on a port of its
+//!   own sharing the TCP connection machinery, with a sans-IO [`StreamFramer`]
 //!   (`Content-Length` framing, CRLF keep-alives), `received`/`rport` stamping, responses on
 //!   the connection their request came on, and malformed input answered 400 or dropped — both
-//!   counted. TCP connections pass a sans-IO admission check at accept (trusted sources only,
+//!   counted. TCP and TLS connections pass a sans-IO admission check at accept, before any
+//!   TLS handshake (trusted sources only,
 //!   a per-IP limit, a reserve for the trunk); write queues are bounded; a failed send names
 //!   the one transaction it fails. Received events come in two queues ([`TransportEvents`]):
 //!   the messages of existing transactions first, new out-of-dialog requests after (dropped,

@@ -12,7 +12,7 @@ use crate::transaction::TxId;
 /// larger can never go over UDP, whatever the MTU.
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
-/// Identifies one TCP connection of the transport, so that responses go back on the
+/// Identifies one TCP or TLS connection of the transport, so that responses go back on the
 /// connection their request came on (RFC 3261 §18.2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub u64);
@@ -23,7 +23,7 @@ pub struct ConnectionId(pub u64);
 pub struct Peer {
     pub transport: Transport,
     pub addr: SocketAddr,
-    /// Set for messages received on a TCP connection; `None` lets the transport pick or open a
+    /// Set for messages received on a TCP or TLS connection; `None` lets the transport pick or open a
     /// connection to `addr`.
     pub connection: Option<ConnectionId>,
 }
@@ -40,6 +40,14 @@ impl Peer {
     pub fn tcp(addr: SocketAddr, connection: Option<ConnectionId>) -> Peer {
         Peer {
             transport: Transport::Tcp,
+            addr,
+            connection,
+        }
+    }
+
+    pub fn tls(addr: SocketAddr, connection: Option<ConnectionId>) -> Peer {
+        Peer {
+            transport: Transport::Tls,
             addr,
             connection,
         }

@@ -578,8 +578,8 @@ async fn idle_tcp_connection_is_closed() {
 async fn unsupported_transport_and_shutdown_fail_sends() {
     let (handle, mut events) = start(config()).await;
     let to = Peer {
-        transport: Transport::Tls,
-        addr: "127.0.0.1:5061".parse().unwrap(),
+        transport: Transport::Sctp,
+        addr: "127.0.0.1:5060".parse().unwrap(),
         connection: None,
     };
     handle.send(Transmit::stateless(to, Bytes::from_static(b"x")));
@@ -587,6 +587,17 @@ async fn unsupported_transport_and_shutdown_fail_sends() {
         next_event(&mut events).await,
         TransportEvent::SendFailed { .. }
     ));
+    // TLS without `[tls]` settings (no roots to check a server against) fails the same way.
+    handle.send(Transmit::stateless(
+        Peer::tls("127.0.0.1:5061".parse().unwrap(), None),
+        Bytes::from_static(b"x"),
+    ));
+    match next_event(&mut events).await {
+        TransportEvent::SendFailed { error, .. } => {
+            assert!(error.contains("TLS is not configured"), "{error}")
+        }
+        other => panic!("expected SendFailed, got {other:?}"),
+    }
     handle.shutdown();
     handle.send(Transmit::stateless(
         Peer::udp("127.0.0.1:9".parse().unwrap()),

@@ -290,10 +290,17 @@ impl Engine {
         if response.class() == 2 && matches!(relay.request.method, Method::Invite | Method::Update)
         {
             let user = call.intent.caller.clone();
-            answer.headers.push(
-                HeaderName::Contact,
-                NameAddr::new(self.config.local.contact(&user)).to_string(),
-            );
+            // Toward the trunk, the Contact leg B's INVITE gave (its transport, the TLS port).
+            let contact = match from_leg {
+                Leg::B => self
+                    .config
+                    .local
+                    .contact_over(&user, self.config.trunk.transport),
+                Leg::A => self.config.local.contact(&user),
+            };
+            answer
+                .headers
+                .push(HeaderName::Contact, NameAddr::new(contact).to_string());
         }
         if !body.is_empty() {
             let content_type = response

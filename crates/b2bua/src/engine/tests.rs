@@ -102,6 +102,7 @@ impl Harness {
             local: LocalIdentity {
                 public_addr: "127.0.0.1".into(),
                 port: 5060,
+                tls_port: None,
                 agent: None,
             },
             trunk: trunk(),

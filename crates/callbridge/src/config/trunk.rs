@@ -1,6 +1,7 @@
 //! `[trunk]`: the carrier side of leg B (SPEC "Configuration contract"): where it is, how it
 //! is reached, and the digest credentials callbridge answers its challenges with.
 
+use b2bua::outbound::LocalIdentity;
 use serde::{Deserialize, Serialize};
 use sip_core::Transport;
 
@@ -16,7 +17,8 @@ const MAX_PING_SECS: u64 = 3600;
 pub struct TrunkSection {
     /// `host:port` of the trunk; empty: `sip.trunk`.
     pub address: String,
-    /// How leg B reaches the trunk: `udp` or `tcp`.
+    /// How leg B reaches the trunk: `udp`, `tcp` or `tls` (which needs `[tls]`: a listener
+    /// for the trunk's requests in the dialog, and the roots its certificate chains to).
     pub transport: String,
     /// Digest credentials answering the trunk's 401/407 challenges; empty: none (a challenge
     /// then fails leg B, and leg A gets 403).
@@ -65,10 +67,17 @@ impl TrunkSection {
         }
     }
 
-    /// The transport toward the trunk (validated: `udp` or `tcp`).
+    /// The host of the trunk's address (a DNS name or an IP literal): what a TLS trunk's
+    /// certificate must name.
+    pub fn host<'a>(&'a self, sip_trunk: &'a str) -> &'a str {
+        split_host_port(self.address(sip_trunk)).0
+    }
+
+    /// The transport toward the trunk (validated: `udp`, `tcp` or `tls`).
     pub fn transport(&self) -> Transport {
         match self.transport.trim().to_ascii_lowercase().as_str() {
             "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
             _ => Transport::Udp,
         }
     }
@@ -88,45 +97,34 @@ impl TrunkSection {
 
     /// callbridge's registration at the trunk, when `register` is on: the account's binding
     /// at the trunk's address (`sip_trunk`: the `sip.trunk` key, used when `address` is
-    /// empty), with our Contact at `public_addr:sip_port`.
+    /// empty), with the Contact leg B gives (`local`'s, over the trunk's transport: its port,
+    /// the TLS listener's over TLS).
     pub fn registration_config(
         &self,
         sip_trunk: &str,
-        public_addr: &str,
-        sip_port: u16,
-        agent: Option<String>,
+        local: &LocalIdentity,
     ) -> Option<b2bua::registration::RegistrationConfig> {
         if !self.register {
             return None;
         }
         let credentials = self.credentials()?;
         let (host, port) = split_host_port(self.address(sip_trunk));
-        let mut contact =
-            sip_core::Uri::sip(Some(&credentials.username), public_addr, Some(sip_port));
-        if self.transport().is_reliable() {
-            let transport = self.transport().as_str().to_ascii_lowercase();
-            contact = contact.with_param("transport", Some(&transport));
-        }
+        let contact = local.contact_over(&credentials.username, self.transport());
         Some(b2bua::registration::RegistrationConfig {
             registrar_host: host.to_owned(),
             registrar_port: port,
             credentials,
             contact,
             expires: std::time::Duration::from_secs(self.register_expires_secs),
-            agent,
+            agent: local.agent.clone(),
         })
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: String| Err(ConfigError::Invalid(message));
         match self.transport.trim().to_ascii_lowercase().as_str() {
-            "udp" | "tcp" => {}
-            "tls" => {
-                return invalid(
-                    "trunk.transport = \"tls\" is not supported yet: use \"udp\" or \"tcp\"".into(),
-                )
-            }
-            other => return invalid(format!("trunk.transport {other:?} must be udp or tcp")),
+            "udp" | "tcp" | "tls" => {}
+            other => return invalid(format!("trunk.transport {other:?} must be udp, tcp or tls")),
         }
         if self.username.is_empty() && !self.password.is_empty() {
             return invalid("trunk.password is set but trunk.username is empty".into());
@@ -189,6 +187,9 @@ mod tests {
         };
         assert!(trunk.validate().is_ok());
         assert_eq!(trunk.transport(), Transport::Tcp);
+        trunk.transport = "tls".into();
+        assert!(trunk.validate().is_ok());
+        assert_eq!(trunk.transport(), Transport::Tls);
         trunk.transport = "sctp".into();
         assert!(trunk.validate().is_err());
         trunk.transport = "udp".into();
@@ -212,8 +213,14 @@ mod tests {
         trunk.password = "secret".into();
         trunk.transport = "tcp".into();
         assert!(trunk.validate().is_ok());
+        let local = LocalIdentity {
+            public_addr: "192.0.2.1".into(),
+            port: 5060,
+            tls_port: Some(5061),
+            agent: None,
+        };
         let config = trunk
-            .registration_config("sip.carrier.example:5080", "192.0.2.1", 5060, None)
+            .registration_config("sip.carrier.example:5080", &local)
             .unwrap();
         assert_eq!(config.registrar_host, "sip.carrier.example");
         assert_eq!(config.registrar_port, 5080);
@@ -221,13 +228,26 @@ mod tests {
             config.contact.to_string(),
             "sip:2001@192.0.2.1:5060;transport=tcp"
         );
+        assert_eq!(
+            trunk.host("sip.carrier.example:5080"),
+            "sip.carrier.example"
+        );
+        // Over TLS, the binding names the TLS listener.
+        trunk.transport = "tls".into();
+        let config = trunk
+            .registration_config("sip.carrier.example:5081", &local)
+            .unwrap();
+        assert_eq!(
+            config.contact.to_string(),
+            "sip:2001@192.0.2.1:5061;transport=tls"
+        );
         assert_eq!(split_host_port("[::1]:5070"), ("[::1]", 5070));
         assert_eq!(
             split_host_port("carrier.example"),
             ("carrier.example", 5060)
         );
         trunk.register = false;
-        assert!(trunk.registration_config("x:1", "y", 1, None).is_none());
+        assert!(trunk.registration_config("x:1", &local).is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! UDP and TCP transport (RFC 3261 §18) on tokio.
+//! UDP, TCP and TLS transport (RFC 3261 §18) on tokio.
 //!
-//! [`SipTransport::bind`] opens a UDP socket and a TCP listener on the same address and port
+//! [`SipTransport::bind`] opens a UDP socket and a TCP listener on the same address and port,
+//! and with [`TransportConfig::tls`] a TLS listener on its own address (see [`TlsConfig`]),
 //! and returns a [`TransportHandle`] for sending plus a channel of [`TransportEvent`]s.
 //! Everything read from the wire is parsed here: the layers above receive [`Message`]s whose top
 //! Via already carries `received`/`rport` (RFC 3261 §18.2.1, RFC 3581), and unparseable
@@ -11,6 +12,7 @@ mod admission;
 mod framer;
 mod stats;
 mod tcp;
+mod tls;
 mod udp;
 
 use std::fmt;
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use framer::{Frame, FramingError, StreamFramer};
 pub use stats::TransportStats;
+pub use tls::{TlsConfig, TlsError, TlsIdentity, TlsRoots};
 
 #[cfg(test)]
 use crate::message::Header;
@@ -80,32 +83,41 @@ pub struct TransportConfig {
     /// Size and header-count limits for every received message; `max_message_size` also bounds
     /// what a TCP connection buffers.
     pub limits: ParseLimits,
-    /// A TCP connection with no traffic in either direction for this long is closed.
+    /// A TCP or TLS connection with no traffic in either direction for this long is closed.
     pub tcp_idle_timeout: Duration,
-    /// Most TCP connections (accepted plus opened) at once. Of these, the last
+    /// Most TCP and TLS connections together (accepted plus opened) at once. Of these, the last
     /// `min(max_connections_per_ip, max_connections / 2)` are kept for `priority` sources:
     /// other connections are refused once the rest are taken, so that the trunk can always
     /// connect, and be connected to, however the other sources fill the table.
     pub max_connections: usize,
-    /// Most TCP connections one remote IP may hold (accepted and opened); further accepted
+    /// Most TCP and TLS connections one remote IP may hold (accepted and opened); further accepted
     /// ones are refused. Connections we open are never refused for this: one per address is
     /// reused.
     pub max_connections_per_ip: usize,
-    /// Sources whose TCP connections are accepted; a connection from anywhere else is closed
-    /// at accept, before anything is read from it (SPEC "Trust boundary"). UDP is not
+    /// Sources whose TCP and TLS connections are accepted; a connection from anywhere else is
+    /// closed at accept, before anything is read from it or a TLS handshake is begun (SPEC
+    /// "Trust boundary"). UDP is not
     /// filtered here: the layers above answer untrusted requests statelessly.
     pub trusted: Vec<IpNet>,
     /// The trunk's addresses: trusted too, and entitled to the reserved share of
     /// `max_connections`.
     pub priority: Vec<IpNet>,
-    /// Messages queued for one TCP connection before sends to it fail (one by one: the
+    /// Messages queued for one TCP or TLS connection before sends to it fail (one by one: the
     /// connection and the other transactions are unaffected).
     pub tcp_write_queue_messages: usize,
-    /// Bytes queued for one TCP connection before sends to it fail, likewise. A single message
+    /// Bytes queued for one TCP or TLS connection before sends to it fail, likewise. A single message
     /// larger than this still goes when the queue is empty.
     pub tcp_write_queue_bytes: usize,
     /// How long opening an outbound TCP connection may take before the send fails.
     pub connect_timeout: Duration,
+    /// SIP over TLS: the listener (if any), our certificate, the roots servers' certificates
+    /// must chain to. `None`: no TLS; sends over TLS fail.
+    pub tls: Option<TlsConfig>,
+    /// How long a TLS handshake may take, on connections accepted and opened alike. An
+    /// accepted connection that has not completed it by then is dropped: a client that
+    /// connects and says nothing holds its slot of `max_connections` this long, not until
+    /// `tcp_idle_timeout`. Counted from the end of the TCP connect.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -123,6 +135,9 @@ impl Default for TransportConfig {
             tcp_write_queue_messages: 256,
             tcp_write_queue_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
+            tls: None,
+            // A handshake is two or three round trips; seconds are for a loaded peer.
+            tls_handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -142,7 +157,8 @@ fn loopback_nets() -> Vec<IpNet> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TransportEvent {
     /// A parsed message. For requests the top Via is already stamped with `received`/`rport`.
-    /// `from.connection` is set for TCP: sending back to `from` uses the same connection.
+    /// `from.connection` is set for TCP and TLS: sending back to `from` uses the same
+    /// connection.
     Message { message: Message, from: Peer },
     /// A [`TransportHandle::send`] could not be carried out (RFC 3261 §18.4 transport error).
     /// `origin` is the [`Transmit::origin`] of the failed send: the transaction that made it,
@@ -155,8 +171,8 @@ pub enum TransportEvent {
         origin: Option<TxId>,
         error: String,
     },
-    /// A TCP connection closed (by the peer, an error, the idle timeout or a framing error);
-    /// its [`ConnectionId`] will not be used again.
+    /// A TCP or TLS connection closed (by the peer, an error, the idle timeout or a framing
+    /// error); its [`ConnectionId`] will not be used again.
     ConnectionClosed {
         connection: ConnectionId,
         addr: SocketAddr,
@@ -234,8 +250,9 @@ impl TransportEvents {
 pub enum SipTransport {}
 
 impl SipTransport {
-    /// Binds UDP and TCP on `config.bind` (the same port for both), starts the receive tasks on
-    /// the current tokio runtime and returns the send handle and the event channel.
+    /// Binds UDP and TCP on `config.bind` (the same port for both) and, when configured, the
+    /// TLS listener, starts the receive tasks on the current tokio runtime and returns the
+    /// send handle and the event channel.
     ///
     /// The tasks run until [`TransportHandle::shutdown`] is called or the event receiver is
     /// dropped (noticed at the next event).
@@ -244,6 +261,14 @@ impl SipTransport {
         let udp = tokio::net::UdpSocket::from_std(udp)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let local_addr = udp.local_addr()?;
+        let tls_listener = match config.tls.as_ref().and_then(TlsConfig::listen) {
+            Some(addr) => Some(bind_tls(addr)?),
+            None => None,
+        };
+        let tls_local_addr = match &tls_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
         let (events, calls) = mpsc::channel(EVENT_QUEUE);
         let (new_requests, new) = mpsc::channel(NEW_REQUEST_QUEUE);
         let admission = Admission::new(
@@ -256,6 +281,8 @@ impl SipTransport {
             admission,
             runtime: tokio::runtime::Handle::current(),
             local_addr,
+            tls_local_addr,
+            tls: config.tls.as_ref().map(tls::TlsState::new),
             udp,
             stats: StatsCounters::default(),
             connections: parking_lot::Mutex::new(tcp::ConnectionTable::default()),
@@ -268,8 +295,16 @@ impl SipTransport {
         shared.runtime.spawn(udp::receive_loop(shared.clone()));
         shared
             .runtime
-            .spawn(tcp::accept_loop(shared.clone(), listener));
+            .spawn(tcp::accept_loop(shared.clone(), listener, Transport::Tcp));
         tracing::info!(%local_addr, "SIP transport listening on UDP and TCP");
+        if let Some(listener) = tls_listener {
+            shared
+                .runtime
+                .spawn(tcp::accept_loop(shared.clone(), listener, Transport::Tls));
+            if let Some(addr) = tls_local_addr {
+                tracing::info!(%addr, "SIP transport listening on TLS");
+            }
+        }
         Ok((
             TransportHandle { shared },
             TransportEvents {
@@ -300,6 +335,14 @@ fn bind_sockets(
     Err(last_error.unwrap_or_else(|| io::Error::other("no port free for both UDP and TCP")))
 }
 
+/// Binds the TLS listener, naming its address in the error: its failure must not read as one
+/// of the UDP/TCP address.
+fn bind_tls(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("TLS listener on {addr}: {e}"));
+    let listener = tcp::bind_listener(addr).map_err(named)?;
+    tokio::net::TcpListener::from_std(listener).map_err(named)
+}
+
 /// Sends messages and reads the transport's state. Cheap to clone; every clone drives the
 /// same sockets and connections.
 #[derive(Clone)]
@@ -321,11 +364,17 @@ impl TransportHandle {
         self.shared.local_addr
     }
 
+    /// The address (and port) the TLS listener is bound to, when there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.shared.tls_local_addr
+    }
+
     /// Queues `transmit` for sending and returns at once; never blocks.
     ///
-    /// UDP goes straight to the socket. TCP goes on `transmit.to.connection` if that connection
-    /// is still open, otherwise on an open connection to `transmit.to.addr` (RFC 3261 §18),
-    /// otherwise on a new connection opened in the background (within `connect_timeout`).
+    /// UDP goes straight to the socket. TCP and TLS go on `transmit.to.connection` if that
+    /// connection is still open, otherwise on an open connection of the same transport to
+    /// `transmit.to.addr` (RFC 3261 §18), otherwise on a new connection opened in the
+    /// background (within `connect_timeout`, and for TLS `tls_handshake_timeout` more).
     /// Failures arrive as [`TransportEvent::SendFailed`].
     pub fn send(&self, transmit: Transmit) {
         self.shared.send(transmit);
@@ -336,12 +385,12 @@ impl TransportHandle {
         self.shared.stats.snapshot()
     }
 
-    /// TCP connections currently open or being opened.
+    /// TCP and TLS connections currently open or being opened.
     pub fn connection_count(&self) -> usize {
         self.shared.connections.lock().len()
     }
 
-    /// Stops the receive tasks and closes every TCP connection. Later sends fail.
+    /// Stops the receive tasks and closes every TCP and TLS connection. Later sends fail.
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
     }
@@ -353,6 +402,9 @@ pub(crate) struct Shared {
     admission: Admission,
     runtime: tokio::runtime::Handle,
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
+    /// The acceptor and connector, when TLS is configured.
+    tls: Option<tls::TlsState>,
     udp: tokio::net::UdpSocket,
     stats: StatsCounters,
     connections: parking_lot::Mutex<tcp::ConnectionTable>,
@@ -392,6 +444,12 @@ impl Shared {
         match transmit.to.transport {
             Transport::Udp => self.send_udp(&transmit),
             Transport::Tcp => tcp::send(self, transmit),
+            Transport::Tls if self.tls.is_some() => tcp::send(self, transmit),
+            Transport::Tls => self.send_failed(
+                transmit.to,
+                transmit.origin,
+                "TLS is not configured (no [tls] settings)".into(),
+            ),
             other => self.send_failed(
                 transmit.to,
                 transmit.origin,
@@ -441,15 +499,16 @@ impl Shared {
         }
     }
 
-    /// Parses one received message (a datagram or a TCP frame) and decides what to do with it.
+    /// Parses one received message (a datagram or a TCP/TLS frame) and decides what to do with
+    /// it.
     fn inbound(&self, bytes: &[u8], from: Peer) -> Inbound {
         let limits = &self.config.limits;
         match Message::parse(bytes, limits) {
             Ok(mut message) => {
-                bump(if from.transport == Transport::Udp {
-                    &self.stats.udp_received
-                } else {
-                    &self.stats.tcp_received
+                bump(match from.transport {
+                    Transport::Udp => &self.stats.udp_received,
+                    Transport::Tls => &self.stats.tls_received,
+                    _ => &self.stats.tcp_received,
                 });
                 if let Message::Request(request) = &mut message {
                     stamp_top_via(&mut request.headers, &from);

@@ -13,6 +13,8 @@ pub struct TransportStats {
     pub udp_received: u64,
     /// TCP frames received that parsed as SIP messages.
     pub tcp_received: u64,
+    /// TLS frames received that parsed as SIP messages.
+    pub tls_received: u64,
     /// Messages handed to the kernel (UDP) or fully written to a connection (TCP).
     pub sent: u64,
     /// Sends that failed (reported as `TransportEvent::SendFailed`, except UDP drops).
@@ -42,6 +44,9 @@ pub struct TransportStats {
     pub connections_refused_per_ip: u64,
     /// Sends refused because the message is larger than any UDP datagram.
     pub udp_oversize_sends: u64,
+    /// TLS handshakes that failed or timed out, on connections accepted (a client that said
+    /// nothing, or a scanner) and opened (a server whose certificate did not verify).
+    pub tls_handshake_failures: u64,
     /// TCP connections closed by the idle timeout.
     pub connections_idle_closed: u64,
     /// TCP connections currently open (gauge).
@@ -58,6 +63,7 @@ pub struct TransportStats {
 pub(crate) struct StatsCounters {
     pub udp_received: AtomicU64,
     pub tcp_received: AtomicU64,
+    pub tls_received: AtomicU64,
     pub sent: AtomicU64,
     pub send_errors: AtomicU64,
     pub udp_send_dropped: AtomicU64,
@@ -71,6 +77,7 @@ pub(crate) struct StatsCounters {
     pub connections_refused_untrusted: AtomicU64,
     pub connections_refused_per_ip: AtomicU64,
     pub udp_oversize_sends: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
     pub connections_idle_closed: AtomicU64,
     pub connections_open: AtomicU64,
     pub keepalives: AtomicU64,
@@ -93,6 +100,7 @@ impl StatsCounters {
         TransportStats {
             udp_received: get(&self.udp_received),
             tcp_received: get(&self.tcp_received),
+            tls_received: get(&self.tls_received),
             sent: get(&self.sent),
             send_errors: get(&self.send_errors),
             udp_send_dropped: get(&self.udp_send_dropped),
@@ -106,6 +114,7 @@ impl StatsCounters {
             connections_refused_untrusted: get(&self.connections_refused_untrusted),
             connections_refused_per_ip: get(&self.connections_refused_per_ip),
             udp_oversize_sends: get(&self.udp_oversize_sends),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
             connections_idle_closed: get(&self.connections_idle_closed),
             connections_open: get(&self.connections_open),
             keepalives: get(&self.keepalives),

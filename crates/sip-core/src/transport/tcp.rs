@@ -1,13 +1,17 @@
-//! TCP: the listener, the connection table, one task per connection.
+//! TCP, and the stream machinery TLS shares: the listeners' accept loop, the connection table,
+//! one task per connection.
 //!
-//! Each connection is driven by a single task that reads (through the [`StreamFramer`]),
+//! Each connection (TCP, or TLS once `tls.rs` has done its handshake) is driven by a single
+//! task that reads (through the [`StreamFramer`]),
 //! writes what [`TransportHandle::send`](super::TransportHandle::send) queued for it, answers
 //! keep-alive pings and enforces the idle timeout. Sends reach it through a queue bounded in
 //! messages and in bytes (`tcp_write_queue_messages`, `tcp_write_queue_bytes`) so that sending
 //! never blocks; a full queue fails that one send, for its transaction only.
 //!
 //! Accepted connections pass the admission rules first (trust set, per-IP limit, a
-//! reserve of the total for the trunk): see `admission.rs`.
+//! reserve of the total for the trunk): see `admission.rs`. TCP and TLS connections share one
+//! table: one `max_connections` for both, and reuse looks a connection up by transport and
+//! remote address, so a TCP send never lands on a TLS connection or the other way round.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,10 +29,12 @@ use tokio::time::Instant;
 use super::admission::{ConnectionCounts, Note, Refusal, RefusalLog};
 use super::framer::{Frame, StreamFramer};
 use super::stats::{bump, drop_one};
-use super::{shut_down, Inbound, Shared, TransportEvent};
+use super::{shut_down, tls, Inbound, Shared, TransportEvent};
 use crate::peer::{ConnectionId, Peer, Transmit};
+use crate::Transport;
 
-/// Longest a single write may stall (peer not reading) before the connection is dropped:
+/// Longest a single write (with its flush: a TLS stream holds records until flushed) may
+/// stall (peer not reading) before the connection is dropped:
 /// 64*T1, after which any transaction waiting on it has timed out anyway.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(32);
 /// Pause after a failed accept (typically out of file descriptors) before trying again.
@@ -39,17 +45,18 @@ const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
 /// Distinct refused sources remembered for that (beyond it, one summary line per window).
 const REFUSAL_LOG_SOURCES: usize = 1024;
 
-/// Open (or opening) connections, by id and by remote address, and their counts for the
-/// admission limits. One lock guards all three, so that a check and the insert it allows
-/// cannot be split by another accept or send.
+/// Open (or opening) connections, by id and by transport and remote address, and their
+/// counts for the admission limits. One lock guards all three, so that a check and the insert
+/// it allows cannot be split by another accept or send.
 #[derive(Default)]
 pub(super) struct ConnectionTable {
     by_id: HashMap<ConnectionId, Connection>,
-    by_addr: HashMap<SocketAddr, ConnectionId>,
+    by_addr: HashMap<(Transport, SocketAddr), ConnectionId>,
     counts: ConnectionCounts,
 }
 
 struct Connection {
+    transport: Transport,
     addr: SocketAddr,
     queue: WriteQueue,
 }
@@ -66,25 +73,42 @@ impl ConnectionTable {
         self.by_id.len()
     }
 
-    fn insert(&mut self, id: ConnectionId, addr: SocketAddr, queue: WriteQueue) {
-        self.by_id.insert(id, Connection { addr, queue });
-        self.by_addr.insert(addr, id);
+    fn insert(&mut self, id: ConnectionId, to: Peer, queue: WriteQueue) {
+        let (transport, addr) = (to.transport, to.addr);
+        self.by_id.insert(
+            id,
+            Connection {
+                transport,
+                addr,
+                queue,
+            },
+        );
+        self.by_addr.insert((transport, addr), id);
         self.counts.add(addr.ip());
     }
 
-    fn remove(&mut self, id: ConnectionId) {
+    pub(super) fn remove(&mut self, id: ConnectionId) {
         if let Some(connection) = self.by_id.remove(&id) {
             self.counts.remove(connection.addr.ip());
-            if self.by_addr.get(&connection.addr) == Some(&id) {
-                self.by_addr.remove(&connection.addr);
+            let key = (connection.transport, connection.addr);
+            if self.by_addr.get(&key) == Some(&id) {
+                self.by_addr.remove(&key);
             }
         }
     }
 
+    /// The connection `to` names while it is open (and of `to`'s transport), else the open
+    /// one to `to.addr` over that transport.
     fn queue_for(&self, to: &Peer) -> Option<WriteQueue> {
-        let by_connection = to.connection.and_then(|id| self.by_id.get(&id));
-        let connection = by_connection
-            .or_else(|| self.by_addr.get(&to.addr).and_then(|id| self.by_id.get(id)))?;
+        let by_connection = to
+            .connection
+            .and_then(|id| self.by_id.get(&id))
+            .filter(|connection| connection.transport == to.transport);
+        let connection = by_connection.or_else(|| {
+            self.by_addr
+                .get(&(to.transport, to.addr))
+                .and_then(|id| self.by_id.get(id))
+        })?;
         Some(connection.queue.clone())
     }
 }
@@ -157,7 +181,7 @@ impl Queued {
     }
 
     /// Closes the queue and fails everything still in it, each for its own transaction.
-    fn fail_all(&mut self, shared: &Shared, why: &str) {
+    pub(super) fn fail_all(&mut self, shared: &Shared, why: &str) {
         self.receiver.close();
         while let Ok(t) = self.receiver.try_recv() {
             shared.send_failed(t.to, t.origin, why.to_owned());
@@ -177,8 +201,10 @@ pub(super) fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListene
 }
 
 /// Accepts connections until shutdown. Each one is admitted or refused (closed before
-/// anything is read from it) by the admission rules (`admission.rs`).
-pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// anything is read from it, and so before a TLS handshake) by the admission rules
+/// (`admission.rs`). `transport` is what the listener serves: TCP, or TLS (whose connections
+/// go through the handshake before they run).
+pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, transport: Transport) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut refusals = RefusalLog::new(REFUSAL_LOG_WINDOW, REFUSAL_LOG_SOURCES);
     loop {
@@ -189,7 +215,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!("TCP accept failed: {e}");
+                tracing::warn!("{transport} accept failed: {e}");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
@@ -202,24 +228,40 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 .map(|()| {
                     let id = shared.new_connection_id();
                     let (queue, queued) = write_queue(&shared);
-                    table.insert(id, addr, queue);
+                    let peer = Peer {
+                        transport,
+                        addr,
+                        connection: Some(id),
+                    };
+                    table.insert(id, peer, queue);
                     (id, queued)
                 })
         };
         let (id, queued) = match admitted {
             Ok(id) => id,
             Err(refusal) => {
-                refuse(&shared, &mut refusals, stream, addr, refusal);
+                refuse(&shared, &mut refusals, stream, addr, refusal, transport);
                 continue;
             }
         };
         bump(&shared.stats.connections_accepted);
         bump(&shared.stats.connections_open);
-        tracing::debug!(%addr, ?id, "TCP connection accepted");
+        tracing::debug!(%addr, ?id, %transport, "connection accepted");
         let _ = stream.set_nodelay(true);
-        shared
-            .runtime
-            .spawn(run_connection(shared.clone(), id, addr, stream, queued));
+        if transport == Transport::Tls {
+            shared.runtime.spawn(tls::accept_and_run(
+                shared.clone(),
+                id,
+                addr,
+                stream,
+                queued,
+            ));
+        } else {
+            let peer = Peer::tcp(addr, Some(id));
+            shared
+                .runtime
+                .spawn(run_connection(shared.clone(), peer, stream, queued));
+        }
     }
 }
 
@@ -230,6 +272,7 @@ fn refuse(
     stream: TcpStream,
     addr: SocketAddr,
     refusal: Refusal,
+    transport: Transport,
 ) {
     bump(match refusal {
         Refusal::Untrusted => &shared.stats.connections_refused_untrusted,
@@ -244,20 +287,22 @@ fn refuse(
         Some(Note::Source) => tracing::warn!(
             source = %addr.ip(),
             %refusal,
-            "TCP connection refused (logged once a minute per source)"
+            "{transport} connection refused (logged once a minute per source)"
         ),
         Some(Note::ManySources) => tracing::warn!(
-            "TCP connections refused from many sources (not logged each; see the transport \
-             counters)"
+            "{transport} connections refused from many sources (not logged each; see the \
+             transport counters)"
         ),
         None => {}
     }
 }
 
-/// Queues a TCP send on an existing connection or on a new one opened in the background.
-/// A full queue fails this one message (for its transaction) and nothing else.
+/// Queues a TCP or TLS send (by `transmit.to.transport`) on an existing connection or on a
+/// new one opened in the background. A full queue fails this one message (for its
+/// transaction) and nothing else.
 pub(super) fn send(shared: &Arc<Shared>, transmit: Transmit) {
     let to = transmit.to;
+    let transport = to.transport;
     let (queue, connect) = {
         let mut table = shared.connections.lock();
         match table.queue_for(&to) {
@@ -265,67 +310,90 @@ pub(super) fn send(shared: &Arc<Shared>, transmit: Transmit) {
             None => {
                 if let Err(refusal) = shared.admission.admit_outbound(to.addr.ip(), &table.counts) {
                     drop(table);
-                    shared.send_failed(to, transmit.origin, format!("TCP: {refusal}"));
+                    shared.send_failed(to, transmit.origin, format!("{transport}: {refusal}"));
                     return;
                 }
                 let id = shared.new_connection_id();
                 let (queue, queued) = write_queue(shared);
-                table.insert(id, to.addr, queue.clone());
-                (queue, Some((id, queued)))
+                let peer = Peer {
+                    connection: Some(id),
+                    ..to
+                };
+                table.insert(id, peer, queue.clone());
+                (queue, Some((peer, queued)))
             }
         }
     };
-    if let Some((id, queued)) = connect {
+    if let Some((peer, queued)) = connect {
         shared
             .runtime
-            .spawn(connect_and_run(shared.clone(), id, to.addr, queued));
+            .spawn(connect_and_run(shared.clone(), peer, queued));
     }
     let len = transmit.bytes.len();
     if !queue.budget.try_reserve(len) {
-        shared.send_failed(to, transmit.origin, "TCP write queue full (bytes)".into());
+        let why = format!("{transport} write queue full (bytes)");
+        shared.send_failed(to, transmit.origin, why);
         return;
     }
     match queue.sender.try_send(transmit) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(t)) => {
             queue.budget.release(len);
-            shared.send_failed(t.to, t.origin, "TCP write queue full".into());
+            shared.send_failed(t.to, t.origin, format!("{transport} write queue full"));
         }
         Err(mpsc::error::TrySendError::Closed(t)) => {
             queue.budget.release(len);
-            shared.send_failed(t.to, t.origin, "TCP connection closed".into());
+            shared.send_failed(t.to, t.origin, format!("{transport} connection closed"));
         }
     }
 }
 
-/// Opens an outbound connection (registered in the table already, so that sends made while it
-/// opens queue behind it) and runs it.
-async fn connect_and_run(
-    shared: Arc<Shared>,
-    id: ConnectionId,
-    addr: SocketAddr,
-    mut queued: Queued,
-) {
+/// Opens an outbound connection to `peer` (registered in the table already under
+/// `peer.connection`, so that sends made while it opens queue behind it) — over TLS, with the
+/// handshake — and runs it.
+async fn connect_and_run(shared: Arc<Shared>, peer: Peer, mut queued: Queued) {
+    // `send` always names the id it registered; a peer without one has nothing to run.
+    let Some(id) = peer.connection else {
+        return;
+    };
+    let (transport, addr) = (peer.transport, peer.addr);
     let timeout = shared.config.connect_timeout;
     let connected = match tokio::time::timeout(timeout, connect(&shared, addr)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("connect timed out after {timeout:?}")),
     };
-    match connected {
-        Ok(stream) => {
-            bump(&shared.stats.connections_opened);
-            bump(&shared.stats.connections_open);
-            tracing::debug!(%addr, ?id, "TCP connection opened");
-            let _ = stream.set_nodelay(true);
-            run_connection(shared, id, addr, stream, queued).await;
-        }
+    let stream = match connected {
+        Ok(stream) => stream,
         Err(error) => {
-            tracing::debug!(%addr, %error, "TCP connect failed");
-            shared.connections.lock().remove(id);
-            queued.fail_all(&shared, &format!("TCP connect to {addr} failed: {error}"));
+            tracing::debug!(%addr, %error, %transport, "connect failed");
+            let why = format!("{transport} connect to {addr} failed: {error}");
+            tls::abandon(&shared, id, &mut queued, why);
+            return;
         }
+    };
+    let _ = stream.set_nodelay(true);
+    if transport == Transport::Tls {
+        match tls::connect(&shared, addr, stream).await {
+            Ok(stream) => {
+                opened(&shared, peer);
+                run_connection(shared, peer, stream, queued).await;
+            }
+            Err(error) => {
+                tracing::debug!(%addr, %error, "TLS connection failed");
+                tls::abandon(&shared, id, &mut queued, error);
+            }
+        }
+    } else {
+        opened(&shared, peer);
+        run_connection(shared, peer, stream, queued).await;
     }
+}
+
+fn opened(shared: &Shared, peer: Peer) {
+    bump(&shared.stats.connections_opened);
+    bump(&shared.stats.connections_open);
+    tracing::debug!(addr = %peer.addr, id = ?peer.connection, transport = %peer.transport, "connection opened");
 }
 
 /// Connects from the bound IP when it is a specific address of the same family, so that the
@@ -370,17 +438,23 @@ impl std::fmt::Display for Closed {
     }
 }
 
-/// Drives one connection until it closes, then removes it from the table, fails what is still
-/// queued and reports `ConnectionClosed`.
-async fn run_connection(
+/// Drives one connection (`peer`: its transport, remote address and id) until it closes,
+/// then removes it from the table, fails what is still queued and reports `ConnectionClosed`.
+pub(super) async fn run_connection<S>(
     shared: Arc<Shared>,
-    id: ConnectionId,
-    addr: SocketAddr,
-    mut stream: TcpStream,
+    peer: Peer,
+    mut stream: S,
     mut queued: Queued,
-) {
-    let reason = drive(&shared, id, addr, &mut stream, &mut queued).await;
-    tracing::debug!(%addr, ?id, %reason, "TCP connection closed");
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Every caller passes the id under which the connection is in the table.
+    let Some(id) = peer.connection else {
+        return;
+    };
+    let (addr, transport) = (peer.addr, peer.transport);
+    let reason = drive(&shared, peer, &mut stream, &mut queued).await;
+    tracing::debug!(%addr, ?id, %transport, %reason, "connection closed");
     if matches!(reason, Closed::Idle) {
         bump(&shared.stats.connections_idle_closed);
     }
@@ -388,7 +462,7 @@ async fn run_connection(
     drop_one(&shared.stats.connections_open);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     drop(stream);
-    queued.fail_all(&shared, &format!("TCP connection closed: {reason}"));
+    queued.fail_all(&shared, &format!("{transport} connection closed: {reason}"));
     if !matches!(reason, Closed::Shutdown | Closed::NoListener) {
         let _ = shared
             .deliver(TransportEvent::ConnectionClosed {
@@ -399,14 +473,10 @@ async fn run_connection(
     }
 }
 
-async fn drive(
-    shared: &Arc<Shared>,
-    id: ConnectionId,
-    addr: SocketAddr,
-    stream: &mut TcpStream,
-    queued: &mut Queued,
-) -> Closed {
-    let peer = Peer::tcp(addr, Some(id));
+async fn drive<S>(shared: &Arc<Shared>, peer: Peer, stream: &mut S, queued: &mut Queued) -> Closed
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let idle = shared.config.tcp_idle_timeout;
     let mut framer = StreamFramer::new(shared.config.limits.max_message_size);
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -444,12 +514,15 @@ async fn drive(
 }
 
 /// Handles every complete frame in the framer. `Some` when the connection must close.
-async fn handle_frames(
+async fn handle_frames<S>(
     shared: &Arc<Shared>,
     peer: Peer,
-    stream: &mut TcpStream,
+    stream: &mut S,
     framer: &mut StreamFramer,
-) -> Option<Closed> {
+) -> Option<Closed>
+where
+    S: AsyncWrite + Unpin,
+{
     loop {
         match framer.next_frame() {
             Ok(None) => return None,
@@ -476,7 +549,7 @@ async fn handle_frames(
             },
             Err(error) => {
                 bump(&shared.stats.framing_errors);
-                tracing::debug!(?peer, %error, "TCP framing error; closing connection");
+                tracing::debug!(?peer, %error, "stream framing error; closing connection");
                 let max = shared.config.limits.max_message_size;
                 let buffered = framer.buffered();
                 let head = buffered.get(..max).unwrap_or(buffered);
@@ -493,8 +566,16 @@ async fn handle_frames(
     }
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), String> {
-    match tokio::time::timeout(WRITE_STALL_TIMEOUT, stream.write_all(bytes)).await {
+/// Writes and flushes `bytes`: on a TLS stream the records only leave on the flush.
+async fn write<S>(stream: &mut S, bytes: &[u8]) -> Result<(), String>
+where
+    S: AsyncWrite + Unpin,
+{
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(WRITE_STALL_TIMEOUT, written).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("write stalled for {WRITE_STALL_TIMEOUT:?}")),
