@@ -32,8 +32,10 @@ use sip_core::transaction::{TimerConfig, TransactionConfig, MAX_UDP_PAYLOAD};
 use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
+mod dns;
 mod tls;
 mod trunk;
+pub use dns::{DnsSection, MAX_DNS_SERVERS};
 pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
 
@@ -57,6 +59,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipSection,
     pub trunk: TrunkSection,
+    pub dns: DnsSection,
     pub tls: TlsSection,
     pub media: MediaSection,
     pub api: ApiSection,
@@ -177,13 +180,26 @@ impl Default for SipSection {
 
 impl SipSection {
     /// The SIP transport's settings: where it binds, its socket buffers, message size limit
-    /// and TCP admission. `trunk` is the resolved address of `self.trunk`: trusted for TCP
-    /// like `trusted_peers`, and given the connections reserved for the trunk.
-    pub fn transport_config(&self, trunk: IpAddr) -> TransportConfig {
-        let trunk = IpNet::from(trunk.to_canonical());
+    /// and TCP admission. `trunk` holds the addresses of the trunk's targets as resolved at
+    /// start (every target of its RFC 3263 resolution, in order): trusted for TCP like
+    /// `trusted_peers`, and given the connections reserved for the trunk.
+    ///
+    /// The transport's admission is fixed when it binds, so targets that a later
+    /// re-resolution brings ([`crate::trunk_dns`]) are not in it: the engine trusts them for
+    /// UDP at once (it checks every current target), but a TCP connection they open is closed
+    /// at accept unless `sip.trusted_peers` covers them. An operator whose carrier's SRV set
+    /// changes lists the carrier's ranges there.
+    pub fn transport_config(&self, trunk: &[IpAddr]) -> TransportConfig {
         let mut trusted = self.trusted_peers.clone();
-        if !trusted.contains(&trunk) {
-            trusted.push(trunk);
+        let mut priority = Vec::new();
+        for ip in trunk {
+            let net = IpNet::from(ip.to_canonical());
+            if !trusted.contains(&net) {
+                trusted.push(net);
+            }
+            if !priority.contains(&net) {
+                priority.push(net);
+            }
         }
         TransportConfig {
             bind: self.listen,
@@ -197,7 +213,7 @@ impl SipSection {
             max_connections_per_ip: self.max_connections_per_ip,
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_secs),
             trusted,
-            priority: vec![trunk],
+            priority,
             ..TransportConfig::default()
         }
     }
@@ -897,6 +913,7 @@ impl Config {
         self.media.learning_config()?;
         self.webhooks.validate()?;
         self.trunk.validate()?;
+        self.dns.validate()?;
         self.tls
             .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()
@@ -985,7 +1002,7 @@ mod tests {
     fn defaults_are_the_libraries_defaults() {
         let c = Config::default();
         let trunk_ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let transport = c.sip.transport_config(trunk_ip);
+        let transport = c.sip.transport_config(&[trunk_ip]);
         assert_eq!(
             transport,
             TransportConfig {
@@ -1109,7 +1126,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let transport = c.sip.transport_config("192.0.2.1".parse().unwrap());
+        let transport = c.sip.transport_config(&["192.0.2.1".parse().unwrap()]);
         assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(transport.limits.max_message_size, 2048);
         assert_eq!(
@@ -1184,6 +1201,45 @@ mod tests {
         let now = std::time::Instant::now();
         assert!(control.make_call(now, "1001", "2001", "3001").is_ok());
         assert!(control.make_call(now, "1002", "2002", "3002").is_err());
+    }
+
+    #[test]
+    fn every_trunk_target_is_trusted_for_tcp_and_holds_the_reserve() {
+        let c = Config::load(
+            None,
+            env(&[("CALLBRIDGE_DNS_SERVERS", "[\"127.0.0.1:5353\"]")]),
+            &["sip.trusted_peers=[\"10.0.0.0/8\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns.server_addrs(),
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        let targets: Vec<IpAddr> = ["192.0.2.1", "10.1.1.1", "192.0.2.2", "192.0.2.1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let transport = c.sip.transport_config(&targets);
+        // Each once; one that trusted_peers covers already is not repeated there.
+        assert_eq!(
+            transport.trusted,
+            ["10.0.0.0/8", "192.0.2.1/32", "10.1.1.1/32", "192.0.2.2/32"]
+                .map(|n| n.parse::<IpNet>().unwrap())
+        );
+        assert_eq!(
+            transport.priority,
+            ["192.0.2.1/32", "10.1.1.1/32", "192.0.2.2/32"].map(|n| n.parse::<IpNet>().unwrap())
+        );
+        let error = Config::load(
+            None,
+            env(&[("CALLBRIDGE_DNS_SERVERS", "[\"ns1:53\"]")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("dns.servers"), "{error}");
+        // --print-config shows the section.
+        assert!(toml::to_string(&c).unwrap().contains("[dns]"));
     }
 
     #[test]

@@ -15,7 +15,8 @@ const MAX_PING_SECS: u64 = 3600;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrunkSection {
-    /// `host:port` of the trunk; empty: `sip.trunk`.
+    /// The trunk: an IP address (with or without a port), `host:port` (A/AAAA), or a domain
+    /// resolved per RFC 3263 (NAPTR, SRV, A/AAAA: [`crate::trunk_dns`]); empty: `sip.trunk`.
     pub address: String,
     /// How leg B reaches the trunk: `udp`, `tcp` or `tls` (which needs `[tls]`: a listener
     /// for the trunk's requests in the dialog, and the roots its certificate chains to).
