@@ -109,10 +109,10 @@ impl TrunkSection {
             return None;
         }
         let credentials = self.credentials()?;
-        let (host, port) = split_host_port(self.address(sip_trunk));
+        let (host, port) = self.uri_host_port(sip_trunk);
         let contact = local.contact_over(&credentials.username, self.transport());
         Some(b2bua::registration::RegistrationConfig {
-            registrar_host: host.to_owned(),
+            registrar_host: host,
             registrar_port: port,
             credentials,
             contact,
@@ -224,7 +224,15 @@ mod tests {
             .registration_config("sip.carrier.example:5080", &local)
             .unwrap();
         assert_eq!(config.registrar_host, "sip.carrier.example");
-        assert_eq!(config.registrar_port, 5080);
+        assert_eq!(config.registrar_port, Some(5080));
+        // A domain resolved through SRV: the REGISTER names the domain alone.
+        trunk.address = "carrier.example".into();
+        let srv = trunk.registration_config("", &local).unwrap();
+        assert_eq!(
+            (srv.registrar_host.as_str(), srv.registrar_port),
+            ("carrier.example", None)
+        );
+        trunk.address = String::new();
         assert_eq!(
             config.contact.to_string(),
             "sip:2001@192.0.2.1:5060;transport=tcp"
