@@ -2,9 +2,12 @@
 # Installs what the end-to-end runs need when it is missing: SIPp (Debian package sip-tester)
 # and curl for the SIPp run, Kamailio (Debian package kamailio) with its TLS module (Debian
 # package kamailio-tls-modules) for the carrier tests (sip-tests/tests/carrier.rs and
-# trunk_auth.rs, which start their own Kamailio, over TLS too, and fail when there is none).
+# trunk_auth.rs, which start their own Kamailio, over TLS too, and fail when there is none),
+# dnsmasq (Debian package dnsmasq-base: the binary without the system service) for the trunk
+# DNS tests (sip-tests/tests/trunk_dns.rs, which start their own on a loopback port).
 # Needs root or passwordless sudo; does nothing when all are there. SKIP_SIPP=1 leaves SIPp
-# and curl out, SKIP_KAMAILIO=1 leaves Kamailio and its TLS module out.
+# and curl out, SKIP_KAMAILIO=1 leaves Kamailio and its TLS module out, SKIP_DNSMASQ=1 leaves
+# dnsmasq out.
 set -euo pipefail
 
 # Debian installs kamailio in /usr/sbin, which a non-root PATH may lack; the carrier harness
@@ -20,6 +23,11 @@ have_kamailio_tls() {
         [[ -f /usr/lib/kamailio/modules/tls.so ]]
 }
 
+# Debian installs dnsmasq in /usr/sbin too; the trunk DNS harness looks there as well.
+have_dnsmasq() {
+    command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]]
+}
+
 missing=()
 # SIPp (Debian/Ubuntu package sip-tester) and curl for sipp-scenarios/run.sh.
 if [[ "${SKIP_SIPP:-0}" != 1 ]]; then
@@ -32,6 +40,10 @@ if [[ "${SKIP_KAMAILIO:-0}" != 1 ]]; then
     if ! have_kamailio || ! have_kamailio_tls; then
         missing+=(kamailio kamailio-tls-modules)
     fi
+fi
+# dnsmasq, the DNS server of the trunk DNS tests (NAPTR, SRV and A records on loopback).
+if [[ "${SKIP_DNSMASQ:-0}" != 1 ]]; then
+    have_dnsmasq || missing+=(dnsmasq-base)
 fi
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
@@ -49,6 +61,9 @@ if ((${#missing[@]})); then
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
     if [[ " ${missing[*]} " == *" sip-tester "* ]]; then
         command -v sipp >/dev/null 2>&1 || { echo "sip-tester installed but sipp not found" >&2; exit 1; }
+    fi
+    if [[ " ${missing[*]} " == *" dnsmasq-base "* ]]; then
+        have_dnsmasq || { echo "dnsmasq-base installed but dnsmasq not found" >&2; exit 1; }
     fi
     if [[ " ${missing[*]} " == *" kamailio "* ]]; then
         have_kamailio || { echo "kamailio installed but its binary not found" >&2; exit 1; }

@@ -25,8 +25,9 @@ step "rust-version is the real minimum (dependencies; clippy checked our own cod
 ./scripts/check-msrv.sh
 
 # Before the tests: the carrier tests (sip-tests/tests/carrier.rs) start a real Kamailio and
-# fail without one; this installs it (and SIPp, used further down) when missing.
-step "tools: SIPp, curl and Kamailio installed if missing (scripts/ensure-tools.sh)"
+# the trunk DNS tests (sip-tests/tests/trunk_dns.rs) a real dnsmasq, and fail without them;
+# this installs them (and SIPp, used further down) when missing.
+step "tools: SIPp, curl, Kamailio and dnsmasq installed if missing (scripts/ensure-tools.sh)"
 ./scripts/ensure-tools.sh
 
 step "cargo test --workspace"

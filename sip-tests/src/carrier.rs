@@ -393,7 +393,7 @@ impl Drop for Carrier {
 }
 
 /// Sends `signal` to process `pid` (std's `Child::kill` only sends SIGKILL).
-fn signal(pid: u32, signal: libc::c_int) {
+pub(crate) fn signal(pid: u32, signal: libc::c_int) {
     if let Ok(pid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) has no memory-safety preconditions. The pids signalled are our
         // unreaped child and its own children, so none can have been reused.
@@ -439,8 +439,9 @@ fn find_kamailio() -> PathBuf {
 
 /// A loopback address whose port is free on both UDP and TCP right now. Drawn below the
 /// kernel's ephemeral range (see [`crate::ports`]), where the port-0 sockets that tests open
-/// by the hundred cannot take it before Kamailio binds it.
-fn free_port() -> SocketAddr {
+/// by the hundred cannot take it before Kamailio (or the test's dnsmasq, [`crate::dnsmasq`])
+/// binds it.
+pub(crate) fn free_port() -> SocketAddr {
     for _ in 0..100 {
         let (port, _) = crate::ports::free_range(2);
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
@@ -448,7 +449,7 @@ fn free_port() -> SocketAddr {
             return addr;
         }
     }
-    panic!("no loopback port free on both UDP and TCP for the carrier");
+    panic!("no loopback port free on both UDP and TCP for a test daemon");
 }
 
 /// Digest credentials go into a db_text row and a quoted digest parameter: keep them to

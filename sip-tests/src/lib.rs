@@ -6,10 +6,13 @@
 //! Failures panic with the message that was expected and what arrived instead: these are tests.
 //!
 //! A [`carrier::Carrier`] is a real Kamailio started by a test to play callbridge's SIP trunk
-//! (digest challenges, registrations, relaying calls to a scripted callee).
+//! (digest challenges, registrations, relaying calls to a scripted callee). A
+//! [`dnsmasq::Dnsmasq`] is a real dnsmasq serving a test zone (NAPTR, SRV, A) on loopback, for
+//! the trunk's RFC 3263 resolution.
 
 pub mod bridge;
 pub mod carrier;
+pub mod dnsmasq;
 pub mod ports;
 pub mod tls;
 

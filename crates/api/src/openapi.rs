@@ -127,6 +127,11 @@ pub struct Health {
     /// callbridge's registration at the trunk (`trunk.register`): reported, like the trunk,
     /// without changing the status code.
     pub registration: crate::RegistrationStatus,
+    /// The trunk's targets (`ip:port`) in the order leg B's INVITEs try them: the trunk's
+    /// address as resolved per RFC 3263, kept current as its DNS answers expire. Left out
+    /// when the SIP side has published none (not started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk_targets: Vec<String>,
 }
 
 /// Every error: `{"error": {"code", "message"}}`.

@@ -166,7 +166,8 @@ pub(crate) fn route(path: &str) -> Option<Route<'_>> {
 ///   again (due now, attempts from zero) and handed to the dispatcher; `409 event_not_failed`
 ///   if it is pending or delivered, `404 unknown_event`, `503 webhooks_unavailable` when
 ///   webhooks are not configured (nothing is requeued).
-/// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true,"trunk":…}`, or
+/// * `GET /healthz` → `200 {"status":"ok","sip":true,"http":true,"trunk":…,
+///   "trunk_targets":["ip:port",…]}`, or
 ///   `503 {"status":"unavailable","sip":false,…}` while SIP is not serving, and
 ///   `503 {"status":"draining","sip":false,…}` from the start of a shutdown. `trunk` is
 ///   `"up"`, `"down"` or `"unmonitored"` (`trunk.ping_secs = 0`); a trunk down leaves the
@@ -570,6 +571,7 @@ fn healthz(state: &ApiState) -> Response<ApiBody> {
         http: true,
         trunk: snapshot.trunk,
         registration: snapshot.registration,
+        trunk_targets: snapshot.trunk_targets,
     };
     json_response(status, &body)
 }

@@ -20,6 +20,9 @@ pub struct SipSnapshot {
     pub sip_serving: bool,
     /// A shutdown has begun: no new calls are taken (`/healthz` says `draining`).
     pub draining: bool,
+    /// The trunk's targets (`ip:port`), in the order leg B tries them (RFC 3263 resolution of
+    /// `trunk.address`, kept current as its DNS answers expire).
+    pub trunk_targets: Vec<String>,
     /// Calls with at least one leg up (trying, ringing or answered).
     pub active_calls: u64,
     /// SIP dialogs held (early and confirmed).

@@ -207,6 +207,12 @@ fn parse_digest(value: &str) -> Option<WwwAuthenticateHeader> {
     if !rest.starts_with([' ', '\t']) {
         return None;
     }
+    // digest_auth 0.3.1 slices its input by character positions as if they were byte
+    // offsets: a non-ASCII challenge (a UTF-8 realm, say) could make it panic, and a panic
+    // on the SIP task ends the process. Such a challenge is refused here instead.
+    if !rest.is_ascii() {
+        return None;
+    }
     WwwAuthenticateHeader::parse(rest).ok()
 }
 
@@ -384,6 +390,10 @@ mod tests {
             "Digestrealm=\"r\", nonce=\"n\"",
             "Dïgest realm=\"r\", nonce=\"n\"",
             "Digest ,,,,===\"\"\"",
+            // Non-ASCII: refused before the parser, which would slice it by char positions.
+            "Digest realm=\"résumé\", nonce=\"n\"",
+            "Digest realm=\"日本\", nonce=\"ñ\", qop=\"auth\"",
+            "Digest ü=\"x\", realm=\"r\", nonce=\"n\"",
         ] {
             let response = challenge(401, &[hostile]);
             assert_eq!(

@@ -34,7 +34,8 @@ pub struct RegistrationConfig {
     /// The registrar's host (the trunk's address as configured: a name or an IP) and port:
     /// the Request-URI, and the domain of the address-of-record.
     pub registrar_host: String,
-    pub registrar_port: u16,
+    /// `None` for a domain resolved through SRV: the Request-URI then names the domain alone.
+    pub registrar_port: Option<u16>,
     /// The account: user part of the address-of-record, and the digest credentials.
     pub credentials: Credentials,
     /// Where the trunk reaches callbridge (`sip:user@public_addr:port`, with `;transport=`
@@ -346,7 +347,7 @@ impl Registration {
     fn build(&mut self, expires: u32) -> Request {
         self.cseq = self.cseq.saturating_add(1);
         let config = &self.config;
-        let registrar = Uri::sip(None, &config.registrar_host, Some(config.registrar_port));
+        let registrar = Uri::sip(None, &config.registrar_host, config.registrar_port);
         let aor = Uri::sip(
             Some(&config.credentials.username),
             &config.registrar_host,
@@ -389,7 +390,7 @@ mod tests {
     fn config() -> RegistrationConfig {
         RegistrationConfig {
             registrar_host: "carrier.example".into(),
-            registrar_port: 5080,
+            registrar_port: Some(5080),
             credentials: Credentials {
                 username: "2001".into(),
                 password: "secret".into(),

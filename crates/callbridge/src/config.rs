@@ -33,8 +33,10 @@ use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
 mod addresses;
+mod dns;
 mod tls;
 mod trunk;
+pub use dns::{DnsSection, MAX_DNS_SERVERS};
 pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
 
@@ -58,6 +60,7 @@ pub enum ConfigError {
 pub struct Config {
     pub sip: SipSection,
     pub trunk: TrunkSection,
+    pub dns: DnsSection,
     pub tls: TlsSection,
     pub media: MediaSection,
     pub api: ApiSection,
@@ -185,24 +188,45 @@ impl SipSection {
         addresses::public_host(&self.public_addr)
     }
 
-    /// Refuses, at start, a trunk reached over UDP whose address family the SIP socket cannot
-    /// send to (an IPv6 trunk from `sip.listen = "0.0.0.0:…"`, an IPv4 one from `"[::1]:…"`):
-    /// every leg B would fail at its first send.
-    pub fn check_trunk(&self, trunk: Peer) -> Result<(), ConfigError> {
-        if trunk.transport != sip_core::Transport::Udp {
-            return Ok(());
+    /// Refuses, at start, a trunk reached over UDP none of whose targets the SIP socket can
+    /// send to (IPv6 only from `sip.listen = "0.0.0.0:…"`, IPv4 only from `"[::1]:…"`): every
+    /// leg B would fail at its first send. A name with targets of both families passes (one
+    /// of the other family fails its sends, and leg B fails over to the next target).
+    pub fn check_trunk(&self, targets: &[Peer]) -> Result<(), ConfigError> {
+        let udp: Vec<&Peer> = targets
+            .iter()
+            .filter(|target| target.transport == sip_core::Transport::Udp)
+            .collect();
+        let listen = self.listen.ip();
+        match udp.first() {
+            Some(first) if !udp.iter().any(|t| addresses::reaches(listen, t.addr.ip())) => {
+                addresses::check_trunk(listen, first.addr.ip())
+            }
+            _ => Ok(()),
         }
-        addresses::check_trunk(self.listen.ip(), trunk.addr.ip())
     }
 
     /// The SIP transport's settings: where it binds, its socket buffers, message size limit
-    /// and TCP admission. `trunk` is the resolved address of `self.trunk`: trusted for TCP
-    /// like `trusted_peers`, and given the connections reserved for the trunk.
-    pub fn transport_config(&self, trunk: IpAddr) -> TransportConfig {
-        let trunk = IpNet::from(trunk.to_canonical());
+    /// and TCP admission. `trunk` holds the addresses of the trunk's targets as resolved at
+    /// start (every target of its RFC 3263 resolution, in order): trusted for TCP like
+    /// `trusted_peers`, and given the connections reserved for the trunk.
+    ///
+    /// The transport's admission is fixed when it binds, so targets that a later
+    /// re-resolution brings ([`crate::trunk_dns`]) are not in it: the engine trusts them for
+    /// UDP at once (it checks every current target), but a TCP connection they open is closed
+    /// at accept unless `sip.trusted_peers` covers them. An operator whose carrier's SRV set
+    /// changes lists the carrier's ranges there.
+    pub fn transport_config(&self, trunk: &[IpAddr]) -> TransportConfig {
         let mut trusted = self.trusted_peers.clone();
-        if !trusted.contains(&trunk) {
-            trusted.push(trunk);
+        let mut priority = Vec::new();
+        for ip in trunk {
+            let net = IpNet::from(ip.to_canonical());
+            if !trusted.contains(&net) {
+                trusted.push(net);
+            }
+            if !priority.contains(&net) {
+                priority.push(net);
+            }
         }
         TransportConfig {
             bind: self.listen,
@@ -216,7 +240,7 @@ impl SipSection {
             max_connections_per_ip: self.max_connections_per_ip,
             tcp_idle_timeout: Duration::from_secs(self.tcp_idle_secs),
             trusted,
-            priority: vec![trunk],
+            priority,
             ..TransportConfig::default()
         }
     }
@@ -955,6 +979,7 @@ impl Config {
         self.media.learning_config()?;
         self.webhooks.validate()?;
         self.trunk.validate()?;
+        self.dns.validate()?;
         self.tls
             .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()
@@ -1078,7 +1103,7 @@ mod tests {
     fn defaults_are_the_libraries_defaults() {
         let c = Config::default();
         let trunk_ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let transport = c.sip.transport_config(trunk_ip);
+        let transport = c.sip.transport_config(&[trunk_ip]);
         assert_eq!(
             transport,
             TransportConfig {
@@ -1202,7 +1227,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let transport = c.sip.transport_config("192.0.2.1".parse().unwrap());
+        let transport = c.sip.transport_config(&["192.0.2.1".parse().unwrap()]);
         assert_eq!(transport.bind, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(transport.limits.max_message_size, 2048);
         assert_eq!(
@@ -1277,6 +1302,45 @@ mod tests {
         let now = std::time::Instant::now();
         assert!(control.make_call(now, "1001", "2001", "3001").is_ok());
         assert!(control.make_call(now, "1002", "2002", "3002").is_err());
+    }
+
+    #[test]
+    fn every_trunk_target_is_trusted_for_tcp_and_holds_the_reserve() {
+        let c = Config::load(
+            None,
+            env(&[("CALLBRIDGE_DNS_SERVERS", "[\"127.0.0.1:5353\"]")]),
+            &["sip.trusted_peers=[\"10.0.0.0/8\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns.server_addrs(),
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        let targets: Vec<IpAddr> = ["192.0.2.1", "10.1.1.1", "192.0.2.2", "192.0.2.1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let transport = c.sip.transport_config(&targets);
+        // Each once; one that trusted_peers covers already is not repeated there.
+        assert_eq!(
+            transport.trusted,
+            ["10.0.0.0/8", "192.0.2.1/32", "10.1.1.1/32", "192.0.2.2/32"]
+                .map(|n| n.parse::<IpNet>().unwrap())
+        );
+        assert_eq!(
+            transport.priority,
+            ["192.0.2.1/32", "10.1.1.1/32", "192.0.2.2/32"].map(|n| n.parse::<IpNet>().unwrap())
+        );
+        let error = Config::load(
+            None,
+            env(&[("CALLBRIDGE_DNS_SERVERS", "[\"ns1:53\"]")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("dns.servers"), "{error}");
+        // --print-config shows the section.
+        assert!(toml::to_string(&c).unwrap().contains("[dns]"));
     }
 
     #[test]
@@ -1551,6 +1615,19 @@ mod tests {
             Config::default().media.media_config().unwrap().public_ip6,
             None
         );
+        // A UDP trunk the SIP socket can reach at one target at least.
+        let v4_only = Config::default().sip;
+        let target = |addr: &str, transport| Peer {
+            transport,
+            ..Peer::udp(addr.parse().unwrap())
+        };
+        let (udp, tcp) = (sip_core::Transport::Udp, sip_core::Transport::Tcp);
+        assert!(v4_only.check_trunk(&[target("[::1]:5080", udp)]).is_err());
+        assert!(v4_only
+            .check_trunk(&[target("[::1]:5080", udp), target("127.0.0.1:5080", udp)])
+            .is_ok());
+        assert!(v4_only.check_trunk(&[target("[::1]:5080", tcp)]).is_ok());
+        assert!(v4_only.check_trunk(&[]).is_ok());
         let error = load(&["media.public_ip=::1"]).unwrap_err().to_string();
         assert!(
             error.contains("media.public_ip ::1") && error.contains("media.bind_ip 0.0.0.0"),

@@ -1,13 +1,14 @@
 //! Wiring: opens the store, binds the SIP transport and the HTTP listener, and runs the tasks
 //! of a callbridge process — the SIP task (which alone owns the sans-IO [`Engine`] and the
 //! media driver, and moves bytes, media commands and deadlines between them and tokio), the
-//! intent sweeper, the HTTP server, the store's record mover and retention sweep
+//! intent sweeper, the trunk's DNS refresh ([`trunk_dns::keep_fresh`], for a trunk given as a
+//! name), the HTTP server, the store's record mover and retention sweep
 //! ([`crate::persistence`]), and with `[webhooks]` on, the webhook dispatcher
 //! ([`webhooks::start`]). The relay tasks of the media driver and the store's writer thread run
 //! beside them. At shutdown the SIP task drains first, then the dispatcher takes the last
 //! events into the outbox, then the last records are written and the writer stops.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +25,7 @@ use crate::config::{Config, TlsTrunk};
 use crate::media_driver::MediaBridge;
 use crate::persistence::{self, Persistence};
 use crate::status::SharedStatus;
+use crate::trunk_dns::{self, AddressFamilies, Resolved, TrunkDnsError, TrunkName, TrunkResolver};
 
 /// Why callbridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +40,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the trunk {0:?} (trunk.address or sip.trunk) does not resolve to an address")]
-    Trunk(String),
+    #[error("the trunk {address:?} (trunk.address or sip.trunk) does not resolve to an address: {source}")]
+    Trunk {
+        address: String,
+        source: TrunkDnsError,
+    },
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot open the store: {0}")]
@@ -106,19 +111,34 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         (None, None)
     };
 
-    // The trunk first: its address is trusted for TCP and holds the reserved connections,
-    // which the transport needs from the moment it accepts.
-    let trunk = resolve(config.trunk.address(&config.sip.trunk)).await?;
-    let trunk = Peer {
-        transport: config.trunk.transport(),
-        ..trunk
-    };
-    config.sip.check_trunk(trunk)?;
-    let mut transport_config = config.sip.transport_config(trunk.addr.ip());
+    // The trunk first: its addresses are trusted for TCP and hold the reserved connections,
+    // which the transport needs from the moment it accepts. A name that resolves to nothing
+    // (or a DNS that does not answer) stops the start here: there would be nowhere to send
+    // a call.
+    let trunk = resolve_trunk(config).await?;
+    let first_target =
+        trunk
+            .resolved
+            .targets
+            .first()
+            .copied()
+            .ok_or_else(|| StartError::Trunk {
+                address: trunk.name.label(),
+                source: TrunkDnsError::NoTargets(trunk.name.label()),
+            })?;
+    let trunk_ips: Vec<IpAddr> = trunk
+        .resolved
+        .targets
+        .iter()
+        .map(|target| target.addr.ip())
+        .collect();
+    config.sip.check_trunk(&trunk.resolved.targets)?;
+    let mut transport_config = config.sip.transport_config(&trunk_ips);
     // TLS: the listener, and toward a TLS trunk its certificate checked for the host of
-    // trunk.address (files read and checked again here, as they are now).
-    let tls_trunk = (trunk.transport == sip_core::Transport::Tls).then(|| TlsTrunk {
-        ip: trunk.addr.ip(),
+    // trunk.address at each of its addresses (files read and checked again here, as they are
+    // now).
+    let tls_trunk = (first_target.transport == sip_core::Transport::Tls).then(|| TlsTrunk {
+        ips: &trunk_ips,
         host: config.trunk.host(&config.sip.trunk),
     });
     transport_config.tls = config.tls.transport_tls(tls_trunk)?;
@@ -138,7 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let media = MediaBridge::new(config.media.driver_config());
     let mut engine_config = config
         .sip
-        .engine_config(sip_addr.port(), trunk, media_config);
+        .engine_config(sip_addr.port(), first_target, media_config);
     // A Contact reached over TLS names the TLS listener's port.
     engine_config.local.tls_port = sip_tls_addr.map(|addr| addr.port());
     engine_config.trunk_credentials = config.trunk.credentials();
@@ -149,6 +169,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .registration_config(&config.sip.trunk, &engine_config.local);
     engine_config.trunk_ping = config.trunk.ping_interval();
     let mut engine = Engine::new(engine_config, control.clone());
+    engine.set_trunk_targets(trunk.resolved.targets.clone());
+    status.set_trunk_targets(engine.trunk_targets());
     engine.start_registration(Instant::now());
 
     let api_listener = tokio::net::TcpListener::bind(config.api.listen)
@@ -165,6 +187,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })?;
     let api_settings = config.api.api_settings();
     let (actions, commands) = SipActions::new();
+    let trunk_commands = actions.sender();
     let mut api_state = ApiState::new(control.clone(), api_settings, status.clone())
         .with_actions(Arc::new(actions))
         .with_store(persistence.store.clone())
@@ -189,8 +212,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         %sip_addr,
         ?sip_tls_addr,
         %api_addr,
-        trunk = %trunk.addr,
-        trunk_transport = %trunk.transport,
+        trunk = %trunk.name.label(),
+        trunk_transport = %first_target.transport,
+        targets = ?trunk.resolved.targets.iter().map(|t| t.addr).collect::<Vec<_>>(),
         "callbridge serving"
     );
     let grace = Duration::from_secs(config.sip.shutdown_grace_secs);
@@ -222,6 +246,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         drop(sip_stopped_tx);
     }));
     tasks.push(tokio::spawn(sweeper(control.clone(), shutdown_rx.clone())));
+    // A trunk given as a name is resolved again as its answers expire (an IP literal never).
+    if let (Some(resolver), Some(refresh)) = (trunk.resolver, trunk.resolved.refresh) {
+        tasks.push(tokio::spawn(trunk_dns::keep_fresh(
+            resolver,
+            trunk.name,
+            trunk.resolved.targets,
+            refresh,
+            trunk_commands,
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(persistence::record_task(
         control.clone(),
         persistence.writer.clone(),
@@ -248,17 +283,51 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
-async fn resolve(trunk: &str) -> Result<Peer, StartError> {
-    if let Ok(addr) = trunk.parse::<SocketAddr>() {
-        return Ok(Peer::udp(addr));
+/// The trunk as resolved at start, and what keeps it current.
+struct StartTrunk {
+    name: TrunkName,
+    resolved: Resolved,
+    /// For a name: the resolver that [`trunk_dns::keep_fresh`] asks again.
+    resolver: Option<TrunkResolver>,
+}
+
+/// Resolves `trunk.address` (or `sip.trunk`) per RFC 3263: an IP literal without DNS, a name
+/// through `dns.servers` or the system's resolvers.
+async fn resolve_trunk(config: &Config) -> Result<StartTrunk, StartError> {
+    let address = config.trunk.address(&config.sip.trunk);
+    let transport = config.trunk.transport();
+    let failed = |source| StartError::Trunk {
+        address: address.to_owned(),
+        source,
+    };
+    let name = TrunkName::parse(address, transport).map_err(failed)?;
+    if let TrunkName::Address(addr) = name {
+        // No resolver at all: a host without resolv.conf still starts with an IP trunk.
+        return Ok(StartTrunk {
+            name,
+            resolved: Resolved {
+                targets: vec![Peer {
+                    transport,
+                    addr,
+                    connection: None,
+                }],
+                refresh: None,
+            },
+            resolver: None,
+        });
     }
-    let mut addrs = tokio::net::lookup_host(trunk)
-        .await
-        .map_err(|_| StartError::Trunk(trunk.to_owned()))?;
-    addrs
-        .next()
-        .map(Peer::udp)
-        .ok_or_else(|| StartError::Trunk(trunk.to_owned()))
+    let resolver = TrunkResolver::new(
+        &config.dns.server_addrs(),
+        transport,
+        AddressFamilies::for_listen(config.sip.listen),
+    )
+    .map_err(failed)?;
+    let resolved = resolver.resolve(&name).await.map_err(failed)?;
+    Ok(StartTrunk {
+        name,
+        resolved,
+        resolver: Some(resolver),
+    })
 }
 
 /// Most transport events handled before timers and transmits are serviced again.
@@ -346,6 +415,7 @@ async fn sip_task(
             }
             Some(command) = commands.recv() => {
                 crate::actions::apply(&mut engine, command);
+                status.set_trunk_targets(engine.trunk_targets());
             }
             _ = media_tick.tick() => {
                 let now = Instant::now();

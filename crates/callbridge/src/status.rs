@@ -2,6 +2,7 @@
 //! work and read by the HTTP API (`/healthz`, `/metrics`) and by tests, without a lock on the
 //! engine itself (the engine is owned by one task and never shared).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -10,6 +11,7 @@ use b2bua::registration::RegistrationState;
 use b2bua::{Engine, TrunkState};
 use parking_lot::Mutex;
 use sip_core::transport::TransportHandle;
+use sip_core::Peer;
 
 /// Refusals and failures by reason code, as the API reports them.
 type Outcomes = (Vec<(String, u64)>, Vec<(String, u64)>);
@@ -20,6 +22,9 @@ pub struct SharedStatus {
     serving: AtomicBool,
     /// A shutdown has begun: `/healthz` says `draining`.
     draining: AtomicBool,
+    /// The trunk's targets as the engine has them (RFC 3263 order), set at start and after
+    /// each change the DNS task hands over.
+    trunk_targets: Mutex<Vec<SocketAddr>>,
     calls: AtomicU64,
     active_calls: AtomicU64,
     dialogs: AtomicU64,
@@ -76,6 +81,19 @@ impl SharedStatus {
     /// first probe set is kept.
     pub fn set_heap_probe(&self, probe: HeapProbe) {
         let _ = self.heap_probe.set(probe);
+    }
+
+    /// The engine's trunk targets, for `/healthz` (cheap when unchanged).
+    pub(crate) fn set_trunk_targets(&self, targets: &[Peer]) {
+        let mut current = self.trunk_targets.lock();
+        if !current.iter().copied().eq(targets.iter().map(|t| t.addr)) {
+            *current = targets.iter().map(|t| t.addr).collect();
+        }
+    }
+
+    /// The trunk's targets, in the order leg B tries them.
+    pub fn trunk_targets(&self) -> Vec<SocketAddr> {
+        self.trunk_targets.lock().clone()
     }
 
     pub(crate) fn set_serving(&self, serving: bool) {
@@ -162,6 +180,12 @@ impl SipStatus for SharedStatus {
         SipSnapshot {
             sip_serving: self.serving.load(relaxed),
             draining: self.draining.load(relaxed),
+            trunk_targets: self
+                .trunk_targets
+                .lock()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             active_calls: self.active_calls.load(relaxed),
             dialogs: self.dialogs.load(relaxed),
             client_transactions: self.client_transactions.load(relaxed),

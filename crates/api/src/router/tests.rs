@@ -385,6 +385,24 @@ async fn healthz_follows_the_sip_side() {
 }
 
 #[tokio::test]
+async fn healthz_lists_the_trunk_targets_in_order() {
+    let h = harness_with(
+        ApiSettings::default(),
+        Arc::new(FixedSip(SipSnapshot {
+            sip_serving: true,
+            trunk_targets: vec!["192.0.2.10:5060".into(), "192.0.2.20:5080".into()],
+            ..SipSnapshot::default()
+        })),
+    );
+    let reply = h.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json()["trunk_targets"],
+        json!(["192.0.2.10:5060", "192.0.2.20:5080"])
+    );
+}
+
+#[tokio::test]
 async fn healthz_reports_the_trunk_and_stays_200_while_it_is_down() {
     for (trunk, word) in [(TrunkStatus::Up, "up"), (TrunkStatus::Down, "down")] {
         let h = harness_with(
@@ -460,6 +478,7 @@ async fn metrics_exposes_sip_side_intents_and_http_counters() {
         sip_connections_refused_per_ip: 16,
         sip_connections_refused_full: 17,
         draining: false,
+        trunk_targets: vec!["192.0.2.10:5060".into()],
         media_packets_relayed: 1000,
         media_packets_dropped: 3,
         media_ports_in_use: 8,

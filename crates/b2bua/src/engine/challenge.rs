@@ -33,36 +33,23 @@ impl Engine {
             // Leg A has its answer already (a CANCEL crossed the challenge): nothing to retry.
             return Err(AuthFailure::Rejected);
         }
-        let mut retry = auth::answer(
+        let retry = auth::answer(
             &call.b.invite,
             response,
             self.config.trunk_credentials.as_ref(),
             call.b.invite_auth_rounds,
         )?;
-        let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        set_cseq(&mut retry, seq.saturating_add(1));
         let target = call.b.target;
-        let tx = match self.layer.send_request(now, retry, target) {
-            Ok(tx) => tx,
-            Err(error) => {
-                tracing::warn!(%error, "leg B INVITE with credentials not sent");
-                return Err(AuthFailure::Rejected);
-            }
-        };
-        let sent = self.layer.client_request(tx).cloned();
-        let Some(call) = self.calls.get_mut(&key) else {
-            return Ok(());
-        };
-        if let Some(sent) = sent {
-            call.b.invite = sent;
+        if !self.send_leg_b_invite_again(now, key, retry, target) {
+            return Err(AuthFailure::Rejected);
         }
-        call.b.invite_tx = tx;
-        call.b.invite_auth_rounds += 1;
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.b.invite_auth_rounds += 1;
+        }
         tracing::debug!(
             status = response.status,
             "leg B INVITE challenged; sent with credentials"
         );
-        self.own(key, TxId::Client(tx));
         Ok(())
     }
 

@@ -6,7 +6,6 @@
 
 use std::time::Instant;
 
-use sip_core::transaction::TxId;
 use sip_core::HeaderName;
 
 use super::Engine;
@@ -28,7 +27,6 @@ impl Engine {
         }
         let next = call.b.fallbacks.remove(0);
         let mut retry = call.b.invite.clone();
-        retry.headers.remove_all(&HeaderName::Via);
         // Credentials were for the other server's nonce.
         retry
             .headers
@@ -36,31 +34,14 @@ impl Engine {
         retry
             .headers
             .remove_all(&HeaderName::parse("Proxy-Authorization"));
-        let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        retry.headers.set(
-            HeaderName::CSeq,
-            format!("{} INVITE", seq.saturating_add(1)),
-        );
         let failed = call.b.target;
-        let tx = match self.layer.send_request(now, retry, next) {
-            Ok(tx) => tx,
-            Err(error) => {
-                tracing::warn!(%error, "leg B INVITE not sent to the next trunk target");
-                return false;
-            }
-        };
-        let sent = self.layer.client_request(tx).cloned();
-        let Some(call) = self.calls.get_mut(&key) else {
-            return true;
-        };
-        if let Some(sent) = sent {
-            call.b.invite = sent;
+        if !self.send_leg_b_invite_again(now, key, retry, next) {
+            return false;
         }
-        call.b.invite_tx = tx;
-        call.b.target = next;
-        call.b.invite_auth_rounds = 0;
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.b.invite_auth_rounds = 0;
+        }
         tracing::warn!(failed = %failed.addr, next = %next.addr, "trunk target failed; trying the next");
-        self.own(key, TxId::Client(tx));
         true
     }
 }

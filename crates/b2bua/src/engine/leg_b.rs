@@ -86,6 +86,46 @@ impl Engine {
         }
     }
 
+    /// Sends leg B's INVITE again as `retry` (a copy of it, changed by the caller: credentials,
+    /// another Request-URI, a longer Session-Expires) on a new transaction to `target`, with
+    /// the next CSeq and a new branch (RFC 3261 §8.1.3.4, §22.2; RFC 3263 §4.3). The copy
+    /// becomes the leg's INVITE: a CANCEL, the ACK and the dialog follow it. `false`: the
+    /// transaction layer refused it, and nothing changed.
+    pub(super) fn send_leg_b_invite_again(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        mut retry: sip_core::Request,
+        target: Peer,
+    ) -> bool {
+        let Some(call) = self.calls.get(&key) else {
+            return false;
+        };
+        retry.headers.remove_all(&HeaderName::Via);
+        let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        retry.headers.set(
+            HeaderName::CSeq,
+            format!("{} INVITE", seq.saturating_add(1)),
+        );
+        let tx = match self.layer.send_request(now, retry, target) {
+            Ok(tx) => tx,
+            Err(error) => {
+                tracing::warn!(%error, "leg B INVITE not sent again");
+                return false;
+            }
+        };
+        let sent = self.layer.client_request(tx).cloned();
+        if let Some(call) = self.calls.get_mut(&key) {
+            if let Some(sent) = sent {
+                call.b.invite = sent;
+            }
+            call.b.invite_tx = tx;
+            call.b.target = target;
+        }
+        self.own(key, TxId::Client(tx));
+        true
+    }
+
     /// Says why the trunk's challenge was not answered, at most 10 times a second (a wrong
     /// password fails every call).
     fn log_auth_failure(&mut self, now: Instant, failure: AuthFailure) {

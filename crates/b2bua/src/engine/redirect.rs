@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use sip_core::transaction::TxId;
 use sip_core::{HeaderName, Response, Uri};
 
 use super::Engine;
@@ -44,7 +43,6 @@ impl Engine {
         }
         let target = call.b.target;
         let mut retry = call.b.invite.clone();
-        retry.headers.remove_all(&HeaderName::Via);
         retry
             .headers
             .remove_all(&HeaderName::parse("Authorization"));
@@ -56,32 +54,17 @@ impl Engine {
             &self.config.trunk_host,
             self.config.trunk_port,
         );
-        let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        retry.headers.set(
-            HeaderName::CSeq,
-            format!("{} INVITE", seq.saturating_add(1)),
-        );
         let previous = call.b.invite.uri.user().map(str::to_owned);
-        let tx = match self.layer.send_request(now, retry, target) {
-            Ok(tx) => tx,
-            Err(error) => {
-                tracing::warn!(%error, "redirected INVITE not sent");
-                return false;
-            }
-        };
-        let sent = self.layer.client_request(tx).cloned();
+        if !self.send_leg_b_invite_again(now, key, retry, target) {
+            return false;
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return true;
         };
-        if let Some(sent) = sent {
-            call.b.invite = sent;
-        }
-        call.b.invite_tx = tx;
         call.b.redirects += 1;
         call.b.invite_auth_rounds = 0;
         call.b.tried.extend(previous);
         tracing::info!(status = response.status, %number, "leg B redirected; following it through the trunk");
-        self.own(key, TxId::Client(tx));
         true
     }
 }

@@ -158,28 +158,15 @@ impl Engine {
             return false;
         };
         let mut retry = call.b.invite.clone();
-        retry.headers.remove_all(&HeaderName::Via);
         super::incoming::add_session_request(&mut retry, asked, config.min_se.max(wanted));
-        let seq = call.b.invite.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        retry.headers.set(
-            HeaderName::CSeq,
-            format!("{} INVITE", seq.saturating_add(1)),
-        );
         let target = call.b.target;
-        let Ok(tx) = self.layer.send_request(now, retry, target) else {
+        if !self.send_leg_b_invite_again(now, key, retry, target) {
             return false;
-        };
-        let sent = self.layer.client_request(tx).cloned();
-        let Some(call) = self.calls.get_mut(&key) else {
-            return true;
-        };
-        if let Some(sent) = sent {
-            call.b.invite = sent;
         }
-        call.b.invite_tx = tx;
-        call.sessions.b_retries += 1;
-        call.sessions.b_min_se = wanted;
-        self.own(key, TxId::Client(tx));
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.sessions.b_retries += 1;
+            call.sessions.b_min_se = wanted;
+        }
         true
     }
 

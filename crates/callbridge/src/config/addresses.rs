@@ -66,7 +66,7 @@ pub(crate) fn check_public_addr(public_addr: &str) -> Result<(), ConfigError> {
 
 /// Whether a socket bound to `bind` can exchange datagrams with `peer`: an IPv4 socket with
 /// IPv4 peers, the IPv6 wildcard (dual-stack) with anyone, one IPv6 address with IPv6 peers.
-fn families_meet(bind: IpAddr, peer: IpAddr) -> bool {
+pub(crate) fn reaches(bind: IpAddr, peer: IpAddr) -> bool {
     match bind.to_canonical() {
         IpAddr::V4(_) => peer.to_canonical().is_ipv4(),
         IpAddr::V6(v6) if v6.is_unspecified() => true,
@@ -91,7 +91,7 @@ pub(crate) fn check_family(
     public_key: &str,
     public: IpAddr,
 ) -> Result<(), ConfigError> {
-    if families_meet(bind, public) {
+    if reaches(bind, public) {
         return Ok(());
     }
     Err(ConfigError::Invalid(format!(
@@ -105,7 +105,7 @@ pub(crate) fn check_family(
 /// Refuses a UDP trunk at `trunk` that the SIP socket bound to `listen` cannot send to.
 /// (Over TCP and TLS each connection opens its own socket of the trunk's family.)
 pub(crate) fn check_trunk(listen: IpAddr, trunk: IpAddr) -> Result<(), ConfigError> {
-    if families_meet(listen, trunk) {
+    if reaches(listen, trunk) {
         return Ok(());
     }
     Err(ConfigError::Invalid(format!(

@@ -50,11 +50,14 @@ impl Default for TlsSection {
     }
 }
 
-/// The trunk as TLS sees it: its address, and the host name its certificate must carry.
+/// The trunk as TLS sees it: its addresses, and the host name its certificate must carry.
 #[derive(Clone, Copy, Debug)]
 pub struct TlsTrunk<'a> {
-    /// The trunk's resolved IP.
-    pub ip: IpAddr,
+    /// The trunk's resolved IPs: every target of its RFC 3263 resolution at start. Each is
+    /// checked for `host`, the domain as configured (RFC 5922 §4: the name in the URI, not
+    /// the SRV target's). A target that a later re-resolution brings is checked for its IP
+    /// (the transport's names are set when it binds).
+    pub ips: &'a [IpAddr],
     /// The host of `trunk.address` (a DNS name, or the IP written as text).
     pub host: &'a str,
 }
@@ -112,9 +115,11 @@ impl TlsSection {
             })?;
         }
         if let Some(trunk) = trunk {
-            config = config
-                .with_server_name(trunk.ip, trunk.host)
-                .map_err(tls_error)?;
+            for ip in trunk.ips {
+                config = config
+                    .with_server_name(*ip, trunk.host)
+                    .map_err(tls_error)?;
+            }
         }
         Ok(Some(config))
     }
@@ -146,7 +151,7 @@ impl TlsSection {
             // Built once here for its checks; the transport's own is built at start. The
             // trunk's name is not known yet (it may need resolving): any IP will do.
             let trunk = TlsTrunk {
-                ip: IpAddr::from([0, 0, 0, 0]),
+                ips: &[IpAddr::from([0, 0, 0, 0])],
                 host: "0.0.0.0",
             };
             self.transport_tls(Some(trunk))?;

@@ -15,7 +15,8 @@ const MAX_PING_SECS: u64 = 3600;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrunkSection {
-    /// `host:port` of the trunk; empty: `sip.trunk`.
+    /// The trunk: an IP address (with or without a port), `host:port` (A/AAAA), or a domain
+    /// resolved per RFC 3263 (NAPTR, SRV, A/AAAA: [`crate::trunk_dns`]); empty: `sip.trunk`.
     pub address: String,
     /// How leg B reaches the trunk: `udp`, `tcp` or `tls` (which needs `[tls]`: a listener
     /// for the trunk's requests in the dialog, and the roots its certificate chains to).
@@ -108,10 +109,10 @@ impl TrunkSection {
             return None;
         }
         let credentials = self.credentials()?;
-        let (host, port) = split_host_port(self.address(sip_trunk));
+        let (host, port) = self.uri_host_port(sip_trunk);
         let contact = local.contact_over(&credentials.username, self.transport());
         Some(b2bua::registration::RegistrationConfig {
-            registrar_host: host.to_owned(),
+            registrar_host: host,
             registrar_port: port,
             credentials,
             contact,
@@ -223,7 +224,15 @@ mod tests {
             .registration_config("sip.carrier.example:5080", &local)
             .unwrap();
         assert_eq!(config.registrar_host, "sip.carrier.example");
-        assert_eq!(config.registrar_port, 5080);
+        assert_eq!(config.registrar_port, Some(5080));
+        // A domain resolved through SRV: the REGISTER names the domain alone.
+        trunk.address = "carrier.example".into();
+        let srv = trunk.registration_config("", &local).unwrap();
+        assert_eq!(
+            (srv.registrar_host.as_str(), srv.registrar_port),
+            ("carrier.example", None)
+        );
+        trunk.address = String::new();
         assert_eq!(
             config.contact.to_string(),
             "sip:2001@192.0.2.1:5060;transport=tcp"

@@ -9,7 +9,7 @@ fn registering() -> Harness {
     Harness::configured(|c| {
         c.registration = Some(RegistrationConfig {
             registrar_host: "127.0.0.1".into(),
-            registrar_port: 5080,
+            registrar_port: Some(5080),
             credentials: Credentials {
                 username: "2001".into(),
                 password: "secret".into(),
