@@ -62,6 +62,10 @@ impl Input<'_> {
     }
 }
 
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 fn leg_index(leg: Leg) -> usize {
     match leg {
         Leg::A => 0,
@@ -99,7 +103,9 @@ fuzz_target!(|data: &[u8]| {
             let rtp = (header & 0x40 != 0).then(|| input.address());
             let rtcp = (header & 0x20 != 0).then(|| input.address());
             stream.set_remote(leg, rtp, rtcp);
-            sdp[leg_index(leg)] = rtp;
+            // The stream keeps addresses canonical (an SDP's ::ffff:a.b.c.d is a.b.c.d, as a
+            // dual-stack socket reports that peer), so the checks below compare them so too.
+            sdp[leg_index(leg)] = rtp.map(canonical);
             continue;
         }
         let kind = if header & 2 == 0 {
