@@ -20,7 +20,7 @@
 #      PRACK, and trunk_uac_100rel.xml PRACKs what callbridge relays reliably;
 #      callee_uas_timer.xml grants a 90 s session timer it refreshes once and then lets lapse
 #      (on hold, so no media either): callbridge must end those calls itself (session_expired).
-#      (SIPP_CARRIER=0 skips this phase: about 100 s.)
+#      (SIPP_CARRIER=0 skips this phase: about 80 s.)
 # Exits non-zero, with the reason and the tails of the logs, on any failure.
 #
 # Usage: sipp-scenarios/run.sh            (needs sipp, from Debian/Ubuntu package sip-tester, and curl;
