@@ -4,10 +4,13 @@
 # package kamailio-tls-modules) for the carrier tests (sip-tests/tests/carrier.rs and
 # trunk_auth.rs, which start their own Kamailio, over TLS too, and fail when there is none),
 # dnsmasq (Debian package dnsmasq-base: the binary without the system service) for the trunk
-# DNS tests (sip-tests/tests/trunk_dns.rs, which start their own on a loopback port).
+# DNS tests (sip-tests/tests/trunk_dns.rs, which start their own on a loopback port),
+# redis-server for the cluster's tests (crates/cluster, sip-tests/tests/cluster*.rs: each
+# starts its own on a loopback port, never the system service) and PostgreSQL for the shared
+# store's (crates/store: initdb/pg_ctl into a temporary directory).
 # Needs root or passwordless sudo; does nothing when all are there. SKIP_SIPP=1 leaves SIPp
 # and curl out, SKIP_KAMAILIO=1 leaves Kamailio and its TLS module out, SKIP_DNSMASQ=1 leaves
-# dnsmasq out.
+# dnsmasq out, SKIP_REDIS=1 redis-server, SKIP_POSTGRES=1 PostgreSQL.
 set -euo pipefail
 
 # Debian installs kamailio in /usr/sbin, which a non-root PATH may lack; the carrier harness
@@ -45,6 +48,14 @@ fi
 if [[ "${SKIP_DNSMASQ:-0}" != 1 ]]; then
     have_dnsmasq || missing+=(dnsmasq-base)
 fi
+# Redis, the cluster's shared intent table.
+if [[ "${SKIP_REDIS:-0}" != 1 ]]; then
+    command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]] || missing+=(redis-server)
+fi
+# PostgreSQL, the cluster's shared store (the server binaries under /usr/lib/postgresql).
+if [[ "${SKIP_POSTGRES:-0}" != 1 ]]; then
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+fi
 if ((${#missing[@]})); then
     echo "==> installing ${missing[*]}"
     if [[ $(id -u) == 0 ]]; then
@@ -74,5 +85,14 @@ if ((${#missing[@]})); then
         if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
             "${as_root[@]}" systemctl disable --now kamailio >/dev/null 2>&1 || true
         fi
+    fi
+    # The same for the system Redis and PostgreSQL the packages enable: the tests start their
+    # own, on free ports, with temporary data.
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        for unit in redis-server postgresql; do
+            if [[ " ${missing[*]} " == *" ${unit} "* ]]; then
+                "${as_root[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+            fi
+        done
     fi
 fi

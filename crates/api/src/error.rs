@@ -77,6 +77,10 @@ pub enum ApiError {
     EventNotFailed(String),
     #[error("webhooks are not configured on this server (webhooks.url, webhooks.allowed_hosts)")]
     WebhooksUnavailable,
+    /// This node is one of a cluster and the shared Redis did not answer (the text says
+    /// why); nothing was changed.
+    #[error("the cluster's shared store is not available ({0}); retry later")]
+    ClusterUnavailable(String),
 }
 
 impl ApiError {
@@ -110,7 +114,8 @@ impl ApiError {
             ApiError::IntentTableFull(_)
             | ApiError::SipUnavailable
             | ApiError::StoreUnavailable
-            | ApiError::WebhooksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::WebhooksUnavailable
+            | ApiError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CallEnded | ApiError::IdempotencyKeyInUse | ApiError::EventNotFailed(_) => {
                 StatusCode::CONFLICT
             }
@@ -150,6 +155,7 @@ impl ApiError {
         "unknown_event",
         "event_not_failed",
         "webhooks_unavailable",
+        "cluster_unavailable",
         "internal_error",
     ];
 
@@ -187,6 +193,7 @@ impl ApiError {
             ApiError::UnknownEvent => "unknown_event",
             ApiError::EventNotFailed(_) => "event_not_failed",
             ApiError::WebhooksUnavailable => "webhooks_unavailable",
+            ApiError::ClusterUnavailable(_) => "cluster_unavailable",
         }
     }
 
@@ -208,6 +215,20 @@ impl ApiError {
             _ => {}
         }
         response
+    }
+}
+
+/// The cluster's shared intent table: full is the same `503 intent_table_full` as a single
+/// node's; unreachable is `503 cluster_unavailable`, logged (and counted by the caller).
+impl From<b2bua::SharedError> for ApiError {
+    fn from(error: b2bua::SharedError) -> ApiError {
+        match error {
+            b2bua::SharedError::Full(full) => ApiError::IntentTableFull(full),
+            b2bua::SharedError::Unavailable(why) => {
+                tracing::warn!(error = %why, "shared intent table unavailable");
+                ApiError::ClusterUnavailable(why)
+            }
+        }
     }
 }
 
@@ -277,7 +298,8 @@ mod tests {
             | ApiError::StoreUnavailable
             | ApiError::UnknownEvent
             | ApiError::EventNotFailed(_)
-            | ApiError::WebhooksUnavailable => e.code(),
+            | ApiError::WebhooksUnavailable
+            | ApiError::ClusterUnavailable(_) => e.code(),
         };
         let all = [
             ApiError::MalformedJson(String::new()),
@@ -311,6 +333,7 @@ mod tests {
             ApiError::UnknownEvent,
             ApiError::EventNotFailed("delivered".into()),
             ApiError::WebhooksUnavailable,
+            ApiError::ClusterUnavailable("x".into()),
         ];
         for error in &all {
             assert!(ApiError::CODES.contains(&every(error)), "{}", error.code());

@@ -276,12 +276,12 @@ async fn run(
 ) -> Result<Response<ApiBody>, ApiError> {
     let json = || parse_json_object(&parts.headers, &body);
     match route {
-        Route::MakeCall(telnum) => make_call(state, telnum, json()?.unwrap_or_default()),
+        Route::MakeCall(telnum) => make_call(state, telnum, json()?.unwrap_or_default()).await,
         Route::CancelCall(telnum) => {
             json()?;
-            cancel_call(state, telnum)
+            cancel_call(state, telnum).await
         }
-        Route::CtiCallin => cti_callin(state, json()?.unwrap_or_default()),
+        Route::CtiCallin => cti_callin(state, json()?.unwrap_or_default()).await,
         Route::Calls => calls(state, parts.uri.query()).await,
         Route::Export => export(state, parts.uri.query()),
         Route::Call(callid) => call(state, callid).await,
@@ -351,7 +351,7 @@ struct MakeCallResponse<'a> {
     callid: &'a str,
 }
 
-fn make_call(
+async fn make_call(
     state: &ApiState,
     telnum: &str,
     body: Map<String, Value>,
@@ -382,9 +382,14 @@ fn make_call(
         data: data.map(str::to_owned),
         notify_url: notify_url.map(str::to_owned),
     };
-    let intent = state
-        .control
-        .make_call_with(state.now(), &telnum, caller, callee, extras)?;
+    let control = &state.control;
+    let intent = if control.shared().is_some() {
+        control
+            .make_call_shared(state.now(), &telnum, caller, callee, extras)
+            .await?
+    } else {
+        control.make_call_with(state.now(), &telnum, caller, callee, extras)?
+    };
     tracing::info!(callid = %intent.callid, telnum = %intent.telnum, caller = %intent.caller,
         callee = %intent.callee, "makecall: intent registered");
     Ok(json_response(
@@ -408,9 +413,15 @@ fn check_notify_url(state: &ApiState, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiError> {
+async fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiError> {
     let telnum = path_number(state, "telnum", telnum)?;
-    let body = match state.control.cancel_call(state.now(), &telnum) {
+    let control = &state.control;
+    let cancelled = if control.shared().is_some() {
+        control.cancel_call_shared(state.now(), &telnum).await?
+    } else {
+        control.cancel_call(state.now(), &telnum)
+    };
+    let body = match cancelled {
         Some(intent) => {
             tracing::info!(callid = %intent.callid, telnum = %intent.telnum, "cancelcall: intent cancelled");
             CancelCallResponse {
@@ -430,14 +441,21 @@ fn cancel_call(state: &ApiState, telnum: &str) -> Result<Response<ApiBody>, ApiE
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn cti_callin(state: &ApiState, body: Map<String, Value>) -> Result<Response<ApiBody>, ApiError> {
+async fn cti_callin(
+    state: &ApiState,
+    body: Map<String, Value>,
+) -> Result<Response<ApiBody>, ApiError> {
     let from = string_field(&body, "from")?;
     let to = string_field(&body, "to")?;
     check_number(state, "from", from)?;
     check_number(state, "to", to)?;
     let now = state.now();
     let control = &state.control;
-    let claimed = control.claim_cti(now, from, to);
+    let claimed = if control.shared().is_some() {
+        control.claim_cti_shared(now, from, to).await?
+    } else {
+        control.claim_cti(now, from, to)
+    };
     let body = match claimed {
         Ok(intent) => {
             state.metrics.cti_decision("bridge", "matched");
@@ -528,6 +546,18 @@ async fn hang_up(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, Ap
     // Unknown ids are answered here, without a trip to the SIP task; a call only in the store
     // has ended.
     if state.control.call(&callid).is_none() {
+        // A cluster: the call may still be an intent in the shared table, registered on any
+        // node; withdrawing it is this node's to do.
+        if state.control.shared().is_some() {
+            if let Some(record) = state
+                .control
+                .cancel_intent_of_shared(state.now(), &callid)
+                .await?
+            {
+                tracing::info!(%callid, "hangup: shared intent withdrawn by the API");
+                return Ok(json_response(StatusCode::OK, &row_of(&record)));
+            }
+        }
         let store = state.store()?.clone();
         let id = callid.clone();
         let stored = crate::blocking(move || store.get_call(&id)).await?;

@@ -1,7 +1,10 @@
 //! [`CallControl`]: the one handle through which the HTTP API and the SIP side change intents,
 //! so that the intent table and the call registry always tell the same story.
 
+mod shared;
+
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::intent::{Intent, IntentTable, IntentTableFull, NoIntent};
@@ -18,6 +21,9 @@ pub struct CallControl {
     numbers: NumberTable,
     /// `intent.require_ownership`: makecall and INVITEs only for assigned dedicated numbers.
     require_ownership: AtomicBool,
+    /// In a cluster: the intent table the nodes share, and this node's id (see
+    /// [`set_shared`](Self::set_shared)); `intents` then stays empty.
+    shared: OnceLock<(Arc<dyn crate::SharedIntents>, String)>,
 }
 
 impl CallControl {
@@ -52,6 +58,7 @@ impl CallControl {
             registry: CallRegistry::new(retention, max_ended, clock),
             numbers: NumberTable::default(),
             require_ownership: AtomicBool::new(false),
+            shared: OnceLock::new(),
         }
     }
 

@@ -126,6 +126,11 @@ impl EventQueue {
             .or(self.default_target.as_deref())
     }
 
+    /// Is there a `webhooks.url` for records without a `notify_url`?
+    pub fn has_default_target(&self) -> bool {
+        self.default_target.is_some()
+    }
+
     pub fn push(&mut self, event: WebhookEvent) {
         if self.queue.len() >= self.max {
             self.queue.pop_front();

@@ -188,6 +188,11 @@ impl IntentTable {
         self.ttl
     }
 
+    /// Most intents held at once (`intent.max_pending`).
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+
     /// Registers an intent, replacing any earlier one of the same telnum. Returns the new
     /// intent and the one it replaced, or [`IntentTableFull`] for a new telnum when the table
     /// is at its limit.

@@ -75,6 +75,8 @@
 //! - [`session_timer`]: session timer negotiation (RFC 4028) for both legs;
 //! - [`trunk_health`]: whether the trunk answers callbridge's OPTIONS pings
 //!   (`trunk.ping_secs`), and so whether new calls are worth trying.
+//! - [`shared_intents`]: the intent table of a cluster ([`SharedIntents`], Redis in crate
+//!   `cluster`), whose claims the engine asks its driver for instead of making them itself.
 
 pub mod auth;
 pub mod body;
@@ -90,6 +92,7 @@ pub mod refusal;
 pub mod registration;
 pub mod registry;
 pub mod session_timer;
+pub mod shared_intents;
 pub mod trunk_health;
 
 pub use call::Leg;
@@ -103,5 +106,6 @@ pub use refusal::Refusal;
 pub use registry::{
     CallEvent, CallExtras, CallRecord, CallRegistry, CallState, EndCause, Party, WallClock,
 };
+pub use shared_intents::{SharedClaim, SharedError, SharedIntent, SharedIntents};
 pub use sip_core;
 pub use trunk_health::{TrunkHealth, TrunkState};

@@ -24,6 +24,8 @@ pub enum Refusal {
     MediaExhausted,
     /// The trunk does not answer its OPTIONS pings (`trunk.ping_secs`): leg B would fail.
     TrunkDown,
+    /// The cluster's shared intent table (Redis) did not answer the claim in time.
+    ClusterUnavailable,
     /// No intent matches the call (none, expired, or for another dedicated number).
     NoIntent(NoIntent),
 }
@@ -41,6 +43,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting_down",
             Refusal::MediaExhausted => "media_exhausted",
             Refusal::TrunkDown => "trunk_down",
+            Refusal::ClusterUnavailable => "cluster_unavailable",
             Refusal::NoIntent(no) => no.code(),
         }
     }

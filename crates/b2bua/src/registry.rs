@@ -109,6 +109,12 @@ pub enum EndCause {
     Shutdown,
     /// The INVITE found no intent to consume (the record of a `call.refused` event).
     Refused,
+    /// The node holding the call stopped (its heartbeat in the cluster's Redis lapsed); a
+    /// surviving node ended the record.
+    NodeLost,
+    /// The cluster's shared store (Redis) did not answer in time while the call was being
+    /// set up.
+    ClusterUnavailable,
 }
 
 impl EndCause {
@@ -130,6 +136,8 @@ impl EndCause {
             EndCause::ResourcesExhausted => "resources_exhausted",
             EndCause::Shutdown => "shutdown",
             EndCause::Refused => "refused",
+            EndCause::NodeLost => "node_lost",
+            EndCause::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }
@@ -350,6 +358,11 @@ impl CallRegistry {
         }
     }
 
+    /// The wall-clock time (ms since the epoch) of the monotonic instant `at`.
+    pub fn wall_at(&self, at: Instant) -> UnixMillis {
+        self.inner.lock().wall(at)
+    }
+
     /// Re-anchors the wall clock used for timestamps (see [`WallClock`]).
     pub fn sync_wall_clock(&self, clock: WallClock) {
         self.inner.lock().clock = Some(clock);
@@ -401,6 +414,76 @@ impl CallRegistry {
         };
         inner.records.insert(callid.to_owned(), Box::new(slot));
         inner.announce(EventKind::IntentCreated, callid, created_at);
+    }
+
+    /// Takes over the record of an intent another node registered (a cluster's
+    /// [`SharedIntent`](crate::shared_intents::SharedIntent)): in state `Intent`, its webhook
+    /// `seq` going on from the intent's. Nothing is announced: `intent.created` was, by the
+    /// node that registered it. An existing record of the callid is left as it is.
+    pub fn adopt(&self, intent: &crate::shared_intents::SharedIntent) {
+        let mut inner = self.inner.lock();
+        if inner.records.contains_key(&intent.callid) {
+            return;
+        }
+        let record = CallRecord {
+            callid: intent.callid.clone(),
+            telnum: intent.telnum.clone(),
+            caller: intent.caller.clone(),
+            callee: intent.callee.clone(),
+            state: CallState::Intent,
+            created_at: intent.created_at,
+            invite_at: None,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            leg_a_code: None,
+            leg_b_code: None,
+            ended_by: None,
+            end_cause: None,
+            media: None,
+            data: intent.data.clone(),
+            notify_url: intent.notify_url.clone(),
+            ring_ms: None,
+            talk_ms: None,
+            sip_reason: None,
+        };
+        let slot = Slot {
+            record,
+            queued: false,
+            seq: intent.seq,
+        };
+        inner.records.insert(intent.callid.clone(), Box::new(slot));
+    }
+
+    /// Drops the record of a call that is not ended, without an event, and returns it with
+    /// the `seq` of its last event: in a cluster the record of a pending intent lives with
+    /// the shared intent, not on the node that took the makecall.
+    pub fn forget(&self, callid: &str) -> Option<(CallRecord, u32)> {
+        let mut inner = self.inner.lock();
+        if inner
+            .records
+            .get(callid)
+            .is_some_and(|slot| slot.record.state == CallState::Ended)
+        {
+            return None;
+        }
+        inner
+            .records
+            .remove(callid)
+            .map(|slot| (slot.record, slot.seq))
+    }
+
+    /// Would a record with this `notify_url` have webhook events built (webhooks on, and a
+    /// target: the URL or `webhooks.url`)?
+    pub fn builds_events_for(&self, notify_url: Option<&str>) -> bool {
+        if !self.events_enabled() {
+            return false;
+        }
+        let inner = self.inner.lock();
+        inner
+            .events
+            .as_ref()
+            .is_some_and(|events| notify_url.is_some() || events.has_default_target())
     }
 
     /// Applies one event. Events after the end are ignored, except final codes that arrive

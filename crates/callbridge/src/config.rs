@@ -33,9 +33,11 @@ use sip_core::transport::TransportConfig;
 use sip_core::{ParseLimits, Peer};
 
 mod addresses;
+mod cluster;
 mod dns;
 mod tls;
 mod trunk;
+pub use cluster::{ClusterSection, MAX_NODE_ID};
 pub use dns::{DnsSection, MAX_DNS_SERVERS};
 pub use tls::{TlsSection, TlsTrunk};
 pub use trunk::TrunkSection;
@@ -67,6 +69,7 @@ pub struct Config {
     pub intent: IntentSection,
     pub store: StoreSection,
     pub webhooks: WebhooksSection,
+    pub cluster: ClusterSection,
     pub log: LogSection,
 }
 
@@ -980,6 +983,7 @@ impl Config {
         self.webhooks.validate()?;
         self.trunk.validate()?;
         self.dns.validate()?;
+        self.cluster.validate()?;
         self.tls
             .validate(self.trunk.transport() == sip_core::Transport::Tls)?;
         if !self.api.listen.ip().is_loopback()

@@ -8,6 +8,7 @@
 //! starts the same thing in-process.
 
 mod actions;
+mod claims;
 pub mod config;
 mod media_driver;
 pub mod persistence;

@@ -14,13 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use api::ApiState;
 use b2bua::engine::Engine;
-use b2bua::{CallControl, WallClock};
+use b2bua::{CallControl, SharedIntents, WallClock};
 use sip_core::transport::{SipTransport, TransportEvent, TransportEvents, TransportHandle};
 use sip_core::Peer;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::actions::{EngineCommand, SipActions};
+use crate::claims::{ClaimAnswer, ClaimDriver};
 use crate::config::{Config, TlsTrunk};
 use crate::media_driver::MediaBridge;
 use crate::persistence::{self, Persistence};
@@ -51,6 +52,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot start webhooks: {0}")]
     Webhooks(#[from] webhooks::WebhookError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(cluster::ClusterError),
 }
 
 /// A started callbridge: its bound addresses, shared state, and the handle to stop it.
@@ -94,6 +97,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     ));
     let status = Arc::new(SharedStatus::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // A cluster: intents live in the shared Redis, reached lazily (a node starts, and
+    // answers 503, while Redis is down).
+    let shared = shared_intents(config)?;
+    if let Some(shared) = &shared {
+        let node = config.cluster.node_id_or(config.sip.listen.port());
+        tracing::info!(%node, redis = %config.cluster.redis_url, "cluster node: intents shared in Redis");
+        control.set_shared(Arc::clone(shared), node);
+    }
     // The store before anything serves: the number assignments must be in memory before the
     // first makecall or INVITE is checked against them.
     let persistence = Arc::new(Persistence::open(&config.store, &control)?);
@@ -169,6 +180,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .registration_config(&config.sip.trunk, &engine_config.local);
     engine_config.trunk_ping = config.trunk.ping_interval();
     let mut engine = Engine::new(engine_config, control.clone());
+    // A claim waits for at most two Redis round trips (connecting, then the script), and a
+    // margin for the SIP task to read the answer.
+    engine.set_claim_timeout(config.cluster.redis_timeout() * 2 + Duration::from_millis(500));
     engine.set_trunk_targets(trunk.resolved.targets.clone());
     status.set_trunk_targets(engine.trunk_targets());
     engine.start_registration(Instant::now());
@@ -224,11 +238,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // closes only once SIP has stopped.
     let (sip_stopped_tx, sip_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = Vec::new();
+    let claims = shared.clone().map(ClaimDriver::new);
     let sip = sip_task(
         engine,
         media,
         transport,
-        (events, commands),
+        (events, commands, claims),
         shutdown_rx.clone(),
         status.clone(),
         (grace, hangup),
@@ -360,17 +375,29 @@ pub(crate) fn hangup_wait(t1: Duration) -> Duration {
     t1.saturating_mul(128)
 }
 
+/// What the SIP task reads besides its timers: the transport's events, the API's (and the
+/// DNS task's) commands, and in a cluster the claim driver with its answers.
+type SipInputs = (
+    TransportEvents,
+    mpsc::Receiver<EngineCommand>,
+    Option<(ClaimDriver, mpsc::Receiver<ClaimAnswer>)>,
+);
+
 /// The SIP task: the only owner of the engine.
 async fn sip_task(
     mut engine: Engine,
     mut media: MediaBridge,
     transport: TransportHandle,
-    (mut events, mut commands): (TransportEvents, mpsc::Receiver<EngineCommand>),
+    (mut events, mut commands, claims): SipInputs,
     mut shutdown: watch::Receiver<bool>,
     status: Arc<SharedStatus>,
     (grace, hangup): (Duration, Duration),
 ) {
     let mut drain = Drain::Serving;
+    let (claim_driver, mut claim_answers) = match claims {
+        Some((driver, answers)) => (Some(driver), Some(answers)),
+        None => (None, None),
+    };
     // What the engine queued before its task started (the first REGISTER) goes out now, not
     // at the first event.
     // The engine's clock starts here: with trunk.ping_secs on, the first OPTIONS ping goes
@@ -413,6 +440,9 @@ async fn sip_task(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 engine.handle_timeout(Instant::now());
             }
+            Some(answer) = next_claim_answer(&mut claim_answers) => {
+                crate::claims::apply(&mut engine, answer);
+            }
             Some(command) = commands.recv() => {
                 crate::actions::apply(&mut engine, command);
                 status.set_trunk_targets(engine.trunk_targets());
@@ -443,6 +473,9 @@ async fn sip_task(
         // Media commands first: a call that cannot open its media is refused in this same
         // step, and its SIP answers go out below with the rest.
         media.pump(&mut engine, Instant::now());
+        if let Some(driver) = &claim_driver {
+            driver.dispatch(&mut engine);
+        }
         while let Some(transmit) = engine.poll_transmit() {
             transport.send(transmit);
         }
@@ -504,6 +537,27 @@ fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {
     }
 }
 
+/// The next claim answer, or never when this node is not one of a cluster.
+async fn next_claim_answer(
+    answers: &mut Option<mpsc::Receiver<ClaimAnswer>>,
+) -> Option<ClaimAnswer> {
+    match answers {
+        Some(answers) => answers.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The cluster's intent table when `cluster.redis_url` is set.
+fn shared_intents(config: &Config) -> Result<Option<Arc<dyn SharedIntents>>, StartError> {
+    if !config.cluster.enabled() {
+        return Ok(None);
+    }
+    let redis = cluster::Redis::new(&config.cluster.redis_url, config.cluster.redis_timeout())
+        .map_err(StartError::Cluster)?;
+    let intents = cluster::RedisIntents::new(Arc::new(redis), cluster::DEFAULT_PREFIX);
+    Ok(Some(Arc::new(intents)))
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -514,21 +568,40 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Expires intents on time and prunes old call records: one task for the whole table.
 async fn sweeper(control: Arc<CallControl>, mut shutdown: watch::Receiver<bool>) {
     const AT_MOST: Duration = Duration::from_secs(1);
+    let mut last_warning: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let wait = control
             .next_expiry()
             .map_or(AT_MOST, |at| at.saturating_duration_since(now).min(AT_MOST));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                // Follows steps of the system clock into the records' timestamps.
-                control.sync_wall_clock(WallClock::new(Instant::now(), SystemTime::now()));
-                let expired = control.sweep(Instant::now());
-                if expired > 0 {
-                    tracing::debug!(expired, "intents expired");
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = shutdown.wait_for(|stop| *stop) => true,
+        };
+        if stop {
+            break;
+        }
+        // Follows steps of the system clock into the records' timestamps.
+        control.sync_wall_clock(WallClock::new(Instant::now(), SystemTime::now()));
+        let mut expired = control.sweep(Instant::now());
+        if control.shared().is_some() {
+            // The cluster's expired intents: each taken (and announced) by one node.
+            match control.sweep_shared(Instant::now()).await {
+                Ok(shared) => expired += shared,
+                Err(error) => {
+                    // Once per 10 s while Redis is away, not once a second.
+                    let now = Instant::now();
+                    if last_warning
+                        .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10))
+                    {
+                        tracing::warn!(%error, "expired intents not swept from Redis");
+                        last_warning = Some(now);
+                    }
                 }
             }
-            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+        if expired > 0 {
+            tracing::debug!(expired, "intents expired");
         }
     }
 }

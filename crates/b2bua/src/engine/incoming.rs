@@ -63,7 +63,7 @@ impl Engine {
     }
 
     /// Refuses an INVITE before any leg B exists.
-    fn refuse(
+    pub(super) fn refuse(
         &mut self,
         now: Instant,
         tx: ServerTxId,
@@ -187,6 +187,26 @@ impl Engine {
                 UasDecision::None => None,
                 UasDecision::Timer(answer) => Some(answer),
             };
+        if self.control.shared().is_some() {
+            // A cluster: the claim is a round trip to the shared table, answered through
+            // handle_claim. Ownership is this node's copy of the numbers, checked first.
+            if !self.control.may_use(&calling, &dialled) {
+                let no = crate::intent::NoIntent::NotOwned;
+                self.control
+                    .refused(now, &calling, &dialled, refuse_code, no);
+                let text = no.to_string();
+                return self.refuse(now, tx, &request, refuse_code, Refusal::NoIntent(no), &text);
+            }
+            let parked = super::claims::Parked {
+                tx,
+                request,
+                from,
+                a_session,
+                calling: crate::intent::normalize_number(&calling).to_owned(),
+                dialled: crate::intent::normalize_number(&dialled).to_owned(),
+            };
+            return self.park_for_claim(now, parked);
+        }
         let intent = match self.control.claim(now, &calling, &dialled) {
             Ok(intent) => intent,
             Err(no) => {
@@ -196,9 +216,22 @@ impl Engine {
                 return self.refuse(now, tx, &request, refuse_code, Refusal::NoIntent(no), &text);
             }
         };
+        self.place_call(now, tx, request, from, a_session, intent);
+    }
+
+    /// The INVITE's intent is claimed: leg B is placed and the call begins.
+    pub(super) fn place_call(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: Request,
+        from: Peer,
+        a_session: Option<SessionExpires>,
+        intent: crate::intent::Intent,
+    ) {
         let span = tracing::info_span!("call", callid = %intent.callid);
         let _entered = span.enter();
-        tracing::info!(%calling, %dialled, callee = %intent.callee, "intent matched; placing leg B");
+        tracing::info!(telnum = %intent.telnum, caller = %intent.caller, callee = %intent.callee, "intent matched; placing leg B");
 
         let a_tag = ids::new_tag();
         let fail = |engine: &mut Engine, status: u16, cause: EndCause, text: &str| {
@@ -324,6 +357,11 @@ impl Engine {
         request: &Request,
         cancels: Option<ServerTxId>,
     ) {
+        if let Some(invite) = cancels {
+            if self.cancel_parked(now, tx, request, invite) {
+                return;
+            }
+        }
         let key = cancels.and_then(|invite| self.tx_owner.get(&TxId::Server(invite)).copied());
         let Some(key) = key.filter(|key| self.calls.contains_key(key)) else {
             self.stats.unmatched_requests += 1;

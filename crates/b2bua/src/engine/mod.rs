@@ -25,6 +25,7 @@
 //!   and the 503 to new INVITEs while the trunk does not answer them.
 
 mod challenge;
+mod claims;
 mod door;
 mod failover;
 mod in_dialog;
@@ -59,6 +60,7 @@ use crate::media::{MediaCommand, MediaConfig, MediaPlane};
 use crate::outbound::{local_response, LocalIdentity};
 use crate::registry::CallRecord;
 
+pub use claims::{ClaimRequest, DEFAULT_CLAIM_TIMEOUT};
 pub use door::UntrustedReply;
 pub use prack::Reliability;
 pub use session::CallSessions;
@@ -204,6 +206,8 @@ pub struct Engine {
     /// How long the request being handled waited in the transport's queue
     /// ([`Engine::set_input_wait`]).
     input_wait: Duration,
+    /// In a cluster: INVITEs waiting for their claim in the shared intent table.
+    claims: claims::PendingClaims,
 }
 
 impl Engine {
@@ -238,6 +242,7 @@ impl Engine {
             keepalive,
             input_backlog: 0,
             input_wait: Duration::ZERO,
+            claims: claims::PendingClaims::new(),
         }
     }
 
@@ -279,9 +284,10 @@ impl Engine {
         self.calls.len()
     }
 
-    /// Calls whose outcome is not decided yet (ringing or bridged): what `max_calls` limits.
+    /// Calls whose outcome is not decided yet (waiting for their claim, ringing or bridged):
+    /// what `max_calls` limits.
     pub fn active_call_count(&self) -> usize {
-        self.calls.len() - self.ending
+        self.calls.len() - self.ending + self.claims.parked()
     }
 
     /// Dialogs registered for in-dialog routing (leg A's from the start, leg B's from its
@@ -343,6 +349,7 @@ impl Engine {
         self.drive_registration(now);
         self.fire_call_timers(now);
         self.drive_keepalive(now);
+        self.expire_claims(now);
         self.process_events(now);
     }
 
@@ -352,7 +359,8 @@ impl Engine {
         let calls = self.next_call_timer();
         let registration = self.registration.as_ref().and_then(|r| r.poll_timeout());
         let keepalive = self.keepalive_timeout();
-        [layer, calls, registration, keepalive]
+        let claims = self.claims.next_deadline();
+        [layer, calls, registration, keepalive, claims]
             .into_iter()
             .flatten()
             .min()

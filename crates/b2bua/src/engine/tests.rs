@@ -2000,6 +2000,7 @@ fn an_engine_is_built_and_driven_without_any_runtime() {
 }
 
 mod challenge;
+mod claims;
 mod door;
 mod failover;
 mod hangup;

@@ -1,0 +1,211 @@
+//! Several callbridge nodes sharing one real Redis (Debian's redis-server, started by each
+//! test on its own port): a makecall on one node is bridged by the INVITE that lands on
+//! another; concurrent INVITEs on two nodes for one intent bridge exactly once; Redis down
+//! means 503 for makecalls and INVITEs, and service resumes by itself when it returns; an
+//! intent expires on exactly one node.
+
+use std::time::Duration;
+
+use cluster::testing::RedisServer;
+use sip_core::{Message, Method};
+use sip_tests::bridge::{bridged_call, phone_hangs_up, Bridge, CalleeDialog, Options, Phone};
+
+/// A node of the cluster on `redis`, named `node`.
+async fn node(redis: &RedisServer, node: &str, ttl_secs: u64) -> Bridge {
+    Bridge::start_with(Options {
+        intent_ttl_secs: ttl_secs,
+        extra: vec![
+            format!("cluster.redis_url=\"{}\"", redis.url()),
+            format!("cluster.node_id=\"{node}\""),
+            "cluster.redis_timeout_ms=300".to_owned(),
+        ],
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn makecall_on_one_node_is_bridged_by_the_invite_on_another() {
+    let redis = RedisServer::start().unwrap();
+    let node1 = node(&redis, "node-1", 120).await;
+    let mut node2 = node(&redis, "node-2", 120).await;
+    let callid = node1.makecall("1001", "2001", "3001").await;
+    // node 1 keeps no record of a pending intent: it lives in Redis.
+    assert!(node1.running.control.call(&callid).is_none());
+
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let dialog = bridged_call(&mut node2, &mut phone).await;
+    assert_eq!(dialog.invite.uri.user(), Some("3001"));
+    let record = node2.wait_call_state(&callid, "answered").await;
+    assert_eq!(record["telnum"], "1001");
+    assert_eq!(record["caller"], "2001");
+    assert_eq!(record["callee"], "3001");
+    assert!(record["created_at"].is_u64(), "{record}");
+    phone_hangs_up(&mut node2, &mut phone, &dialog).await;
+    let record = node2.wait_call_state(&callid, "ended").await;
+    assert_eq!(record["end_cause"], "hangup");
+
+    // The intent was consumed: the same phone dialling again is refused on either node.
+    let mut again = Phone::udp(&node1, "1001").await;
+    again.call("2001").await;
+    again.ua.expect_response(403).await;
+    node1.assert_drained().await;
+    node2.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_invites_on_two_nodes_bridge_exactly_once() {
+    let redis = RedisServer::start().unwrap();
+    let mut nodes = [
+        node(&redis, "node-1", 120).await,
+        node(&redis, "node-2", 120).await,
+    ];
+    for round in 0..20 {
+        let callid = nodes[round % 2].makecall("1001", "2001", "3001").await;
+        let mut phones = [
+            Phone::udp(&nodes[0], "1001").await,
+            Phone::udp(&nodes[1], "1001").await,
+        ];
+        // Both INVITEs leave before either answer can arrive.
+        let invites = [
+            phones[0].invite("2001", false),
+            phones[1].invite("2001", false),
+        ];
+        let [first, second] = invites;
+        let (a, b) = phones.split_at_mut(1);
+        tokio::join!(a[0].ua.send(first), b[0].ua.send(second));
+        // The claimed INVITE's leg B reaches its node's callee, which answers busy (the
+        // point is that it was placed, and only once).
+        let mut bridged = Vec::new();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            // (ACKs of the last round's answer, sent again, may still arrive first.)
+            let mut invite = None;
+            while let Some((message, _)) = node.callee.try_recv(Duration::from_millis(300)).await {
+                match message {
+                    Message::Request(request) if request.method == Method::Invite => {
+                        invite = Some(request);
+                        break;
+                    }
+                    Message::Request(request) if request.method == Method::Ack => {}
+                    other => panic!("round {round}: unexpected at the callee: {other:?}"),
+                }
+            }
+            if let Some(invite) = invite {
+                bridged.push(i);
+                let reply = CalleeDialog::new(invite.clone()).reply(&invite, 486, None);
+                node.callee.send(reply.clone()).await;
+                // Retransmissions of the INVITE (T1 is 50 ms here) get the answer again.
+                loop {
+                    let (request, _) = node.callee.recv_request().await;
+                    match request.method {
+                        Method::Ack => break,
+                        Method::Invite => node.callee.send(reply.clone()).await,
+                        other => panic!("round {round}: unexpected {other} at the callee"),
+                    }
+                }
+            }
+        }
+        let mut finals = Vec::new();
+        for phone in phones.iter_mut() {
+            let response = phone.ua.recv_response().await;
+            finals.push(response.status);
+            let ack = phone.ack_failure(&response);
+            phone.ua.send(ack).await;
+        }
+        finals.sort_unstable();
+        assert_eq!(
+            finals,
+            [403, 486],
+            "round {round}: one refused, one relayed busy"
+        );
+        assert_eq!(
+            bridged.len(),
+            1,
+            "round {round} ({callid}): legs B placed by {bridged:?}"
+        );
+    }
+    for node in &nodes {
+        node.assert_drained().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_means_503_and_service_resumes_by_itself() {
+    let mut redis = RedisServer::start().unwrap();
+    let mut node1 = node(&redis, "node-1", 120).await;
+    redis.stop();
+
+    // makecall: 503 with the cluster's own code, nothing registered.
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    let (status, json) = node1
+        .http("POST", "/api/user/1001/makecall", Some(body))
+        .await;
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(json["error"]["code"], "cluster_unavailable", "{json}");
+    // An INVITE: 503 (the claim cannot be made), counted.
+    let mut phone = Phone::udp(&node1, "1001").await;
+    phone.call("2001").await;
+    let refused = phone.ua.expect_response(503).await;
+    let ack = phone.ack_failure(&refused);
+    phone.ua.send(ack).await;
+    assert_eq!(node1.refused("cluster_unavailable").await, 1);
+
+    // Redis back: the same node serves again without a restart.
+    redis.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let callid = loop {
+        let (status, json) = node1
+            .http("POST", "/api/user/1001/makecall", Some(body))
+            .await;
+        if status == 200 {
+            break json["callid"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery: {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut phone = Phone::udp(&node1, "1001").await;
+    let dialog = bridged_call(&mut node1, &mut phone).await;
+    phone_hangs_up(&mut node1, &mut phone, &dialog).await;
+    node1.wait_call_state(&callid, "ended").await;
+    node1.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_expires_on_exactly_one_node_and_cancel_works_from_any() {
+    let redis = RedisServer::start().unwrap();
+    let nodes = [
+        node(&redis, "node-1", 1).await,
+        node(&redis, "node-2", 1).await,
+    ];
+    let expiring = nodes[0].makecall("1001", "2001", "3001").await;
+    let cancelled = nodes[0].makecall("1002", "2002", "3002").await;
+    // cancelcall on the other node withdraws it.
+    let json = nodes[1].cancelcall("1002").await;
+    assert_eq!(json["cancelled"], true, "{json}");
+    assert_eq!(json["callid"], cancelled.as_str());
+    let record = nodes[1].call(&cancelled).await;
+    assert_eq!(record["end_cause"], "intent_cancelled");
+
+    // Both nodes sweep every second; one of them takes the expired intent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let holders: Vec<_> = nodes
+            .iter()
+            .filter_map(|n| n.running.control.call(&expiring))
+            .collect();
+        if let Some(record) = holders.first() {
+            assert_eq!(holders.len(), 1, "expired on one node only");
+            assert_eq!(record.end_cause.map(|c| c.code()), Some("intent_expired"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "intent never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A late phone finds nothing, on either node.
+    let mut phone = Phone::udp(&nodes[1], "1001").await;
+    phone.call("2001").await;
+    phone.ua.expect_response(403).await;
+    for node in &nodes {
+        node.assert_drained().await;
+    }
+}
