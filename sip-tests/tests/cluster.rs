@@ -7,8 +7,10 @@
 use std::time::Duration;
 
 use cluster::testing::RedisServer;
-use sip_core::{Message, Method};
-use sip_tests::bridge::{bridged_call, phone_hangs_up, Bridge, CalleeDialog, Options, Phone};
+use sip_core::{Message, Method, Response};
+use sip_tests::bridge::{
+    bridged_call, expect_request, phone_hangs_up, Bridge, CalleeDialog, Options, Phone,
+};
 
 /// A node of the cluster on `redis`, named `node`.
 async fn node(redis: &RedisServer, node: &str, ttl_secs: u64) -> Bridge {
@@ -208,4 +210,104 @@ async fn an_intent_expires_on_exactly_one_node_and_cancel_works_from_any() {
     for node in &nodes {
         node.assert_drained().await;
     }
+}
+
+/// Waits until `node`'s API shows `callid` in `state` (read from the cluster's call index
+/// when another node holds it).
+async fn wait_state_on(node: &Bridge, callid: &str, state: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json) = node
+            .http("GET", &format!("/api/calls/{callid}"), None)
+            .await;
+        if status == 200 && json["state"] == state {
+            return json;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{callid} never {state} on this node: {status} {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_call_is_seen_and_hung_up_from_another_node() {
+    let redis = RedisServer::start().unwrap();
+    let node1 = node(&redis, "node-1", 120).await;
+    let mut node2 = node(&redis, "node-2", 120).await;
+    let callid = node1.makecall("1001", "2001", "3001").await;
+    // Pending: node 1 shows the intent from Redis, node 2 too.
+    assert_eq!(
+        wait_state_on(&node2, &callid, "intent").await["telnum"],
+        "1001"
+    );
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let dialog = bridged_call(&mut node2, &mut phone).await;
+    let seen = wait_state_on(&node1, &callid, "answered").await;
+    assert_eq!(seen["caller"], "2001");
+    assert!(seen["answered_at"].is_u64(), "{seen}");
+
+    // node 1 hangs up the call node 2 holds.
+    let (status, json) = node1
+        .http("POST", &format!("/api/calls/{callid}/hangup"), None)
+        .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["state"], "ended");
+    assert_eq!(json["ended_by"], "api");
+    let bye_a = expect_request(&mut phone.ua, Method::Bye).await;
+    phone.ua.send(Response::to_request(&bye_a, 200, None)).await;
+    let bye_b = expect_request(&mut node2.callee, Method::Bye).await;
+    node2.callee.send(dialog.reply(&bye_b, 200, None)).await;
+    let ended = wait_state_on(&node1, &callid, "ended").await;
+    assert_eq!(ended["end_cause"], "hangup");
+    // Again: the call has ended.
+    let (status, json) = node1
+        .http("POST", &format!("/api/calls/{callid}/hangup"), None)
+        .await;
+    assert_eq!(status, 409, "{json}");
+    node1.assert_drained().await;
+    node2.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_live_calls_end_as_node_lost_on_a_survivor() {
+    let redis = RedisServer::start().unwrap();
+    let beat = |node: &str| Options {
+        extra: vec![
+            format!("cluster.redis_url=\"{}\"", redis.url()),
+            format!("cluster.node_id=\"{node}\""),
+            "cluster.redis_timeout_ms=300".to_owned(),
+            "cluster.heartbeat_secs=1".to_owned(),
+            "cluster.heartbeat_ttl_secs=2".to_owned(),
+        ],
+        ..Options::default()
+    };
+    let node1 = Bridge::start_with(beat("node-1")).await;
+    let mut node2 = Bridge::start_with(beat("node-2")).await;
+    let callid = node1.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let _dialog = bridged_call(&mut node2, &mut phone).await;
+    wait_state_on(&node1, &callid, "answered").await;
+
+    // node 2 dies (kill -9: no drain, no goodbye). Within its heartbeat's TTL and a beat,
+    // node 1 ends the call's record.
+    node2.running.kill();
+    let started = std::time::Instant::now();
+    let record = wait_state_on(&node1, &callid, "ended").await;
+    assert_eq!(record["end_cause"], "node_lost", "{record}");
+    assert_eq!(record["ended_by"], "system");
+    assert!(
+        record["answered_at"].is_u64(),
+        "the record kept what node 2 wrote: {record}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "reaped after {:?}",
+        started.elapsed()
+    );
+    // node 1 holds it now, ended, like a record of its own.
+    let own = node1.running.control.call(&callid).expect("adopted record");
+    assert_eq!(own.end_cause.map(|c| c.code()), Some("node_lost"));
+    node1.assert_drained().await;
 }

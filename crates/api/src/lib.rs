@@ -32,6 +32,7 @@
 
 mod actions;
 mod body;
+pub mod cluster;
 mod error;
 pub mod events;
 mod idempotency;
@@ -49,6 +50,7 @@ mod state;
 pub use actions::CallActions;
 pub use b2bua;
 pub use body::ApiBody;
+pub use cluster::{ClusterCalls, ClusterFuture, RemoteCall, RemoteHangup};
 pub use error::ApiError;
 pub use router::handle;
 pub use server::serve;

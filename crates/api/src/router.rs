@@ -496,6 +496,16 @@ async fn call(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, ApiEr
     if let Some(record) = state.control.call(&callid) {
         return Ok(json_response(StatusCode::OK, &row_of(&record)));
     }
+    // A cluster: a call another node holds, or an intent pending in the shared table.
+    if let Some(cluster) = &state.cluster {
+        let found = cluster
+            .find(callid.clone())
+            .await
+            .map_err(ApiError::ClusterUnavailable)?;
+        if let Some(remote) = found {
+            return Ok(json_response(StatusCode::OK, &remote.row));
+        }
+    }
     let store = state.store()?.clone();
     let stored = crate::blocking(move || store.get_call(&callid)).await?;
     let row = stored.ok_or(ApiError::UnknownCall)?;
@@ -558,6 +568,9 @@ async fn hang_up(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, Ap
                 return Ok(json_response(StatusCode::OK, &row_of(&record)));
             }
         }
+        if let Some(answer) = hang_up_elsewhere(state, &callid).await? {
+            return answer;
+        }
         let store = state.store()?.clone();
         let id = callid.clone();
         let stored = crate::blocking(move || store.get_call(&id)).await?;
@@ -579,6 +592,48 @@ async fn hang_up(state: &ApiState, callid: &str) -> Result<Response<ApiBody>, Ap
         ApiHangup::NotLive(_) => Err(ApiError::CallEnded),
         ApiHangup::Unknown => Err(ApiError::UnknownCall),
     }
+}
+
+/// A hang-up of a call another node of the cluster holds: asked of that node. `None` when
+/// no other node holds it (or this node is not one of a cluster).
+async fn hang_up_elsewhere(
+    state: &ApiState,
+    callid: &str,
+) -> Result<Option<Result<Response<ApiBody>, ApiError>>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(None);
+    };
+    let found = cluster
+        .find(callid.to_owned())
+        .await
+        .map_err(ApiError::ClusterUnavailable)?;
+    let Some(remote) = found else {
+        return Ok(None);
+    };
+    if remote.row.state == "ended" {
+        return Ok(Some(Err(ApiError::CallEnded)));
+    }
+    if remote.node.is_empty() || state.control.node_id() == Some(remote.node.as_str()) {
+        // A pending intent (withdrawn above if it still was), or this node's own entry of a
+        // call it no longer holds: nothing to ask elsewhere.
+        return Ok(None);
+    }
+    let answer = cluster
+        .hang_up(remote.node.clone(), callid.to_owned())
+        .await
+        .map_err(ApiError::ClusterUnavailable)?;
+    Ok(Some(match answer {
+        Some(crate::RemoteHangup::Ended(row)) => {
+            tracing::info!(%callid, node = %remote.node, "hangup: call ended by the API on its node");
+            Ok(json_response(StatusCode::OK, &row))
+        }
+        Some(crate::RemoteHangup::NotLive(_)) => Err(ApiError::CallEnded),
+        Some(crate::RemoteHangup::Unknown) => Err(ApiError::UnknownCall),
+        None => Err(ApiError::ClusterUnavailable(format!(
+            "node {} holding the call did not answer",
+            remote.node
+        ))),
+    }))
 }
 
 fn healthz(state: &ApiState) -> Response<ApiBody> {

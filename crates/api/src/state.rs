@@ -88,6 +88,8 @@ pub struct ApiState {
     pub(crate) writer: Option<Arc<store::Writer>>,
     pub(crate) inflight: Arc<InFlight>,
     pub(crate) webhooks: Option<WebhookHandle>,
+    /// In a cluster: the other nodes' calls.
+    pub(crate) cluster: Option<Arc<dyn crate::ClusterCalls>>,
 }
 
 impl ApiState {
@@ -108,6 +110,7 @@ impl ApiState {
             writer: None,
             inflight: Arc::new(InFlight::default()),
             webhooks: None,
+            cluster: None,
         }
     }
 
@@ -132,6 +135,13 @@ impl ApiState {
     /// dispatcher's counters.
     pub fn with_webhooks(mut self, handle: WebhookHandle) -> ApiState {
         self.webhooks = Some(handle);
+        self
+    }
+
+    /// Makes this API one node's of a cluster: calls held by other nodes are found and hung
+    /// up through `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<dyn crate::ClusterCalls>) -> ApiState {
+        self.cluster = Some(cluster);
         self
     }
 

@@ -39,6 +39,19 @@ pub enum CallState {
 }
 
 impl CallState {
+    /// The state of an API code (`intent`, `trying`, ...), as a stored or shared record
+    /// names it.
+    pub fn from_code(code: &str) -> Option<CallState> {
+        Some(match code {
+            "intent" => CallState::Intent,
+            "trying" => CallState::Trying,
+            "ringing" => CallState::Ringing,
+            "answered" => CallState::Answered,
+            "ended" => CallState::Ended,
+            _ => return None,
+        })
+    }
+
     /// Leg B is placed and not answered yet.
     pub fn is_setting_up(self) -> bool {
         matches!(self, CallState::Trying | CallState::Ringing)
@@ -58,6 +71,17 @@ pub enum Party {
 }
 
 impl Party {
+    /// The party of an API code (`caller`, `callee`, `system`, `api`).
+    pub fn from_code(code: &str) -> Option<Party> {
+        Some(match code {
+            "caller" => Party::Leg(Leg::A),
+            "callee" => Party::Leg(Leg::B),
+            "system" => Party::System,
+            "api" => Party::Api,
+            _ => return None,
+        })
+    }
+
     /// The API's name of the party.
     pub fn code(self) -> &'static str {
         match self {
@@ -118,6 +142,32 @@ pub enum EndCause {
 }
 
 impl EndCause {
+    /// Every cause, for [`from_code`](Self::from_code).
+    pub const ALL: [EndCause; 17] = [
+        EndCause::Hangup,
+        EndCause::Cancelled,
+        EndCause::CalleeRejected,
+        EndCause::NoAnswer,
+        EndCause::SignallingFailure,
+        EndCause::TrunkAuthFailed,
+        EndCause::SessionExpired,
+        EndCause::MediaTimeout,
+        EndCause::MaxDuration,
+        EndCause::IntentExpired,
+        EndCause::IntentCancelled,
+        EndCause::IntentReplaced,
+        EndCause::ResourcesExhausted,
+        EndCause::Shutdown,
+        EndCause::Refused,
+        EndCause::NodeLost,
+        EndCause::ClusterUnavailable,
+    ];
+
+    /// The cause of a snake_case code.
+    pub fn from_code(code: &str) -> Option<EndCause> {
+        EndCause::ALL.into_iter().find(|cause| cause.code() == code)
+    }
+
     /// The snake_case code of the cause.
     pub fn code(self) -> &'static str {
         match self {
@@ -286,6 +336,9 @@ struct Inner {
     persist: bool,
     /// With webhooks on: the events built and not yet taken by the dispatcher.
     events: Option<EventQueue>,
+    /// In a cluster: the callids whose record changed since the call index last took them
+    /// (each at most once: its slot's `changed`).
+    changed: Option<Vec<String>>,
 }
 
 /// A record and whether it waits in `to_store`.
@@ -295,6 +348,8 @@ struct Slot {
     queued: bool,
     /// The `seq` of the call's last webhook event (0: none yet).
     seq: u32,
+    /// Waits in `Inner::changed` (the cluster's call index feed).
+    changed: bool,
 }
 
 impl Inner {
@@ -314,6 +369,19 @@ impl Inner {
 }
 
 impl Inner {
+    /// Notes a change of `callid`'s record for the call index (when the feed is on).
+    fn note_change(&mut self, callid: &str) {
+        let Some(changed) = self.changed.as_mut() else {
+            return;
+        };
+        if let Some(slot) = self.records.get_mut(callid) {
+            if !slot.changed {
+                slot.changed = true;
+                changed.push(callid.to_owned());
+            }
+        }
+    }
+
     fn wall(&self, at: Instant) -> UnixMillis {
         self.clock.map_or(0, |clock| clock.at(at))
     }
@@ -411,6 +479,7 @@ impl CallRegistry {
             record,
             queued: false,
             seq: 0,
+            changed: false,
         };
         inner.records.insert(callid.to_owned(), Box::new(slot));
         inner.announce(EventKind::IntentCreated, callid, created_at);
@@ -451,6 +520,7 @@ impl CallRegistry {
             record,
             queued: false,
             seq: intent.seq,
+            changed: false,
         };
         inner.records.insert(intent.callid.clone(), Box::new(slot));
     }
@@ -471,6 +541,61 @@ impl CallRegistry {
             .records
             .remove(callid)
             .map(|slot| (slot.record, slot.seq))
+    }
+
+    /// Takes over the record of a call another node held (a lost node's, from the cluster's
+    /// call index), its webhook `seq` going on from `seq`. Nothing is announced; an existing
+    /// record of the callid is left as it is.
+    pub fn adopt_record(&self, record: CallRecord, seq: u32) {
+        let mut inner = self.inner.lock();
+        if inner.records.contains_key(&record.callid) {
+            return;
+        }
+        let callid = record.callid.clone();
+        let slot = Slot {
+            record,
+            queued: false,
+            seq,
+            changed: false,
+        };
+        inner.records.insert(callid, Box::new(slot));
+    }
+
+    /// From now on, every change of a record is noted for
+    /// [`take_changed`](Self::take_changed) (a cluster's call index). Off by default: without
+    /// a consumer the list would only grow.
+    pub fn enable_change_feed(&self) {
+        let mut inner = self.inner.lock();
+        if inner.changed.is_none() {
+            inner.changed = Some(Vec::new());
+        }
+    }
+
+    /// The records changed since the last call, at most `max`, each with the `seq` of its last
+    /// webhook event; records pruned meanwhile are left out.
+    pub fn take_changed(&self, max: usize) -> Vec<(CallRecord, u32)> {
+        let mut inner = self.inner.lock();
+        let Some(changed) = inner.changed.as_mut() else {
+            return Vec::new();
+        };
+        let take = changed.len().min(max);
+        let callids: Vec<String> = changed.drain(..take).collect();
+        callids
+            .into_iter()
+            .filter_map(|callid| {
+                let slot = inner.records.get_mut(&callid)?;
+                slot.changed = false;
+                Some((slot.record.clone(), slot.seq))
+            })
+            .collect()
+    }
+
+    /// Notes `callids` as changed again (their index write failed: the next takes them).
+    pub fn mark_changed(&self, callids: &[String]) {
+        let mut inner = self.inner.lock();
+        for callid in callids {
+            inner.note_change(callid);
+        }
     }
 
     /// Would a record with this `notify_url` have webhook events built (webhooks on, and a
@@ -549,6 +674,7 @@ impl CallRegistry {
         if changed_ended {
             inner.queue_for_store(now, callid);
         }
+        inner.note_change(callid);
         drop(inner);
         self.prune(now);
     }
@@ -563,6 +689,7 @@ impl CallRegistry {
         if slot.record.state == CallState::Ended {
             inner.queue_for_store(now, callid);
         }
+        inner.note_change(callid);
     }
 
     /// Records the SIP reason of the call's end (the first one given counts).
@@ -578,6 +705,7 @@ impl CallRegistry {
         if slot.record.state == CallState::Ended {
             inner.queue_for_store(now, callid);
         }
+        inner.note_change(callid);
     }
 
     pub fn get(&self, callid: &str) -> Option<CallRecord> {
@@ -763,6 +891,55 @@ impl CallRegistry {
 
 #[cfg(test)]
 mod tests {
+    /// Every cause is in [`EndCause::ALL`] and its code reads back as itself (the match makes
+    /// a new cause a compile error here until it is listed).
+    #[test]
+    fn every_code_reads_back() {
+        for cause in EndCause::ALL {
+            let listed = match cause {
+                EndCause::Hangup
+                | EndCause::Cancelled
+                | EndCause::CalleeRejected
+                | EndCause::NoAnswer
+                | EndCause::SignallingFailure
+                | EndCause::TrunkAuthFailed
+                | EndCause::SessionExpired
+                | EndCause::MediaTimeout
+                | EndCause::MaxDuration
+                | EndCause::IntentExpired
+                | EndCause::IntentCancelled
+                | EndCause::IntentReplaced
+                | EndCause::ResourcesExhausted
+                | EndCause::Shutdown
+                | EndCause::Refused
+                | EndCause::NodeLost
+                | EndCause::ClusterUnavailable => cause,
+            };
+            assert_eq!(EndCause::from_code(listed.code()), Some(listed));
+        }
+        let codes: std::collections::HashSet<_> = EndCause::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), EndCause::ALL.len(), "no cause listed twice");
+        for party in [
+            Party::Leg(Leg::A),
+            Party::Leg(Leg::B),
+            Party::System,
+            Party::Api,
+        ] {
+            assert_eq!(Party::from_code(party.code()), Some(party));
+        }
+        for state in [
+            CallState::Intent,
+            CallState::Trying,
+            CallState::Ringing,
+            CallState::Answered,
+            CallState::Ended,
+        ] {
+            let code = serde_json::to_value(state).unwrap();
+            assert_eq!(CallState::from_code(code.as_str().unwrap()), Some(state));
+        }
+        assert_eq!(EndCause::from_code("nope"), None);
+    }
+
     use super::*;
 
     #[test]

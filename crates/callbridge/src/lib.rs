@@ -9,6 +9,7 @@
 
 mod actions;
 mod claims;
+mod cluster_node;
 pub mod config;
 mod media_driver;
 pub mod persistence;

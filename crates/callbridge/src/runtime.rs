@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::actions::{EngineCommand, SipActions};
 use crate::claims::{ClaimAnswer, ClaimDriver};
+use crate::cluster_node::{self, ClusterApi, ClusterNode};
 use crate::config::{Config, TlsTrunk};
 use crate::media_driver::MediaBridge;
 use crate::persistence::{self, Persistence};
@@ -70,6 +71,14 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops every task at once, as a crash would (no drain, no goodbye to the cluster):
+    /// for tests of what the others do about a node that died.
+    pub fn kill(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
     /// Starts a clean shutdown: `/healthz` says `503 draining` and new INVITEs get 503 at
     /// once; live calls get `sip.shutdown_grace_secs` to end, then are hung up (BYE, CANCEL,
     /// 503), and SIP keeps serving until their transactions are done (at most 128·T1), then
@@ -99,12 +108,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // A cluster: intents live in the shared Redis, reached lazily (a node starts, and
     // answers 503, while Redis is down).
-    let shared = shared_intents(config)?;
-    if let Some(shared) = &shared {
-        let node = config.cluster.node_id_or(config.sip.listen.port());
-        tracing::info!(%node, redis = %config.cluster.redis_url, "cluster node: intents shared in Redis");
-        control.set_shared(Arc::clone(shared), node);
-    }
+    let cluster_node = cluster_node(config)?;
+    let shared: Option<Arc<dyn SharedIntents>> = cluster_node.as_ref().map(|node| {
+        tracing::info!(node = %node.node, redis = %config.cluster.redis_url, "cluster node: intents, call index and hang-ups shared in Redis");
+        let intents: Arc<dyn SharedIntents> = node.intents.clone();
+        control.set_shared(Arc::clone(&intents), node.node.clone());
+        intents
+    });
     // The store before anything serves: the number assignments must be in memory before the
     // first makecall or INVITE is checked against them.
     let persistence = Arc::new(Persistence::open(&config.store, &control)?);
@@ -202,12 +212,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let api_settings = config.api.api_settings();
     let (actions, commands) = SipActions::new();
     let trunk_commands = actions.sender();
+    let actions: Arc<dyn api::CallActions> = Arc::new(actions);
     let mut api_state = ApiState::new(control.clone(), api_settings, status.clone())
-        .with_actions(Arc::new(actions))
+        .with_actions(Arc::clone(&actions))
         .with_store(persistence.store.clone())
         .with_store_writer(persistence.writer.clone());
     if let Some(handle) = webhook_handle {
         api_state = api_state.with_webhooks(handle);
+    }
+    if let Some(node) = &cluster_node {
+        api_state = api_state.with_cluster(Arc::new(ClusterApi {
+            cluster: Arc::clone(node),
+        }));
     }
     let api_state = Arc::new(api_state);
 
@@ -261,6 +277,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         drop(sip_stopped_tx);
     }));
     tasks.push(tokio::spawn(sweeper(control.clone(), shutdown_rx.clone())));
+    if let Some(node) = cluster_node {
+        tasks.push(tokio::spawn(cluster_node::index_task(
+            Arc::clone(&node),
+            control.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(cluster_node::heartbeat_task(
+            Arc::clone(&node),
+            control.clone(),
+            api_addr.to_string(),
+            (config.cluster.heartbeat(), config.cluster.heartbeat_ttl()),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(cluster_node::hangup_task(
+            node,
+            Arc::clone(&actions),
+            shutdown_rx.clone(),
+        )));
+    }
     // A trunk given as a name is resolved again as its answers expire (an IP literal never).
     if let (Some(resolver), Some(refresh)) = (trunk.resolver, trunk.resolved.refresh) {
         tasks.push(tokio::spawn(trunk_dns::keep_fresh(
@@ -547,15 +582,24 @@ async fn next_claim_answer(
     }
 }
 
-/// The cluster's intent table when `cluster.redis_url` is set.
-fn shared_intents(config: &Config) -> Result<Option<Arc<dyn SharedIntents>>, StartError> {
+/// This node's membership of a cluster when `cluster.redis_url` is set: the shared intent
+/// table, the call index, heartbeats and hang-ups, over one connection to Redis (made when
+/// first needed).
+fn cluster_node(config: &Config) -> Result<Option<Arc<ClusterNode>>, StartError> {
     if !config.cluster.enabled() {
         return Ok(None);
     }
-    let redis = cluster::Redis::new(&config.cluster.redis_url, config.cluster.redis_timeout())
-        .map_err(StartError::Cluster)?;
-    let intents = cluster::RedisIntents::new(Arc::new(redis), cluster::DEFAULT_PREFIX);
-    Ok(Some(Arc::new(intents)))
+    let url = &config.cluster.redis_url;
+    let redis = Arc::new(
+        cluster::Redis::new(url, config.cluster.redis_timeout()).map_err(StartError::Cluster)?,
+    );
+    let intents = Arc::new(cluster::RedisIntents::new(
+        Arc::clone(&redis),
+        cluster::DEFAULT_PREFIX,
+    ));
+    let node = config.cluster.node_id_or(config.sip.listen.port());
+    let node = ClusterNode::new(redis, url, node, intents).map_err(StartError::Cluster)?;
+    Ok(Some(Arc::new(node)))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -191,6 +191,37 @@ impl RedisIntents {
         }
     }
 
+    /// The pending intent `callid`, if it still is (a record's lookup by any node's API).
+    pub async fn find_callid(&self, callid: &str) -> Result<Option<SharedIntent>, ClusterError> {
+        let icid = format!("{}{callid}", self.icid_prefix());
+        let key: Option<String> = self
+            .redis
+            .run(|mut connection| async move {
+                redis::cmd("GET")
+                    .arg(icid)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let fields: Vec<String> = self
+            .redis
+            .run(|mut connection| async move {
+                redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let intent = intent_from(&fields)?;
+        Ok((intent.callid == callid).then_some(intent))
+    }
+
     async fn get_intent(&self, telnum: String) -> Result<Option<SharedIntent>, ClusterError> {
         let key = self.intent_key(&telnum);
         let fields: Vec<String> = self

@@ -55,3 +55,97 @@ pub fn row_of(record: &CallRecord) -> CallRow {
         }),
     }
 }
+
+/// The record a row describes: the reverse of [`row_of`], for a record another node held (a
+/// cluster's call index keeps rows). `None` when a code in it is unknown to this build.
+pub fn record_of(row: &CallRow) -> Option<CallRecord> {
+    let counts = |d: &DirectionCounts| b2bua::media::DirectionStats {
+        packets: d.packets,
+        bytes: d.bytes,
+        dropped: d.dropped,
+    };
+    let code = |code: &Option<String>| code.as_deref().map(str::to_owned);
+    let ended_by = match code(&row.ended_by) {
+        Some(by) => Some(b2bua::Party::from_code(&by)?),
+        None => None,
+    };
+    let end_cause = match code(&row.end_cause) {
+        Some(cause) => Some(b2bua::EndCause::from_code(&cause)?),
+        None => None,
+    };
+    Some(CallRecord {
+        callid: row.callid.clone(),
+        telnum: row.telnum.clone(),
+        caller: row.caller.clone(),
+        callee: row.callee.clone(),
+        state: CallState::from_code(&row.state)?,
+        created_at: row.created_at,
+        invite_at: row.invite_at,
+        ringing_at: row.ringing_at,
+        answered_at: row.answered_at,
+        ended_at: row.ended_at,
+        leg_a_code: row.leg_a_code,
+        leg_b_code: row.leg_b_code,
+        ended_by,
+        end_cause,
+        media: row.media.as_ref().map(|m| b2bua::media::MediaStats {
+            a_to_b: counts(&m.a_to_b),
+            b_to_a: counts(&m.b_to_a),
+            latched_a: m.latched_a.as_deref().and_then(|a| a.parse().ok()),
+            latched_b: m.latched_b.as_deref().and_then(|a| a.parse().ok()),
+            ..b2bua::media::MediaStats::default()
+        }),
+        data: row.data.clone(),
+        notify_url: row.notify_url.clone(),
+        ring_ms: row.ring_ms,
+        talk_ms: row.talk_ms,
+        sip_reason: row.sip_reason.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_reads_back_as_its_record() {
+        let row = CallRow {
+            callid: "1".into(),
+            telnum: "1001".into(),
+            caller: "2001".into(),
+            callee: "3001".into(),
+            data: Some("d".into()),
+            state: "answered".into(),
+            created_at: 10,
+            invite_at: Some(11),
+            ringing_at: Some(12),
+            answered_at: Some(13),
+            leg_a_code: Some(200),
+            leg_b_code: Some(200),
+            media: Some(MediaCounts {
+                a_to_b: DirectionCounts {
+                    packets: 5,
+                    bytes: 800,
+                    dropped: 1,
+                },
+                latched_a: Some("127.0.0.1:4000".into()),
+                ..MediaCounts::default()
+            }),
+            ..CallRow::default()
+        };
+        let record = record_of(&row).unwrap();
+        assert_eq!(row_of(&record), row);
+        let ended = CallRow {
+            state: "ended".into(),
+            ended_by: Some("system".into()),
+            end_cause: Some("node_lost".into()),
+            ..row.clone()
+        };
+        assert_eq!(row_of(&record_of(&ended).unwrap()), ended);
+        let unknown = CallRow {
+            end_cause: Some("from_the_future".into()),
+            ..row
+        };
+        assert_eq!(record_of(&unknown), None);
+    }
+}

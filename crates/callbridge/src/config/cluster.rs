@@ -48,6 +48,16 @@ impl ClusterSection {
         !self.redis_url.is_empty()
     }
 
+    /// How often the heartbeat is renewed.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// How long a heartbeat lives.
+    pub fn heartbeat_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.heartbeat_ttl_secs)
+    }
+
     /// The bound on one Redis operation.
     pub fn redis_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.redis_timeout_ms)
