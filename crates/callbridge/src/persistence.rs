@@ -36,9 +36,24 @@ pub struct Persistence {
 impl Persistence {
     /// Opens the store `[store]` names (migrating it), loads the number assignments into
     /// `control`, starts the writer and turns the registry's store queue on.
-    pub fn open(config: &StoreSection, control: &CallControl) -> Result<Persistence, StoreError> {
-        let store = store::open(&config.path, &config.url)?;
-        let numbers = store.numbers(None)?;
+    ///
+    /// The store is opened and read on a blocking thread: its calls block, and PostgreSQL's
+    /// client (`store.url`) runs a runtime of its own, which tokio refuses to start on one of
+    /// its worker threads.
+    pub async fn open(
+        config: &StoreSection,
+        control: &CallControl,
+    ) -> Result<Persistence, StoreError> {
+        let (path, url) = (config.path.clone(), config.url.clone());
+        let opened = tokio::task::spawn_blocking(move || {
+            // One node for now: the outbox's events are all this node's ("").
+            let store = store::open(&path, &url, "")?;
+            let numbers = store.numbers(None)?;
+            Ok::<_, StoreError>((store, numbers))
+        })
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("opening the store failed: {error}")))?;
+        let (store, numbers) = opened?;
         control
             .numbers()
             .load(numbers.iter().map(|a| (&a.number, &a.telnum)));
