@@ -21,7 +21,8 @@ fn the_store_recovers_by_itself_when_postgres_comes_back() {
         return;
     }
     // A server of its own: this test stops it.
-    let server = PgServer::start().expect("a PostgreSQL server");
+    let server = PgServer::start()
+        .unwrap_or_else(|error| panic!("the PostgreSQL tests need a PostgreSQL server: {error}"));
     let db = server.create_database().unwrap();
     let store: Arc<dyn Store> = Arc::new(
         PostgresStore::open_with(&PostgresOptions {

@@ -18,7 +18,8 @@
 //! cannot be known).
 //!
 //! **TLS** to the database is not supported yet: connections are plain TCP or a Unix socket
-//! (`NoTls`), so the database should be on a trusted network or the same host.
+//! (`NoTls`), so the database should be on a trusted network or the same host; a URL with
+//! `sslmode=require` is refused at open ([`StoreError::Unsupported`]).
 //!
 //! **Semantics** are the SQLite backend's, statement for statement (see `sql.rs`); the tests
 //! run the same scenarios on both. Text columns that are compared or sorted are
@@ -33,6 +34,7 @@ use std::thread;
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
+use postgres::config::SslMode;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
@@ -56,7 +58,9 @@ pub const DEFAULT_MAX_IDLE_READERS: usize = 4;
 /// several times over); past it the cache starts afresh rather than grow.
 const MAX_STATEMENTS: usize = 256;
 
-/// How a [`PostgresStore`] is opened. `PostgresOptions::new(url)` has the defaults.
+/// How a [`PostgresStore`] is opened: what `store.url` does not say (the node, the timeouts,
+/// the pool), so that the server and the tests can set them. `PostgresOptions::new(url)` has
+/// the defaults.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresOptions {
     /// `store.url`: a `postgres://user:password@host:port/database` URL or a `key=value`
@@ -245,6 +249,14 @@ impl PostgresStore {
                 redact(&options.url)
             ))
         })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            // Refused here rather than at every connection attempt, with the reason.
+            return Err(StoreError::Unsupported(
+                "TLS to PostgreSQL (sslmode=require) is not supported yet: use a trusted \
+                 network or a Unix socket, with sslmode=prefer or disable"
+                    .to_owned(),
+            ));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
@@ -757,6 +769,15 @@ mod tests {
         assert_eq!(redact("host=db password=secret"), "<connection string>");
         let options = PostgresOptions::new("postgresql://cb:secret@db/cb");
         assert!(!format!("{options:?}").contains("secret"));
+    }
+
+    #[test]
+    fn tls_required_is_refused_at_open() {
+        let error = PostgresStore::open("postgres://cb@127.0.0.1:1/cb?sslmode=require")
+            .err()
+            .unwrap();
+        assert!(matches!(error, StoreError::Unsupported(_)), "{error}");
+        assert!(error.to_string().contains("sslmode=require"));
     }
 
     #[test]
