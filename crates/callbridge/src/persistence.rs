@@ -67,8 +67,24 @@ impl Persistence {
         if config.records {
             control.registry().enable_persistence();
         }
-        tracing::info!(path = %config.path, numbers = numbers.len(), records = config.records,
-            "store opened");
+        // The backend's name only: a URL may carry a password.
+        let backend = if config.url.is_empty() {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        let path = if config.url.is_empty() {
+            config.path.as_str()
+        } else {
+            ""
+        };
+        tracing::info!(
+            backend,
+            path,
+            numbers = numbers.len(),
+            records = config.records,
+            "store opened"
+        );
         Ok(Persistence {
             store,
             writer: Arc::new(writer),

@@ -13,7 +13,7 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL refused a statement (a constraint, a deadlock with another node, a
     /// permission, ...). A lost connection is [`StoreError::Unavailable`] instead.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", chain(.0))]
     Postgres(#[from] postgres::Error),
     /// The database cannot be reached (PostgreSQL down, restarting, or the network to it
     /// broken). The store reconnects by itself on a later call; nothing was committed by the
@@ -47,7 +47,7 @@ pub enum StoreError {
     },
     /// A migration failed; its transaction was rolled back and the schema is still at the
     /// previous version.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", chain(source.as_ref()))]
     Migration {
         /// The version the migration would have produced.
         version: i64,
@@ -90,4 +90,38 @@ pub enum SubmitError {
     /// The writer has shut down.
     #[error("the store writer has stopped")]
     Stopped,
+}
+
+/// `error` and its sources, joined by `": "`. rust-postgres's errors say only their kind in
+/// their own text ("db error", "error connecting to server") and keep the server's message
+/// or the I/O error in their source, which a log line of the error's text alone would lose.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        // Some errors repeat their source's text in their own.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_names_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(chain(&Outer(io)), "outer: refused");
+        let io = std::io::Error::other("alone");
+        assert_eq!(chain(&io), "alone");
+    }
 }

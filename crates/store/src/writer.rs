@@ -121,7 +121,7 @@ enum Message {
 /// loses what the queue cannot hold. A held batch is given up (its operations counted in
 /// [`WriterCounters::errors`], with one log line) as soon as a [`shutdown`](Writer::shutdown)
 /// or a [`flush`](Writer::flush) waits for the writer, so that neither waits for the
-/// database; the batches after it are then tried once each.
+/// database; while they wait, the batches after it are tried once each and given up alike.
 ///
 /// [`flush`](Writer::flush) waits until everything submitted before it is committed (or has
 /// failed); [`shutdown`](Writer::shutdown) (also run on drop) writes what is queued and ends

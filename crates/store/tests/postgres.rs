@@ -104,6 +104,8 @@ fn a_server_that_is_not_there_is_unavailable_at_open() {
         .err()
         .unwrap();
     assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
+    // The cause, not only rust-postgres's "error connecting to server".
+    assert!(error.to_string().contains("refused"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 

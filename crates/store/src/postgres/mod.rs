@@ -336,7 +336,7 @@ impl PostgresStore {
         let client = self
             .config
             .connect(NoTls)
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            .map_err(|error| StoreError::Unavailable(crate::error::chain(&error)))?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
