@@ -584,7 +584,8 @@ pub struct StoreSection {
     /// The SQLite file (created, with its directory's WAL files, if missing); `""` keeps
     /// everything in memory, lost on exit.
     pub path: String,
-    /// `postgres://…`: one database shared by several nodes (not in this build yet).
+    /// `postgres://…`: one database shared by several nodes (store::PostgresStore; no TLS to
+    /// the database yet). When set, `path` is not used.
     pub url: String,
     /// How long records of ended calls are kept, in days (swept hourly).
     pub retention_days: u32,

@@ -36,9 +36,26 @@ pub struct Persistence {
 impl Persistence {
     /// Opens the store `[store]` names (migrating it), loads the number assignments into
     /// `control`, starts the writer and turns the registry's store queue on.
-    pub fn open(config: &StoreSection, control: &CallControl) -> Result<Persistence, StoreError> {
-        let store = store::open(&config.path, &config.url)?;
-        let numbers = store.numbers(None)?;
+    ///
+    /// The store is opened and read on a blocking thread: its calls block, and PostgreSQL's
+    /// client (`store.url`) runs a runtime of its own, which tokio refuses to start on one of
+    /// its worker threads.
+    pub async fn open(
+        config: &StoreSection,
+        control: &CallControl,
+    ) -> Result<Persistence, StoreError> {
+        let (path, url) = (config.path.clone(), config.url.clone());
+        // In a cluster the outbox's events are stamped with this node's id (the node that
+        // delivers them); a single node's are "".
+        let node = control.node_id().unwrap_or_default().to_owned();
+        let opened = tokio::task::spawn_blocking(move || {
+            let store = store::open(&path, &url, &node)?;
+            let numbers = store.numbers(None)?;
+            Ok::<_, StoreError>((store, numbers))
+        })
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("opening the store failed: {error}")))?;
+        let (store, numbers) = opened?;
         control
             .numbers()
             .load(numbers.iter().map(|a| (&a.number, &a.telnum)));
@@ -52,8 +69,24 @@ impl Persistence {
         if config.records {
             control.registry().enable_persistence();
         }
-        tracing::info!(path = %config.path, numbers = numbers.len(), records = config.records,
-            "store opened");
+        // The backend's name only: a URL may carry a password.
+        let backend = if config.url.is_empty() {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        let path = if config.url.is_empty() {
+            config.path.as_str()
+        } else {
+            ""
+        };
+        tracing::info!(
+            backend,
+            path,
+            numbers = numbers.len(),
+            records = config.records,
+            "store opened"
+        );
         Ok(Persistence {
             store,
             writer: Arc::new(writer),

@@ -117,7 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     });
     // The store before anything serves: the number assignments must be in memory before the
     // first makecall or INVITE is checked against them.
-    let persistence = Arc::new(Persistence::open(&config.store, &control)?);
+    let persistence = Arc::new(Persistence::open(&config.store, &control).await?);
     // Webhooks before the first change: every event from the first makecall on is built,
     // stored and sent (and the events a previous run left pending go first).
     let (webhook_handle, dispatcher) = if config.webhooks.enabled() {

@@ -5,7 +5,8 @@
 //! inserted meanwhile: rows newer than the first page sort before the cursor and can never
 //! shift a later page (an offset would). It is written `1.<created_at>.<callid as hex>`; the
 //! leading `1` is the format's version. Clients must treat it as opaque; anything that does not
-//! decode is [`StoreError::BadCursor`], never a panic.
+//! decode (or names a callid no row can have, one with a NUL) is [`StoreError::BadCursor`],
+//! never a panic.
 
 use crate::StoreError;
 
@@ -70,6 +71,11 @@ impl Cursor {
             .collect::<Option<Vec<u8>>>()
             .ok_or(StoreError::BadCursor)?;
         let callid = String::from_utf8(bytes).map_err(|_| StoreError::BadCursor)?;
+        // No stored callid holds a NUL (PostgreSQL's text cannot), so no cursor can: refused
+        // here, the same on both backends, rather than by PostgreSQL's encoding check.
+        if callid.contains('\0') {
+            return Err(StoreError::BadCursor);
+        }
         Ok(Cursor { created_at, callid })
     }
 }
@@ -116,6 +122,8 @@ mod tests {
             "1.99999999999999999999.31",
             "1.9223372036854775808.31",
             "1.5.ff",
+            "1.5.00",
+            "1.5.610062",
             too_long.as_str(),
         ] {
             assert!(

@@ -5,17 +5,30 @@ use crate::{
     Requeue, StoreError, WriteOp,
 };
 
-/// Everything callbridge keeps across restarts, behind one interface: the SQLite backend
-/// ([`SqliteStore`](crate::SqliteStore)) today, PostgreSQL (issue 14) later, a test double in
-/// tests.
+/// Everything callbridge keeps across restarts, behind one interface: the embedded SQLite
+/// backend ([`SqliteStore`](crate::SqliteStore)), the shared PostgreSQL backend
+/// ([`PostgresStore`](crate::PostgresStore)), a test double in tests. It exists so that the
+/// crates above never know which database they talk to; the tests run the same scenarios on
+/// both backends to keep them identical.
 ///
-/// Every method blocks on the database. None may run on the SIP engine's task: the engine's
-/// writes go through the [`Writer`](crate::Writer)'s queue, and the API calls the reads from
-/// a blocking thread (`tokio::task::spawn_blocking`). Methods take `&self`; a backend is shared
-/// as `Arc<dyn Store>`.
+/// Every method blocks on the database. None may run on the SIP engine's task, nor on any
+/// tokio worker thread (PostgreSQL's client runs a small runtime of its own, which tokio
+/// refuses to start inside another): the engine's writes go through the
+/// [`Writer`](crate::Writer)'s queue, and the API calls the reads from a blocking thread
+/// (`tokio::task::spawn_blocking`). Methods take `&self`; a backend is shared as
+/// `Arc<dyn Store>`.
+///
+/// **Nodes.** Several callbridge nodes may share one database. A store is opened for one
+/// node (`SqliteOptions::node`, `PostgresOptions::node`; `""` for a single node): the webhook
+/// events it inserts are that node's to deliver, its [`pending_events`](Store::pending_events)
+/// and [`pending_event_count`](Store::pending_event_count) are that node's, and
+/// [`adopt_events`](Store::adopt_events) moves a dead node's pending events to it. Everything
+/// else (records, numbers, idempotency keys, reading and updating any event) is shared.
 ///
 /// Numbers are compared without a leading `+` (see [`normalize_number`](crate::normalize_number)).
 /// Time is always an argument (`now_ms`, cutoffs): the store reads no clock, so tests choose it.
+/// A database that cannot be reached is [`StoreError::Unavailable`]; the store reconnects by
+/// itself on a later call.
 pub trait Store: Send + Sync {
     /// Applies the writes in order in one transaction: all of them or (on error) none.
     fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
@@ -78,23 +91,39 @@ pub trait Store: Send + Sync {
     /// transaction; returns how many.
     fn sweep_idempotency(&self, now_ms: u64, chunk: usize) -> Result<u64, StoreError>;
 
-    /// Stores the webhook events in one transaction. An event already stored (same
-    /// `event_id`, or same `callid` and `seq`) is left as it is, so that an insert retried
-    /// after a crash is harmless.
+    /// Stores the webhook events in one transaction, as this store's node's to deliver. An
+    /// event already stored (same `event_id`, or same `callid` and `seq`) is left as it is
+    /// (and stays the node's that stored it first), so that an insert retried after a crash
+    /// is harmless.
     fn insert_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError>;
 
-    /// The pending events stored after the one numbered `after_id` (0: from the first), in
-    /// insertion order (which keeps each call's `seq` order), at most `limit` (clamped to
-    /// `1..=`[`MAX_EVENT_PAGE`](crate::MAX_EVENT_PAGE)), each with its number: the recovery
-    /// after a restart pages through them, passing the last number back as `after_id`.
+    /// This node's pending events stored after the one numbered `after_id` (0: from the
+    /// first), in insertion order (which keeps each call's `seq` order), at most `limit`
+    /// (clamped to `1..=`[`MAX_EVENT_PAGE`](crate::MAX_EVENT_PAGE)), each with its number: the
+    /// recovery after a restart pages through them, passing the last number back as
+    /// `after_id`. Other nodes' pending events are theirs to deliver and are not returned.
     fn pending_events(
         &self,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<(i64, OutboxEvent)>, StoreError>;
 
-    /// How many events are pending (for `/metrics` and the outbox's bound at start).
+    /// How many of this node's events are pending (its `/metrics` outbox depth and the
+    /// outbox's bound at start); other nodes' pending events are not counted.
     fn pending_event_count(&self) -> Result<u64, StoreError>;
+
+    /// Moves every pending event of `from_node` (a node that died) to this store's node, in
+    /// one transaction, and returns how many: this node then recovers and delivers them
+    /// ([`pending_events`](Store::pending_events)). All or nothing: when several nodes adopt
+    /// the same node's events at once, exactly one of them gets all of them (the others get
+    /// 0), so that no event is delivered twice and a call's events stay together in `seq`
+    /// order. Adopting this store's own node does nothing (0).
+    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError>;
+
+    /// The nodes that hold pending events, this store's own included, sorted: how a
+    /// surviving node finds what dead nodes left behind. Cheap: it reads an index of the
+    /// pending events only.
+    fn outbox_nodes(&self) -> Result<Vec<String>, StoreError>;
 
     /// The events of `callid` by `seq`, at most `limit` (clamped to
     /// `1..=`[`MAX_EVENT_PAGE`](crate::MAX_EVENT_PAGE)): what the API shows of a call's
@@ -106,7 +135,9 @@ pub trait Store: Send + Sync {
 
     /// Makes a failed or dropped event pending again, with no attempts and due at `now_ms`
     /// (its `last_status` and `last_error` kept), in one transaction: the operator's retry
-    /// once the target is fixed. See [`Requeue`] for the other outcomes.
+    /// once the target is fixed. The event becomes this store's node's to deliver, whichever
+    /// node stored it (the operator's request reached this node, which delivers it). See
+    /// [`Requeue`] for the other outcomes.
     fn requeue_event(&self, event_id: &str, now_ms: u64) -> Result<Requeue, StoreError>;
 
     /// Deletes the events that are not pending and were created before `created_before` (ms

@@ -1,10 +1,11 @@
 //! The writer: the store's writes, off the caller's thread, batched into transactions.
 
 use std::slice;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -15,6 +16,17 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
 /// Operations committed together at most, by default.
 pub const DEFAULT_MAX_BATCH: usize = 500;
+
+/// The first pause before a batch held by an unavailable database is tried again; it doubles
+/// up to [`HOLD_MAX_PAUSE`].
+const HOLD_FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest pause between two tries of a held batch: a database back from a restart is
+/// written to within a second.
+const HOLD_MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// How often a held batch's pause looks whether a shutdown or a flush is waiting.
+const HOLD_SLICE: Duration = Duration::from_millis(10);
 
 /// How a [`Writer`] queues and batches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +58,8 @@ pub struct WriterCounters {
     pub batches: u64,
     /// Operations refused because the queue was full.
     pub dropped_full: u64,
-    /// Operations that failed to commit and were dropped (each is logged).
+    /// Operations that failed to commit and were dropped (each is logged, or each held batch
+    /// given up while the database was unavailable).
     pub errors: u64,
 }
 
@@ -65,6 +78,18 @@ struct Counters {
     batches: AtomicU64,
     dropped_full: AtomicU64,
     errors: AtomicU64,
+    /// Set by [`Writer::shutdown`]: a batch held by an unavailable database is given up.
+    stopping: AtomicBool,
+    /// [`Writer::flush`] calls waiting: they too make a held batch be given up.
+    flushes_waiting: AtomicUsize,
+}
+
+impl Counters {
+    /// Whether someone waits for the writer (a shutdown or a flush), so that a batch held
+    /// by an unavailable database must be given up rather than held longer.
+    fn awaited(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed) || self.flushes_waiting.load(Ordering::Relaxed) > 0
+    }
 }
 
 enum Message {
@@ -87,8 +112,20 @@ enum Message {
 /// take the others down; those that still fail are logged and counted
 /// ([`WriterCounters::errors`]).
 ///
-/// [`flush`](Writer::flush) waits until everything submitted before it is committed;
-/// [`shutdown`](Writer::shutdown) (also run on drop) writes what is queued and ends the thread.
+/// **An unavailable database** ([`StoreError::Unavailable`]: PostgreSQL restarting, the
+/// network to it down) is no record's fault, so the batch is not retried one by one (each
+/// try would wait for a connection): it is held and tried again, after 100 ms, then pauses
+/// doubling up to 1 s, until the database is back. Meanwhile the queue fills and, once full,
+/// [`try_submit`](Writer::try_submit) refuses (counted in
+/// [`WriterCounters::dropped_full`]): a restart of a few seconds loses nothing, a long outage
+/// loses what the queue cannot hold. A held batch is given up (its operations counted in
+/// [`WriterCounters::errors`], with one log line) as soon as a [`shutdown`](Writer::shutdown)
+/// or a [`flush`](Writer::flush) waits for the writer, so that neither waits for the
+/// database; while they wait, the batches after it are tried once each and given up alike.
+///
+/// [`flush`](Writer::flush) waits until everything submitted before it is committed (or has
+/// failed); [`shutdown`](Writer::shutdown) (also run on drop) writes what is queued and ends
+/// the thread.
 ///
 /// What a crash of the process loses: the operations still queued and those of the batch
 /// being committed, i.e. at most `capacity + max_batch` operations (with the defaults,
@@ -139,10 +176,15 @@ impl Writer {
     /// and been counted). For shutdown and tests; it waits for queue space itself.
     pub fn flush(&self) -> Result<(), StoreError> {
         let (done, wait) = mpsc::sync_channel(1);
-        self.sender
+        let waiting = &self.counters.flushes_waiting;
+        waiting.fetch_add(1, Ordering::Relaxed);
+        let flushed = self
+            .sender
             .send(Message::Flush(done))
-            .map_err(|_| StoreError::WriterStopped)?;
-        wait.recv().map_err(|_| StoreError::WriterStopped)
+            .map_err(|_| StoreError::WriterStopped)
+            .and_then(|()| wait.recv().map_err(|_| StoreError::WriterStopped));
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        flushed
     }
 
     /// Writes what is queued, then ends the thread and waits for it. Later submissions get
@@ -151,6 +193,8 @@ impl Writer {
         let Some(thread) = self.thread.lock().take() else {
             return Ok(());
         };
+        // A batch held by an unavailable database is given up rather than wait for it.
+        self.counters.stopping.store(true, Ordering::Relaxed);
         // Fails only if the thread is already gone; joining tells how.
         let _ = self.sender.send(Message::Stop);
         thread.join().map_err(|_| StoreError::WriterStopped)
@@ -237,27 +281,70 @@ fn commit(store: &dyn Store, ops: &mut Vec<WriteOp>, counters: &Counters) {
         return;
     }
     match store.apply(ops) {
-        Ok(()) => {
-            counters
-                .written
-                .fetch_add(ops.len() as u64, Ordering::Relaxed);
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(error) => {
-            tracing::warn!(%error, ops = ops.len(), "store writer: batch failed, retrying one by one");
-            for op in ops.iter() {
-                match store.apply(slice::from_ref(op)) {
-                    Ok(()) => {
-                        counters.written.fetch_add(1, Ordering::Relaxed);
-                        counters.batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, ?op, "store writer: write dropped");
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+        Ok(()) => committed(ops, counters),
+        Err(StoreError::Unavailable(reason)) => hold(store, ops, counters, &reason),
+        Err(error) => one_by_one(store, ops, counters, &error),
+    }
+    ops.clear();
+}
+
+fn committed(ops: &[WriteOp], counters: &Counters) {
+    counters
+        .written
+        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Retries `ops` one per transaction after their batch failed with `error`.
+fn one_by_one(store: &dyn Store, ops: &[WriteOp], counters: &Counters, error: &StoreError) {
+    tracing::warn!(%error, ops = ops.len(), "store writer: batch failed, retrying one by one");
+    for op in ops {
+        match store.apply(slice::from_ref(op)) {
+            Ok(()) => committed(slice::from_ref(op), counters),
+            Err(error) => {
+                tracing::error!(%error, ?op, "store writer: write dropped");
+                counters.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
-    ops.clear();
+}
+
+/// Holds `ops`, whose batch failed because the database is unavailable, and tries them again
+/// until it is back, or gives them up once a shutdown or a flush waits (see [`Writer`]).
+fn hold(store: &dyn Store, ops: &[WriteOp], counters: &Counters, reason: &str) {
+    tracing::warn!(
+        reason,
+        ops = ops.len(),
+        "store writer: the database is unavailable, holding the batch"
+    );
+    let since = Instant::now();
+    let mut pause = HOLD_FIRST_PAUSE;
+    loop {
+        if counters.awaited() {
+            tracing::error!(
+                ops = ops.len(),
+                "store writer: the database is still unavailable at shutdown or flush, batch dropped"
+            );
+            counters
+                .errors
+                .fetch_add(ops.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        let until = Instant::now() + pause;
+        while !counters.awaited() && Instant::now() < until {
+            thread::sleep(HOLD_SLICE);
+        }
+        match store.apply(ops) {
+            Ok(()) => {
+                tracing::info!(
+                    held_ms = since.elapsed().as_millis() as u64,
+                    ops = ops.len(),
+                    "store writer: the database is back, held batch written"
+                );
+                return committed(ops, counters);
+            }
+            Err(StoreError::Unavailable(_)) => pause = (pause * 2).min(HOLD_MAX_PAUSE),
+            Err(error) => return one_by_one(store, ops, counters, &error),
+        }
+    }
 }

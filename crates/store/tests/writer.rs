@@ -2,7 +2,9 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{row, Probe};
 use store::{
@@ -208,4 +210,70 @@ fn the_writer_can_be_shared_between_threads() {
         .list_calls(&CallFilter::default(), 1000, None)
         .unwrap();
     assert_eq!(page.calls.len(), 1_000);
+}
+
+fn wait_for(writer: &Writer, written: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while writer.counters().written < written {
+        assert!(Instant::now() < deadline, "{:?}", writer.counters());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn an_unavailable_database_holds_the_batch_until_it_is_back() {
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let (probe, gate) = Probe::gated(Arc::clone(&sqlite));
+    let probe = Arc::new(probe);
+    probe.unavailable.store(3, Ordering::Relaxed);
+    let writer = Writer::start(probe.clone(), WriterConfig::default()).unwrap();
+    writer.try_submit(upsert("first", 0)).unwrap();
+    gate.entered.recv().unwrap();
+    for i in 1..10u64 {
+        writer.try_submit(upsert(&i.to_string(), i)).unwrap();
+    }
+    gate.release.send(()).unwrap();
+    // No flush: a flush would give the held batch up.
+    wait_for(&writer, 10);
+    // The first batch failed three times and was tried whole again, never one by one.
+    assert_eq!(*probe.applies.lock(), [1, 1, 1, 1, 9]);
+    let counters = writer.counters();
+    assert_eq!(
+        (counters.written, counters.errors, counters.batches),
+        (10, 0, 2)
+    );
+    assert_eq!(
+        sqlite
+            .list_calls(&CallFilter::default(), 100, None)
+            .unwrap()
+            .calls
+            .len(),
+        10
+    );
+}
+
+#[test]
+fn shutdown_and_flush_do_not_wait_for_an_unavailable_database() {
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let probe = Arc::new(Probe::new(Arc::clone(&sqlite)));
+    probe.unavailable.store(usize::MAX, Ordering::Relaxed);
+    let writer = Writer::start(probe.clone(), WriterConfig::default()).unwrap();
+    for i in 0..5u64 {
+        writer.try_submit(upsert(&i.to_string(), i)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(writer.counters().pending(), 5);
+    let started = Instant::now();
+    writer.flush().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(writer.counters().errors, 5);
+
+    writer.try_submit(upsert("late", 9)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    writer.shutdown().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let counters = writer.counters();
+    assert_eq!((counters.written, counters.errors), (0, 6));
+    assert_eq!(sqlite.get_call("late").unwrap(), None);
 }

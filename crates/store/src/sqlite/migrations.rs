@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_outbox_delivery",
         sql: include_str!("../../migrations/0004_outbox_delivery.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_outbox_node",
+        sql: include_str!("../../migrations/0005_outbox_node.sql"),
+    },
 ];
 
 /// The schema version this build creates and expects.
@@ -71,10 +76,10 @@ pub(crate) fn migrate_to(conn: &mut Connection, target: i64) -> Result<i64, Stor
         });
     }
     for migration in MIGRATIONS.iter().filter(|m| m.version <= target) {
-        let failed = |source| StoreError::Migration {
+        let failed = |source: rusqlite::Error| StoreError::Migration {
             version: migration.version,
             name: migration.name,
-            source,
+            source: Box::new(source),
         };
         // IMMEDIATE takes the write lock first, so two processes opening one file at once
         // apply each migration once: the second sees the new version and skips it.

@@ -67,6 +67,9 @@ pub struct SqliteOptions {
     pub reader_cache_kib: u32,
     /// See [`DEFAULT_WAL_AUTOCHECKPOINT`].
     pub wal_autocheckpoint: u32,
+    /// The node this store serves: the webhook events it inserts are this node's to deliver
+    /// (see [`Store`]'s nodes). `""` (the default) for a single node.
+    pub node: String,
 }
 
 impl SqliteOptions {
@@ -79,6 +82,7 @@ impl SqliteOptions {
             writer_cache_kib: DEFAULT_WRITER_CACHE_KIB,
             reader_cache_kib: DEFAULT_READER_CACHE_KIB,
             wal_autocheckpoint: DEFAULT_WAL_AUTOCHECKPOINT,
+            node: String::new(),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     /// `None` for a memory database: the writer connection serves reads.
     readers: Option<ReaderPool>,
+    /// See [`SqliteOptions::node`].
+    node: String,
 }
 
 /// Reader connections not in use, opened on demand.
@@ -173,12 +179,18 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(writer),
             readers,
+            node: options.node.clone(),
         })
     }
 
     /// The database's schema version (the newest migration applied).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         migrations::schema_version(&self.writer.lock())
+    }
+
+    /// The node this store serves ([`SqliteOptions::node`]).
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The database file, or `None` for memory.
@@ -388,7 +400,7 @@ impl Store for SqliteStore {
         self.write(|conn| {
             events
                 .iter()
-                .try_for_each(|event| sql::insert_event(conn, event))
+                .try_for_each(|event| sql::insert_event(conn, event, &self.node))
         })
     }
 
@@ -400,7 +412,7 @@ impl Store for SqliteStore {
         let limit = i64::try_from(limit.clamp(1, MAX_EVENT_PAGE)).unwrap_or(1);
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(sql::PENDING_EVENTS)?;
-            let rows = stmt.query_map(params![after_id, limit], |row| {
+            let rows = stmt.query_map(params![self.node, after_id, limit], |row| {
                 Ok((row.get(0)?, sql::event_at(row, 1)?))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -410,9 +422,37 @@ impl Store for SqliteStore {
     fn pending_event_count(&self) -> Result<u64, StoreError> {
         self.with_reader(|conn| {
             let count: i64 = conn
-                .prepare_cached("SELECT count(*) FROM outbox WHERE state = 'pending'")?
-                .query_row([], |row| row.get(0))?;
+                .prepare_cached(
+                    "SELECT count(*) FROM outbox WHERE state = 'pending' AND node = ?1",
+                )?
+                .query_row([&self.node], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
+        })
+    }
+
+    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError> {
+        if from_node == self.node {
+            return Ok(0);
+        }
+        // One UPDATE in a BEGIN IMMEDIATE transaction: SQLite's write lock serialises two
+        // adopters, and the second finds nothing left.
+        self.write(|conn| {
+            let moved = conn
+                .prepare_cached(
+                    "UPDATE outbox SET node = ?1 WHERE state = 'pending' AND node = ?2",
+                )?
+                .execute(params![self.node, from_node])?;
+            Ok(moved as u64)
+        })
+    }
+
+    fn outbox_nodes(&self) -> Result<Vec<String>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT node FROM outbox WHERE state = 'pending' ORDER BY node",
+            )?;
+            let rows = stmt.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
         })
     }
 
@@ -450,11 +490,12 @@ impl Store for SqliteStore {
             if state != EVENT_FAILED && state != EVENT_DROPPED {
                 return Ok(Requeue::NotFailed(state));
             }
+            // This node delivers it now (see Store::requeue_event).
             conn.prepare_cached(
-                "UPDATE outbox SET state = ?2, attempts = 0, next_attempt_at = ?3 \
+                "UPDATE outbox SET state = ?2, attempts = 0, next_attempt_at = ?3, node = ?4 \
                  WHERE event_id = ?1",
             )?
-            .execute(params![event_id, EVENT_PENDING, now])?;
+            .execute(params![event_id, EVENT_PENDING, now, self.node])?;
             let event = conn
                 .prepare_cached(sql::GET_EVENT)?
                 .query_row([event_id], sql::event_from_row)?;

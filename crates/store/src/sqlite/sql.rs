@@ -111,19 +111,24 @@ pub(crate) const EVENTS_OF_CALL: &str = concat!(
     " FROM outbox WHERE callid = ?1 ORDER BY seq LIMIT ?2"
 );
 
-/// Names `outbox_pending` by repeating its WHERE term.
+/// One node's pending events; names `outbox_pending` (node, id) by repeating its WHERE term.
 pub(crate) const PENDING_EVENTS: &str = concat!(
     "SELECT id, ",
     event_columns!(),
-    " FROM outbox WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2"
+    " FROM outbox WHERE state = 'pending' AND node = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
 );
 
 /// An event already stored (same `event_id`, or same `callid` and `seq`) stays as it is.
 const INSERT_EVENT: &str = "INSERT OR IGNORE INTO outbox (event_id, callid, seq, event, \
     target, body, created_at, state, attempts, next_attempt_at, last_status, last_error, \
-    delivered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    delivered_at, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
-pub(crate) fn insert_event(conn: &Connection, event: &OutboxEvent) -> Result<(), StoreError> {
+/// Stores `event` as `node`'s to deliver (unless it is already stored).
+pub(crate) fn insert_event(
+    conn: &Connection,
+    event: &OutboxEvent,
+    node: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(INSERT_EVENT)?.execute(params![
         event.event_id,
         event.callid,
@@ -138,6 +143,7 @@ pub(crate) fn insert_event(conn: &Connection, event: &OutboxEvent) -> Result<(),
         event.last_status,
         event.last_error.as_deref().map(cap_error),
         opt_int("delivered_at", event.delivered_at)?,
+        node,
     ])?;
     Ok(())
 }

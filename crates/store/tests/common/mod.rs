@@ -6,9 +6,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use store::testing::TestDatabase;
 use store::{
     CallFilter, CallRow, DirectionCounts, IdempotencyEntry, IdempotencyLookup, MediaCounts,
-    NumberAssignment, OutboxEvent, Page, Requeue, SqliteStore, Store, StoreError, WriteOp,
+    NumberAssignment, OutboxEvent, Page, PostgresOptions, PostgresStore, Requeue, SqliteOptions,
+    SqliteStore, Store, StoreError, WriteOp,
 };
 use tempfile::TempDir;
 
@@ -17,6 +19,75 @@ pub fn temp_store() -> (TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("test.db")).unwrap();
     (dir, store)
+}
+
+/// What keeps a backend's database alive: a temporary directory or a test database.
+pub enum Keep {
+    Dir(TempDir),
+    Db(TestDatabase),
+}
+
+/// One fresh, empty database of a backend and the stores opened on it.
+pub struct Backend {
+    pub name: &'static str,
+    pub keep: Keep,
+}
+
+impl Backend {
+    /// A store on this database serving `node`.
+    pub fn open(&self, node: &str) -> Arc<dyn Store> {
+        match &self.keep {
+            Keep::Dir(dir) => Arc::new(
+                SqliteStore::open_with(&SqliteOptions {
+                    node: node.to_owned(),
+                    ..SqliteOptions::new(dir.path().join("test.db"))
+                })
+                .unwrap(),
+            ),
+            Keep::Db(db) => Arc::new(pg_open(db, node)),
+        }
+    }
+}
+
+/// A PostgreSQL store on `db` serving `node`.
+pub fn pg_open(db: &TestDatabase, node: &str) -> PostgresStore {
+    PostgresStore::open_with(&PostgresOptions {
+        node: node.to_owned(),
+        ..PostgresOptions::new(db.url())
+    })
+    .unwrap()
+}
+
+/// A fresh database on the test binary's PostgreSQL server, or `None` when
+/// `CALLBRIDGE_SKIP_PG=1` (without PostgreSQL installed, this panics and says how to get it).
+pub fn pg_database() -> Option<TestDatabase> {
+    let server = store::testing::require()?;
+    Some(server.create_database().unwrap())
+}
+
+/// A fresh, empty database of each backend: SQLite, then PostgreSQL (unless skipped).
+pub fn backends() -> Vec<Backend> {
+    let mut backends = vec![Backend {
+        name: "sqlite",
+        keep: Keep::Dir(tempfile::tempdir().unwrap()),
+    }];
+    if let Some(db) = pg_database() {
+        backends.push(Backend {
+            name: "postgres",
+            keep: Keep::Db(db),
+        });
+    }
+    backends
+}
+
+/// Runs `scenario` on a fresh store of each backend (node `""`), so that both backends are
+/// held to the same behaviour. A failure's output names the backend.
+pub fn on_each(scenario: impl Fn(&dyn Store)) {
+    for backend in backends() {
+        eprintln!("--- backend: {}", backend.name);
+        let store = backend.open("");
+        scenario(&*store);
+    }
 }
 
 /// An ended, answered call with every field set.
@@ -92,6 +163,8 @@ pub struct Probe {
     pub lists: AtomicUsize,
     pub max_limit: AtomicUsize,
     pub applies: Mutex<Vec<usize>>,
+    /// While above 0, `apply` fails as an unavailable database would (counting down).
+    pub unavailable: AtomicUsize,
     gate: Mutex<Option<(SyncSender<()>, Receiver<()>)>>,
 }
 
@@ -109,6 +182,7 @@ impl Probe {
             lists: AtomicUsize::new(0),
             max_limit: AtomicUsize::new(0),
             applies: Mutex::new(Vec::new()),
+            unavailable: AtomicUsize::new(0),
             gate: Mutex::new(None),
         }
     }
@@ -131,6 +205,12 @@ impl Store for Probe {
             release.recv().unwrap();
         }
         self.applies.lock().push(ops.len());
+        let down = self
+            .unavailable
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if down.is_ok() {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
         self.inner.apply(ops)
     }
 
@@ -197,6 +277,14 @@ impl Store for Probe {
 
     fn pending_event_count(&self) -> Result<u64, StoreError> {
         self.inner.pending_event_count()
+    }
+
+    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError> {
+        self.inner.adopt_events(from_node)
+    }
+
+    fn outbox_nodes(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.outbox_nodes()
     }
 
     fn events_of_call(&self, callid: &str, limit: usize) -> Result<Vec<OutboxEvent>, StoreError> {
