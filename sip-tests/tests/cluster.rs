@@ -311,3 +311,98 @@ async fn a_dead_nodes_live_calls_end_as_node_lost_on_a_survivor() {
     assert_eq!(own.end_cause.map(|c| c.code()), Some("node_lost"));
     node1.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_undelivered_events_go_out_from_the_survivor_in_order() {
+    use callbridge_benches::webhook_receiver::{Receiver, Reply};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const SECRET: &str = "whsec_cluster";
+    let redis = RedisServer::start().unwrap();
+    // One store for both nodes (a SQLite file here; PostgreSQL in deploy/cluster): the
+    // outbox the survivor adopts from.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), SECRET)
+        .await
+        .unwrap();
+    // The app's backend is down until told otherwise: every event stays pending.
+    let down = Arc::new(AtomicBool::new(true));
+    let is_down = Arc::clone(&down);
+    receiver.set_rule(Box::new(move |_, _| {
+        if is_down.load(Ordering::SeqCst) {
+            Reply::Status(503)
+        } else {
+            Reply::Status(204)
+        }
+    }));
+    let options = |node: &str| Options {
+        extra: vec![
+            format!("cluster.redis_url=\"{}\"", redis.url()),
+            format!("cluster.node_id=\"{node}\""),
+            "cluster.redis_timeout_ms=300".to_owned(),
+            "cluster.heartbeat_secs=1".to_owned(),
+            "cluster.heartbeat_ttl_secs=2".to_owned(),
+            format!("store.path=\"{}\"", db.display()),
+            format!("webhooks.url=\"{}\"", receiver.url()),
+            format!("webhooks.secret=\"{SECRET}\""),
+            "webhooks.backoff_base_ms=50".to_owned(),
+            "webhooks.backoff_max_ms=200".to_owned(),
+            // Retried for as long as the backend is down here (not given up after 10).
+            "webhooks.max_attempts=1000".to_owned(),
+        ],
+        ..Options::default()
+    };
+    let node1 = Bridge::start_with(options("node-1")).await;
+    let mut node2 = Bridge::start_with(options("node-2")).await;
+    let callid = node1.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let _dialog = bridged_call(&mut node2, &mut phone).await;
+    wait_state_on(&node1, &callid, "answered").await;
+    // node 2's events of the call (incoming, ringing, answered) are in the outbox, pending.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    node2.running.kill();
+    wait_state_on(&node1, &callid, "ended").await;
+    down.store(false, Ordering::SeqCst);
+    let delivered = receiver
+        .wait_delivered(Duration::from_secs(10), |d| {
+            d.iter()
+                .filter(|a| a.body["callid"] == callid.as_str())
+                .count()
+                >= 5
+        })
+        .await;
+    let of_call: Vec<(String, u64)> = delivered
+        .iter()
+        .filter(|a| a.body["callid"] == callid.as_str())
+        .map(|a| {
+            (
+                a.body["event"].as_str().unwrap_or("?").to_owned(),
+                a.body["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        of_call,
+        [
+            ("intent.created".to_owned(), 1),
+            ("call.incoming".to_owned(), 2),
+            ("call.ringing".to_owned(), 3),
+            ("call.answered".to_owned(), 4),
+            ("call.ended".to_owned(), 5),
+        ],
+        "every event once, in seq order, the lost node's through the survivor"
+    );
+    let ended = delivered
+        .iter()
+        .find(|a| a.body["event"] == "call.ended" && a.body["callid"] == callid.as_str())
+        .unwrap();
+    assert_eq!(
+        ended.body["call"]["end_cause"], "node_lost",
+        "{}",
+        ended.body
+    );
+    node1.assert_drained().await;
+}

@@ -133,10 +133,15 @@ async fn write_changes(
     }
 }
 
+/// What a reaper needs to deliver a lost node's undelivered webhook events: the shared store
+/// (their outbox) and this node's dispatcher.
+pub(crate) type Outbox = (Arc<dyn store::Store>, webhooks::WebhookHandle);
+
 /// Beats this node's heartbeat and reaps lost nodes until shutdown; then leaves the cluster.
 pub(crate) async fn heartbeat_task(
     cluster: Arc<ClusterNode>,
     control: Arc<CallControl>,
+    outbox: Option<Outbox>,
     api_addr: String,
     (every, ttl): (Duration, Duration),
     mut shutdown: watch::Receiver<bool>,
@@ -148,7 +153,7 @@ pub(crate) async fn heartbeat_task(
                 tracing::warn!(%error, "heartbeat not written to Redis; retrying");
             });
         } else {
-            reap(&cluster, &control, &mut last_warning).await;
+            reap(&cluster, &control, outbox.as_ref(), &mut last_warning).await;
         }
         let stop = tokio::select! {
             _ = tokio::time::sleep(every) => false,
@@ -164,8 +169,14 @@ pub(crate) async fn heartbeat_task(
     }
 }
 
-/// Ends the live calls of the nodes whose heartbeat lapsed (those this node took).
-async fn reap(cluster: &ClusterNode, control: &CallControl, last_warning: &mut Option<Instant>) {
+/// Ends the live calls of the nodes whose heartbeat lapsed (those this node took), after
+/// taking over their undelivered webhook events so that each call's events stay in order.
+async fn reap(
+    cluster: &ClusterNode,
+    control: &CallControl,
+    outbox: Option<&Outbox>,
+    last_warning: &mut Option<Instant>,
+) {
     let lost = match cluster.nodes.take_lost(&cluster.node).await {
         Ok(lost) => lost,
         Err(error) => {
@@ -176,6 +187,9 @@ async fn reap(cluster: &ClusterNode, control: &CallControl, last_warning: &mut O
         }
     };
     for node in lost {
+        if let Some((store, webhooks)) = outbox {
+            adopt_outbox(&node.node, store, webhooks).await;
+        }
         let now = Instant::now();
         let mut ended = 0;
         for entry in &node.calls {
@@ -201,6 +215,37 @@ async fn reap(cluster: &ClusterNode, control: &CallControl, last_warning: &mut O
             ended += 1;
         }
         tracing::warn!(lost = %node.node, calls = ended, "node lost (heartbeat lapsed): its live calls ended as node_lost");
+    }
+}
+
+/// Takes a lost node's pending webhook events from the shared outbox and hands them to this
+/// node's dispatcher.
+async fn adopt_outbox(
+    lost: &str,
+    store: &Arc<dyn store::Store>,
+    webhooks: &webhooks::WebhookHandle,
+) {
+    let store = Arc::clone(store);
+    let from = lost.to_owned();
+    let adopted = tokio::task::spawn_blocking(move || store.adopt_events(&from)).await;
+    match adopted {
+        Ok(Ok(events)) if events.is_empty() => {}
+        Ok(Ok(events)) => match webhooks.hand_over(events).await {
+            Ok(count) => {
+                tracing::info!(
+                    lost,
+                    events = count,
+                    "lost node's pending webhook events taken over"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(lost, %error, "lost node's webhook events not handed over")
+            }
+        },
+        Ok(Err(error)) => {
+            tracing::warn!(lost, %error, "lost node's webhook events not adopted from the store");
+        }
+        Err(error) => tracing::warn!(lost, %error, "adopting a lost node's webhook events failed"),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Running {
     pub status: Arc<SharedStatus>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tasks [`kill`](Running::kill) stops besides `tasks` (the webhook dispatcher's).
+    aborts: Vec<tokio::task::AbortHandle>,
 }
 
 impl Running {
@@ -75,6 +77,9 @@ impl Running {
     /// for tests of what the others do about a node that died.
     pub fn kill(&self) {
         for task in &self.tasks {
+            task.abort();
+        }
+        for task in &self.aborts {
             task.abort();
         }
     }
@@ -217,6 +222,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .with_actions(Arc::clone(&actions))
         .with_store(persistence.store.clone())
         .with_store_writer(persistence.writer.clone());
+    // The reaper of lost nodes hands their undelivered events to this node's dispatcher.
+    let heartbeat_outbox = webhook_handle.clone();
     if let Some(handle) = webhook_handle {
         api_state = api_state.with_webhooks(handle);
     }
@@ -254,6 +261,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     // closes only once SIP has stopped.
     let (sip_stopped_tx, sip_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut tasks = Vec::new();
+    let aborts: Vec<tokio::task::AbortHandle> =
+        dispatcher.iter().map(|d| d.abort_handle()).collect();
     let claims = shared.clone().map(ClaimDriver::new);
     let sip = sip_task(
         engine,
@@ -283,9 +292,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             control.clone(),
             shutdown_rx.clone(),
         )));
+        let outbox = heartbeat_outbox
+            .clone()
+            .map(|handle| (persistence.store.clone(), handle));
         tasks.push(tokio::spawn(cluster_node::heartbeat_task(
             Arc::clone(&node),
             control.clone(),
+            outbox,
             api_addr.to_string(),
             (config.cluster.heartbeat(), config.cluster.heartbeat_ttl()),
             shutdown_rx.clone(),
@@ -330,6 +343,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         status,
         shutdown: shutdown_tx,
         tasks,
+        aborts,
     })
 }
 

@@ -113,12 +113,12 @@ pub trait Store: Send + Sync {
     fn pending_event_count(&self) -> Result<u64, StoreError>;
 
     /// Moves every pending event of `from_node` (a node that died) to this store's node, in
-    /// one transaction, and returns how many: this node then recovers and delivers them
-    /// ([`pending_events`](Store::pending_events)). All or nothing: when several nodes adopt
-    /// the same node's events at once, exactly one of them gets all of them (the others get
-    /// 0), so that no event is delivered twice and a call's events stay together in `seq`
-    /// order. Adopting this store's own node does nothing (0).
-    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError>;
+    /// one transaction, and returns them in the order they were stored: this node delivers
+    /// them from now on. All or nothing: when several nodes adopt the same node's events at
+    /// once, exactly one of them gets all of them (the others get none), so that no event is
+    /// delivered twice and a call's events stay together in `seq` order. Adopting this
+    /// store's own node does nothing.
+    fn adopt_events(&self, from_node: &str) -> Result<Vec<OutboxEvent>, StoreError>;
 
     /// The nodes that hold pending events, this store's own included, sorted: how a
     /// surviving node finds what dead nodes left behind. Cheap: it reads an index of the

@@ -441,8 +441,8 @@ fn export_stops_after_an_error() {
         fn pending_event_count(&self) -> Result<u64, StoreError> {
             Ok(0)
         }
-        fn adopt_events(&self, _: &str) -> Result<u64, StoreError> {
-            Ok(0)
+        fn adopt_events(&self, _: &str) -> Result<Vec<store::OutboxEvent>, StoreError> {
+            Ok(Vec::new())
         }
         fn outbox_nodes(&self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())

@@ -92,7 +92,9 @@ fn a_survivor_adopts_a_dead_nodes_pending_events() {
         survivor.insert_events(&[event("y", 1, 13)]).unwrap();
         assert_eq!(survivor.outbox_nodes().unwrap(), ["dead", "survivor"]);
 
-        assert_eq!(survivor.adopt_events("dead").unwrap(), 2);
+        let adopted = survivor.adopt_events("dead").unwrap();
+        let adopted: Vec<&str> = adopted.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(adopted, ["x-1", "x-2"], "returned in insertion order");
         // In insertion order, among the survivor's own.
         assert_eq!(
             ids(&survivor.pending_events(0, 100).unwrap()),
@@ -102,9 +104,9 @@ fn a_survivor_adopts_a_dead_nodes_pending_events() {
         assert_eq!(dead.pending_event_count().unwrap(), 0);
         assert_eq!(survivor.outbox_nodes().unwrap(), ["survivor"]);
         // Nothing left to adopt; adopting oneself or an unknown node moves nothing.
-        assert_eq!(survivor.adopt_events("dead").unwrap(), 0);
-        assert_eq!(survivor.adopt_events("survivor").unwrap(), 0);
-        assert_eq!(survivor.adopt_events("nobody").unwrap(), 0);
+        assert!(survivor.adopt_events("dead").unwrap().is_empty());
+        assert!(survivor.adopt_events("survivor").unwrap().is_empty());
+        assert!(survivor.adopt_events("nobody").unwrap().is_empty());
         // The failed event stays where it was; the operator's requeue makes it pending
         // again for the node that took the request.
         match survivor.requeue_event("x-3", 99).unwrap() {
@@ -196,7 +198,7 @@ fn two_survivors_racing_adopt_exactly_once() {
                     let (barrier, dead_node) = (Arc::clone(&barrier), dead_node.clone());
                     thread::spawn(move || {
                         barrier.wait();
-                        store.adopt_events(&dead_node).unwrap()
+                        store.adopt_events(&dead_node).unwrap().len() as u64
                     })
                 })
                 .collect();

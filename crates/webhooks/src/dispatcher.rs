@@ -91,6 +91,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// A handle that stops the dispatcher at once, as a crash would (nothing more is taken
+    /// or recorded): for tests of what other nodes do about a node that died.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
+    }
+
     /// Takes the last events (those of the calls hung up at shutdown) into the outbox, gives
     /// the requests on the wire a moment to finish, and stops. Call it after the SIP engine
     /// has stopped and before the store's writer is shut down. What is still pending stays

@@ -69,6 +69,27 @@ impl WebhookHandle {
         })
     }
 
+    /// Hands a lost node's adopted events ([`store::Store::adopt_events`]) to the dispatcher,
+    /// in their order, waiting for room rather than refusing, and returns once the dispatcher
+    /// has taken them all (or 2 s have passed): whatever this node announces about those
+    /// calls afterwards (their `call.ended`) then queues behind them, in `seq` order.
+    pub async fn hand_over(&self, events: Vec<OutboxEvent>) -> Result<usize, HandOffError> {
+        let count = events.len();
+        for event in events {
+            self.requeue
+                .send(event)
+                .await
+                .map_err(|_| HandOffError::Stopped)?;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.requeue.capacity() < self.requeue.max_capacity()
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(count)
+    }
+
     /// The dispatcher's counters now.
     pub fn stats(&self) -> WebhookStats {
         self.stats.snapshot()

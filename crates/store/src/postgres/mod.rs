@@ -681,9 +681,9 @@ impl Store for PostgresStore {
         })
     }
 
-    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError> {
+    fn adopt_events(&self, from_node: &str) -> Result<Vec<OutboxEvent>, StoreError> {
         if from_node == self.node {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // The advisory lock makes two adopters of one node take turns: the second's UPDATE
         // starts after the first committed and finds nothing left. A lone UPDATE would be
@@ -692,7 +692,13 @@ impl Store for PostgresStore {
         // different plans each could take part of a call's events.
         self.write(|db| {
             db.execute(sql::ADOPT_LOCK, &[&from_node])?;
-            db.execute(sql::ADOPT_EVENTS, &[&self.node, &from_node])
+            let events = db
+                .query(sql::ADOPTABLE_EVENTS, &[&from_node])?
+                .iter()
+                .map(|row| sql::event_at(row, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            db.execute(sql::ADOPT_EVENTS, &[&self.node, &from_node])?;
+            Ok(events)
         })
     }
 

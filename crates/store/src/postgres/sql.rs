@@ -125,6 +125,13 @@ pub(crate) const REQUEUE_EVENT: &str = "UPDATE outbox SET state = 'pending', att
 pub(crate) const ADOPT_LOCK: &str =
     "SELECT pg_advisory_xact_lock(hashtext('callbridge.outbox.adopt'), hashtext($1))";
 
+/// A lost node's pending events, in the order they were stored: what its adopter delivers.
+pub(crate) const ADOPTABLE_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM outbox WHERE state = 'pending' AND node = $1 ORDER BY id"
+);
+
 pub(crate) const ADOPT_EVENTS: &str =
     "UPDATE outbox SET node = $1 WHERE state = 'pending' AND node = $2";
 

@@ -430,19 +430,22 @@ impl Store for SqliteStore {
         })
     }
 
-    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError> {
+    fn adopt_events(&self, from_node: &str) -> Result<Vec<OutboxEvent>, StoreError> {
         if from_node == self.node {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        // One UPDATE in a BEGIN IMMEDIATE transaction: SQLite's write lock serialises two
-        // adopters, and the second finds nothing left.
+        // Read and moved in one BEGIN IMMEDIATE transaction: SQLite's write lock serialises
+        // two adopters, and the second finds nothing left.
         self.write(|conn| {
-            let moved = conn
-                .prepare_cached(
-                    "UPDATE outbox SET node = ?1 WHERE state = 'pending' AND node = ?2",
-                )?
-                .execute(params![self.node, from_node])?;
-            Ok(moved as u64)
+            let events = conn
+                .prepare_cached(sql::ADOPTABLE_EVENTS)?
+                .query_map([from_node], sql::event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            conn.prepare_cached(
+                "UPDATE outbox SET node = ?1 WHERE state = 'pending' AND node = ?2",
+            )?
+            .execute(params![self.node, from_node])?;
+            Ok(events)
         })
     }
 

@@ -118,6 +118,13 @@ pub(crate) const PENDING_EVENTS: &str = concat!(
     " FROM outbox WHERE state = 'pending' AND node = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
 );
 
+/// A lost node's pending events, in the order they were stored: what its adopter delivers.
+pub(crate) const ADOPTABLE_EVENTS: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM outbox WHERE state = 'pending' AND node = ?1 ORDER BY id"
+);
+
 /// An event already stored (same `event_id`, or same `callid` and `seq`) stays as it is.
 const INSERT_EVENT: &str = "INSERT OR IGNORE INTO outbox (event_id, callid, seq, event, \
     target, body, created_at, state, attempts, next_attempt_at, last_status, last_error, \

@@ -279,7 +279,7 @@ impl Store for Probe {
         self.inner.pending_event_count()
     }
 
-    fn adopt_events(&self, from_node: &str) -> Result<u64, StoreError> {
+    fn adopt_events(&self, from_node: &str) -> Result<Vec<OutboxEvent>, StoreError> {
         self.inner.adopt_events(from_node)
     }
 
