@@ -59,7 +59,8 @@
 #   CONNS="16 64"  DURATION=10  WARMUP=3  ROUNDS=2  THREADS=1
 #   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
 #                   intent and the intent table stays at N entries; 0: a new telnum every request)
-#   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled)
+#   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled,
+#                                                callbridge-redis: a cluster node, intents in Redis)
 #   WEBHOOK_TIMEOUT_MS=5000 (webhooks.timeout_ms of the -hooks servers)  DRAIN_WAIT=30
 #   SINK_PORT (the webhook sink, chosen free like the others)
 #   API_PORT (callbridge HTTP)  SIP_PORT (callbridge SIP)  HELLO_PORT: each chosen free at run
@@ -102,7 +103,7 @@ WEBHOOK_SECRET="bench-webhook-secret"
 HOOKS=0
 for s in $SERVERS; do
     case $s in
-    hello | callbridge | callbridge-warn) ;;
+    hello | callbridge | callbridge-warn | callbridge-redis) ;;
     callbridge-hooks | callbridge-hooks-stalled) HOOKS=1 ;;
     *) echo "api.sh: unknown server $s" >&2; exit 1 ;;
     esac
@@ -170,6 +171,7 @@ cleanup() {
         kill "$SINK_PID" 2>/dev/null || true
         wait "$SINK_PID" 2>/dev/null || true
     fi
+    stop_redis
 }
 trap cleanup EXIT
 
@@ -222,6 +224,38 @@ fi
 
 # --- servers -----------------------------------------------------------------------------------
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# The server's CPU, with its Redis's for callbridge-redis: the shared intent table's work is
+# part of a makecall's cost.
+server_cpu() {
+    local ticks
+    ticks=$(cpu_ticks "$SERVER_PID")
+    [[ -n ${REDIS_PID:-} ]] && ticks=$((ticks + $(cpu_ticks "$REDIS_PID")))
+    echo "$ticks"
+}
+
+# callbridge-redis's Redis: Debian's redis-server, on its own port and empty directory, no
+# persistence, fresh for each run.
+start_redis() {
+    command -v redis-server >/dev/null || die "callbridge-redis needs redis-server (Debian package redis-server)"
+    [[ -n ${REDIS_PORT:-} ]] || free_port REDIS_PORT
+    mkdir -p "$WORK/redis"
+    redis-server --port "$REDIS_PORT" --bind "$HOST" --save "" --appendonly no \
+        --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    local i
+    for i in $(seq 100); do
+        port_open "$REDIS_PORT" && return
+        sleep 0.05
+    done
+    die "redis-server did not start: $(tail -5 "$WORK/redis.log")"
+}
+
+stop_redis() {
+    [[ -n ${REDIS_PID:-} ]] || return 0
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=
+}
 
 start_server() { # name -> sets SERVER_PID, URL
     local name=$1
@@ -231,9 +265,13 @@ start_server() { # name -> sets SERVER_PID, URL
         SERVER_PID=$!
         URL=http://$HOST:$HELLO_PORT
         ;;
-    callbridge | callbridge-warn | callbridge-hooks | callbridge-hooks-stalled)
+    callbridge | callbridge-warn | callbridge-hooks | callbridge-hooks-stalled | callbridge-redis)
         local filter=info extra=()
         [[ $name == callbridge-warn ]] && filter=warn
+        if [[ $name == callbridge-redis ]]; then
+            start_redis
+            extra=(--set "cluster.redis_url=redis://$HOST:$REDIS_PORT/0" --set "cluster.node_id=bench-1")
+        fi
         if [[ $name == callbridge-hooks* ]]; then
             # The receiver first, so that no event meets a closed port. A fresh store: the
             # outbox left by the previous run (a stalled one's pending events) would be
@@ -267,6 +305,7 @@ stop_server() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
+    stop_redis
 }
 
 # The webhook receiver of a -hooks server: "ok" (verifies, answers 204) or "stall" (never
@@ -325,10 +364,10 @@ for round in $(seq "$ROUNDS"); do
             start_server "$server"
             wrk_args=(-t "$THREADS" -c "$conns" --latency -s "$LUA")
             warm=$(wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL")
-            t0=$(cpu_ticks "$SERVER_PID")
+            t0=$(server_cpu)
             [[ -n $SINK_PID ]] && s0=$(cpu_ticks "$SINK_PID")
             out=$(wrk "${wrk_args[@]}" -d "${DURATION}s" "$URL" -- 50000000 "$TELNUM_POOL")
-            t1=$(cpu_ticks "$SERVER_PID")
+            t1=$(server_cpu)
             line=$(grep '^RESULT ' <<<"$out") || { stop_server; die "no RESULT line from wrk: $out"; }
             if [[ $server == callbridge-hooks* ]]; then
                 s1=$(cpu_ticks "$SINK_PID")

@@ -406,3 +406,103 @@ async fn a_lost_nodes_undelivered_events_go_out_from_the_survivor_in_order() {
     );
     node1.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_down_means_503_and_service_resumes_by_itself() {
+    // Two nodes on one PostgreSQL (and one Redis), as deploy/cluster runs them.
+    let pg = store::testing::PgServer::start().expect("PostgreSQL (scripts/ensure-tools.sh)");
+    let db = pg.create_database().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let options = |node: &str| Options {
+        extra: vec![
+            format!("cluster.redis_url=\"{}\"", redis.url()),
+            format!("cluster.node_id=\"{node}\""),
+            format!("store.url=\"{}\"", db.url()),
+        ],
+        ..Options::default()
+    };
+    let node1 = Bridge::start_with(options("node-1")).await;
+    let mut node2 = Bridge::start_with(options("node-2")).await;
+    // A number assigned on one node is the other's too (the same table).
+    let (status, json) = node1
+        .http("PUT", "/api/numbers/2001", Some(r#"{"telnum":"1001"}"#))
+        .await;
+    assert_eq!(status, 200, "{json}");
+    let (status, json) = node2.http("GET", "/api/numbers?telnum=1001", None).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["numbers"][0]["number"], "2001", "{json}");
+
+    pg.stop_fast().unwrap();
+    let body = r#"{"caller":"2001","callee":"3001"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json) = node1
+            .http("POST", "/api/user/1001/makecall", Some(body))
+            .await;
+        if status == 503 {
+            assert_eq!(json["error"]["code"], "store_unavailable", "{json}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never refused: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A phone with no intent: 403 while the store answers, 503 once node 2 (a health check
+    // later at most) knows it does not: the store is checked before any claim.
+    let mut phone = Phone::udp(&node2, "1009").await;
+    phone.call("2009").await;
+    let refused = loop {
+        let response = phone.ua.recv_response().await;
+        if response.status == 503 {
+            break response;
+        }
+        assert!(std::time::Instant::now() < deadline, "INVITE not refused");
+        assert_eq!(response.status, 403);
+        phone.ua.send(phone.ack_failure(&response)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        phone.call("2009").await;
+    };
+    phone.ua.send(phone.ack_failure(&refused)).await;
+    assert!(node1.metrics().await.contains("callbridge_store_up 0"));
+
+    pg.start_again().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let callid = loop {
+        let (status, json) = node1
+            .http("POST", "/api/user/1001/makecall", Some(body))
+            .await;
+        if status == 200 {
+            break json["callid"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery: {json}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node2.metrics().await.contains("callbridge_store_up 0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 never saw the store back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let dialog = bridged_call(&mut node2, &mut phone).await;
+    phone_hangs_up(&mut node2, &mut phone, &dialog).await;
+    // The record reaches the shared store: node 1 reads it there once node 2 wrote it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json) = node1
+            .http("GET", &format!("/api/calls/{callid}"), None)
+            .await;
+        if status == 200 && json["state"] == "ended" {
+            assert_eq!(json["end_cause"], "hangup");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {json}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node1.assert_drained().await;
+    node2.assert_drained().await;
+}

@@ -238,6 +238,12 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         "UDP ports in media.rtp_ports",
         gauge(sip.media_ports_capacity),
     );
+    registry.register(
+        "store_up",
+        "1 while the store (SQLite or PostgreSQL) answers its health check, 0 while it does not \
+         (makecalls and new calls then get 503)",
+        gauge(u64::from(state.control.store_available())),
+    );
     // Only with the keepalive on (`trunk.ping_secs` > 0): a gauge saying 1 for a trunk
     // nobody checks would claim what is not known. An alert on `trunk_up == 0` is quiet for
     // an unmonitored trunk either way.

@@ -378,6 +378,10 @@ async fn make_call(
     if !state.control.may_use(&telnum, caller) {
         return Err(ApiError::NumberNotOwned);
     }
+    // The call's record could not be kept: refused until the store answers again.
+    if !state.control.store_available() {
+        return Err(ApiError::StoreUnavailable);
+    }
     let extras = CallExtras {
         data: data.map(str::to_owned),
         notify_url: notify_url.map(str::to_owned),

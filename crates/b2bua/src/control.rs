@@ -24,6 +24,9 @@ pub struct CallControl {
     /// In a cluster: the intent table the nodes share, and this node's id (see
     /// [`set_shared`](Self::set_shared)); `intents` then stays empty.
     shared: OnceLock<(Arc<dyn crate::SharedIntents>, String)>,
+    /// Cleared while the store does not answer (its health check, run by the server): new
+    /// calls and makecalls are then refused with 503, since their records could not be kept.
+    store_available: AtomicBool,
 }
 
 impl CallControl {
@@ -59,6 +62,7 @@ impl CallControl {
             numbers: NumberTable::default(),
             require_ownership: AtomicBool::new(false),
             shared: OnceLock::new(),
+            store_available: AtomicBool::new(true),
         }
     }
 
@@ -70,6 +74,17 @@ impl CallControl {
     /// Is `intent.require_ownership` on?
     pub fn requires_ownership(&self) -> bool {
         self.require_ownership.load(Ordering::Relaxed)
+    }
+
+    /// Says whether the store answers (the server's health check of it); returns whether
+    /// that changed.
+    pub fn set_store_available(&self, available: bool) -> bool {
+        self.store_available.swap(available, Ordering::Relaxed) != available
+    }
+
+    /// Does the store answer? While it does not, new calls and makecalls get 503.
+    pub fn store_available(&self) -> bool {
+        self.store_available.load(Ordering::Relaxed)
     }
 
     /// The dedicated numbers' assignments (the store's copy in memory).

@@ -26,6 +26,9 @@ pub enum Refusal {
     TrunkDown,
     /// The cluster's shared intent table (Redis) did not answer the claim in time.
     ClusterUnavailable,
+    /// The store (the records' database) does not answer: the call's record could not be
+    /// kept.
+    StoreUnavailable,
     /// No intent matches the call (none, expired, or for another dedicated number).
     NoIntent(NoIntent),
 }
@@ -44,6 +47,7 @@ impl Refusal {
             Refusal::MediaExhausted => "media_exhausted",
             Refusal::TrunkDown => "trunk_down",
             Refusal::ClusterUnavailable => "cluster_unavailable",
+            Refusal::StoreUnavailable => "store_unavailable",
             Refusal::NoIntent(no) => no.code(),
         }
     }

@@ -163,6 +163,41 @@ pub async fn record_task(
     }
 }
 
+/// How often the store's health is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Checks every second that the store answers (one cheap read, on a blocking thread) and
+/// tells the call control: while it does not, makecalls and new INVITEs get 503
+/// (`store_unavailable`), and service resumes by itself once it answers again. For the
+/// embedded SQLite this never fails; for PostgreSQL it follows the database.
+pub async fn health_task(
+    persistence: Arc<Persistence>,
+    control: Arc<CallControl>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let store = Arc::clone(&persistence.store);
+        let checked = tokio::task::spawn_blocking(move || store.pending_event_count()).await;
+        let error = match checked {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(error.to_string()),
+        };
+        if control.set_store_available(error.is_none()) {
+            match &error {
+                Some(error) => {
+                    tracing::error!(%error, "store unavailable: makecalls and new calls get 503 until it answers")
+                }
+                None => tracing::info!("store available again: serving new calls"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 /// Deletes records and webhook events older than `store.retention_days` and expired
 /// idempotency keys: at start, then every hour, on a blocking thread, in chunks.
 pub async fn sweep_task(persistence: Arc<Persistence>, mut shutdown: watch::Receiver<bool>) {

@@ -325,6 +325,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         persistence.writer.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(persistence::health_task(
+        persistence.clone(),
+        control.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(persistence::sweep_task(
         persistence.clone(),
         shutdown_rx.clone(),

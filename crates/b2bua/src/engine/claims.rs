@@ -231,13 +231,32 @@ impl Engine {
         error: &str,
     ) {
         tracing::warn!(%error, "claim in the shared intent table failed; INVITE refused with 503");
-        self.count_refusal(now, 503, Refusal::ClusterUnavailable);
+        self.refuse_unavailable(
+            now,
+            tx,
+            request,
+            Refusal::ClusterUnavailable,
+            "Cluster store unavailable",
+        );
+    }
+
+    /// 503 with `Retry-After` to a new INVITE that a shared resource (the cluster's Redis,
+    /// the store) cannot serve now.
+    pub(super) fn refuse_unavailable(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        request: &Request,
+        reason: Refusal,
+        text: &str,
+    ) {
+        self.count_refusal(now, 503, reason);
         let mut response = crate::outbound::local_response(
             &self.config.local,
             request,
             503,
             Some(&sip_core::ids::new_tag()),
-            Some("Cluster store unavailable"),
+            Some(text),
         );
         response.headers.push(
             sip_core::HeaderName::parse("Retry-After"),

@@ -124,6 +124,16 @@ impl Engine {
                 "Missing Contact",
             );
         }
+        if !self.control.store_available() {
+            // Before the claim: the intent waits for the store to answer again.
+            return self.refuse_unavailable(
+                now,
+                tx,
+                &request,
+                Refusal::StoreUnavailable,
+                "Store unavailable",
+            );
+        }
         if let Some(retry_after) = self.trunk_down_retry_after() {
             // Before the claim too: the intent waits for the trunk to answer again.
             return self.refuse_trunk_down(now, tx, &request, retry_after);
