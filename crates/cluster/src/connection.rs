@@ -69,6 +69,16 @@ impl Redis {
         Ok(made)
     }
 
+    /// Sends one command and reads its answer as `T`, within the timeout.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, ClusterError> {
+        let cmd = cmd.clone();
+        self.run(|mut connection| async move { cmd.query_async(&mut connection).await })
+            .await
+    }
+
     /// Runs `op` on the connection within the timeout.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, ClusterError>
     where

@@ -67,13 +67,7 @@ impl Hangups {
         let message = format!("{token} {callid}");
         let listeners: u64 = self
             .redis
-            .run(|mut connection| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(message)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .query(redis::cmd("PUBLISH").arg(channel).arg(message))
             .await?;
         if listeners == 0 {
             return Ok(None);
@@ -82,15 +76,7 @@ impl Hangups {
         let key = self.reply_key(&token);
         while Instant::now() < deadline {
             let key = key.clone();
-            let reply: Option<String> = self
-                .redis
-                .run(|mut connection| async move {
-                    redis::cmd("GETDEL")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                })
-                .await?;
+            let reply: Option<String> = self.redis.query(redis::cmd("GETDEL").arg(key)).await?;
             if reply.is_some() {
                 return Ok(reply);
             }
@@ -104,15 +90,13 @@ impl Hangups {
         let key = self.reply_key(token);
         let answer = answer.to_owned();
         self.redis
-            .run(|mut connection| async move {
+            .query(
                 redis::cmd("SET")
                     .arg(key)
                     .arg(answer)
                     .arg("PX")
-                    .arg(u64::try_from(REPLY_TTL.as_millis()).unwrap_or(u64::MAX))
-                    .query_async::<()>(&mut connection)
-                    .await
-            })
+                    .arg(u64::try_from(REPLY_TTL.as_millis()).unwrap_or(u64::MAX)),
+            )
             .await
     }
 

@@ -174,15 +174,7 @@ impl RedisIntents {
 
     async fn cancel_by_callid(&self, callid: String) -> Result<Option<SharedIntent>, ClusterError> {
         let icid = format!("{}{callid}", self.icid_prefix());
-        let key: Option<String> = self
-            .redis
-            .run(|mut connection| async move {
-                redis::cmd("GET")
-                    .arg(icid)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+        let key: Option<String> = self.redis.query(redis::cmd("GET").arg(icid)).await?;
         match key {
             // The script checks that the hash still holds this callid: a makecall that
             // replaced it in between is not cancelled by mistake.
@@ -194,27 +186,11 @@ impl RedisIntents {
     /// The pending intent `callid`, if it still is (a record's lookup by any node's API).
     pub async fn find_callid(&self, callid: &str) -> Result<Option<SharedIntent>, ClusterError> {
         let icid = format!("{}{callid}", self.icid_prefix());
-        let key: Option<String> = self
-            .redis
-            .run(|mut connection| async move {
-                redis::cmd("GET")
-                    .arg(icid)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+        let key: Option<String> = self.redis.query(redis::cmd("GET").arg(icid)).await?;
         let Some(key) = key else {
             return Ok(None);
         };
-        let fields: Vec<String> = self
-            .redis
-            .run(|mut connection| async move {
-                redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+        let fields: Vec<String> = self.redis.query(redis::cmd("HGETALL").arg(key)).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -224,15 +200,7 @@ impl RedisIntents {
 
     async fn get_intent(&self, telnum: String) -> Result<Option<SharedIntent>, ClusterError> {
         let key = self.intent_key(&telnum);
-        let fields: Vec<String> = self
-            .redis
-            .run(|mut connection| async move {
-                redis::cmd("HGETALL")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+        let fields: Vec<String> = self.redis.query(redis::cmd("HGETALL").arg(key)).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -254,14 +222,7 @@ impl RedisIntents {
 
     async fn pending_count(&self) -> Result<u64, ClusterError> {
         let key = self.expiry_key();
-        self.redis
-            .run(|mut connection| async move {
-                redis::cmd("ZCARD")
-                    .arg(key)
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await
+        self.redis.query(redis::cmd("ZCARD").arg(key)).await
     }
 }
 

@@ -85,25 +85,12 @@ impl Nodes {
         let nodes_key = self.nodes_key();
         let nodes: Vec<String> = self
             .redis
-            .run(|mut connection| async move {
-                redis::cmd("SMEMBERS")
-                    .arg(nodes_key)
-                    .query_async(&mut connection)
-                    .await
-            })
+            .query(redis::cmd("SMEMBERS").arg(nodes_key))
             .await?;
         let mut lost = Vec::new();
         for node in nodes.into_iter().filter(|node| node != me) {
             let key = self.node_key(&node);
-            let alive: bool = self
-                .redis
-                .run(|mut connection| async move {
-                    redis::cmd("EXISTS")
-                        .arg(key)
-                        .query_async(&mut connection)
-                        .await
-                })
-                .await?;
+            let alive: bool = self.redis.query(redis::cmd("EXISTS").arg(key)).await?;
             if alive {
                 continue;
             }
@@ -111,16 +98,14 @@ impl Nodes {
             let me = me.to_owned();
             let locked: Option<String> = self
                 .redis
-                .run(|mut connection| async move {
+                .query(
                     redis::cmd("SET")
                         .arg(lock)
                         .arg(me)
                         .arg("NX")
                         .arg("PX")
-                        .arg(u64::try_from(REAP_LOCK.as_millis()).unwrap_or(u64::MAX))
-                        .query_async(&mut connection)
-                        .await
-                })
+                        .arg(u64::try_from(REAP_LOCK.as_millis()).unwrap_or(u64::MAX)),
+                )
                 .await?;
             if locked.is_none() {
                 continue;
@@ -128,12 +113,7 @@ impl Nodes {
             let calls_key = self.index.node_calls_key(&node);
             let callids: Vec<String> = self
                 .redis
-                .run(|mut connection| async move {
-                    redis::cmd("SMEMBERS")
-                        .arg(calls_key)
-                        .query_async(&mut connection)
-                        .await
-                })
+                .query(redis::cmd("SMEMBERS").arg(calls_key))
                 .await?;
             let calls = self
                 .index
