@@ -151,6 +151,16 @@ async fn redis_down_means_503_and_service_resumes_by_itself() {
     let ack = phone.ack_failure(&refused);
     phone.ua.send(ack).await;
     assert_eq!(node1.refused("cluster_unavailable").await, 1);
+    // The heartbeat (every second) says so in /metrics.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !node1
+        .metrics()
+        .await
+        .contains("callbridge_cluster_redis_up 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "redis_up never 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Redis back: the same node serves again without a restart.
     redis.restart().unwrap();
@@ -169,6 +179,18 @@ async fn redis_down_means_503_and_service_resumes_by_itself() {
     let dialog = bridged_call(&mut node1, &mut phone).await;
     phone_hangs_up(&mut node1, &mut phone, &dialog).await;
     node1.wait_call_state(&callid, "ended").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !node1
+        .metrics()
+        .await
+        .contains("callbridge_cluster_redis_up 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis_up never 1 again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     node1.assert_drained().await;
 }
 

@@ -37,4 +37,7 @@ pub trait ClusterCalls: Send + Sync {
 
     /// Asks `node` to hang up `callid`; `None` when the node does not answer (it is gone).
     fn hang_up(&self, node: String, callid: String) -> ClusterFuture<'_, Option<RemoteHangup>>;
+
+    /// Did this node's last heartbeat reach Redis (`callbridge_cluster_redis_up`)?
+    fn redis_up(&self) -> bool;
 }

@@ -238,6 +238,14 @@ pub(crate) fn render(state: &ApiState) -> Result<String, std::fmt::Error> {
         "UDP ports in media.rtp_ports",
         gauge(sip.media_ports_capacity),
     );
+    if let Some(cluster) = &state.cluster {
+        registry.register(
+            "cluster_redis_up",
+            "1 while this node's heartbeat reaches the cluster's Redis, 0 while it does not \
+             (makecalls and new calls then get 503 cluster_unavailable)",
+            gauge(u64::from(cluster.redis_up())),
+        );
+    }
     registry.register(
         "store_up",
         "1 while the store (SQLite or PostgreSQL) answers its health check, 0 while it does not \

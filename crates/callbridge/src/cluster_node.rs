@@ -44,6 +44,8 @@ pub(crate) struct ClusterNode {
     pub(crate) nodes: Arc<Nodes>,
     pub(crate) hangups: Arc<Hangups>,
     pub(crate) intents: Arc<RedisIntents>,
+    /// Whether the last heartbeat reached Redis (optimistic until the first one).
+    pub(crate) redis_up: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterNode {
@@ -61,6 +63,7 @@ impl ClusterNode {
             index,
             intents,
             node,
+            redis_up: std::sync::atomic::AtomicBool::new(true),
         })
     }
 }
@@ -148,7 +151,14 @@ pub(crate) async fn heartbeat_task(
 ) {
     let mut last_warning: Option<Instant> = None;
     loop {
-        if let Err(error) = cluster.nodes.beat(&cluster.node, &api_addr, ttl).await {
+        let beat = cluster.nodes.beat(&cluster.node, &api_addr, ttl).await;
+        let was_up = cluster
+            .redis_up
+            .swap(beat.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        if beat.is_ok() && !was_up {
+            tracing::info!("cluster: Redis reachable again");
+        }
+        if let Err(error) = beat {
             warn_throttled(&mut last_warning, || {
                 tracing::warn!(%error, "heartbeat not written to Redis; retrying");
             });
@@ -341,6 +351,12 @@ impl ClusterCalls for ClusterApi {
                 },
             }))
         })
+    }
+
+    fn redis_up(&self) -> bool {
+        self.cluster
+            .redis_up
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn hang_up(&self, node: String, callid: String) -> ClusterFuture<'_, Option<RemoteHangup>> {
