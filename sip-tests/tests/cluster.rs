@@ -528,3 +528,75 @@ async fn postgresql_down_means_503_and_service_resumes_by_itself() {
     node1.assert_drained().await;
     node2.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_handed_over_between_nodes_keeps_its_webhooks_in_order() {
+    use callbridge_benches::webhook_receiver::{Receiver, Reply};
+
+    const SECRET: &str = "whsec_cluster";
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), SECRET)
+        .await
+        .unwrap();
+    // node 1's intent.created fails its first 8 attempts (about a second): the call's next
+    // events, node 2's, must wait for it.
+    receiver.set_rule(Box::new(|body, attempt| {
+        if body["event"] == "intent.created" && attempt <= 8 {
+            Reply::Status(503)
+        } else {
+            Reply::Status(204)
+        }
+    }));
+    let options = |node: &str| Options {
+        extra: vec![
+            format!("cluster.redis_url=\"{}\"", redis.url()),
+            format!("cluster.node_id=\"{node}\""),
+            format!("store.path=\"{}\"", db.display()),
+            format!("webhooks.url=\"{}\"", receiver.url()),
+            format!("webhooks.secret=\"{SECRET}\""),
+            "webhooks.backoff_base_ms=50".to_owned(),
+            "webhooks.backoff_max_ms=200".to_owned(),
+            "webhooks.max_attempts=100".to_owned(),
+        ],
+        ..Options::default()
+    };
+    let node1 = Bridge::start_with(options("node-1")).await;
+    let mut node2 = Bridge::start_with(options("node-2")).await;
+    let callid = node1.makecall("1001", "2001", "3001").await;
+    let mut phone = Phone::udp(&node2, "1001").await;
+    let dialog = bridged_call(&mut node2, &mut phone).await;
+    phone_hangs_up(&mut node2, &mut phone, &dialog).await;
+    let delivered = receiver
+        .wait_delivered(Duration::from_secs(15), |d| {
+            d.iter()
+                .filter(|a| a.body["callid"] == callid.as_str())
+                .count()
+                >= 5
+        })
+        .await;
+    let seqs: Vec<u64> = delivered
+        .iter()
+        .filter(|a| a.body["callid"] == callid.as_str())
+        .map(|a| a.body["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5],
+        "delivered in seq order across the nodes"
+    );
+    // Not even an attempt of node 2's events before node 1's was delivered.
+    let attempts = receiver.attempts();
+    let of_call: Vec<u64> = attempts
+        .iter()
+        .filter(|a| a.body["callid"] == callid.as_str())
+        .map(|a| a.body["seq"].as_u64().unwrap_or(0))
+        .collect();
+    let last_first = of_call.iter().rposition(|s| *s == 1).unwrap();
+    let first_second = of_call.iter().position(|s| *s == 2).unwrap();
+    assert!(first_second > last_first, "attempts: {of_call:?}");
+    assert_eq!(of_call.iter().filter(|s| **s == 1).count(), 9);
+    node1.assert_drained().await;
+    node2.assert_drained().await;
+}

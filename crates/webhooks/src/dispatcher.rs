@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use b2bua::{CallControl, EventKind, WebhookEvent};
 use bytes::Bytes;
@@ -138,6 +138,9 @@ pub fn start(
         dropped_logged: 0,
         drop_logged_at: None,
         settling: VecDeque::new(),
+        handoffs: HashMap::new(),
+        handoff_check: None,
+        next_handoff_check: Instant::now(),
     };
     let task = tokio::spawn(driver.run(requeued, outcomes, stopped));
     tracing::info!(url = %config.url, allowed = ?config.allowed_hosts, "webhooks on");
@@ -150,12 +153,32 @@ type Inserted = (Vec<OutboxEvent>, Result<(), store::StoreError>);
 type Insert = JoinHandle<Inserted>;
 
 /// The batch write in progress, if any (never resolves without one).
-async fn join(insert: &mut Option<Insert>) -> Result<Inserted, tokio::task::JoinError> {
-    match insert {
-        Some(insert) => insert.await,
+async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
         None => std::future::pending().await,
     }
 }
+
+/// How long a handed-over call's events wait for the other node's earlier ones at most; then
+/// they go anyway (a node that never delivers must not hold a call's events for ever).
+const HANDOFF_WAIT: Duration = Duration::from_secs(60);
+
+/// How often the outbox is asked whether a handed-over call's earlier events have settled.
+const HANDOFF_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// The events of a call that another node of the cluster started (its intent was registered
+/// there, so `intent.created` is that node's to deliver), held until the outbox says the
+/// earlier events have settled: per-call order holds across the handover.
+struct Handoff {
+    /// The lowest `seq` held; the events below it are the other node's.
+    first_seq: u32,
+    events: Vec<OutboxEvent>,
+    since: Instant,
+}
+
+/// Per callid: are the events before `seq` settled (none pending) in the outbox?
+type HandoffCheck = JoinHandle<Vec<(String, bool)>>;
 
 struct Driver {
     schedule: Schedule,
@@ -172,6 +195,11 @@ struct Driver {
     /// `call.ended` events waiting [`ENDED_SETTLE`] for their call's final record, oldest
     /// first, with the instant they are due.
     settling: VecDeque<(Instant, WebhookEvent)>,
+    /// In a cluster: calls handed over by another node, held until its earlier events settle.
+    handoffs: HashMap<String, Handoff>,
+    /// The outbox check of the handoffs under way, and when the next may start.
+    handoff_check: Option<HandoffCheck>,
+    next_handoff_check: Instant,
 }
 
 /// Wall-clock ms since the epoch (the outbox's and the records' time).
@@ -199,10 +227,15 @@ impl Driver {
             tokio::select! {
                 _ = intake.tick(), if inserting.is_none() => {
                     inserting = self.take_batch(false).map(|batch| self.start_insert(batch));
+                    self.start_handoff_check();
                 }
                 joined = join(&mut inserting), if inserting.is_some() => {
                     inserting = None;
                     self.inserted(joined);
+                }
+                checked = join(&mut self.handoff_check), if self.handoff_check.is_some() => {
+                    self.handoff_check = None;
+                    self.handoffs_checked(checked);
                 }
                 Some((no, outcome)) = outcomes.recv() => self.outcome(no, outcome),
                 Some(event) = requeued.0.recv() => self.push_requeued(event),
@@ -328,7 +361,92 @@ impl Driver {
         };
         let now = Instant::now();
         for event in batch {
-            self.push(now, event, now);
+            if let Some(event) = self.hold_if_handed_over(now, event) {
+                self.push(now, event, now);
+            }
+        }
+        self.publish();
+    }
+
+    /// In a cluster, the first event this node sees of a call whose earlier events (seq
+    /// below its own) are not in its schedule may follow another node's undelivered ones:
+    /// it is held, with the call's next events, until the outbox says those have settled.
+    /// Returns the event when it is not held.
+    fn hold_if_handed_over(&mut self, now: Instant, event: OutboxEvent) -> Option<OutboxEvent> {
+        if let Some(handoff) = self.handoffs.get_mut(&event.callid) {
+            handoff.events.push(event);
+            return None;
+        }
+        let clustered = self.control.node_id().is_some();
+        if !clustered || event.seq <= 1 || self.schedule.has_call(&event.callid) {
+            return Some(event);
+        }
+        self.handoffs.insert(
+            event.callid.clone(),
+            Handoff {
+                first_seq: event.seq,
+                events: vec![event],
+                since: now,
+            },
+        );
+        None
+    }
+
+    /// Asks the outbox (on a blocking thread) whether the held calls' earlier events have
+    /// settled, at most every [`HANDOFF_CHECK_EVERY`].
+    fn start_handoff_check(&mut self) {
+        let now = Instant::now();
+        if self.handoffs.is_empty() || self.handoff_check.is_some() || now < self.next_handoff_check
+        {
+            return;
+        }
+        self.next_handoff_check = now + HANDOFF_CHECK_EVERY;
+        let asked: Vec<(String, u32)> = self
+            .handoffs
+            .iter()
+            .map(|(callid, handoff)| (callid.clone(), handoff.first_seq))
+            .collect();
+        let store = Arc::clone(&self.store);
+        self.handoff_check = Some(tokio::task::spawn_blocking(move || {
+            asked
+                .into_iter()
+                .map(|(callid, first_seq)| {
+                    let limit = usize::try_from(first_seq).unwrap_or(usize::MAX);
+                    // A store error counts as not settled: asked again next time.
+                    let settled = store.events_of_call(&callid, limit).is_ok_and(|events| {
+                        events
+                            .iter()
+                            .all(|e| e.seq >= first_seq || e.state != store::EVENT_PENDING)
+                    });
+                    (callid, settled)
+                })
+                .collect()
+        }));
+    }
+
+    /// Releases the held calls whose earlier events have settled, or that waited
+    /// [`HANDOFF_WAIT`], into the schedule in their order.
+    fn handoffs_checked(&mut self, checked: Result<Vec<(String, bool)>, tokio::task::JoinError>) {
+        let Ok(checked) = checked else {
+            return;
+        };
+        let now = Instant::now();
+        for (callid, settled) in checked {
+            let overdue = self
+                .handoffs
+                .get(&callid)
+                .is_some_and(|h| now.saturating_duration_since(h.since) >= HANDOFF_WAIT);
+            if !settled && !overdue {
+                continue;
+            }
+            if overdue && !settled {
+                tracing::warn!(%callid, "webhooks: a call's earlier events, another node's, did not settle in time; sending this node's anyway");
+            }
+            if let Some(handoff) = self.handoffs.remove(&callid) {
+                for event in handoff.events {
+                    self.push(now, event, now);
+                }
+            }
         }
         self.publish();
     }

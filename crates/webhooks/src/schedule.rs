@@ -436,6 +436,11 @@ impl Schedule {
     }
 
     /// Events held (pending, on the wire or waiting for a retry).
+    /// Does a queue of `callid`'s events exist (an event of it pending or on the wire)?
+    pub fn has_call(&self, callid: &str) -> bool {
+        self.calls.contains_key(callid)
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
