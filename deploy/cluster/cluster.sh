@@ -12,7 +12,7 @@
 #                the addresses. On a failure: the reason, the logs' tails, and everything
 #                started is stopped again (exit 1).
 #   stop         stops everything `start` started (SIGTERM to each process group, SIGKILL
-#                after 5 s, CLUSTER_STOP_SECS for the nodes; PostgreSQL with pg_ctl):
+#                after 5 s, CLUSTER_STOP_SECS (45) for the nodes; PostgreSQL with pg_ctl):
 #                idempotent, also after a failed start.
 #   status       each process, each node's /healthz and the dispatcher's view of the nodes;
 #                exit 0 only when everything is up.
@@ -53,8 +53,10 @@
 #                                   to an INVITE, an OPTIONS probe) before it counts as dead
 #   CLUSTER_KAMAILIO_CHILDREN=4     Kamailio's UDP workers
 #   CLUSTER_START_SECS=30           how long start waits for health and the dispatcher
-#   CLUSTER_STOP_SECS=15            how long stop gives each node after SIGTERM (its
-#                                   sip.shutdown_grace_secs and its last records), then SIGKILL
+#   CLUSTER_STOP_SECS=45            how long stop gives each node after SIGTERM, then SIGKILL:
+#                                   a node drains its calls for sip.shutdown_grace_secs (5), then
+#                                   waits for its transactions, up to 128*T1 (64 s); the
+#                                   dispatcher's last OPTIONS probes keep one for 64*T1 (32 s)
 #   CALLBRIDGE_BIN                  the callbridge binary (default: the release build of this
 #                                   checkout, $CARGO_TARGET_DIR or target/, built when missing;
 #                                   CLUSTER_BUILD=1 always runs cargo build first)
@@ -566,14 +568,14 @@ do_stop() {
     if [[ -d $DIR/pids ]]; then
         # The dispatcher first (no new calls), then the nodes (they drain), then the stores.
         # A node answers SIGTERM by refusing new calls and giving live ones
-        # sip.shutdown_grace_secs (5); it also waits for its server transactions, and the
-        # dispatcher's OPTIONS probes leave some for 64*T1: expect the whole grace period.
+        # sip.shutdown_grace_secs (5); then it waits for its transactions to end, and those of
+        # the dispatcher's last OPTIONS probes last 64*T1 (32 s with sip.t1_ms = 500).
         stop_group kamailio
         local stoppers=()
         for f in "$DIR"/pids/node-*.pid; do
             [[ -e $f ]] || continue
             name=$(basename "$f" .pid)
-            stop_group "$name" "${CLUSTER_STOP_SECS:-15}" &
+            stop_group "$name" "${CLUSTER_STOP_SECS:-45}" &
             stoppers+=($!)
         done
         # Only these: after a failed start, the processes it spawned are this shell's
@@ -650,6 +652,11 @@ cmd=${1:-}
 case $cmd in
 start) do_start ;;
 stop)
+    # Idempotent: nothing started (or the directory gone) is nothing to stop.
+    if [[ -z ${CLUSTER_DIR:-} && ! -r $pointer ]] || [[ -n ${CLUSTER_DIR:-} && ! -d $CLUSTER_DIR ]]; then
+        log "no cluster to stop"
+        exit 0
+    fi
     find_dir
     do_stop
     ;;
