@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Where each call of a cluster test ended, and whether it ended exactly once.
 
-Used by deploy/cluster/test.sh. For every callid of --ids, asks every live node's API
-(GET /api/calls/{callid}) and reads the SQLite store of every dead node (--sqlite, the file
-of a node killed with SIGKILL: its committed records), then:
+Used by deploy/cluster/test.sh. For every callid of --ids, asks every node's API
+(GET /api/calls/{callid}: from memory while the node remembers the call, then from its store),
+then:
 
 - prints one line per callid: callid, the nodes that hold a record of it (comma-separated,
   or "-"), state, end_cause, answered (0/1), leg_a_code;
@@ -18,7 +18,6 @@ The last line on stderr is a summary: records per node, callids without a record
 
 import argparse
 import json
-import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -37,32 +36,6 @@ def fetch(api, callid):
         raise SystemExit(f"GET {api}/api/calls/{callid}: {error}")
 
 
-def sqlite_records(path, ids):
-    """The records of ids in the SQLite store at path (a dead node's file)."""
-    found = {}
-    try:
-        db = sqlite3.connect(path, timeout=5)
-    except sqlite3.Error as error:
-        raise SystemExit(f"{path}: {error}")
-    with db:
-        rows = db.execute(
-            "SELECT callid, state, end_cause, answered_at, leg_a_code, invite_at, ended_at FROM calls"
-        ).fetchall()
-    wanted = set(ids)
-    for callid, state, cause, answered, leg_a, invite_at, ended_at in rows:
-        if callid in wanted:
-            found[callid] = {
-                "callid": callid,
-                "state": state,
-                "end_cause": cause,
-                "answered_at": answered,
-                "leg_a_code": leg_a,
-                "invite_at": invite_at,
-                "ended_at": ended_at,
-            }
-    return found
-
-
 def identity(record):
     """What makes two answers the same record (a shared store seen through two nodes)."""
     return tuple(record.get(k) for k in ("state", "invite_at", "answered_at", "ended_at", "end_cause"))
@@ -72,18 +45,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids", required=True, help="file of callids, one a line")
     parser.add_argument("--node", action="append", default=[], metavar="NAME=URL",
-                        help="a live node's API, e.g. node-1=http://127.0.0.11:8080")
-    parser.add_argument("--sqlite", action="append", default=[], metavar="NAME=PATH",
-                        help="a dead node's SQLite store")
+                        help="a node's API, e.g. node-1=http://127.0.0.11:8080")
     parser.add_argument("--expect", choices=("bridged", "any"), default="any")
     args = parser.parse_args()
 
     ids = [line.strip() for line in open(args.ids) if line.strip()]
     seen = {callid: {} for callid in ids}
-    for spec in args.sqlite:
-        name, path = spec.split("=", 1)
-        for callid, record in sqlite_records(path, ids).items():
-            seen[callid][name] = record
     for spec in args.node:
         name, api = spec.split("=", 1)
         for callid in ids:
