@@ -8,7 +8,9 @@
 # it out; FUZZ_SECONDS sets its length). Right after the workspace tests, schemathesis
 # checks the release binary's HTTP API against its OpenAPI document (scripts/schemathesis.sh,
 # about a minute; SKIP_SCHEMATHESIS=1 leaves it out), and the Python webhook receiver of
-# examples/ is checked against the server's signed events (scripts/webhook-example.sh). CI
+# examples/ is checked against the server's signed events (scripts/webhook-example.sh). After
+# the SIPp run, the cluster test: three nodes behind a Kamailio dispatcher, a kill -9 during
+# calls (deploy/cluster/test.sh, about 70 s; SKIP_CLUSTER=1 or SKIP_SIPP=1 leaves it out). CI
 # runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +46,11 @@ step "webhooks: examples/webhook_receiver.py verifies the release binary's event
 
 step "SIPp end-to-end through the release binary (sipp-scenarios/run.sh)"
 ./sipp-scenarios/run.sh
+
+if [[ "${SKIP_SIPP:-0}" != 1 && "${SKIP_CLUSTER:-0}" != 1 ]]; then
+    step "cluster: three nodes behind a Kamailio dispatcher, kill -9 of one during calls (deploy/cluster/test.sh)"
+    ./deploy/cluster/test.sh
+fi
 
 step "media relay quick check: 20 calls × 3 s of RTP both ways, any lost packet fails"
 cargo build --release --locked -p callbridge -p callbridge-benches --bin callbridge --bin media_load

@@ -182,6 +182,19 @@ pub fn relay_response_to_a(
 ) -> Response {
     let mut response = Response::to_request(a_request, from_b.status, Some(&from_b.reason));
     tag_to(&mut response, a_local_tag);
+    if (101..300).contains(&from_b.status) {
+        // RFC 3261 §12.1.1: a response that makes a dialog (early or confirmed) carries the
+        // request's Record-Route, every value in order, so that the caller's ACK, BYE and
+        // re-INVITEs follow the proxies that asked to stay on the path (a dispatcher in front
+        // of several nodes relays them to the node that holds the call).
+        for row in a_request.headers.iter() {
+            if row.name == HeaderName::RecordRoute {
+                response
+                    .headers
+                    .push(HeaderName::RecordRoute, row.value.clone());
+            }
+        }
+    }
     if from_b.status < 300 {
         response.headers.push(
             HeaderName::Contact,
@@ -410,6 +423,78 @@ mod tests {
             "sip:2001@192.0.2.10:5060"
         );
         assert_eq!(&r.body[..], b"v=0");
+        // The proxies on leg A's path stay on it (RFC 3261 §12.1.1); leg B's do not cross.
+        assert_eq!(
+            r.headers.record_routes().unwrap(),
+            a.headers.record_routes().unwrap()
+        );
+    }
+
+    #[test]
+    fn dialog_making_answers_on_leg_a_copy_its_record_route_in_order() {
+        let text = String::from_utf8(a_invite().to_bytes().to_vec())
+            .unwrap()
+            .replace(
+                "Record-Route: <sip:edge.carrier.example;lr>\r\n",
+                "Record-Route: <sip:10.0.0.9;lr;ftag=x>, <sip:edge.carrier.example;lr>\r\n\
+                 Record-Route: <sip:core.carrier.example;lr>\r\n",
+            );
+        let a = match Message::parse(text.as_bytes(), &ParseLimits::default()).unwrap() {
+            Message::Request(r) => r,
+            _ => unreachable!(),
+        };
+        let from_b = |status: u16| {
+            let text = format!(
+                "SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKb\r\n\
+                 From: <sip:2001@192.0.2.10>;tag=f\r\nTo: <sip:3001@198.51.100.1>;tag=t\r\n\
+                 Call-ID: b-leg\r\nCSeq: 1 INVITE\r\n\
+                 Record-Route: <sip:trunk-edge.example;lr>\r\nContent-Length: 0\r\n\r\n"
+            );
+            match Message::parse(text.as_bytes(), &ParseLimits::default()).unwrap() {
+                Message::Response(r) => r,
+                _ => unreachable!(),
+            }
+        };
+        let uris = |r: &Response| -> Vec<String> {
+            r.headers
+                .record_routes()
+                .unwrap()
+                .iter()
+                .map(|n| n.uri.to_string())
+                .collect()
+        };
+        for status in [180, 183, 200] {
+            let b = from_b(status);
+            let r = relay_response_to_a(
+                &local(),
+                &a,
+                "a",
+                ("2001", Transport::Udp),
+                &b,
+                b.body.clone(),
+            );
+            let text = String::from_utf8(r.to_bytes().to_vec()).unwrap();
+            assert_eq!(
+                uris(&r),
+                [
+                    "sip:10.0.0.9;lr;ftag=x",
+                    "sip:edge.carrier.example;lr",
+                    "sip:core.carrier.example;lr"
+                ],
+                "{status}: {text}"
+            );
+            assert!(!text.contains("trunk-edge"), "{text}");
+        }
+        let b = from_b(486);
+        let r = relay_response_to_a(
+            &local(),
+            &a,
+            "a",
+            ("2001", Transport::Udp),
+            &b,
+            b.body.clone(),
+        );
+        assert!(uris(&r).is_empty(), "a final refusal makes no dialog");
     }
 
     #[test]
