@@ -320,8 +320,14 @@ start_postgres() {
     mkdir -p "$pgdir"
     if [[ $(id -u) == 0 ]]; then
         id postgres >/dev/null 2>&1 || die "CLUSTER_PG=1 as root needs the user postgres (Debian's postgresql package creates it)"
-        # The server runs as postgres: it must reach its directory through the work dir.
-        chmod o+x "$DIR"
+        # The server runs as postgres: it must reach its directory through the work dir and
+        # every directory above it (a test's mktemp directory is 0700): search permission
+        # only, on the ones this user owns.
+        local up=$DIR
+        while [[ -n $up && $up != / ]]; do
+            [[ -O $up ]] && chmod o+x "$up"
+            up=$(dirname "$up")
+        done
         chown postgres: "$pgdir"
     fi
     log "PostgreSQL: $CLUSTER_PG_URL (log $pgdir/postgres.log)"

@@ -26,12 +26,13 @@
 #                                       python3, kamailio, redis-server: scripts/ensure-tools.sh)
 # Environment (all optional):
 #   SKIP_CLUSTER=1           skip (exit 0 with a message)
-#   CLUSTER_PG=1             the nodes share one PostgreSQL (store.url) instead of SQLite files
+#   CLUSTER_PG=1             the nodes share one PostgreSQL (store.url; the default), 0: each
+#                            node its own SQLite file
 #   CALLBRIDGE_BIN=path      use this binary (default: cargo build --release -p callbridge)
 #   CLUSTER_TEST_DIR=dir     where logs go (default: a fresh temp dir, removed on success)
 #   CLUSTER_TEST_KEEP=1      keep the work dir even on success
 #   B_CALLS=150 B_RATE=30  C_CALLS=240 C2_CALLS=60 R_CALLS=30 HOLD_MS=1000 KILL_AFTER=3
-# Hooks for what is not built yet (issue 14), off until it lands, each marked TODO below:
+# The cluster's sharing, each checked unless set to 0:
 #   CLUSTER_TEST_SHARED_INDEX=1   any node answers GET /api/calls/{callid} for any call
 #   CLUSTER_TEST_REMOTE_HANGUP=1  the hang-up of phase h is sent to a node that does not hold it
 #   CLUSTER_TEST_NODE_LOST=1      the killed node's live calls get records ended "node_lost"
@@ -104,6 +105,8 @@ while read -r var; do
     [[ $var == CLUSTER_PG || $var == CLUSTER_TEST_* ]] || unset "$var"
 done < <(compgen -e | grep '^CLUSTER_' || true)
 export CLUSTER_DIR=$work/cluster
+# One PostgreSQL for every node unless told otherwise: the deployment this tests.
+export CLUSTER_PG=${CLUSTER_PG:-1}
 export CLUSTER_NODES=$NODES
 export CLUSTER_DISPATCHER_PORT=$dispatcher_port
 export CLUSTER_SIP_PORT=$sip_port
@@ -424,9 +427,8 @@ if [[ $media == 1 ]]; then
 else
     log "a: bridged on $a_holder, ended by the caller"
 fi
-# TODO(issue 14, shared call index): any node answers for any call. Turn on by default once
-# GET /api/calls/{callid} on a node that does not hold the call answers from the shared index.
-if [[ ${CLUSTER_TEST_SHARED_INDEX:-0} == 1 ]]; then
+# Any node answers for any call (the shared call index, then the shared store).
+if [[ ${CLUSTER_TEST_SHARED_INDEX:-1} == 1 ]]; then
     for api in "${apis[@]}"; do
         code=$(curl -s -o "$work/a.other.json" -w '%{http_code}' --max-time 3 "$api/api/calls/$a_id" || true)
         [[ $code == 200 ]] || fail "a: GET $api/api/calls/$a_id answered $code: every node should answer for every call"
@@ -456,9 +458,8 @@ for _ in $(seq 100); do
 done
 [[ -n $h_holder ]] || fail "h: the call $h_id was not answered on any node within 10 s"
 hangup_node=${h_holder#node-}
-# TODO(issue 14, hang-up from another node): send the hang-up to a node that does not hold the
-# call, by default, once hang-ups are shared through Redis.
-if [[ ${CLUSTER_TEST_REMOTE_HANGUP:-0} == 1 ]]; then hangup_node=$((hangup_node % NODES + 1)); fi
+# The hang-up goes to a node that does not hold the call: Redis carries it to the holder.
+if [[ ${CLUSTER_TEST_REMOTE_HANGUP:-1} == 1 ]]; then hangup_node=$((hangup_node % NODES + 1)); fi
 hangup_api_var=CLUSTER_NODE_${hangup_node}_API
 code=$(curl -s -o "$work/h.hangup.json" -w '%{http_code}' --max-time 5 -X POST "${!hangup_api_var}/api/calls/$h_id/hangup" || true)
 [[ $code == 200 ]] || fail "h: POST /api/calls/$h_id/hangup on node $hangup_node answered $code: $(cat "$work/h.hangup.json")"
@@ -551,15 +552,18 @@ read -r -a c2d <<<"$c2_spread"
     fail "c2: the calls did not reach both nodes 1 and 3 (bridged per node: $c2_spread)"
 [[ $(sum_of "$c2_spread") == "$C2_CALLS" ]] || fail "c2: the nodes bridged $(sum_of "$c2_spread") calls, SIPp made $C2_CALLS"
 
-# TODO(issue 14, node loss): once a survivor ends a lost node's calls (heartbeat older than
-# cluster.heartbeat_ttl_secs, 5 s), every call of run c has a record on a live node or in
-# node 2's store, ended "hangup" or "node_lost". Turn on by default when that lands.
-if [[ ${CLUSTER_TEST_NODE_LOST:-0} == 1 ]]; then
-    sleep 6
-    python3 "$here/records.py" --ids "$work/c.ids" --node "node-1=$CLUSTER_NODE_1_API" \
-        --node "node-3=$CLUSTER_NODE_3_API" >"$work/c.lost.records" 2>"$work/c.lost.err" ||
-        fail "c: records: $(cat "$work/c.lost.err")"
-    lost=$(awk '$4 == "node_lost"' "$work/c.lost.records" | wc -l)
+# Node loss: once node 2's heartbeat is older than cluster.heartbeat_ttl_secs (5 s), one
+# survivor ends its live calls' records "node_lost": at least every call that failed with it.
+if [[ ${CLUSTER_TEST_NODE_LOST:-1} == 1 ]]; then
+    lost=0
+    for _ in $(seq 30); do
+        python3 "$here/records.py" --ids "$work/c.ids" --node "node-1=$CLUSTER_NODE_1_API" \
+            --node "node-3=$CLUSTER_NODE_3_API" >"$work/c.lost.records" 2>"$work/c.lost.err" ||
+            fail "c: records: $(cat "$work/c.lost.err")"
+        lost=$(awk '$4 == "node_lost"' "$work/c.lost.records" | wc -l)
+        ((lost >= c_failed)) && break
+        sleep 0.5
+    done
     log "c: $lost records ended node_lost by a survivor"
     ((lost >= c_failed)) || fail "c: $c_failed calls failed with node $KILLED but only $lost records ended node_lost"
 fi

@@ -10,6 +10,7 @@
 //!   carried out through the same queue the local API uses;
 //! - [`ClusterApi`], the API's way to the other nodes ([`api::ClusterCalls`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -197,8 +198,27 @@ async fn reap(
         }
     };
     for node in lost {
+        // The highest seq of each lost call's events, stored by the lost node (the index's
+        // may lag by one write): the call.ended built here must come after them.
+        let mut last_seq: HashMap<String, u32> = HashMap::new();
         if let Some((store, webhooks)) = outbox {
             adopt_outbox(&node.node, store, webhooks).await;
+            let store = Arc::clone(store);
+            let callids: Vec<String> = node.calls.iter().map(|e| e.callid.clone()).collect();
+            if let Ok(seqs) = tokio::task::spawn_blocking(move || {
+                callids
+                    .into_iter()
+                    .filter_map(|callid| {
+                        let events = store.events_of_call(&callid, store::MAX_EVENT_PAGE).ok()?;
+                        let seq = events.iter().map(|e| e.seq).max()?;
+                        Some((callid, seq))
+                    })
+                    .collect::<HashMap<String, u32>>()
+            })
+            .await
+            {
+                last_seq = seqs;
+            }
         }
         let now = Instant::now();
         let mut ended = 0;
@@ -213,7 +233,10 @@ async fn reap(
             if record.state == CallState::Ended {
                 continue;
             }
-            control.registry().adopt_record(record, entry.seq);
+            let seq = last_seq
+                .get(&entry.callid)
+                .map_or(entry.seq, |stored| (*stored).max(entry.seq));
+            control.registry().adopt_record(record, seq);
             control.record(
                 now,
                 &entry.callid,

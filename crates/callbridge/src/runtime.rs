@@ -612,11 +612,10 @@ fn cluster_node(config: &Config) -> Result<Option<Arc<ClusterNode>>, StartError>
     let redis = Arc::new(
         cluster::Redis::new(url, config.cluster.redis_timeout()).map_err(StartError::Cluster)?,
     );
-    let intents = Arc::new(cluster::RedisIntents::new(
-        Arc::clone(&redis),
-        cluster::DEFAULT_PREFIX,
-    ));
     let node = config.cluster.node_id_or(config.sip.listen.port());
+    let intents = Arc::new(
+        cluster::RedisIntents::new(Arc::clone(&redis), cluster::DEFAULT_PREFIX).claiming_as(&node),
+    );
     let node = ClusterNode::new(redis, url, node, intents).map_err(StartError::Cluster)?;
     Ok(Some(Arc::new(node)))
 }

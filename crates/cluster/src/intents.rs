@@ -46,6 +46,9 @@ pub struct RedisIntents {
     redis: Arc<Redis>,
     prefix: String,
     scripts: Scripts,
+    /// The node that claims through this table, entered in the call index with each claim
+    /// (`None`: claims are not indexed, as in tests of the table alone).
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for RedisIntents {
@@ -69,7 +72,14 @@ impl RedisIntents {
                 cancel: script!("cancel.lua"),
                 expire: script!("expire.lua"),
             },
+            node: None,
         }
+    }
+
+    /// Claims through this table enter the call index under `node` in the same atomic step.
+    pub fn claiming_as(mut self, node: &str) -> RedisIntents {
+        self.node = Some(node.to_owned());
+        self
     }
 
     fn intent_key(&self, telnum: &str) -> String {
@@ -130,7 +140,10 @@ impl RedisIntents {
             .key(self.expiry_key())
             .arg(self.icid_prefix())
             .arg(to)
-            .arg(if cti { "1" } else { "0" });
+            .arg(if cti { "1" } else { "0" })
+            .arg(self.node.as_deref().unwrap_or(""))
+            .arg(format!("{}call:", self.prefix))
+            .arg(format!("{}node_calls:", self.prefix));
         let answer: Vec<String> = self
             .redis
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })

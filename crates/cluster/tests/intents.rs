@@ -225,3 +225,35 @@ async fn redis_down_is_an_error_within_the_timeout_and_recovery_needs_no_restart
         it
     );
 }
+
+#[tokio::test]
+async fn a_claim_enters_the_call_index_in_the_same_step() {
+    let server = RedisServer::start().unwrap();
+    let redis = Arc::new(Redis::new(&server.url(), Duration::from_millis(500)).unwrap());
+    let t = RedisIntents::new(Arc::clone(&redis), DEFAULT_PREFIX).claiming_as("node-7");
+    let index = cluster::CallIndex::new(Arc::clone(&redis), DEFAULT_PREFIX);
+    let mut it = intent("60000000000000000001", "1001", "+2001", "3001");
+    it.data = Some("order \"7\"".into());
+    t.register(it.clone(), TTL_MS, 10).await.unwrap();
+    assert_eq!(
+        index.get(&it.callid).await.unwrap(),
+        None,
+        "a pending intent is not indexed"
+    );
+    claimed(t.claim("1001".into(), "2001".into()).await.unwrap());
+    let entry = index
+        .get(&it.callid)
+        .await
+        .unwrap()
+        .expect("indexed at the claim");
+    assert_eq!(
+        (entry.node.as_str(), entry.seq, entry.ended),
+        ("node-7", 1, false)
+    );
+    let row: serde_json::Value = serde_json::from_str(&entry.row).unwrap();
+    assert_eq!(row["state"], "trying");
+    assert_eq!(row["caller"], "+2001");
+    assert_eq!(row["data"], "order \"7\"");
+    assert_eq!(row["created_at"], 1_764_650_000_000u64);
+    assert!(row.get("notify_url").is_none());
+}
