@@ -30,7 +30,7 @@ step "rust-version is the real minimum (dependencies; clippy checked our own cod
 # the trunk DNS tests (sip-tests/tests/trunk_dns.rs) a real dnsmasq, the store's tests a real
 # PostgreSQL (crates/store/src/testing.rs), and fail without them;
 # this installs them (and SIPp, used further down) when missing.
-step "tools: SIPp, curl, Kamailio, dnsmasq and PostgreSQL installed if missing (scripts/ensure-tools.sh)"
+step "tools: SIPp, curl, Kamailio, dnsmasq, Redis and PostgreSQL installed if missing (scripts/ensure-tools.sh)"
 ./scripts/ensure-tools.sh
 
 step "cargo test --workspace"
