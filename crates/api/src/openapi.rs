@@ -323,7 +323,7 @@ mod ops {
             ("since" = Option<i64>, Query, description = "created_at ≥ since (ms since the epoch)", minimum = 0),
             ("until" = Option<i64>, Query, description = "created_at < until (ms since the epoch)", minimum = 0),
             ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000),
-            ("cursor" = Option<String>, Query, description = "A previous page's next_cursor (opaque)", pattern = r"^1\.[0-9]{1,18}\.([0-7][0-9a-f])*$", max_length = 512),
+            ("cursor" = Option<String>, Query, description = "A previous page's next_cursor (opaque)", pattern = r"^1\.[0-9]{1,18}\.(0[1-9a-f]|[1-7][0-9a-f])*$", max_length = 512),
         ),
         responses(
             (status = 200, description = "A page", body = Page),
