@@ -31,11 +31,12 @@ pub fn keep_sdp_only(message: &mut Message) -> bool {
         return false;
     }
     match sdp_part(content_type, body, MAX_DEPTH) {
-        Some(sdp) => {
+        // An SDP part with nothing in it is no offer: the message goes on without a body.
+        Some(sdp) if !sdp.is_empty() => {
             *body = sdp;
             headers.set(HeaderName::ContentType, "application/sdp");
         }
-        None => {
+        _ => {
             *body = Bytes::new();
             headers.remove_all(&HeaderName::ContentType);
         }
@@ -224,6 +225,28 @@ mod tests {
              Content-Disposition: signal; handling=optional\r\n\r\n\
              \u{1}\u{10}\u{60}\u{0}\u{a}\u{3}\u{2}1001\r\n--{boundary}--\r\nepilogue"
         )
+    }
+
+    /// Found by the carrier fuzz target: an SDP part whose headers run into the next boundary
+    /// has an empty body, which must leave no `Content-Type: application/sdp` behind.
+    #[test]
+    fn an_empty_sdp_part_leaves_no_body_and_no_content_type() {
+        let body = "--b\r\nContent-Type: application/sdp\r\n\r=x\r\n--b\r\n\
+                    Content-Type: application/ISUP\r\n\r\n\u{1}2001\r\n--b--\r\n";
+        let mut message = invite("multipart/mixed;boundary=b", body);
+        assert!(keep_sdp_only(&mut message));
+        let (reduced, content_type) = body_of(&message);
+        assert!(
+            reduced.is_empty() || content_type == Some("application/sdp"),
+            "{reduced:?} {content_type:?}"
+        );
+        assert!(!reduced.is_empty() || content_type.is_none());
+        let mut message = invite(
+            "multipart/mixed;boundary=b",
+            "--b\r\nContent-Type: application/sdp\r\n\r\n\r\n--b--\r\n",
+        );
+        assert!(keep_sdp_only(&mut message));
+        assert_eq!(body_of(&message), ("", None));
     }
 
     #[test]
