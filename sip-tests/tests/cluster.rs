@@ -382,8 +382,26 @@ async fn a_lost_nodes_undelivered_events_go_out_from_the_survivor_in_order() {
     let mut phone = Phone::udp(&node2, "1001").await;
     let _dialog = bridged_call(&mut node2, &mut phone).await;
     wait_state_on(&node1, &callid, "answered").await;
-    // node 2's events of the call (incoming, ringing, answered) are in the outbox, pending.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // node 2's events of the call (incoming, ringing, answered) are in the outbox, pending:
+    // asked of the outbox itself, not waited for.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json) = node2
+            .http("GET", &format!("/api/calls/{callid}/events"), None)
+            .await;
+        assert_eq!(status, 200, "{json}");
+        let pending = json["events"]
+            .as_array()
+            .map_or(0, |e| e.iter().filter(|e| e["state"] == "pending").count());
+        if pending >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events never stored: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     node2.running.kill();
     wait_state_on(&node1, &callid, "ended").await;
