@@ -6,22 +6,55 @@
 
 use std::time::Duration;
 
+use callbridge_benches::webhook_receiver::Receiver;
 use cluster::testing::RedisServer;
 use sip_core::{Message, Method, Response};
 use sip_tests::bridge::{
     bridged_call, expect_request, phone_hangs_up, Bridge, CalleeDialog, Options, Phone,
 };
 
+/// A cluster node's options on `redis`, named `node`, with `extra` keys after the cluster's.
+fn node_options(redis: &RedisServer, node: &str, extra: &[String]) -> Options {
+    let mut keys = vec![
+        format!("cluster.redis_url=\"{}\"", redis.url()),
+        format!("cluster.node_id=\"{node}\""),
+        "cluster.redis_timeout_ms=300".to_owned(),
+    ];
+    keys.extend_from_slice(extra);
+    Options {
+        extra: keys,
+        ..Options::default()
+    }
+}
+
+/// A heartbeat every second, lost after 2: a dead node is reaped within about 3 s.
+fn fast_heartbeat() -> Vec<String> {
+    vec![
+        "cluster.heartbeat_secs=1".to_owned(),
+        "cluster.heartbeat_ttl_secs=2".to_owned(),
+    ]
+}
+
+/// Webhooks to `receiver`, retried every 50-200 ms up to `max_attempts`, with the nodes'
+/// one store at `db` (the outbox they share).
+fn webhooks_to(receiver: &Receiver, db: &std::path::Path, max_attempts: u32) -> Vec<String> {
+    vec![
+        format!("store.path=\"{}\"", db.display()),
+        format!("webhooks.url=\"{}\"", receiver.url()),
+        format!("webhooks.secret=\"{WEBHOOK_SECRET}\""),
+        "webhooks.backoff_base_ms=50".to_owned(),
+        "webhooks.backoff_max_ms=200".to_owned(),
+        format!("webhooks.max_attempts={max_attempts}"),
+    ]
+}
+
+const WEBHOOK_SECRET: &str = "whsec_cluster";
+
 /// A node of the cluster on `redis`, named `node`.
 async fn node(redis: &RedisServer, node: &str, ttl_secs: u64) -> Bridge {
     Bridge::start_with(Options {
         intent_ttl_secs: ttl_secs,
-        extra: vec![
-            format!("cluster.redis_url=\"{}\"", redis.url()),
-            format!("cluster.node_id=\"{node}\""),
-            "cluster.redis_timeout_ms=300".to_owned(),
-        ],
-        ..Options::default()
+        ..node_options(redis, node, &[])
     })
     .await
 }
@@ -295,16 +328,7 @@ async fn a_live_call_is_seen_and_hung_up_from_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_live_calls_end_as_node_lost_on_a_survivor() {
     let redis = RedisServer::start().unwrap();
-    let beat = |node: &str| Options {
-        extra: vec![
-            format!("cluster.redis_url=\"{}\"", redis.url()),
-            format!("cluster.node_id=\"{node}\""),
-            "cluster.redis_timeout_ms=300".to_owned(),
-            "cluster.heartbeat_secs=1".to_owned(),
-            "cluster.heartbeat_ttl_secs=2".to_owned(),
-        ],
-        ..Options::default()
-    };
+    let beat = |node: &str| node_options(&redis, node, &fast_heartbeat());
     let node1 = Bridge::start_with(beat("node-1")).await;
     let mut node2 = Bridge::start_with(beat("node-2")).await;
     let callid = node1.makecall("1001", "2001", "3001").await;
@@ -336,17 +360,16 @@ async fn a_dead_nodes_live_calls_end_as_node_lost_on_a_survivor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_nodes_undelivered_events_go_out_from_the_survivor_in_order() {
-    use callbridge_benches::webhook_receiver::{Receiver, Reply};
+    use callbridge_benches::webhook_receiver::Reply;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    const SECRET: &str = "whsec_cluster";
     let redis = RedisServer::start().unwrap();
     // One store for both nodes (a SQLite file here; PostgreSQL in deploy/cluster): the
     // outbox the survivor adopts from.
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), SECRET)
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET)
         .await
         .unwrap();
     // The app's backend is down until told otherwise: every event stays pending.
@@ -359,23 +382,10 @@ async fn a_lost_nodes_undelivered_events_go_out_from_the_survivor_in_order() {
             Reply::Status(204)
         }
     }));
-    let options = |node: &str| Options {
-        extra: vec![
-            format!("cluster.redis_url=\"{}\"", redis.url()),
-            format!("cluster.node_id=\"{node}\""),
-            "cluster.redis_timeout_ms=300".to_owned(),
-            "cluster.heartbeat_secs=1".to_owned(),
-            "cluster.heartbeat_ttl_secs=2".to_owned(),
-            format!("store.path=\"{}\"", db.display()),
-            format!("webhooks.url=\"{}\"", receiver.url()),
-            format!("webhooks.secret=\"{SECRET}\""),
-            "webhooks.backoff_base_ms=50".to_owned(),
-            "webhooks.backoff_max_ms=200".to_owned(),
-            // Retried for as long as the backend is down here (not given up after 10).
-            "webhooks.max_attempts=1000".to_owned(),
-        ],
-        ..Options::default()
-    };
+    // Retried for as long as the backend is down here (not given up after 10).
+    let mut extra = fast_heartbeat();
+    extra.extend(webhooks_to(&receiver, &db, 1000));
+    let options = |node: &str| node_options(&redis, node, &extra);
     let node1 = Bridge::start_with(options("node-1")).await;
     let mut node2 = Bridge::start_with(options("node-2")).await;
     let callid = node1.makecall("1001", "2001", "3001").await;
@@ -453,14 +463,8 @@ async fn postgresql_down_means_503_and_service_resumes_by_itself() {
     let pg = store::testing::PgServer::start().expect("PostgreSQL (scripts/ensure-tools.sh)");
     let db = pg.create_database().unwrap();
     let redis = RedisServer::start().unwrap();
-    let options = |node: &str| Options {
-        extra: vec![
-            format!("cluster.redis_url=\"{}\"", redis.url()),
-            format!("cluster.node_id=\"{node}\""),
-            format!("store.url=\"{}\"", db.url()),
-        ],
-        ..Options::default()
-    };
+    let store = [format!("store.url=\"{}\"", db.url())];
+    let options = |node: &str| node_options(&redis, node, &store);
     let node1 = Bridge::start_with(options("node-1")).await;
     let mut node2 = Bridge::start_with(options("node-2")).await;
     // A number assigned on one node is the other's too (the same table).
@@ -549,13 +553,12 @@ async fn postgresql_down_means_503_and_service_resumes_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_handed_over_between_nodes_keeps_its_webhooks_in_order() {
-    use callbridge_benches::webhook_receiver::{Receiver, Reply};
+    use callbridge_benches::webhook_receiver::Reply;
 
-    const SECRET: &str = "whsec_cluster";
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shared.db");
-    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), SECRET)
+    let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET)
         .await
         .unwrap();
     // node 1's intent.created fails its first 8 attempts (about a second): the call's next
@@ -567,19 +570,8 @@ async fn a_call_handed_over_between_nodes_keeps_its_webhooks_in_order() {
             Reply::Status(204)
         }
     }));
-    let options = |node: &str| Options {
-        extra: vec![
-            format!("cluster.redis_url=\"{}\"", redis.url()),
-            format!("cluster.node_id=\"{node}\""),
-            format!("store.path=\"{}\"", db.display()),
-            format!("webhooks.url=\"{}\"", receiver.url()),
-            format!("webhooks.secret=\"{SECRET}\""),
-            "webhooks.backoff_base_ms=50".to_owned(),
-            "webhooks.backoff_max_ms=200".to_owned(),
-            "webhooks.max_attempts=100".to_owned(),
-        ],
-        ..Options::default()
-    };
+    let extra = webhooks_to(&receiver, &db, 100);
+    let options = |node: &str| node_options(&redis, node, &extra);
     let node1 = Bridge::start_with(options("node-1")).await;
     let mut node2 = Bridge::start_with(options("node-2")).await;
     let callid = node1.makecall("1001", "2001", "3001").await;
