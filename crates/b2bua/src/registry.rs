@@ -282,6 +282,41 @@ pub struct CallRecord {
     pub sip_reason: Option<String>,
 }
 
+impl CallRecord {
+    /// The record of a new intent, created at `created_at`: nothing has happened to it yet.
+    pub fn intent(
+        callid: &str,
+        telnum: &str,
+        caller: &str,
+        callee: &str,
+        created_at: UnixMillis,
+        extras: CallExtras,
+    ) -> CallRecord {
+        CallRecord {
+            callid: callid.to_owned(),
+            telnum: telnum.to_owned(),
+            caller: caller.to_owned(),
+            callee: callee.to_owned(),
+            state: CallState::Intent,
+            created_at,
+            invite_at: None,
+            ringing_at: None,
+            answered_at: None,
+            ended_at: None,
+            leg_a_code: None,
+            leg_b_code: None,
+            ended_by: None,
+            end_cause: None,
+            media: None,
+            data: extras.data,
+            notify_url: extras.notify_url,
+            ring_ms: None,
+            talk_ms: None,
+            sip_reason: None,
+        }
+    }
+}
+
 /// What makecall adds to a record besides its numbers (SPEC.md: `data`, `notify_url`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CallExtras {
@@ -453,28 +488,7 @@ impl CallRegistry {
     ) {
         let mut inner = self.inner.lock();
         let created_at = inner.wall(now);
-        let record = CallRecord {
-            callid: callid.to_owned(),
-            telnum: telnum.to_owned(),
-            caller: caller.to_owned(),
-            callee: callee.to_owned(),
-            state: CallState::Intent,
-            created_at,
-            invite_at: None,
-            ringing_at: None,
-            answered_at: None,
-            ended_at: None,
-            leg_a_code: None,
-            leg_b_code: None,
-            ended_by: None,
-            end_cause: None,
-            media: None,
-            data: extras.data,
-            notify_url: extras.notify_url,
-            ring_ms: None,
-            talk_ms: None,
-            sip_reason: None,
-        };
+        let record = CallRecord::intent(callid, telnum, caller, callee, created_at, extras);
         let slot = Slot {
             record,
             queued: false,
@@ -490,39 +504,19 @@ impl CallRegistry {
     /// `seq` going on from the intent's. Nothing is announced: `intent.created` was, by the
     /// node that registered it. An existing record of the callid is left as it is.
     pub fn adopt(&self, intent: &crate::shared_intents::SharedIntent) {
-        let mut inner = self.inner.lock();
-        if inner.records.contains_key(&intent.callid) {
-            return;
-        }
-        let record = CallRecord {
-            callid: intent.callid.clone(),
-            telnum: intent.telnum.clone(),
-            caller: intent.caller.clone(),
-            callee: intent.callee.clone(),
-            state: CallState::Intent,
-            created_at: intent.created_at,
-            invite_at: None,
-            ringing_at: None,
-            answered_at: None,
-            ended_at: None,
-            leg_a_code: None,
-            leg_b_code: None,
-            ended_by: None,
-            end_cause: None,
-            media: None,
+        let extras = CallExtras {
             data: intent.data.clone(),
             notify_url: intent.notify_url.clone(),
-            ring_ms: None,
-            talk_ms: None,
-            sip_reason: None,
         };
-        let slot = Slot {
-            record,
-            queued: false,
-            seq: intent.seq,
-            changed: false,
-        };
-        inner.records.insert(intent.callid.clone(), Box::new(slot));
+        let record = CallRecord::intent(
+            &intent.callid,
+            &intent.telnum,
+            &intent.caller,
+            &intent.callee,
+            intent.created_at,
+            extras,
+        );
+        self.adopt_record(record, intent.seq);
     }
 
     /// Drops the record of a call that is not ended, without an event, and returns it with
