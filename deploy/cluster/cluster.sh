@@ -54,9 +54,9 @@
 #   CLUSTER_KAMAILIO_CHILDREN=4     Kamailio's UDP workers
 #   CLUSTER_START_SECS=30           how long start waits for health and the dispatcher
 #   CLUSTER_STOP_SECS=45            how long stop gives each node after SIGTERM, then SIGKILL:
-#                                   a node drains its calls for sip.shutdown_grace_secs (5), then
-#                                   waits for its transactions, up to 128*T1 (64 s); the
-#                                   dispatcher's last OPTIONS probes keep one for 64*T1 (32 s)
+#                                   a node stops as soon as its calls have ended, at most
+#                                   sip.shutdown_grace_secs (5) later; then it hangs up the calls
+#                                   left and waits for those transactions, up to 128*T1 (64 s)
 #   CALLBRIDGE_BIN                  the callbridge binary (default: the release build of this
 #                                   checkout, $CARGO_TARGET_DIR or target/, built when missing;
 #                                   CLUSTER_BUILD=1 always runs cargo build first)
@@ -574,8 +574,8 @@ do_stop() {
     if [[ -d $DIR/pids ]]; then
         # The dispatcher first (no new calls), then the nodes (they drain), then the stores.
         # A node answers SIGTERM by refusing new calls and giving live ones
-        # sip.shutdown_grace_secs (5); then it waits for its transactions to end, and those of
-        # the dispatcher's last OPTIONS probes last 64*T1 (32 s with sip.t1_ms = 500).
+        # sip.shutdown_grace_secs (5); it stops as soon as they have ended (the dispatcher's
+        # answered OPTIONS probes are not waited for), or hangs up the ones left.
         stop_group kamailio
         local stoppers=()
         for f in "$DIR"/pids/node-*.pid; do

@@ -431,6 +431,57 @@ async fn sigterm_drains_then_hangs_up_a_live_and_a_ringing_call() {
     assert_eq!(status.held(), (0, 0, 0));
 }
 
+/// A node behind a dispatcher that probes it with OPTIONS every second: with no call left, it
+/// stops at once on SIGTERM. Each answered probe's transaction lives 64·T1 to absorb copies,
+/// and the probes never stop, so a stop that waited for every transaction would always wait
+/// for the whole grace period and then the hang-up wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_no_calls_stops_at_once_while_a_prober_keeps_probing() {
+    let mut bridge = Bridge::start_with(guarded(&["sip.shutdown_grace_secs=30"])).await;
+    let sip = bridge.sip;
+    let probe = |n: u32, me: SocketAddr| {
+        format!(
+            "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKprobe{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:prober@{me}>;tag=p\r\nTo: <sip:{sip}>\r\n\
+             Call-ID: probe-{n}@dispatcher\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let me = bridge.callee.local_addr();
+    for n in 1..=3 {
+        bridge.callee.send_raw(probe(n, me).as_bytes()).await;
+        assert_eq!(bridge.callee.recv_response().await.status, 200);
+    }
+    let Bridge {
+        running,
+        mut callee,
+        ..
+    } = bridge;
+    let status = running.status.clone();
+    running.shutdown();
+    let began = Instant::now();
+    let stopped = running.join();
+    tokio::pin!(stopped);
+    // The prober goes on probing while the node stops.
+    let mut n = 4;
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                callee.send_raw(probe(n, me).as_bytes()).await;
+                n += 1;
+            }
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "still not stopped after {:?} with no call (grace 30 s)",
+            began.elapsed()
+        );
+    }
+    // No call or dialog was left; the probes' answered transactions went with the process.
+    let (calls, dialogs, _) = status.held();
+    assert_eq!((calls, dialogs), (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callids_are_distinct_and_unguessable() {
     let bridge = Bridge::start().await;

@@ -565,18 +565,20 @@ fn begin_drain(engine: &mut Engine, status: &SharedStatus, grace: Duration) -> D
     }
 }
 
-/// Nothing left to finish: no call, and no transaction either. A call is forgotten once its
-/// own transactions end, but a transaction can outlive every call (an OPTIONS answered during
-/// the drain, a refusal waiting for its ACK): stopping then would leave the peer without the
-/// retransmission or the answer it is owed. The grace period still bounds the wait. The
-/// trunk keepalive's own pings are not waited for: nobody is owed anything by them, and one
-/// to a silent trunk would hold the stop for up to 64·T1.
+/// Nothing left to finish: no call, and no transaction that still owes a peer something. A
+/// call is forgotten once its own transactions end, but a transaction can outlive every call
+/// (a request not yet answered, a refusal waiting for its ACK): stopping then would leave the
+/// peer without the answer or the retransmission it is owed. The grace period still bounds
+/// the wait. Not waited for: the trunk keepalive's own pings (nobody is owed anything by them,
+/// and one to a silent trunk would hold the stop for up to 64·T1), and server transactions
+/// that have answered and only absorb copies (a dispatcher's OPTIONS probe every second
+/// would otherwise hold the stop for as long as the probes go on).
 fn drained(engine: &Engine) -> bool {
     let layer = engine.transactions();
     let client = layer
         .client_count()
         .saturating_sub(engine.keepalive_transactions());
-    engine.call_count() == 0 && client == 0 && layer.server_count() == 0
+    engine.call_count() == 0 && client == 0 && layer.server_owing_count() == 0
 }
 
 fn handle_transport_event(engine: &mut Engine, event: TransportEvent) {

@@ -300,6 +300,15 @@ impl TransactionLayer {
         self.servers.len()
     }
 
+    /// Server transactions that still owe their peer something: an answer not yet sent, or an
+    /// INVITE's final response still retransmitted until its ACK. The others only absorb
+    /// copies (Timers J, I, L) until they end. A stopping endpoint waits for these, not for
+    /// those: an OPTIONS prober (a dispatcher probing every second) keeps a completed
+    /// transaction alive at all times, for 64·T1 each.
+    pub fn server_owing_count(&self) -> usize {
+        self.servers.values().filter(|tx| tx.owes_peer()).count()
+    }
+
     pub fn stats(&self) -> &TransactionStats {
         &self.out.stats
     }

@@ -283,6 +283,16 @@ impl TransactionLayer {
 }
 
 impl ServerTx {
+    /// Whether the peer is still owed something (see `TransactionLayer::server_owing_count`).
+    pub(super) fn owes_peer(&self) -> bool {
+        match self.state {
+            ServerState::Trying | ServerState::Proceeding => true,
+            ServerState::Completed => self.invite,
+            ServerState::Accepted => !self.acked,
+            ServerState::Confirmed => false,
+        }
+    }
+
     /// A new INVITE: answer `100 Trying` at once if so configured (§17.2.1), so that the
     /// caller's Timer A stops; the 100 is what a retransmitted INVITE gets until we answer.
     fn start_invite(

@@ -1521,3 +1521,53 @@ fn stateless_answers_hold_nothing_and_copies_of_live_requests_are_recognised() {
         .unwrap();
     assert!(h.layer.has_server_transaction(&invite));
 }
+
+/// A stopping endpoint waits for the server transactions that still owe their peer an answer
+/// or a retransmission until an ACK, not for those that only absorb copies.
+#[test]
+fn server_transactions_owe_their_peer_until_answered_or_acked() {
+    let mut h = Harness::new();
+    // A non-INVITE owes its answer; once answered it only absorbs copies (Timer J).
+    let options = incoming("OPTIONS", "z9hG4bKopt9", 1);
+    let opt = h.receive(options.clone(), udp_peer());
+    assert_eq!(h.layer.server_owing_count(), 1);
+    h.layer
+        .send_response(h.now, opt, final_to(&options, 200))
+        .unwrap();
+    assert_eq!(h.layer.server_state(opt), Some(ServerState::Completed));
+    assert_eq!(
+        (h.layer.server_count(), h.layer.server_owing_count()),
+        (1, 0)
+    );
+    // An INVITE refused owes the retransmissions of its final until the ACK (then Timer I).
+    let refused = incoming("INVITE", "z9hG4bKinv9", 1);
+    let inv = h.receive(refused.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, inv, final_to(&refused, 486))
+        .unwrap();
+    assert_eq!(h.layer.server_owing_count(), 1);
+    h.feed(
+        Message::Request(ack_for(&refused, "z9hG4bKinv9")),
+        udp_peer(),
+    );
+    assert_eq!(h.layer.server_state(inv), Some(ServerState::Confirmed));
+    assert_eq!(h.layer.server_owing_count(), 0);
+    // An INVITE accepted owes its 2xx's retransmissions until the ACK (then Timer L).
+    let accepted = incoming("INVITE", "z9hG4bKinv10", 1);
+    let ok = h.receive(accepted.clone(), udp_peer());
+    h.layer
+        .send_response(h.now, ok, final_to(&accepted, 200))
+        .unwrap();
+    assert_eq!(h.layer.server_owing_count(), 1);
+    h.feed(
+        Message::Request(ack_for(&accepted, "z9hG4bKack10")),
+        udp_peer(),
+    );
+    assert_eq!(h.layer.server_state(ok), Some(ServerState::Accepted));
+    assert_eq!(
+        (h.layer.server_count(), h.layer.server_owing_count()),
+        (3, 0)
+    );
+    h.drain_transmits();
+    h.events();
+}
