@@ -34,6 +34,21 @@
 #               runs too; the webhook counters (/metrics at the end of each run) and the sink's
 #               counts are reported. The sink's CPU is its own, not the server's (and not
 #               counted in "others' CPU").
+#   cluster (not run by default): deploy/cluster/cluster.sh's cluster, as an operator runs
+#               several nodes: CLUSTER_NODES (3) callbridge nodes on 127.0.0.11.. behind the
+#               Kamailio dispatcher (deploy/cluster/kamailio-dispatcher.cfg: tm, OPTIONS probes,
+#               round-robin, record_route) on 127.0.0.10, intents in one Redis, the store in one
+#               PostgreSQL (CLUSTER_PG=0: each node its own SQLite file), all started fresh per
+#               run. The intents are registered on node 1's API; the caller SIPp sends to the
+#               dispatcher, which spreads the calls over the nodes; whichever node gets a call
+#               claims its intent in Redis and sends leg B straight to the callee
+#               (sipp-scenarios/callee_uas.xml). Every process counts as the server: the
+#               nodes, Kamailio, Redis and PostgreSQL (postmaster and backends), in CPU and
+#               memory; their shares of the CPU are reported apart. Run it with callbridge (one
+#               node, embedded defaults, SIPp straight to it) for the comparison:
+#               SERVERS="callbridge cluster". On one machine the cluster cannot be faster: its
+#               processes share the same cores; what it shows is the cost per call of the
+#               dispatcher hop and the shared state.
 #
 # Both servers and both SIPps ask for the same UDP socket buffers (UDP_BUF_BYTES, 4 MiB:
 # callbridge's default sip.recv_buffer_bytes; Kamailio -b, whose default cap is 256 KiB; SIPp
@@ -80,7 +95,9 @@
 #                            the store: the reference for the store's cost per call);
 #                            callbridge-hooks, callbridge-hooks-stalled: webhooks on, receiver
 #                            healthy / stalled (see above; run them with callbridge for the
-#                            comparison: SERVERS="callbridge callbridge-hooks callbridge-hooks-stalled").
+#                            comparison: SERVERS="callbridge callbridge-hooks callbridge-hooks-stalled");
+#                            cluster: three nodes behind Kamailio's dispatcher (see above; it
+#                            also honours CLUSTER_NODES, CLUSTER_PG, CLUSTER_KAMAILIO_CHILDREN).
 #                            (Before 0ee0d5f callbridge kept a call's relay ports until its last
 #                            transaction ended, 64*T1 after the BYE, and the port range limited
 #                            the sustained rate; the ports are now freed when the call ends.)
@@ -120,7 +137,7 @@ die() { echo "benches/load/signalling.sh: $*" >&2; exit 1; }
 
 # The command as given (the variables set in the environment), for the results.
 cmd_env=""
-for v in QUICK RATES MAX_FAILS QUIET_PCT QUIET_WAIT RETRY_DISTURBED DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB KAMAILIO_MEM UDP_BUF_BYTES RTP_PORTS BASE_PORT WEBHOOK_TIMEOUT_MS CALLBRIDGE_BIN WEBHOOK_SINK_BIN CARGO_TARGET_DIR; do
+for v in QUICK RATES MAX_FAILS QUIET_PCT QUIET_WAIT RETRY_DISTURBED DURATION HOLD_MS SERVERS KAMAILIO_CHILDREN KAMAILIO_SHM_MB KAMAILIO_PKG_MB KAMAILIO_MEM UDP_BUF_BYTES RTP_PORTS BASE_PORT WEBHOOK_TIMEOUT_MS CALLBRIDGE_BIN WEBHOOK_SINK_BIN CARGO_TARGET_DIR CLUSTER_NODES CLUSTER_PG CLUSTER_KAMAILIO_CHILDREN; do
     if [[ -n ${!v:-} ]]; then printf -v cmd_env '%s%s=%q ' "$cmd_env" "$v" "${!v}"; fi
 done
 
@@ -168,7 +185,7 @@ for v in QUIET_PCT QUIET_WAIT RETRY_DISTURBED; do [[ ${!v} =~ ^[0-9]+$ ]] || die
 hooks_servers=""
 for s in $SERVERS; do
     [[ $s == callbridge || $s == callbridge-norecords || $s == kamailio || $s =~ ^callbridge-t1_[1-9][0-9]*$ ||
-        $s == callbridge-hooks || $s == callbridge-hooks-stalled ]] || die "SERVERS: unknown server '$s'"
+        $s == callbridge-hooks || $s == callbridge-hooks-stalled || $s == cluster ]] || die "SERVERS: unknown server '$s'"
     [[ $s == callbridge-hooks* ]] && hooks_servers="$hooks_servers $s"
 done
 
@@ -176,7 +193,11 @@ done
 # Tools: sipp (sip-tester) and kamailio from Debian, curl, ss.
 need_pkgs=()
 command -v sipp >/dev/null 2>&1 || need_pkgs+=(sip-tester)
-[[ " $SERVERS " == *" kamailio "* ]] && ! command -v kamailio >/dev/null 2>&1 && need_pkgs+=(kamailio)
+[[ " $SERVERS " == *" kamailio "* || " $SERVERS " == *" cluster "* ]] && ! command -v kamailio >/dev/null 2>&1 && need_pkgs+=(kamailio)
+if [[ " $SERVERS " == *" cluster "* ]]; then
+    command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+    [[ ${CLUSTER_PG:-1} == 0 ]] || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_pkgs+=(postgresql)
+fi
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v ss >/dev/null 2>&1 || need_pkgs+=(iproute2)
 if ((${#need_pkgs[@]} > 0)); then
@@ -245,14 +266,14 @@ results=$work/results.tsv
 
 # ---------------------------------------------------------------------------------------------
 # Processes: the server, the two SIPps, the memory sampler. Stopped by pid on exit.
-srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port="" sink_pid=""
+srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port="" sink_pid="" cluster_dir=""
 # shellcheck source=../../scripts/proc.sh
 source "$repo/scripts/proc.sh"
 cleanup() {
     stop_pid "$sampler_pid"
     stop_pid "$caller_pid"
     stop_pid "$callee_pid"
-    stop_pid "$srv_pid"
+    stop_server
     stop_pid "$sink_pid"
     echo "benches/load/signalling.sh: logs and SIPp statistics in $work"
 }
@@ -260,7 +281,7 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------------
 # callbridge binary.
-if [[ " $SERVERS " == *" callbridge"* ]]; then
+if [[ " $SERVERS " == *" callbridge"* || " $SERVERS " == *" cluster "* ]]; then
     if [[ -n ${CALLBRIDGE_BIN:-} ]]; then
         cb_bin=$CALLBRIDGE_BIN
     else
@@ -291,13 +312,48 @@ while read -r var; do unset "$var"; done < <(compgen -e | grep '^CALLBRIDGE_' ||
 # ---------------------------------------------------------------------------------------------
 # /proc measurements over the server's processes (callbridge: one; Kamailio: main + children).
 server_pids() {
+    if [[ -n $cluster_dir ]]; then
+        cluster_pids all
+        return 0
+    fi
     [[ -n $srv_pid ]] || return 0
     echo "$srv_pid"
     pgrep -P "$srv_pid" 2>/dev/null || true
 }
-cpu_ticks() { # utime + stime, summed
+# The cluster's processes, all of them or one part's (nodes, kamailio, redis, postgres): every
+# process group deploy/cluster/cluster.sh spawned ($cluster_dir/pids/NAME.pid: "PGID word"), and
+# PostgreSQL's postmaster (pg_ctl starts it outside them) with its children.
+cluster_pids() { # part
+    local part=$1 f name pgid pm
+    for f in "$cluster_dir"/pids/*.pid; do
+        [[ -e $f ]] || continue
+        name=$(basename "$f" .pid)
+        [[ $name == node-* ]] && name=nodes
+        [[ $part == all || $part == "$name" ]] || continue
+        read -r pgid _ <"$f" 2>/dev/null || continue
+        pgrep -g "$pgid" 2>/dev/null || true
+    done
+    if [[ $part == all || $part == postgres ]] && [[ -r $cluster_dir/postgres/data/postmaster.pid ]]; then
+        read -r pm <"$cluster_dir/postgres/data/postmaster.pid" || return 0
+        echo "$pm"
+        pgrep -P "$pm" 2>/dev/null || true
+    fi
+}
+cpu_ticks() { # utime + stime, summed over the server's processes
+    # shellcheck disable=SC2046 # one pid per word
+    ticks_of $(server_pids)
+}
+cluster_ticks() { # "nodes kamailio redis postgres": each part's utime + stime
+    local part sums=()
+    for part in nodes kamailio redis postgres; do
+        # shellcheck disable=SC2046 # one pid per word
+        sums+=("$(ticks_of $(cluster_pids "$part"))")
+    done
+    echo "${sums[*]}"
+}
+ticks_of() { # pid... -> utime + stime, summed
     local p total=0 rest
-    for p in $(server_pids); do
+    for p in "$@"; do
         rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
         rest=${rest##*) } # fields from 3 (state) on; comm may contain spaces
         read -r -a f <<<"$rest"
@@ -466,6 +522,8 @@ start_server() { # server name -> srv_pid, sip target "host:port"
         done
         [[ $(http_code "$api/healthz") == 200 ]] || die "callbridge: GET /healthz did not answer 200 within 30 s"
         target=$HOST:$SIP_PORT srv_port=$SIP_PORT
+    elif [[ $server == cluster ]]; then
+        start_cluster "$name"
     else
         # -DD: the main process stays in the foreground (its workers are its children); -E: log
         # to stderr (debug=0 in the config: warnings and errors, as callbridge's log.filter=warn).
@@ -486,6 +544,66 @@ start_server() { # server name -> srv_pid, sip target "host:port"
         sleep 1 # let every worker start
         target=$HOST:$KAM_PORT srv_port=$KAM_PORT
     fi
+}
+
+# The cluster: deploy/cluster/cluster.sh start, which returns once every node is healthy and the
+# dispatcher has seen each answer its probes. Its trunk is the callee SIPp, whose address is also
+# the only one the dispatcher takes new calls from (the caller SIPp binds the same address).
+# The relay range is split between the nodes; Redis and PostgreSQL get free ports of their own.
+start_cluster() { # name -> cluster_dir, srv_pid (the dispatcher), target, srv_port, api
+    local name=$1 nodes=${CLUSTER_NODES:-3} first=${RTP_PORTS%-*} last=${RTP_PORTS#*-} per i ranges=()
+    local redis_port pg_port
+    cluster_dir=$work/$name.cluster
+    rm -rf "$cluster_dir"
+    mkdir -p "$cluster_dir"
+    per=$(((last - first + 1) / nodes))
+    per=$((per - per % 2))
+    for ((i = 0; i < nodes; i++)); do ranges+=("$((first + i * per))-$((first + (i + 1) * per - 1))"); done
+    free_port redis_port
+    free_port pg_port
+    CLUSTER_DIR=$cluster_dir CLUSTER_NODES=$nodes CLUSTER_TRUNK=$HOST:$CALLEE_PORT CLUSTER_TRUSTED_NETS=$HOST/32 \
+        CLUSTER_PG=${CLUSTER_PG:-1} CLUSTER_REDIS_PORT=$redis_port CLUSTER_PG_PORT=$pg_port \
+        CLUSTER_RTP_PORTS="${ranges[*]}" CLUSTER_LOG_FILTER=warn \
+        CLUSTER_KAMAILIO_SHM_MB=$KAMAILIO_SHM_MB CLUSTER_KAMAILIO_MEM=$KAMAILIO_MEM CLUSTER_KAMAILIO_RCVBUF=$UDP_BUF_BYTES \
+        CLUSTER_NODE_SET="media.inactivity_secs=0 intent.ttl_secs=900 sip.recv_buffer_bytes=$UDP_BUF_BYTES sip.send_buffer_bytes=$UDP_BUF_BYTES" \
+        CALLBRIDGE_BIN=$cb_bin "$repo/deploy/cluster/cluster.sh" start >"$work/$name.server.log" 2>&1 || {
+        tail -n 30 "$work/$name.server.log" >&2
+        die "the cluster did not start (see $work/$name.server.log)"
+    }
+    # CLUSTER_DISPATCHER (ip:port), CLUSTER_NODE_APIS, CLUSTER_SIP_PORT...
+    eval "$(CLUSTER_DIR=$cluster_dir "$repo/deploy/cluster/cluster.sh" env)"
+    read -r srv_pid _ <"$cluster_dir/pids/kamailio.pid"
+    target=$CLUSTER_DISPATCHER srv_port=${CLUSTER_DISPATCHER#*:}
+    api=${CLUSTER_NODE_APIS%% *}
+}
+
+# Stops whichever server runs: the cluster with its own stop (SIGTERM to each part; the nodes
+# have no call left by then), else the one process.
+stop_server() {
+    if [[ -n $cluster_dir ]]; then
+        CLUSTER_DIR=$cluster_dir "$repo/deploy/cluster/cluster.sh" stop >>"$work/cluster-stop.log" 2>&1 || true
+        cluster_dir=""
+    else
+        stop_pid "$srv_pid"
+    fi
+    srv_pid=""
+}
+
+# The server is still up: every process of the cluster (cluster.sh status), else the one.
+server_alive() {
+    if [[ -n $cluster_dir ]]; then
+        CLUSTER_DIR=$cluster_dir "$repo/deploy/cluster/cluster.sh" status >/dev/null 2>&1
+    else
+        kill -0 "$srv_pid" 2>/dev/null
+    fi
+}
+
+# Calls refused because a relay port range was used up (503), from /metrics (each node's).
+port_refusals_of() { # api-url...
+    local url
+    for url in "$@"; do
+        curl -s --max-time 2 "$url/metrics" 2>/dev/null || true
+    done | awk '/^callbridge_calls_failed_total\{reason="resources_exhausted"\}/ { n += $2 } END { print n + 0 }'
 }
 
 # Registers one intent per CSV row (callbridge), one kept-alive curl, fails unless every
@@ -521,7 +639,7 @@ run_one() {
 
     choose_ports
     local foreign_before=0
-    [[ $server == callbridge* ]] && foreign_before=$(rtp_range_bound)
+    [[ $server == callbridge* || $server == cluster ]] && foreign_before=$(rtp_range_bound)
     start_server "$server" "$name"
     log "$server started (pid $srv_pid, $(nprocs) process(es)), SIP at $target"
 
@@ -542,7 +660,7 @@ run_one() {
     kill -0 "$callee_pid" 2>/dev/null || die "the callee SIPp did not start (see $work/$name.callee.out)"
 
     local t_int=0
-    if [[ $server == callbridge* ]]; then
+    if [[ $server == callbridge* || $server == cluster ]]; then
         local t0=$SECONDS
         make_intents "$csv" "$calls" "$name"
         t_int=$((SECONDS - t0))
@@ -551,8 +669,9 @@ run_one() {
 
     log "UDP buffers granted (receive/send bytes): server $(udp_bufs "$srv_port"), callee SIPp $(udp_bufs "$CALLEE_PORT")"
     sleep 1
-    local cpu0 pss0 rss0 callee_ticks0 busy0 total0 sink_ticks0=0
+    local cpu0 pss0 rss0 callee_ticks0 busy0 total0 sink_ticks0=0 parts0=""
     cpu0=$(cpu_ticks)
+    [[ -n $cluster_dir ]] && parts0=$(cluster_ticks)
     callee_ticks0=$(pid_ticks "$callee_pid")
     [[ -n $sink_pid ]] && sink_ticks0=$(pid_ticks "$sink_pid")
     read -r busy0 total0 < <(machine_ticks)
@@ -587,8 +706,14 @@ run_one() {
         wait "$callee_pid" || crc=$?
     fi
     callee_pid=""
-    local cpu1 hwm pss1 rss1 alive=yes srv_drops_end busy1 total1 sink_ticks1=0
+    local cpu1 hwm pss1 rss1 alive=yes srv_drops_end busy1 total1 sink_ticks1=0 parts="- - - -"
     cpu1=$(cpu_ticks)
+    # The cluster's CPU by part, in ms: nodes, Kamailio, Redis, PostgreSQL.
+    if [[ -n $cluster_dir ]]; then
+        parts=$(printf '%s\n%s\n' "$parts0" "$(cluster_ticks)" | awk -v hz="$CLK_TCK" '
+            NR == 1 { for (i = 1; i <= NF; i++) a[i] = $i; next }
+            { for (i = 1; i <= NF; i++) printf "%d%s", ($i - a[i]) * 1000 / hz, (i < NF ? " " : "\n") }')
+    fi
     [[ -n $sink_pid ]] && sink_ticks1=$(pid_ticks "$sink_pid")
     read -r busy1 total1 < <(machine_ticks)
     read -r srv_drops_end _ < <(udp_drops)
@@ -596,14 +721,21 @@ run_one() {
     read -r pss1 rss1 < <(mem_kib)
     stop_pid "$sampler_pid"
     sampler_pid=""
-    kill -0 "$srv_pid" 2>/dev/null || alive=no
+    server_alive || alive=no
     local warn_lines
-    warn_lines=$(grep -ciE 'warn|error|crit' "$work/$name.server.log" || true)
+    if [[ -n $cluster_dir ]]; then
+        # The nodes' and Kamailio's logs (cluster.sh's own output is progress, not warnings).
+        warn_lines=$(cat "$cluster_dir"/node-*/*.log "$cluster_dir"/kamailio/kamailio.log 2>/dev/null | grep -ciE 'warn|error|crit' || true)
+    else
+        warn_lines=$(grep -ciE 'warn|error|crit' "$work/$name.server.log" || true)
+    fi
     # callbridge: calls refused because the relay port range was used up (503), from /metrics.
     local port_refusals=- foreign_ports=0
     if [[ $server == callbridge* ]]; then
-        port_refusals=$(curl -s --max-time 2 "$api/metrics" 2>/dev/null |
-            awk '/^callbridge_calls_failed_total\{reason="resources_exhausted"\}/ { n += $2 } END { print n + 0 }')
+        port_refusals=$(port_refusals_of "$api")
+    elif [[ $server == cluster ]]; then
+        # shellcheck disable=SC2086 # one URL per word
+        port_refusals=$(port_refusals_of $CLUSTER_NODE_APIS)
     fi
     # Webhooks: the dispatcher's counters at the end of the run (after the CPU window). A healthy
     # receiver is given up to 10 s to take the last events first; a stalled one is not waited for.
@@ -619,8 +751,7 @@ run_one() {
             done
         fi
     fi
-    stop_pid "$srv_pid"
-    srv_pid=""
+    stop_server
     # The receiver stops after the server and writes its final counts.
     if [[ -n $sink_pid ]]; then
         stop_pid "$sink_pid"
@@ -632,7 +763,7 @@ run_one() {
     # Ports of callbridge's relay range that another process held before the run or still holds
     # after it (another user's relay test on this shared machine): callbridge skips them, and
     # refuses calls when it meets too many in a row. Such a run counts as disturbed.
-    if [[ $server == callbridge* ]]; then
+    if [[ $server == callbridge* || $server == cluster ]]; then
         foreign_ports=$(rtp_range_bound)
         ((foreign_before > foreign_ports)) && foreign_ports=$foreign_before
     fi
@@ -702,6 +833,8 @@ run_one() {
         "cpu=${cpu_total_ms}ms (${cpu_ms} ms/call) pss0=${pss0}KiB peak_calls=$peak_calls" \
         "pss@peak=${peak_pss}KiB (${per_call_kib} KiB/call) peak=${peak_kib}KiB server_alive=$alive" \
         "server_log_warnings=$warn_lines udp_drops(server/caller/callee)=$drops_srv/$drops_caller/$drops_callee port_refusals=$port_refusals foreign_rtp_ports=$foreign_ports sipp_cpu=$((sipp_ticks * 1000 / CLK_TCK))ms others_cpu=${others_pct}% clean=$clean"
+    [[ -n $cluster_dir || $server == cluster ]] &&
+        log "$server@$rate CPU ms by part (nodes kamailio redis postgres): $parts"
     [[ $server == callbridge-hooks* ]] &&
         log "$server@$rate webhooks (delivered retried failed dropped pending in_flight queue_dropped store_errors queued): $wh;" \
             "sink (requests verified unverified): $sink_counts; sink_cpu=${sink_cpu_ms}ms"
@@ -718,8 +851,12 @@ run_one() {
     local wh_cols sink_cols
     read -r -a wh_cols <<<"$wh"
     read -r -a sink_cols <<<"$sink_counts"
-    printf '%s\t' "$sink_cpu_ms" "${wh_cols[@]}" "${sink_cols[0]}" "${sink_cols[1]}" >>"$results"
-    printf '%s\n' "${sink_cols[2]}" >>"$results"
+    printf '%s\t' "$sink_cpu_ms" "${wh_cols[@]}" "${sink_cols[0]}" "${sink_cols[1]}" "${sink_cols[2]}" >>"$results"
+    # Columns 41-44 (cluster; "-" otherwise): CPU ms over the run of the nodes, Kamailio, Redis
+    # and PostgreSQL.
+    local part_cols
+    read -r -a part_cols <<<"$parts"
+    printf '%s\t%s\t%s\t%s\n' "${part_cols[@]}" >>"$results"
 }
 
 # Rate by rate, every server at each rate before the next rate (see the top of this file).
@@ -943,6 +1080,42 @@ cmd="${cmd_env}benches/load/signalling.sh"
         done
         echo
         echo "Highest clean rate: callbridge (off) $(best_rate callbridge)$(for h in $hooks_servers; do printf ', %s %s' "$h" "$(best_rate "$h")"; done) calls/s (of the rates tried)."
+        echo
+    fi
+    if [[ " $SERVERS " == *" cluster "* ]]; then
+        echo "### cluster (dispatcher + ${CLUSTER_NODES:-3} nodes) / callbridge (one node, direct)"
+        echo
+        echo "The cluster: Kamailio's dispatcher (\`deploy/cluster/kamailio-dispatcher.cfg\`, $KAMAILIO_MEM allocator) in front of"
+        echo "${CLUSTER_NODES:-3} nodes with intents in Redis and the store in $([[ ${CLUSTER_PG:-1} == 0 ]] && echo "each node's SQLite file" || echo "one PostgreSQL"), started by"
+        echo "\`deploy/cluster/cluster.sh\`; its CPU is every one of those processes'. callbridge: one node, embedded"
+        echo "defaults (in-memory intents, SQLite), SIPp straight to it. Same machine, same SIPp pair, same rates."
+        echo
+        if [[ " $SERVERS " == *" callbridge "* ]]; then
+            cl_best=$(best_rate cluster) cb_best=$(best_rate callbridge)
+            echo "- Highest clean rate: cluster $cl_best, callbridge $cb_best calls/s (of the rates tried)."
+        fi
+        echo
+        echo "| rate (cps) | cluster CPU ms/call | callbridge CPU ms/call | × one node | nodes | Kamailio | Redis | PostgreSQL | cluster failed | callbridge failed |"
+        echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for rate in $RATES; do
+            a=$(cpu_at cluster "$rate")
+            [[ -n $a ]] || continue
+            b=$(cpu_at callbridge "$rate")
+            mark=""
+            [[ $(clean_at cluster "$rate") == yes && $(clean_at callbridge "$rate") == yes ]] || mark=" †"
+            if [[ $a =~ ^[0-9.]+$ && $b =~ ^[0-9.]+$ ]] && awk -v b="$b" 'BEGIN { exit !(b > 0) }'; then
+                ratio="**$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')×**$mark"
+            else
+                ratio="-$mark"
+            fi
+            # Each part's CPU ms per successful call of the cluster's run.
+            parts_ms=$(awk -F'\t' -v r="$rate" '$1 == "cluster" && $2 == r {
+                for (i = 41; i <= 44; i++) printf "%s%s", ($5 > 0 && $i ~ /^[0-9]+$/ ? sprintf("%.3f", $i / $5) : "-"), (i < 44 ? " | " : "") }' "$results")
+            echo "| $rate | $a | ${b:-not run} | $ratio | $parts_ms | $(col_at cluster "$rate" 6) | $(col_at callbridge "$rate" 6) |"
+        done
+        echo
+        echo "*nodes*, *Kamailio*, *Redis*, *PostgreSQL*: each part's CPU ms per successful call of the cluster's run (the"
+        echo "nodes together). † = a run with failed calls on either side."
         echo
     fi
     echo "Raw per-run logs and SIPp statistics were in \`$work\` (not kept in the repository)."

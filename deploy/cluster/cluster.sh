@@ -52,6 +52,13 @@
 #   CLUSTER_FR_TIMER_MS=2000        how long a node has to answer the dispatcher (100 Trying
 #                                   to an INVITE, an OPTIONS probe) before it counts as dead
 #   CLUSTER_KAMAILIO_CHILDREN=4     Kamailio's UDP workers
+#   CLUSTER_KAMAILIO_SHM_MB=64      Kamailio's shared memory (-m); its transactions stay a few
+#                                   seconds after each INVITE and BYE, about 12 KiB each, so a
+#                                   load test needs more (benches/load/signalling.sh: 2048)
+#   CLUSTER_KAMAILIO_MEM=tlsf       its memory manager (-x/-X: tlsf, fm, or qm, Debian's default,
+#                                   a debugging allocator that costs it most of its CPU at load)
+#   CLUSTER_KAMAILIO_RCVBUF         the UDP receive buffer its auto-probing may grow to (-b;
+#                                   default: Kamailio's own, 256 KiB)
 #   CLUSTER_START_SECS=30           how long start waits for health and the dispatcher
 #   CLUSTER_STOP_SECS=45            how long stop gives each node after SIGTERM, then SIGKILL:
 #                                   a node stops as soon as its calls have ended, at most
@@ -392,7 +399,10 @@ start_kamailio() {
     for ((i = 0; i < CLUSTER_NODES; i++)); do
         echo "1 sip:${NODE_IPS[i]}:$CLUSTER_SIP_PORT 9 0 node=node-$((i + 1))" >>"$kdir/dispatcher.list"
     done
-    local args=(-f "$here/kamailio-dispatcher.cfg" -DD -E -m 64 -M 8
+    local mem=${CLUSTER_KAMAILIO_MEM:-tlsf}
+    [[ $mem =~ ^(tlsf|fm|qm)$ ]] || die "CLUSTER_KAMAILIO_MEM must be tlsf, fm or qm"
+    local args=(-f "$here/kamailio-dispatcher.cfg" -DD -E -m "${CLUSTER_KAMAILIO_SHM_MB:-64}" -M 8
+        -x "$mem" -X "$mem" ${CLUSTER_KAMAILIO_RCVBUF:+-b "$CLUSTER_KAMAILIO_RCVBUF"}
         -P "$kdir/kamailio.pid" -Y "$kdir/run" -w "$kdir"
         -A "LISTEN=udp:$CLUSTER_DISPATCHER_IP:$CLUSTER_DISPATCHER_PORT"
         -A "DS_LIST=\"$kdir/dispatcher.list\""
