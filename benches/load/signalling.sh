@@ -953,14 +953,14 @@ cmd="${cmd_env}benches/load/signalling.sh"
         echo "### $server"
         echo
         refusals_col="" refusals_sep=""
-        [[ $server == callbridge* ]] && refusals_col=" port refusals |" refusals_sep="---:|"
+        [[ $server == callbridge* || $server == cluster ]] && refusals_col=" port refusals |" refusals_sep="---:|"
         echo "| rate (cps) | calls | successful | failed | retrans | UDP drops | achieved cps | CPU ms/call | base MiB | max calls up | KiB/active call | peak MiB | after MiB |$refusals_col others' CPU | clean |"
         echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|$refusals_sep---:|:---:|"
         row() { # one results.tsv line on stdin -> one table row
             local _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign
             while IFS=$'\t' read -r _ rate calls created ok failed retr ce_retr ach cpu_tot cpu_ms pss0 pc ppss pck peak pss1 warn alive tint clean d_srv d_caller d_callee refusals others foreign _; do
                 refusals_cell=""
-                if [[ $server == callbridge* ]]; then
+                if [[ $server == callbridge* || $server == cluster ]]; then
                     refusals_cell=" $refusals |"
                     ((${foreign:-0} > 0)) && refusals_cell=" $refusals ($foreign ports of the range held by others) |"
                 fi
