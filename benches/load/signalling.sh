@@ -115,7 +115,8 @@
 #                            <workdir>/signalling.md, so a quick run does not replace the results)
 #   WORKDIR=dir              logs and SIPp statistics (default: a fresh temp dir, kept)
 #   BASE_PORT=35060          server SIP port; caller +2, callee +20, Kamailio +10, API +3000,
-#                            webhook sink +3001, SIPp media +1000/+1100; moved by 100s until all
+#                            webhook sink +3001, the cluster's Redis +3002 and PostgreSQL +3003,
+#                            SIPp media +1000/+1100; moved by 100s until all
 #                            are free
 #   WEBHOOK_TIMEOUT_MS=5000  webhooks.timeout_ms of the -hooks variants (5000 is the default: how
 #                            long the stalled receiver holds each attempt's connection)
@@ -234,8 +235,9 @@ choose_ports() {
         b=$((base0 + try * 100))
         SIP_PORT=$b CALLER_PORT=$((b + 2)) KAM_PORT=$((b + 10)) CALLEE_PORT=$((b + 20))
         API_PORT=$((b + 3000)) SINK_PORT=$((b + 3001)) MEDIA_CALLEE=$((b + 1000)) MEDIA_CALLER=$((b + 1100))
+        REDIS_PORT=$((b + 3002)) PG_PORT=$((b + 3003))
         busy=""
-        for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $SINK_PORT $MEDIA_CALLEE $MEDIA_CALLER; do
+        for p in $SIP_PORT $CALLER_PORT $KAM_PORT $CALLEE_PORT $API_PORT $SINK_PORT $MEDIA_CALLEE $MEDIA_CALLER $REDIS_PORT $PG_PORT; do
             port_taken "$p" && busy="$busy $p"
         done
         [[ -z $busy ]] && break
@@ -549,20 +551,17 @@ start_server() { # server name -> srv_pid, sip target "host:port"
 # The cluster: deploy/cluster/cluster.sh start, which returns once every node is healthy and the
 # dispatcher has seen each answer its probes. Its trunk is the callee SIPp, whose address is also
 # the only one the dispatcher takes new calls from (the caller SIPp binds the same address).
-# The relay range is split between the nodes; Redis and PostgreSQL get free ports of their own.
+# The relay range is split between the nodes; Redis and PostgreSQL take REDIS_PORT and PG_PORT.
 start_cluster() { # name -> cluster_dir, srv_pid (the dispatcher), target, srv_port, api
     local name=$1 nodes=${CLUSTER_NODES:-3} first=${RTP_PORTS%-*} last=${RTP_PORTS#*-} per i ranges=()
-    local redis_port pg_port
     cluster_dir=$work/$name.cluster
     rm -rf "$cluster_dir"
     mkdir -p "$cluster_dir"
     per=$(((last - first + 1) / nodes))
     per=$((per - per % 2))
     for ((i = 0; i < nodes; i++)); do ranges+=("$((first + i * per))-$((first + (i + 1) * per - 1))"); done
-    free_port redis_port
-    free_port pg_port
     CLUSTER_DIR=$cluster_dir CLUSTER_NODES=$nodes CLUSTER_TRUNK=$HOST:$CALLEE_PORT CLUSTER_TRUSTED_NETS=$HOST/32 \
-        CLUSTER_PG=${CLUSTER_PG:-1} CLUSTER_REDIS_PORT=$redis_port CLUSTER_PG_PORT=$pg_port \
+        CLUSTER_PG=${CLUSTER_PG:-1} CLUSTER_REDIS_PORT=$REDIS_PORT CLUSTER_PG_PORT=$PG_PORT \
         CLUSTER_RTP_PORTS="${ranges[*]}" CLUSTER_LOG_FILTER=warn \
         CLUSTER_KAMAILIO_SHM_MB=$KAMAILIO_SHM_MB CLUSTER_KAMAILIO_MEM=$KAMAILIO_MEM CLUSTER_KAMAILIO_RCVBUF=$UDP_BUF_BYTES \
         CLUSTER_NODE_SET="media.inactivity_secs=0 intent.ttl_secs=900 sip.recv_buffer_bytes=$UDP_BUF_BYTES sip.send_buffer_bytes=$UDP_BUF_BYTES" \
