@@ -29,14 +29,48 @@
 # seconds to deliver its backlog (the time and server CPU it took are reported). The sink's CPU
 # is reported apart from the server's.
 #
+# Several nodes (servers "callbridge-redis", "callbridge-pg" and "callbridge-cluster", not run
+# by default; compare them with "callbridge" in the same run): callbridge as "callbridge" with
+# the cluster's shared parts, each started fresh for each run on a free loopback port and
+# stopped after it, and its CPU COUNTED WITH THE SERVER'S (a makecall's cost includes what it
+# makes them do; the report also gives their share apart):
+#   callbridge-redis    intents in Redis (--set cluster.redis_url=redis://…, cluster.node_id):
+#                       Debian's redis-server, no persistence, an empty directory; its CPU is
+#                       redis-server's utime + stime. The store stays the embedded SQLite file.
+#   callbridge-pg       the store in PostgreSQL (--set store.url=postgres://postgres@127.0.0.1:
+#                       PORT/callbridge instead of store.path): Debian's /usr/lib/postgresql/*/bin,
+#                       initdb + pg_ctl in a directory of its own (scripts/postgres.sh; as the user
+#                       postgres when root), removed after the run but for its logs. Durability
+#                       as the embedded SQLite's (WAL, synchronous = NORMAL: a crash may lose the
+#                       last commits, never corrupts): fsync = on, full_page_writes = on,
+#                       synchronous_commit = off. Its CPU: utime + stime of the postmaster and of
+#                       every child of it alive (backends, walwriter, checkpointer, ...) plus the
+#                       postmaster's cutime + cstime (children that exited). Intents stay in
+#                       memory.
+#   callbridge-cluster  a node as in a cluster: intents in Redis AND the store in PostgreSQL, both
+#                       as above; the CPU of all three summed.
+# What the store has to do with makecall: nothing on the request path (no Idempotency-Key is
+# sent, intent.require_ownership is off). With TELNUM_POOL = 0 every makecall is a new intent
+# that stays pending (intent.ttl_secs = 120 outlasts a run), so nothing is written at all; with
+# TELNUM_POOL = N > 0 each makecall replaces the telnum's pending intent, whose record ends
+# (intent_replaced) and, a second later, goes through the store's writer thread, batched (up to
+# 500 per transaction; beyond store.queue = 10,000 waiting, records are dropped and counted).
+# So for every callbridge* server (SQLite or PostgreSQL) the report has a "store" table:
+# callbridge's /metrics at the end of the measured window (makecalls answered, records written,
+# queued, waiting to settle, dropped because the queue was full, failed, transactions; records
+# written per second over the window) and the rows in the store's calls table after the server
+# stopped (a SIGTERM writes every record left), against the records expected (TELNUM_POOL > 0:
+# the makecalls answered minus the distinct telnums, about 2 * TELNUM_POOL + 1). Every
+# callbridge* run starts with an empty store (its SQLite file removed, or a fresh PostgreSQL).
+#
 # For each connection count, each server is started fresh (nothing pinned to a CPU, same
 # conditions), warmed up (WARMUP seconds of the same load, discarded), measured for DURATION
 # seconds, and stopped; the whole sequence is repeated ROUNDS times, servers interleaved, and the
 # table reports every run plus the mean per server and connection count. Recorded per run:
 # requests/s, latency p50/p99 (wrk's own histogram, i.e. closed-loop latency: wrk sends the next
 # request on a connection when the previous answer arrives), the server's CPU use
-# (utime + stime from /proc/<pid>/stat over the measured window) and requests per server
-# CPU-second, and any error wrk saw.
+# (utime + stime from /proc/<pid>/stat over the measured window, with its Redis's and
+# PostgreSQL's, also given apart) and requests per server CPU-second, and any error wrk saw.
 #
 # wrk runs with ONE thread (THREADS=1): this machine has few cores and wrk competes with the
 # server for them; more wrk threads would mostly steal CPU from the server. The ratio
@@ -59,12 +93,15 @@
 #   CONNS="16 64"  DURATION=10  WARMUP=3  ROUNDS=2  THREADS=1
 #   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
 #                   intent and the intent table stays at N entries; 0: a new telnum every request)
-#   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled,
-#                                                callbridge-redis: a cluster node, intents in Redis)
+#   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled;
+#                   callbridge-redis: intents in Redis; callbridge-pg: the store in PostgreSQL;
+#                   callbridge-cluster: both, a cluster node. Several nodes' comparison:
+#                   SERVERS="hello callbridge callbridge-redis callbridge-pg callbridge-cluster")
 #   WEBHOOK_TIMEOUT_MS=5000 (webhooks.timeout_ms of the -hooks servers)  DRAIN_WAIT=30
 #   SINK_PORT (the webhook sink, chosen free like the others)
-#   API_PORT (callbridge HTTP)  SIP_PORT (callbridge SIP)  HELLO_PORT: each chosen free at run
-#                   time below the ephemeral range unless given (scripts/ports.sh)
+#   API_PORT (callbridge HTTP)  SIP_PORT (callbridge SIP)  HELLO_PORT  REDIS_PORT  PG_PORT: each
+#                   chosen free at run time below the ephemeral range unless given
+#                   (scripts/ports.sh)
 #   CARGO_TARGET_DIR (default: ./target)   OUT=benches/results/api.md
 #   SKIP_BUILD=1 (use the binaries already built)   SKIP_MICRO=1
 set -euo pipefail
@@ -74,7 +111,7 @@ cd "$ROOT"
 
 # Overrides given in the environment, repeated in the report's command line.
 ENV_GIVEN=
-for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO WEBHOOK_TIMEOUT_MS DRAIN_WAIT; do
+for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO WEBHOOK_TIMEOUT_MS DRAIN_WAIT OUT; do
     [[ -n ${!v+x} ]] && ENV_GIVEN+="$v=\"${!v}\" "
 done
 QUICK=${QUICK:-0}
@@ -101,15 +138,19 @@ WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-5000}
 DRAIN_WAIT=${DRAIN_WAIT:-30}
 WEBHOOK_SECRET="bench-webhook-secret"
 HOOKS=0
+PG=0
 for s in $SERVERS; do
     case $s in
     hello | callbridge | callbridge-warn | callbridge-redis) ;;
+    callbridge-pg | callbridge-cluster) PG=1 ;;
     callbridge-hooks | callbridge-hooks-stalled) HOOKS=1 ;;
     *) echo "api.sh: unknown server $s" >&2; exit 1 ;;
     esac
 done
 # shellcheck source=../../scripts/ports.sh
 source "$ROOT/scripts/ports.sh"
+# shellcheck source=../../scripts/postgres.sh
+source "$ROOT/scripts/postgres.sh"
 [[ -n ${API_PORT:-} ]] || free_port API_PORT
 [[ -n ${SIP_PORT:-} ]] || free_port SIP_PORT
 [[ -n ${HELLO_PORT:-} ]] || free_port HELLO_PORT
@@ -138,6 +179,9 @@ if ! command -v wrk >/dev/null; then
 fi
 command -v curl >/dev/null || die "curl not found"
 command -v python3 >/dev/null || die "python3 not found (used to read criterion's estimates)"
+if [[ $PG == 1 ]]; then
+    pg_bin >/dev/null || die "callbridge-pg and callbridge-cluster need PostgreSQL (Debian package postgresql)"
+fi
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     log "building callbridge and hello (release, target dir $TARGET)"
@@ -172,6 +216,7 @@ cleanup() {
         wait "$SINK_PID" 2>/dev/null || true
     fi
     stop_redis
+    stop_pg
 }
 trap cleanup EXIT
 
@@ -224,14 +269,16 @@ fi
 
 # --- servers -----------------------------------------------------------------------------------
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# The server's CPU, with its Redis's for callbridge-redis: the shared intent table's work is
-# part of a makecall's cost.
-server_cpu() {
-    local ticks
-    ticks=$(cpu_ticks "$SERVER_PID")
+# The CPU of the server's Redis and PostgreSQL (0 without them): the shared intent table's and
+# the store's work are part of a makecall's cost.
+backend_cpu() {
+    local ticks=0
     [[ -n ${REDIS_PID:-} ]] && ticks=$((ticks + $(cpu_ticks "$REDIS_PID")))
+    [[ -n ${PG_DIR:-} ]] && ticks=$((ticks + $(pg_cpu_ticks "$PG_DIR")))
     echo "$ticks"
 }
+# "server backends": the server's own CPU and its backends', read at (nearly) the same time.
+server_cpu() { echo "$(cpu_ticks "$SERVER_PID") $(backend_cpu)"; }
 
 # callbridge-redis's Redis: Debian's redis-server, on its own port and empty directory, no
 # persistence, fresh for each run.
@@ -257,6 +304,40 @@ stop_redis() {
     REDIS_PID=
 }
 
+# callbridge-pg's and callbridge-cluster's PostgreSQL: fresh for each run, in its own directory
+# under $WORK (its data removed after the run, its logs kept), durable as the embedded SQLite
+# (see the header). PG_DIR is set while it runs.
+PG_RUN=0
+start_pg() {
+    [[ -n ${PG_PORT:-} ]] || free_port PG_PORT
+    PG_RUN=$((PG_RUN + 1))
+    PG_DIR=$WORK/postgres-$PG_RUN
+    pg_start "$PG_DIR" "$PG_PORT" fsync=on full_page_writes=on synchronous_commit=off || {
+        local why=$PG_ERROR
+        [[ -n $PG_ERROR_LOG ]] && why+=": $(tail -5 "$PG_ERROR_LOG")"
+        die "PostgreSQL did not start: $why"
+    }
+}
+
+# Stops it (after the server: a stopping callbridge writes its last records), and removes its data.
+stop_pg() {
+    [[ -n ${PG_DIR:-} ]] || return 0
+    pg_stop "$PG_DIR"
+    rm -rf "$PG_DIR/data"
+    PG_DIR=
+}
+
+# The rows in the store's calls table (the server stopped): "?" when it cannot be read.
+store_rows() { # server name
+    if [[ -n ${PG_DIR:-} ]]; then
+        pg_run psql -h "$HOST" -p "$PG_PORT" -U postgres -d callbridge -Atqc 'SELECT count(*) FROM calls' \
+            2>/dev/null || echo "?"
+    else
+        python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM calls").fetchone()[0])' \
+            "$WORK/$1.db" 2>/dev/null || echo "?"
+    fi
+}
+
 start_server() { # name -> sets SERVER_PID, URL
     local name=$1
     case $name in
@@ -265,24 +346,32 @@ start_server() { # name -> sets SERVER_PID, URL
         SERVER_PID=$!
         URL=http://$HOST:$HELLO_PORT
         ;;
-    callbridge | callbridge-warn | callbridge-hooks | callbridge-hooks-stalled | callbridge-redis)
+    callbridge | callbridge-warn | callbridge-hooks | callbridge-hooks-stalled | callbridge-redis | \
+        callbridge-pg | callbridge-cluster)
         local filter=info extra=()
         [[ $name == callbridge-warn ]] && filter=warn
-        if [[ $name == callbridge-redis ]]; then
+        # A fresh store for every run: records (TELNUM_POOL > 0) left by the previous run would
+        # make the store bigger for this one than for a fresh PostgreSQL, and a -hooks server
+        # would deliver the previous run's outbox (a stalled one's pending events) again.
+        rm -f "$WORK/$name.db" "$WORK/$name.db-wal" "$WORK/$name.db-shm"
+        if [[ $name == callbridge-redis || $name == callbridge-cluster ]]; then
             start_redis
-            extra=(--set "cluster.redis_url=redis://$HOST:$REDIS_PORT/0" --set "cluster.node_id=bench-1")
+            extra+=(--set "cluster.redis_url=redis://$HOST:$REDIS_PORT/0" --set "cluster.node_id=bench-1")
+        fi
+        if [[ $name == callbridge-pg || $name == callbridge-cluster ]]; then
+            start_pg
+            extra+=(--set "store.url=postgres://postgres@$HOST:$PG_PORT/callbridge")
+        else
+            extra+=(--set "store.path=$WORK/$name.db")
         fi
         if [[ $name == callbridge-hooks* ]]; then
-            # The receiver first, so that no event meets a closed port. A fresh store: the
-            # outbox left by the previous run (a stalled one's pending events) would be
-            # delivered again at start.
+            # The receiver first, so that no event meets a closed port.
             start_sink "$name"
-            rm -f "$WORK/$name.db" "$WORK/$name.db-wal" "$WORK/$name.db-shm"
-            extra=(--set "webhooks.url=http://$HOST:$SINK_PORT/hook" --set "webhooks.secret=$WEBHOOK_SECRET"
+            extra+=(--set "webhooks.url=http://$HOST:$SINK_PORT/hook" --set "webhooks.secret=$WEBHOOK_SECRET"
                 --set "webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS")
         fi
         "$CALLBRIDGE" --set "api.listen=$HOST:$API_PORT" --set "sip.listen=$HOST:$SIP_PORT" \
-            --set "log.filter=$filter" --set "store.path=$WORK/$name.db" "${extra[@]}" >"$WORK/$name.log" 2>&1 &
+            --set "log.filter=$filter" "${extra[@]}" >"$WORK/$name.log" 2>&1 &
         SERVER_PID=$!
         URL=http://$HOST:$API_PORT
         ;;
@@ -301,11 +390,16 @@ start_server() { # name -> sets SERVER_PID, URL
     [[ $answer == *'"callid":'*' 200' ]] || die "$name: unexpected answer to makecall: $answer"
 }
 
-stop_server() {
+# Stops the server, then its Redis and PostgreSQL; sets ROWS to the rows of the store's calls
+# table once the server has stopped (callbridge* servers; "-" for hello).
+stop_server() { # name
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
+    ROWS=-
+    [[ ${1:-} == callbridge* ]] && ROWS=$(store_rows "$1")
     stop_redis
+    stop_pg
 }
 
 # The webhook receiver of a -hooks server: "ok" (verifies, answers 204) or "stall" (never
@@ -341,14 +435,35 @@ sink_counts() { # name -> "requests verified unverified" (the stopped sink's fin
 # shellcheck source=webhook_metrics.sh
 source "$ROOT/benches/load/webhook_metrics.sh"
 
+# The store's writer, from callbridge's /metrics: "answered written queued unsettled
+# dropped_full errors batches" (answered: HTTP 2xx answers so far; queued: handed to the writer,
+# not yet committed; unsettled: ended records waiting their second before they are handed over).
+store_metrics() {
+    curl -s --max-time 2 "$1/metrics" 2>/dev/null | awk '
+        /^callbridge_http_requests_total\{class="2xx"\}/ { a = $2 }
+        /^callbridge_store_writes_total\{result="written"\}/ { w = $2 }
+        /^callbridge_store_writes_total\{result="dropped_full"\}/ { d = $2 }
+        /^callbridge_store_writes_total\{result="error"\}/ { e = $2 }
+        /^callbridge_store_queue_depth / { q = $2 }
+        /^callbridge_store_unsettled_records / { u = $2 }
+        /^callbridge_store_batches_total / { b = $2 }
+        END { if (w == "") print "- - - - - - -"; else print a + 0, w + 0, q + 0, u + 0, d + 0, e + 0, b + 0 }'
+}
+
 field() { # line key -> value
     local kv
     for kv in $1; do [[ ${kv%%=*} == "$2" ]] && { echo "${kv#*=}"; return; }; done
     echo ""
 }
 
-RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors
+# cpu_pct counts the server's Redis and PostgreSQL; backend_pct is theirs alone ("-" without).
+RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors backend_pct
 : >"$RUNS"
+# callbridge* servers: server conns round answered written queued unsettled dropped_full errors
+# batches (end of the measured window) rows (in the store's calls table after the stop)
+# written_per_s (over the measured window)
+STORE_RUNS=$WORK/store.tsv
+: >"$STORE_RUNS"
 # -hooks servers: server conns round makecalls sink_cpu_pct delivered retried failed dropped
 # pending in_flight queue_dropped store_errors queued (end of the measured window) drain_s drain_cpu_s
 # delivered_after_drain pending_after_drain sink_requests sink_verified sink_unverified
@@ -364,11 +479,15 @@ for round in $(seq "$ROUNDS"); do
             start_server "$server"
             wrk_args=(-t "$THREADS" -c "$conns" --latency -s "$LUA")
             warm=$(wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL")
-            t0=$(server_cpu)
+            sm0=
+            [[ $server == callbridge* ]] && sm0=$(store_metrics "$URL")
+            read -r t0 b0 < <(server_cpu)
             [[ -n $SINK_PID ]] && s0=$(cpu_ticks "$SINK_PID")
             out=$(wrk "${wrk_args[@]}" -d "${DURATION}s" "$URL" -- 50000000 "$TELNUM_POOL")
-            t1=$(server_cpu)
+            read -r t1 b1 < <(server_cpu)
             line=$(grep '^RESULT ' <<<"$out") || { stop_server; die "no RESULT line from wrk: $out"; }
+            sm=
+            [[ $server == callbridge* ]] && sm=$(store_metrics "$URL")
             if [[ $server == callbridge-hooks* ]]; then
                 s1=$(cpu_ticks "$SINK_PID")
                 wh=$(webhook_metrics "$URL")
@@ -386,7 +505,7 @@ for round in $(seq "$ROUNDS"); do
                     done
                     drain_cpu=$(awk -v a="$t1" -v b="$(cpu_ticks "$SERVER_PID")" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / hz }')
                 fi
-                stop_server
+                stop_server "$server"
                 stop_sink
                 sink_counts=$(sink_counts "$server")
                 read -r -a whs <<<"$wh"
@@ -404,7 +523,18 @@ for round in $(seq "$ROUNDS"); do
                     "(server CPU ${drain_cpu} s, then $wh_end); sink (requests verified unverified): $sink_counts," \
                     "sink CPU ${sink_pct} %"
             else
-                stop_server
+                stop_server "$server"
+            fi
+            if [[ $server == callbridge* ]]; then
+                read -r -a sms <<<"$sm"
+                read -r _ w0 _ <<<"$sm0"
+                # Records committed per second over the measured window.
+                wps=$(awk -v a="$w0" -v b="${sms[1]}" -v d="$(field "$line" duration_us)" \
+                    'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.0f", (b - a) / (d / 1e6) }')
+                printf '%s\t' "$server" "$conns" "$round" "${sms[@]}" "$ROWS" >>"$STORE_RUNS"
+                printf '%s\n' "$wps" >>"$STORE_RUNS"
+                log "$server c=$conns round $round store at the window's end (answered written queued" \
+                    "unsettled dropped_full errors batches): $sm; rows in the store after the stop: $ROWS"
             fi
             requests=$(field "$line" requests)
             dur=$(field "$line" duration_us)
@@ -419,15 +549,19 @@ for round in $(seq "$ROUNDS"); do
                 FAILED=1
                 log "HTTP errors: $server c=$conns: requests=$requests ${errors:-}"
             fi
-            read -r rps cpu_pct per_cpu < <(awk -v r="$requests" -v d="$dur" -v a="$t0" -v b="$t1" \
-                -v hz="$CLK_TCK" 'BEGIN {
-                    s = d / 1e6; cpu = (b - a) / hz;
-                    printf "%.0f %.0f %.0f\n", r / s, 100 * cpu / s, (cpu > 0 ? r / cpu : 0) }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$conns" "$round" "$rps" \
+            backends=0
+            [[ $server == callbridge-redis || $server == callbridge-pg || $server == callbridge-cluster ]] && backends=1
+            read -r rps cpu_pct per_cpu backend_pct < <(awk -v r="$requests" -v d="$dur" -v a="$t0" -v b="$t1" \
+                -v ba="$b0" -v bb="$b1" -v be="$backends" -v hz="$CLK_TCK" 'BEGIN {
+                    s = d / 1e6; bcpu = (bb - ba) / hz; cpu = (b - a) / hz + bcpu;
+                    printf "%.0f %.0f %.0f %s\n", r / s, 100 * cpu / s, (cpu > 0 ? r / cpu : 0),
+                        (be ? sprintf("%.0f", 100 * bcpu / s) : "-") }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$conns" "$round" "$rps" \
                 "$(field "$line" p50_us)" "$(field "$line" p99_us)" "$cpu_pct" "$per_cpu" \
-                "${errors:-none}" >>"$RUNS"
+                "${errors:-none}" "$backend_pct" >>"$RUNS"
             log "$server c=$conns round $round: $rps req/s, p50 $(field "$line" p50_us) us," \
-                "p99 $(field "$line" p99_us) us, server CPU $cpu_pct %, errors: ${errors:-none}"
+                "p99 $(field "$line" p99_us) us, server CPU $cpu_pct % (of which Redis/PostgreSQL" \
+                "$backend_pct %), errors: ${errors:-none}"
         done
     done
 done
@@ -474,23 +608,24 @@ RUSTC=$(rustc --version 2>/dev/null || echo unknown)
 WRK=$( (wrk --version 2>&1 || true) | head -1 | cut -d' ' -f1-2)
 CMD="${ENV_GIVEN}benches/load/api.sh"
 
-python3 - "$RUNS" "$MICRO" "$HOOKS_RUNS" >"$WORK/tables.md" <<'EOF'
+python3 - "$RUNS" "$MICRO" "$HOOKS_RUNS" "$STORE_RUNS" "$TELNUM_POOL" >"$WORK/tables.md" <<'EOF'
 import sys
 from collections import defaultdict
 runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 micro = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 acc = defaultdict(list)
 order = []
-for server, conns, rnd, rps, p50, p99, cpu, per_cpu, errors in runs:
+for server, conns, rnd, rps, p50, p99, cpu, per_cpu, errors, backend in runs:
     key = (int(conns), server)
     if key not in acc:
         order.append(key)
-    acc[key].append((float(rps), float(p50), float(p99), float(cpu), float(per_cpu), errors))
+    acc[key].append((float(rps), float(p50), float(p99), float(cpu), float(per_cpu), errors,
+                     None if backend == "-" else float(backend)))
 mean = lambda xs: sum(xs) / len(xs)
 def ms(us):
     return f"{us / 1000:.2f}"
-print("| connections | server | runs | requests/s (mean) | each run | p50 ms | p99 ms | server CPU | requests per server CPU-s | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| connections | server | runs | requests/s (mean) | each run | p50 ms | p99 ms | server CPU | of which Redis/PostgreSQL | requests per server CPU-s | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 summary = {}
 for conns, server in sorted(order, key=lambda k: (k[0], order.index(k))):
     xs = acc[(conns, server)]
@@ -498,28 +633,85 @@ for conns, server in sorted(order, key=lambda k: (k[0], order.index(k))):
     summary[(conns, server)] = (rps, mean([x[4] for x in xs]))
     each = " / ".join(f"{x[0]:.0f}" for x in xs)
     errs = ", ".join(sorted({x[5] for x in xs}))
+    backend = [x[6] for x in xs if x[6] is not None]
+    backend = f"{mean(backend):.0f} %" if backend else "-"
     print(f"| {conns} | {server} | {len(xs)} | **{rps:.0f}** | {each} | "
           f"{ms(mean([x[1] for x in xs]))} | {ms(mean([x[2] for x in xs]))} | "
-          f"{mean([x[3] for x in xs]):.0f} % | {mean([x[4] for x in xs]):.0f} | {errs} |")
+          f"{mean([x[3] for x in xs]):.0f} % | {backend} | {mean([x[4] for x in xs]):.0f} | {errs} |")
 print()
-print("| connections | server | callbridge / hello, requests/s | callbridge / hello, requests per CPU-s | ≥ 0.8× target |")
-print("|---|---|---|---|---|")
 verdicts = []
-for conns in sorted({k[0] for k in summary}):
-    if (conns, "hello") not in summary:
-        continue
-    h_rps, h_cpu = summary[(conns, "hello")]
-    for server in ("callbridge", "callbridge-warn"):
-        if (conns, server) not in summary:
+if any(k[1] == "hello" for k in summary):
+    print("| connections | server | callbridge / hello, requests/s | callbridge / hello, requests per CPU-s | ≥ 0.8× target |")
+    print("|---|---|---|---|---|")
+    for conns in sorted({k[0] for k in summary}):
+        if (conns, "hello") not in summary:
             continue
-        rps, per_cpu = summary[(conns, server)]
-        r = rps / h_rps
-        c = per_cpu / h_cpu if h_cpu else 0
-        met = r >= 0.8
-        if server == "callbridge":
-            verdicts.append(met)
-        print(f"| {conns} | {server} | **{r:.2f}×** | {c:.2f}× | {'met' if met else 'NOT met'} |")
-print()
+        h_rps, h_cpu = summary[(conns, "hello")]
+        for server in ("callbridge", "callbridge-warn"):
+            if (conns, server) not in summary:
+                continue
+            rps, per_cpu = summary[(conns, server)]
+            r = rps / h_rps
+            c = per_cpu / h_cpu if h_cpu else 0
+            met = r >= 0.8
+            if server == "callbridge":
+                verdicts.append(met)
+            print(f"| {conns} | {server} | **{r:.2f}×** | {c:.2f}× | {'met' if met else 'NOT met'} |")
+    print()
+node_servers = [s for s in ("callbridge-redis", "callbridge-pg", "callbridge-cluster")
+                if any(k[1] == s for k in summary)]
+if node_servers and any(k[1] == "callbridge" for k in summary):
+    print("### Several nodes' parts against the embedded callbridge")
+    print()
+    print("Each server's requests/s, and its CPU per makecall counting its Redis's and PostgreSQL's, over")
+    print("`callbridge`'s (everything embedded: intents in memory, the store in SQLite), same connections,")
+    print("same run (means over the rounds).")
+    print()
+    print("| connections | server | requests/s (mean) | × callbridge | CPU per makecall, µs (with Redis/PostgreSQL) | × callbridge |")
+    print("|---|---|---|---|---|---|")
+    for conns in sorted({k[0] for k in summary}):
+        base = summary.get((conns, "callbridge"))
+        if not base:
+            continue
+        for server in ["callbridge"] + node_servers:
+            if (conns, server) not in summary:
+                continue
+            rps, per_cpu = summary[(conns, server)]
+            us = 1e6 / per_cpu if per_cpu else 0
+            base_us = 1e6 / base[1] if base[1] else 0
+            print(f"| {conns} | {server} | {rps:.0f} | **{rps / base[0]:.2f}×** | {us:.1f} | "
+                  f"**{(us / base_us if base_us else 0):.2f}×** |")
+    print()
+store = [l.rstrip("\n").split("\t") for l in open(sys.argv[4]) if l.strip()]
+pool = int(sys.argv[5])
+if store:
+    print("### The store's writer")
+    print()
+    print("callbridge's `/metrics` at the end of each measured window: *answered* = HTTP 2xx so far (the")
+    print("makecalls of the warm-up and of the window, the start-up check, and those wrk did not count at")
+    print("its stop), then the writer's counters: records *written* (committed), *queued* (handed to the")
+    print("writer, not yet committed), *unsettled* (ended, waiting their second before they are handed")
+    print("over), *dropped* (the writer's queue, `store.queue` = 10,000, was full), *errors*, and")
+    print("*transactions*, and the records written per second over the measured window; then the rows")
+    print("of the store's `calls` table once the server stopped (SIGTERM")
+    print("writes every record left), against those *expected*: " + (
+        "none (TELNUM_POOL = 0: every makecall's intent stays pending, nothing ends)." if pool == 0 else
+        f"one per makecall that replaced a pending intent (TELNUM_POOL = {pool}), i.e. *answered* minus "
+        f"the distinct telnums (2 × {pool} + 1, less when a phase made fewer makecalls)."))
+    print()
+    print("| connections | server | round | answered | written | queued | unsettled | dropped | errors | transactions | written/s in the window | rows after the stop | expected |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in store:
+        server, conns, rnd, answered, written, queued, unsettled, dropped, errs, batches, rows, wps = row
+        if pool == 0:
+            expected = "0"
+        elif answered.isdigit():
+            expected = f"≈ {max(0, int(answered) - 2 * pool - 1)}"
+        else:
+            expected = "?"
+        print(f"| {conns} | {server} | {rnd} | {answered} | {written} | {queued} | {unsettled} | "
+              f"**{dropped}** | **{errs}** | {batches} | {wps} | {rows} | {expected} |")
+    print()
 hooks = [l.rstrip("\n").split("\t") for l in open(sys.argv[3]) if l.strip()]
 hook_servers = [s for s in ("callbridge-hooks", "callbridge-hooks-stalled") if any(k[1] == s for k in summary)]
 if hook_servers:
@@ -609,6 +801,19 @@ mkdir -p "$(dirname "$OUT")"
         echo "  attempt holds a connection for the timeout, the costliest dead receiver; one refusing connections"
         echo "  fails each attempt at once). The sink runs on the same CPUs; its CPU is reported apart."
     fi
+    if [[ " $SERVERS " == *" callbridge-redis "* || " $SERVERS " == *" callbridge-cluster "* ]]; then
+        echo "  \`callbridge-redis\` = \`callbridge\` as a cluster node with its intents in Redis"
+        echo "  (\`--set cluster.redis_url=redis://$HOST:PORT/0 --set cluster.node_id=bench-1\`; $(redis-server --version | cut -d' ' -f1-3),"
+        echo "  no persistence, fresh each run)."
+    fi
+    if [[ $PG == 1 ]]; then
+        echo "  \`callbridge-pg\` = \`callbridge\` with its store in PostgreSQL"
+        echo "  (\`--set store.url=postgres://postgres@$HOST:PORT/callbridge\` instead of the SQLite file;"
+        echo "  $(pg_run postgres --version), fresh each run, scripts/postgres.sh) with fsync = on,"
+        echo "  full_page_writes = on, synchronous_commit = off: a crash may lose the last commits but never"
+        echo "  corrupts, as the embedded SQLite (WAL, synchronous = NORMAL). \`callbridge-cluster\` = both:"
+        echo "  intents in Redis and the store in PostgreSQL, a cluster node's configuration."
+    fi
     echo "- Load: per run a fresh server, ${WARMUP} s warm-up (discarded), then"
     echo "  \`wrk -t $THREADS -c CONNS -d ${DURATION}s --latency -s makecall.lua URL\`, CONNS in {$CONNS},"
     echo "  $ROUNDS round(s), servers interleaved. makecall.lua (in api.sh) POSTs"
@@ -618,7 +823,9 @@ mkdir -p "$(dirname "$OUT")"
         echo "  \`/api/user/{1000000+(n mod $TELNUM_POOL)}/makecall\` with \`$BODY\` (TELNUM_POOL=$TELNUM_POOL)."
     fi
     echo "  Latency is wrk's closed-loop latency. Server CPU = utime + stime of the server process"
-    echo "  over the measured window (100 % = one core)."
+    echo "  over the measured window (100 % = one core), plus, for callbridge-redis, -pg and -cluster,"
+    echo "  that of redis-server and of PostgreSQL (the postmaster and all its children, those that"
+    echo "  exited through the postmaster's cutime + cstime), also given apart."
     echo "- Commands:"
     echo
     echo '  ```sh'

@@ -42,7 +42,8 @@
 #                                   CLUSTER_REDIS_PORT (16379), no persistence
 #   CLUSTER_PG=0                    1: the nodes share one PostgreSQL (store.url), started from
 #                                   /usr/lib/postgresql/*/bin on 127.0.0.1 port CLUSTER_PG_PORT
-#                                   (15432) with fsync off (as user postgres when root), or
+#                                   (15432) with fsync off (as user postgres when root;
+#                                   scripts/postgres.sh), or
 #                                   CLUSTER_PG_URL, an existing database (then none is started);
 #                                   0: each node its own SQLite file in its directory
 #   CLUSTER_NODE_SET                extra `section.key=value` settings for every node,
@@ -298,24 +299,12 @@ start_redis() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL (CLUSTER_PG=1): one server in $DIR/postgres, run as user postgres when root.
+# PostgreSQL (CLUSTER_PG=1): one server in $DIR/postgres, run as user postgres when root
+# (scripts/postgres.sh, shared with the load benchmarks).
 
-pg_bin() {
-    local d
-    d=$(compgen -G '/usr/lib/postgresql/*/bin' | sort -V | tail -n 1 || true)
-    [[ -n $d && -x $d/initdb ]] || die "PostgreSQL not found in /usr/lib/postgresql/*/bin (apt-get install postgresql, or scripts/ensure-tools.sh)"
-    echo "$d"
-}
-
-pg_run() { # program args... (as postgres when root)
-    local bin
-    bin=$(pg_bin)
-    if [[ $(id -u) == 0 ]]; then
-        (cd "$DIR/postgres" && runuser -u postgres -- "$bin/$1" "${@:2}")
-    else
-        (cd "$DIR/postgres" && "$bin/$1" "${@:2}")
-    fi
-}
+# shellcheck source=../../scripts/postgres.sh
+source "$repo/scripts/postgres.sh"
+pg_log() { log "$@"; }
 
 start_postgres() {
     [[ $CLUSTER_PG == 1 ]] || return 0
@@ -324,48 +313,21 @@ start_postgres() {
         return 0
     }
     local pgdir=$DIR/postgres
-    mkdir -p "$pgdir"
+    pg_bin >/dev/null 2>&1 || die "PostgreSQL not found in /usr/lib/postgresql/*/bin (apt-get install postgresql, or scripts/ensure-tools.sh)"
     if [[ $(id -u) == 0 ]]; then
         id postgres >/dev/null 2>&1 || die "CLUSTER_PG=1 as root needs the user postgres (Debian's postgresql package creates it)"
-        # The server runs as postgres: it must reach its directory through the work dir and
-        # every directory above it (a test's mktemp directory is 0700): search permission
-        # only, on the ones this user owns.
-        local up=$DIR
-        while [[ -n $up && $up != / ]]; do
-            [[ -O $up ]] && chmod o+x "$up"
-            up=$(dirname "$up")
-        done
-        chown postgres: "$pgdir"
     fi
     log "PostgreSQL: $CLUSTER_PG_URL (log $pgdir/postgres.log)"
-    pg_run initdb -D "$pgdir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync \
-        >"$pgdir/initdb.log" 2>&1 || {
-        show_tail "$pgdir/initdb.log"
-        fail_start "initdb failed"
+    # Tests only: no fsync at all (a power failure may corrupt the database).
+    pg_start "$pgdir" "$CLUSTER_PG_PORT" fsync=off synchronous_commit=off full_page_writes=off \
+        max_connections=300 || {
+        [[ -n $PG_ERROR_LOG ]] && show_tail "$PG_ERROR_LOG"
+        fail_start "$PG_ERROR"
     }
-    pg_run pg_ctl -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 -o \
-        "-k $pgdir -p $CLUSTER_PG_PORT -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-        start >"$pgdir/pg_ctl.log" 2>&1 || {
-        show_tail "$pgdir/pg_ctl.log"
-        fail_start "pg_ctl start failed"
-    }
-    pg_run psql -h 127.0.0.1 -p "$CLUSTER_PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
-        -c "CREATE DATABASE callbridge" >>"$pgdir/pg_ctl.log" 2>&1 ||
-        fail_start "CREATE DATABASE callbridge failed: $(tail -n 3 "$pgdir/pg_ctl.log")"
 }
 
 stop_postgres() {
-    local data=$DIR/postgres/data pid
-    [[ -f $data/postmaster.pid ]] || return 0
-    pg_run pg_ctl -D "$data" -w -t 10 -m fast stop >/dev/null 2>&1 || true
-    if [[ -f $data/postmaster.pid ]]; then
-        read -r pid <"$data/postmaster.pid" || true
-        if [[ -n ${pid:-} ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q postgres; then
-            log "PostgreSQL did not stop: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        rm -f "$data/postmaster.pid"
-    fi
+    pg_stop "$DIR/postgres"
 }
 
 # ---------------------------------------------------------------------------------------------
