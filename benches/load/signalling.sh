@@ -38,8 +38,9 @@
 #               several nodes: CLUSTER_NODES (3) callbridge nodes on 127.0.0.11.. behind the
 #               Kamailio dispatcher (deploy/cluster/kamailio-dispatcher.cfg: tm, OPTIONS probes,
 #               round-robin, record_route) on 127.0.0.10, intents in one Redis, the store in one
-#               PostgreSQL (CLUSTER_PG=0: each node its own SQLite file), all started fresh per
-#               run. The intents are registered on node 1's API; the caller SIPp sends to the
+#               PostgreSQL (fsync on, synchronous_commit off: as durable as the single node's
+#               SQLite in WAL mode with synchronous=NORMAL; CLUSTER_PG=0: each node its own
+#               SQLite file), all started fresh per run. The intents are registered on node 1's API; the caller SIPp sends to the
 #               dispatcher, which spreads the calls over the nodes; whichever node gets a call
 #               claims its intent in Redis and sends leg B straight to the callee
 #               (sipp-scenarios/callee_uas.xml). Every process counts as the server: the
@@ -562,6 +563,7 @@ start_cluster() { # name -> cluster_dir, srv_pid (the dispatcher), target, srv_p
     for ((i = 0; i < nodes; i++)); do ranges+=("$((first + i * per))-$((first + (i + 1) * per - 1))"); done
     CLUSTER_DIR=$cluster_dir CLUSTER_NODES=$nodes CLUSTER_TRUNK=$HOST:$CALLEE_PORT CLUSTER_TRUSTED_NETS=$HOST/32 \
         CLUSTER_PG=${CLUSTER_PG:-1} CLUSTER_REDIS_PORT=$REDIS_PORT CLUSTER_PG_PORT=$PG_PORT \
+        CLUSTER_PG_SETTINGS=synchronous_commit=off \
         CLUSTER_RTP_PORTS="${ranges[*]}" CLUSTER_LOG_FILTER=warn \
         CLUSTER_KAMAILIO_SHM_MB=$KAMAILIO_SHM_MB CLUSTER_KAMAILIO_MEM=$KAMAILIO_MEM CLUSTER_KAMAILIO_RCVBUF=$UDP_BUF_BYTES \
         CLUSTER_NODE_SET="media.inactivity_secs=0 intent.ttl_secs=900 sip.recv_buffer_bytes=$UDP_BUF_BYTES sip.send_buffer_bytes=$UDP_BUF_BYTES" \
@@ -1085,7 +1087,7 @@ cmd="${cmd_env}benches/load/signalling.sh"
         echo "### cluster (dispatcher + ${CLUSTER_NODES:-3} nodes) / callbridge (one node, direct)"
         echo
         echo "The cluster: Kamailio's dispatcher (\`deploy/cluster/kamailio-dispatcher.cfg\`, $KAMAILIO_MEM allocator) in front of"
-        echo "${CLUSTER_NODES:-3} nodes with intents in Redis and the store in $([[ ${CLUSTER_PG:-1} == 0 ]] && echo "each node's SQLite file" || echo "one PostgreSQL"), started by"
+        echo "${CLUSTER_NODES:-3} nodes with intents in Redis and the store in $([[ ${CLUSTER_PG:-1} == 0 ]] && echo "each node's SQLite file" || echo "one PostgreSQL (fsync on, synchronous_commit off)"), started by"
         echo "\`deploy/cluster/cluster.sh\`; its CPU is every one of those processes'. callbridge: one node, embedded"
         echo "defaults (in-memory intents, SQLite), SIPp straight to it. Same machine, same SIPp pair, same rates."
         echo

@@ -46,6 +46,11 @@
 #                                   scripts/postgres.sh), or
 #                                   CLUSTER_PG_URL, an existing database (then none is started);
 #                                   0: each node its own SQLite file in its directory
+#   CLUSTER_PG_SETTINGS             the started PostgreSQL's `-c` settings, space-separated
+#                                   (default "fsync=off synchronous_commit=off
+#                                   full_page_writes=off": tests only, a power failure may
+#                                   corrupt it; "synchronous_commit=off" keeps fsync and may only
+#                                   lose the last commits, like the nodes' SQLite default)
 #   CLUSTER_NODE_SET                extra `section.key=value` settings for every node,
 #                                   space-separated, passed as --set (e.g. "sip.t1_ms=100")
 #   CLUSTER_LOG_FILTER=info         the nodes' log.filter
@@ -318,9 +323,10 @@ start_postgres() {
         id postgres >/dev/null 2>&1 || die "CLUSTER_PG=1 as root needs the user postgres (Debian's postgresql package creates it)"
     fi
     log "PostgreSQL: $CLUSTER_PG_URL (log $pgdir/postgres.log)"
-    # Tests only: no fsync at all (a power failure may corrupt the database).
-    pg_start "$pgdir" "$CLUSTER_PG_PORT" fsync=off synchronous_commit=off full_page_writes=off \
-        max_connections=300 || {
+    # By default tests only: no fsync at all (a power failure may corrupt the database).
+    local settings
+    read -r -a settings <<<"${CLUSTER_PG_SETTINGS:-fsync=off synchronous_commit=off full_page_writes=off}"
+    pg_start "$pgdir" "$CLUSTER_PG_PORT" "${settings[@]}" max_connections=300 || {
         [[ -n $PG_ERROR_LOG ]] && show_tail "$PG_ERROR_LOG"
         fail_start "$PG_ERROR"
     }
