@@ -93,6 +93,14 @@
 #   CONNS="16 64"  DURATION=10  WARMUP=3  ROUNDS=2  THREADS=1
 #   TELNUM_POOL=0  (N > 0: telnums cycle over N numbers, so a makecall mostly replaces a pending
 #                   intent and the intent table stays at N entries; 0: a new telnum every request)
+#   INTENT_MAX_PENDING=10000000  (every callbridge*'s intent.max_pending: with a new telnum per
+#                   request every makecall adds a pending intent, and at 100,000 makecalls/s the
+#                   default 1,000,000 is passed within the warm-up and the window: the makecalls
+#                   beyond it would be quick 503s)
+#   SERVER_SET="section.key=value ..."  more --set options for every callbridge* server (e.g.
+#                   "sip.max_ended_calls=2000000" with TELNUM_POOL > 0: at 100,000 ended records/s
+#                   the default 100,000 prunes records from memory before their second of settling
+#                   is over, and those never reach the store)
 #   SERVERS="hello callbridge callbridge-warn"   (also callbridge-hooks, callbridge-hooks-stalled;
 #                   callbridge-redis: intents in Redis; callbridge-pg: the store in PostgreSQL;
 #                   callbridge-cluster: both, a cluster node. Several nodes' comparison:
@@ -111,7 +119,7 @@ cd "$ROOT"
 
 # Overrides given in the environment, repeated in the report's command line.
 ENV_GIVEN=
-for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL SERVERS SKIP_MICRO WEBHOOK_TIMEOUT_MS DRAIN_WAIT OUT; do
+for v in QUICK CONNS DURATION WARMUP ROUNDS THREADS TELNUM_POOL INTENT_MAX_PENDING SERVER_SET SERVERS SKIP_MICRO WEBHOOK_TIMEOUT_MS DRAIN_WAIT OUT; do
     [[ -n ${!v+x} ]] && ENV_GIVEN+="$v=\"${!v}\" "
 done
 QUICK=${QUICK:-0}
@@ -134,6 +142,8 @@ else
 fi
 THREADS=${THREADS:-1}
 TELNUM_POOL=${TELNUM_POOL:-0}
+INTENT_MAX_PENDING=${INTENT_MAX_PENDING:-10000000}
+SERVER_SET=${SERVER_SET:-}
 WEBHOOK_TIMEOUT_MS=${WEBHOOK_TIMEOUT_MS:-5000}
 DRAIN_WAIT=${DRAIN_WAIT:-30}
 WEBHOOK_SECRET="bench-webhook-secret"
@@ -269,16 +279,15 @@ fi
 
 # --- servers -----------------------------------------------------------------------------------
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-# The CPU of the server's Redis and PostgreSQL (0 without them): the shared intent table's and
-# the store's work are part of a makecall's cost.
-backend_cpu() {
-    local ticks=0
-    [[ -n ${REDIS_PID:-} ]] && ticks=$((ticks + $(cpu_ticks "$REDIS_PID")))
-    [[ -n ${PG_DIR:-} ]] && ticks=$((ticks + $(pg_cpu_ticks "$PG_DIR")))
-    echo "$ticks"
+# "server redis postgres": the CPU of the server, of its Redis and of its PostgreSQL (0 without
+# them), read at (nearly) the same time. The shared intent table's and the store's work are part
+# of a makecall's cost.
+server_cpu() {
+    local redis=0 pg=0
+    [[ -n ${REDIS_PID:-} ]] && redis=$(cpu_ticks "$REDIS_PID")
+    [[ -n ${PG_DIR:-} ]] && pg=$(pg_cpu_ticks "$PG_DIR")
+    echo "$(cpu_ticks "$SERVER_PID") $redis $pg"
 }
-# "server backends": the server's own CPU and its backends', read at (nearly) the same time.
-server_cpu() { echo "$(cpu_ticks "$SERVER_PID") $(backend_cpu)"; }
 
 # callbridge-redis's Redis: Debian's redis-server, on its own port and empty directory, no
 # persistence, fresh for each run.
@@ -364,6 +373,8 @@ start_server() { # name -> sets SERVER_PID, URL
         else
             extra+=(--set "store.path=$WORK/$name.db")
         fi
+        local kv
+        for kv in $SERVER_SET; do extra+=(--set "$kv"); done
         if [[ $name == callbridge-hooks* ]]; then
             # The receiver first, so that no event meets a closed port.
             start_sink "$name"
@@ -371,7 +382,8 @@ start_server() { # name -> sets SERVER_PID, URL
                 --set "webhooks.timeout_ms=$WEBHOOK_TIMEOUT_MS")
         fi
         "$CALLBRIDGE" --set "api.listen=$HOST:$API_PORT" --set "sip.listen=$HOST:$SIP_PORT" \
-            --set "log.filter=$filter" "${extra[@]}" >"$WORK/$name.log" 2>&1 &
+            --set "log.filter=$filter" --set "intent.max_pending=$INTENT_MAX_PENDING" "${extra[@]}" \
+            >"$WORK/$name.log" 2>&1 &
         SERVER_PID=$!
         URL=http://$HOST:$API_PORT
         ;;
@@ -456,8 +468,9 @@ field() { # line key -> value
     echo ""
 }
 
-# cpu_pct counts the server's Redis and PostgreSQL; backend_pct is theirs alone ("-" without).
-RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors backend_pct
+# cpu_pct counts the server's Redis and PostgreSQL; redis_pct, pg_pct are theirs alone ("-"
+# without).
+RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s errors redis_pct pg_pct
 : >"$RUNS"
 # callbridge* servers: server conns round answered written queued unsettled dropped_full errors
 # batches (end of the measured window) rows (in the store's calls table after the stop)
@@ -481,10 +494,10 @@ for round in $(seq "$ROUNDS"); do
             warm=$(wrk "${wrk_args[@]}" -d "${WARMUP}s" "$URL" -- 0 "$TELNUM_POOL")
             sm0=
             [[ $server == callbridge* ]] && sm0=$(store_metrics "$URL")
-            read -r t0 b0 < <(server_cpu)
+            read -r t0 r0 g0 < <(server_cpu)
             [[ -n $SINK_PID ]] && s0=$(cpu_ticks "$SINK_PID")
             out=$(wrk "${wrk_args[@]}" -d "${DURATION}s" "$URL" -- 50000000 "$TELNUM_POOL")
-            read -r t1 b1 < <(server_cpu)
+            read -r t1 r1 g1 < <(server_cpu)
             line=$(grep '^RESULT ' <<<"$out") || { stop_server; die "no RESULT line from wrk: $out"; }
             sm=
             [[ $server == callbridge* ]] && sm=$(store_metrics "$URL")
@@ -549,19 +562,23 @@ for round in $(seq "$ROUNDS"); do
                 FAILED=1
                 log "HTTP errors: $server c=$conns: requests=$requests ${errors:-}"
             fi
-            backends=0
-            [[ $server == callbridge-redis || $server == callbridge-pg || $server == callbridge-cluster ]] && backends=1
-            read -r rps cpu_pct per_cpu backend_pct < <(awk -v r="$requests" -v d="$dur" -v a="$t0" -v b="$t1" \
-                -v ba="$b0" -v bb="$b1" -v be="$backends" -v hz="$CLK_TCK" 'BEGIN {
-                    s = d / 1e6; bcpu = (bb - ba) / hz; cpu = (b - a) / hz + bcpu;
-                    printf "%.0f %.0f %.0f %s\n", r / s, 100 * cpu / s, (cpu > 0 ? r / cpu : 0),
-                        (be ? sprintf("%.0f", 100 * bcpu / s) : "-") }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$conns" "$round" "$rps" \
+            has_redis=0 has_pg=0
+            [[ $server == callbridge-redis || $server == callbridge-cluster ]] && has_redis=1
+            [[ $server == callbridge-pg || $server == callbridge-cluster ]] && has_pg=1
+            read -r rps cpu_pct per_cpu redis_pct pg_pct < <(awk -v r="$requests" -v d="$dur" \
+                -v a="$t0" -v b="$t1" -v ra="$r0" -v rb="$r1" -v ga="$g0" -v gb="$g1" \
+                -v hr="$has_redis" -v hg="$has_pg" -v hz="$CLK_TCK" 'BEGIN {
+                    s = d / 1e6; rcpu = (rb - ra) / hz; gcpu = (gb - ga) / hz;
+                    cpu = (b - a) / hz + rcpu + gcpu;
+                    printf "%.0f %.0f %.0f %s %s\n", r / s, 100 * cpu / s, (cpu > 0 ? r / cpu : 0),
+                        (hr ? sprintf("%.1f", 100 * rcpu / s) : "-"),
+                        (hg ? sprintf("%.1f", 100 * gcpu / s) : "-") }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$conns" "$round" "$rps" \
                 "$(field "$line" p50_us)" "$(field "$line" p99_us)" "$cpu_pct" "$per_cpu" \
-                "${errors:-none}" "$backend_pct" >>"$RUNS"
+                "${errors:-none}" "$redis_pct" "$pg_pct" >>"$RUNS"
             log "$server c=$conns round $round: $rps req/s, p50 $(field "$line" p50_us) us," \
-                "p99 $(field "$line" p99_us) us, server CPU $cpu_pct % (of which Redis/PostgreSQL" \
-                "$backend_pct %), errors: ${errors:-none}"
+                "p99 $(field "$line" p99_us) us, server CPU $cpu_pct % (of which Redis $redis_pct %," \
+                "PostgreSQL $pg_pct %), errors: ${errors:-none}"
         done
     done
 done
@@ -615,29 +632,39 @@ runs = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 micro = [l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip()]
 acc = defaultdict(list)
 order = []
-for server, conns, rnd, rps, p50, p99, cpu, per_cpu, errors, backend in runs:
+for server, conns, rnd, rps, p50, p99, cpu, per_cpu, errors, redis, pg in runs:
     key = (int(conns), server)
     if key not in acc:
         order.append(key)
     acc[key].append((float(rps), float(p50), float(p99), float(cpu), float(per_cpu), errors,
-                     None if backend == "-" else float(backend)))
+                     None if redis == "-" else float(redis), None if pg == "-" else float(pg)))
 mean = lambda xs: sum(xs) / len(xs)
 def ms(us):
     return f"{us / 1000:.2f}"
-print("| connections | server | runs | requests/s (mean) | each run | p50 ms | p99 ms | server CPU | of which Redis/PostgreSQL | requests per server CPU-s | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| connections | server | runs | requests/s (mean) | each run | p50 ms | p99 ms | server CPU | of which Redis | of which PostgreSQL | requests per server CPU-s | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+def share(values):
+    if not values:
+        return "-"
+    m = mean(values)
+    return f"{m:.1f} %" if m < 10 else f"{m:.0f} %"
 summary = {}
+parts = {}
 for conns, server in sorted(order, key=lambda k: (k[0], order.index(k))):
     xs = acc[(conns, server)]
     rps = mean([x[0] for x in xs])
     summary[(conns, server)] = (rps, mean([x[4] for x in xs]))
+    # CPU per makecall in µs: the server's own, its Redis's, its PostgreSQL's (means of the rounds).
+    r_us = mean([x[6] / 100 / x[0] * 1e6 for x in xs]) if xs[0][6] is not None else None
+    g_us = mean([x[7] / 100 / x[0] * 1e6 for x in xs]) if xs[0][7] is not None else None
+    parts[(conns, server)] = (mean([x[3] / 100 / x[0] * 1e6 for x in xs]) - (r_us or 0) - (g_us or 0), r_us, g_us)
     each = " / ".join(f"{x[0]:.0f}" for x in xs)
     errs = ", ".join(sorted({x[5] for x in xs}))
-    backend = [x[6] for x in xs if x[6] is not None]
-    backend = f"{mean(backend):.0f} %" if backend else "-"
+    redis = share([x[6] for x in xs if x[6] is not None])
+    pg = share([x[7] for x in xs if x[7] is not None])
     print(f"| {conns} | {server} | {len(xs)} | **{rps:.0f}** | {each} | "
           f"{ms(mean([x[1] for x in xs]))} | {ms(mean([x[2] for x in xs]))} | "
-          f"{mean([x[3] for x in xs]):.0f} % | {backend} | {mean([x[4] for x in xs]):.0f} | {errs} |")
+          f"{mean([x[3] for x in xs]):.0f} % | {redis} | {pg} | {mean([x[4] for x in xs]):.0f} | {errs} |")
 print()
 verdicts = []
 if any(k[1] == "hello" for k in summary):
@@ -665,10 +692,11 @@ if node_servers and any(k[1] == "callbridge" for k in summary):
     print()
     print("Each server's requests/s, and its CPU per makecall counting its Redis's and PostgreSQL's, over")
     print("`callbridge`'s (everything embedded: intents in memory, the store in SQLite), same connections,")
-    print("same run (means over the rounds).")
+    print("same run (means over the rounds); the CPU per makecall also split between callbridge, Redis")
+    print("and PostgreSQL.")
     print()
-    print("| connections | server | requests/s (mean) | × callbridge | CPU per makecall, µs (with Redis/PostgreSQL) | × callbridge |")
-    print("|---|---|---|---|---|---|")
+    print("| connections | server | requests/s (mean) | × callbridge | CPU per makecall, µs | × callbridge | callbridge µs | Redis µs | PostgreSQL µs |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for conns in sorted({k[0] for k in summary}):
         base = summary.get((conns, "callbridge"))
         if not base:
@@ -679,28 +707,44 @@ if node_servers and any(k[1] == "callbridge" for k in summary):
             rps, per_cpu = summary[(conns, server)]
             us = 1e6 / per_cpu if per_cpu else 0
             base_us = 1e6 / base[1] if base[1] else 0
+            own, r_us, g_us = parts[(conns, server)]
+            f = lambda v: "-" if v is None else f"{v:.1f}"
             print(f"| {conns} | {server} | {rps:.0f} | **{rps / base[0]:.2f}×** | {us:.1f} | "
-                  f"**{(us / base_us if base_us else 0):.2f}×** |")
+                  f"**{(us / base_us if base_us else 0):.2f}×** | {f(own)} | {f(r_us)} | {f(g_us)} |")
     print()
 store = [l.rstrip("\n").split("\t") for l in open(sys.argv[4]) if l.strip()]
 pool = int(sys.argv[5])
 if store:
     print("### The store's writer")
     print()
-    print("callbridge's `/metrics` at the end of each measured window: *answered* = HTTP 2xx so far (the")
-    print("makecalls of the warm-up and of the window, the start-up check, and those wrk did not count at")
-    print("its stop), then the writer's counters: records *written* (committed), *queued* (handed to the")
-    print("writer, not yet committed), *unsettled* (ended, waiting their second before they are handed")
-    print("over), *dropped* (the writer's queue, `store.queue` = 10,000, was full), *errors*, and")
-    print("*transactions*, and the records written per second over the measured window; then the rows")
-    print("of the store's `calls` table once the server stopped (SIGTERM")
-    print("writes every record left), against those *expected*: " + (
-        "none (TELNUM_POOL = 0: every makecall's intent stays pending, nothing ends)." if pool == 0 else
-        f"one per makecall that replaced a pending intent (TELNUM_POOL = {pool}), i.e. *answered* minus "
-        f"the distinct telnums (2 × {pool} + 1, less when a phase made fewer makecalls)."))
-    print()
-    print("| connections | server | round | answered | written | queued | unsettled | dropped | errors | transactions | written/s in the window | rows after the stop | expected |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    idle = all(r[4] == "0" and r[7] == "0" and r[8] == "0" and r[10] == "0" for r in store)
+    if pool == 0 and idle:
+        answered = [int(r[3]) for r in store if r[3].isdigit()]
+        print("TELNUM_POOL = 0: every makecall's intent stays pending (intent.ttl_secs outlasts the run),")
+        print("no call ends, so nothing goes to the store: in every run of every callbridge* server")
+        print("callbridge's `/metrics` at the end of the window showed 0 records written, queued, dropped")
+        print("or failed, and the store's `calls` table had 0 rows after the stop"
+              + (f" ({min(answered)}–{max(answered)} makecalls answered per run)." if answered else "."))
+        print("Run with TELNUM_POOL > 0 for the writer's load (each makecall then ends an intent).")
+        print()
+        store = []
+    else:
+        print("callbridge's `/metrics` at the end of each measured window: *answered* = HTTP 2xx so far")
+        print("(the makecalls of the warm-up and of the window, the start-up check, and those wrk did not")
+        print("count at its stop), then the writer's counters: records *written* (committed), *queued*")
+        print("(handed to the writer, not yet committed), *unsettled* (ended, waiting their second before")
+        print("they are handed over), *dropped* (the writer's queue, `store.queue` = 10,000, was full),")
+        print("*errors*, *transactions*, and the records written per second over the measured window;")
+        print("then the rows of the store's `calls` table once the server stopped (SIGTERM writes every")
+        print("record left), against those *expected*: " + (
+            "none (TELNUM_POOL = 0: every makecall's intent stays pending, nothing ends)." if pool == 0 else
+            f"one per makecall that replaced a pending intent (TELNUM_POOL = {pool}), i.e. *answered* minus "
+            f"the distinct telnums (2 × {pool} + 1). Rows + dropped short of *expected*: records lost "
+            "without a count (pruned from memory, `sip.max_ended_calls`, before the writer took them)."))
+        print()
+    if store:
+        print("| connections | server | round | answered | written | queued | unsettled | dropped | errors | transactions | written/s in the window | rows after the stop | expected |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in store:
         server, conns, rnd, answered, written, queued, unsettled, dropped, errs, batches, rows, wps = row
         if pool == 0:
@@ -711,7 +755,8 @@ if store:
             expected = "?"
         print(f"| {conns} | {server} | {rnd} | {answered} | {written} | {queued} | {unsettled} | "
               f"**{dropped}** | **{errs}** | {batches} | {wps} | {rows} | {expected} |")
-    print()
+    if store:
+        print()
 hooks = [l.rstrip("\n").split("\t") for l in open(sys.argv[3]) if l.strip()]
 hook_servers = [s for s in ("callbridge-hooks", "callbridge-hooks-stalled") if any(k[1] == s for k in summary)]
 if hook_servers:
@@ -788,8 +833,13 @@ mkdir -p "$(dirname "$OUT")"
     echo "- Servers: \`hello\` = \`benches/src/bin/hello.rs\` (hyper 1 http1, tokio multi-thread,"
     echo "  same builder settings as crates/api, answers \`{\"callid\":\"1\"}\`); \`callbridge\` ="
     echo "  defaults plus \`--set api.listen=$HOST:$API_PORT --set sip.listen=$HOST:$SIP_PORT"
-    echo "  --set log.filter=info\` (one info line per makecall, to a file); \`callbridge-warn\` ="
-    echo "  the same with \`log.filter=warn\`."
+    echo "  --set log.filter=info --set intent.max_pending=$INTENT_MAX_PENDING\` (one info line per"
+    echo "  makecall, to a file; intent.max_pending is 1,000,000 by default, which a new telnum per"
+    echo "  request passes within the run at 100,000 makecalls/s); \`callbridge-warn\` = the same with"
+    echo "  \`log.filter=warn\`."
+    if [[ -n $SERVER_SET ]]; then
+        echo "  Every callbridge* server also gets \`--set\` $SERVER_SET."
+    fi
     if [[ $HOOKS == 1 ]]; then
         echo "  \`callbridge-hooks\`, \`callbridge-hooks-stalled\` = \`callbridge\` with webhooks on"
         echo "  (\`--set webhooks.url=http://$HOST:$SINK_PORT/hook --set webhooks.secret=…"
