@@ -402,14 +402,20 @@ start_server() { # name -> sets SERVER_PID, URL
     [[ $answer == *'"callid":'*' 200' ]] || die "$name: unexpected answer to makecall: $answer"
 }
 
-# Stops the server, then its Redis and PostgreSQL; sets ROWS to the rows of the store's calls
-# table once the server has stopped (callbridge* servers; "-" for hello).
+# Stops the server, then its Redis and PostgreSQL; for callbridge* servers sets ROWS to the rows
+# of the store's calls table once the server has stopped, and DROPPED to the records its log
+# says the full writer queue dropped over its whole life (its warnings' dropped= counts; /metrics
+# is read at the window's end, and a full queue may still drop records after it); else "-".
 stop_server() { # name
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
-    ROWS=-
-    [[ ${1:-} == callbridge* ]] && ROWS=$(store_rows "$1")
+    ROWS=- DROPPED=-
+    if [[ ${1:-} == callbridge* ]]; then
+        ROWS=$(store_rows "$1")
+        DROPPED=$(awk '/store queue full/ { for (i = 1; i <= NF; i++) if ($i ~ /^dropped=/) { sub(/^dropped=/, "", $i); n += $i } }
+            END { print n + 0 }' "$WORK/$1.log" 2>/dev/null || echo "?")
+    fi
     stop_redis
     stop_pg
 }
@@ -474,7 +480,7 @@ RUNS=$WORK/runs.tsv # server conns round rps p50_us p99_us cpu_pct req_per_cpu_s
 : >"$RUNS"
 # callbridge* servers: server conns round answered written queued unsettled dropped_full errors
 # batches (end of the measured window) rows (in the store's calls table after the stop)
-# written_per_s (over the measured window)
+# written_per_s (over the measured window) dropped_in_all (the server's log, after the stop)
 STORE_RUNS=$WORK/store.tsv
 : >"$STORE_RUNS"
 # -hooks servers: server conns round makecalls sink_cpu_pct delivered retried failed dropped
@@ -544,10 +550,11 @@ for round in $(seq "$ROUNDS"); do
                 # Records committed per second over the measured window.
                 wps=$(awk -v a="$w0" -v b="${sms[1]}" -v d="$(field "$line" duration_us)" \
                     'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.0f", (b - a) / (d / 1e6) }')
-                printf '%s\t' "$server" "$conns" "$round" "${sms[@]}" "$ROWS" >>"$STORE_RUNS"
-                printf '%s\n' "$wps" >>"$STORE_RUNS"
+                printf '%s\t' "$server" "$conns" "$round" "${sms[@]}" "$ROWS" "$wps" >>"$STORE_RUNS"
+                printf '%s\n' "$DROPPED" >>"$STORE_RUNS"
                 log "$server c=$conns round $round store at the window's end (answered written queued" \
-                    "unsettled dropped_full errors batches): $sm; rows in the store after the stop: $ROWS"
+                    "unsettled dropped_full errors batches): $sm; rows in the store after the stop: $ROWS," \
+                    "dropped in all (log): $DROPPED"
             fi
             requests=$(field "$line" requests)
             dur=$(field "$line" duration_us)
@@ -717,7 +724,8 @@ pool = int(sys.argv[5])
 if store:
     print("### The store's writer")
     print()
-    idle = all(r[4] == "0" and r[7] == "0" and r[8] == "0" and r[10] == "0" for r in store)
+    idle = all(r[4] == "0" and r[7] == "0" and r[8] == "0" and r[10] == "0" and r[12] in ("0", "-")
+               for r in store)
     if pool == 0 and idle:
         answered = [int(r[3]) for r in store if r[3].isdigit()]
         print("TELNUM_POOL = 0: every makecall's intent stays pending (intent.ttl_secs outlasts the run),")
@@ -730,31 +738,36 @@ if store:
         store = []
     else:
         print("callbridge's `/metrics` at the end of each measured window: *answered* = HTTP 2xx so far")
-        print("(the makecalls of the warm-up and of the window, the start-up check, and those wrk did not")
-        print("count at its stop), then the writer's counters: records *written* (committed), *queued*")
-        print("(handed to the writer, not yet committed), *unsettled* (ended, waiting their second before")
-        print("they are handed over), *dropped* (the writer's queue, `store.queue` = 10,000, was full),")
-        print("*errors*, *transactions*, and the records written per second over the measured window;")
-        print("then the rows of the store's `calls` table once the server stopped (SIGTERM writes every")
-        print("record left), against those *expected*: " + (
+        print("(the makecalls of the warm-up and of the window, the start-up check, those wrk did not count")
+        print("at its stop, and one `/metrics` read at the window's start), then the writer's counters:")
+        print("records *written* (committed), *queued* (handed to the writer, not yet committed),")
+        print("*unsettled* (ended, waiting their second before they are handed over), *dropped* (the")
+        print("writer's queue, `store.queue` = 10,000, was full), *errors*, *transactions*, and the records")
+        print("written per second over the measured window; then, once the server stopped (SIGTERM")
+        print("writes every record left), the records *dropped in all* (the sum of its log's warnings: a")
+        print("full queue may still drop after the window's end) and the rows of the store's `calls`")
+        print("table, against those *expected*: " + (
             "none (TELNUM_POOL = 0: every makecall's intent stays pending, nothing ends)." if pool == 0 else
-            f"one per makecall that replaced a pending intent (TELNUM_POOL = {pool}), i.e. *answered* minus "
-            f"the distinct telnums (2 × {pool} + 1). Rows + dropped short of *expected*: records lost "
-            "without a count (pruned from memory, `sip.max_ended_calls`, before the writer took them)."))
+            f"one per makecall that replaced a pending intent (TELNUM_POOL = {pool}), i.e. *answered* "
+            f"minus the `/metrics` read and the distinct telnums (2 × {pool} + 1). Rows + dropped in all "
+            "short of *expected*: records lost without a count (e.g. pruned from memory, beyond "
+            "`sip.max_ended_calls`, before the writer took them)."))
         print()
     if store:
-        print("| connections | server | round | answered | written | queued | unsettled | dropped | errors | transactions | written/s in the window | rows after the stop | expected |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| connections | server | round | answered | written | queued | unsettled | dropped | errors | transactions | written/s in the window | dropped in all | rows after the stop | rows + dropped in all | expected |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in store:
-        server, conns, rnd, answered, written, queued, unsettled, dropped, errs, batches, rows, wps = row
+        (server, conns, rnd, answered, written, queued, unsettled, dropped, errs, batches, rows, wps,
+         dropped_all) = row
         if pool == 0:
             expected = "0"
         elif answered.isdigit():
-            expected = f"≈ {max(0, int(answered) - 2 * pool - 1)}"
+            expected = f"{max(0, int(answered) - 1 - 2 * pool - 1)}"
         else:
             expected = "?"
+        total = str(int(rows) + int(dropped_all)) if rows.isdigit() and dropped_all.isdigit() else "?"
         print(f"| {conns} | {server} | {rnd} | {answered} | {written} | {queued} | {unsettled} | "
-              f"**{dropped}** | **{errs}** | {batches} | {wps} | {rows} | {expected} |")
+              f"**{dropped}** | **{errs}** | {batches} | {wps} | {dropped_all} | {rows} | {total} | {expected} |")
     if store:
         print()
 hooks = [l.rstrip("\n").split("\t") for l in open(sys.argv[3]) if l.strip()]
