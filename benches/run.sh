@@ -57,10 +57,10 @@ target it is held to.
 
 HEAD
     # profiling.md is written by hand (what was profiled and fixed, with before/after figures),
-    # and so are soak.md (the soak's results block with what was run) and webhooks.md (what
-    # the webhook runs of signalling and api showed); the other parts are written by their
-    # scripts.
-    for part in profiling micro signalling media api webhooks soak; do
+    # and so are soak.md (the soak's results block with what was run), webhooks.md (what
+    # the webhook runs of signalling and api showed) and nodes.md (the api runs with Redis and
+    # PostgreSQL: several nodes); the other parts are written by their scripts.
+    for part in profiling micro signalling media api webhooks nodes soak; do
         if [[ -f benches/results/$part.md ]]; then
             # Each part is a section of this page: its headings move one level down when its
             # title is a level-1 heading (outside code blocks).
