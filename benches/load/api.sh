@@ -58,9 +58,10 @@
 # So for every callbridge* server (SQLite or PostgreSQL) the report has a "store" table:
 # callbridge's /metrics at the end of the measured window (makecalls answered, records written,
 # queued, waiting to settle, dropped because the queue was full, failed, transactions; records
-# written per second over the window) and the rows in the store's calls table after the server
-# stopped (a SIGTERM writes every record left), against the records expected (TELNUM_POOL > 0:
-# the makecalls answered minus the distinct telnums, about 2 * TELNUM_POOL + 1). Every
+# written per second over the window), then, after the server stopped (a SIGTERM writes every
+# record left), the records dropped over its life (its log's warnings) and the rows in the
+# store's calls table, against the records expected (TELNUM_POOL > 0: the makecalls answered
+# minus the distinct telnums, 2 * TELNUM_POOL + 1). Every
 # callbridge* run starts with an empty store (its SQLite file removed, or a fresh PostgreSQL).
 #
 # For each connection count, each server is started fresh (nothing pinned to a CPU, same
