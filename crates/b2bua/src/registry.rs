@@ -11,7 +11,7 @@
 //! queued again, so the stored copy ends up final.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -356,6 +356,8 @@ pub struct CallRegistry {
     inner: Mutex<Inner>,
     /// Mirrors `inner.events.is_some()`, read without the lock.
     events_on: AtomicBool,
+    /// Ended records pruned (by the `max_ended` cap) while still waiting for the store.
+    lost_unstored: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -458,6 +460,7 @@ impl CallRegistry {
                 ..Inner::default()
             }),
             events_on: AtomicBool::new(false),
+            lost_unstored: AtomicU64::new(0),
         }
     }
 
@@ -847,12 +850,21 @@ impl CallRegistry {
         });
     }
 
+    /// Ended records dropped from memory by the `max_ended` cap before the store took them
+    /// (since start).
+    pub fn records_lost_unstored(&self) -> u64 {
+        self.lost_unstored.load(Ordering::Relaxed)
+    }
+
     /// Ended records waiting for the store.
     pub fn unsettled_count(&self) -> usize {
         self.inner.lock().to_store.len()
     }
 
-    /// Drops ended records older than the retention period or beyond the cap.
+    /// Drops ended records older than the retention period or beyond the cap. A record
+    /// dropped before the store took it is lost to the store, and counted
+    /// ([`records_lost_unstored`](Self::records_lost_unstored)): memory stays bounded when
+    /// calls end faster than the store's intake takes them.
     pub fn prune(&self, now: Instant) {
         let mut inner = self.inner.lock();
         while let Some((ended_at, _)) = inner.ended.front() {
@@ -861,7 +873,13 @@ impl CallRegistry {
                 break;
             }
             if let Some((_, callid)) = inner.ended.pop_front() {
-                inner.records.remove(&callid);
+                if inner
+                    .records
+                    .remove(&callid)
+                    .is_some_and(|slot| slot.queued)
+                {
+                    self.lost_unstored.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         sip_core::capacity::shrink_map(&mut inner.records);
@@ -1097,6 +1115,54 @@ mod tests {
             registry.take_settled(at(200_000), Duration::ZERO, 9)[0].callid,
             "3"
         );
+    }
+
+    /// A record the cap drops before the store took it is counted as lost; one already taken,
+    /// or kept without persistence, is not.
+    #[test]
+    fn records_pruned_before_the_store_took_them_are_counted() {
+        let t0 = Instant::now();
+        let registry = CallRegistry::new(
+            Duration::from_secs(600),
+            2,
+            WallClock::new(t0, SystemTime::UNIX_EPOCH),
+        );
+        let end = CallEvent::Ended {
+            by: Party::System,
+            cause: EndCause::IntentExpired,
+        };
+        // Without persistence nothing waits for the store: pruning loses nothing.
+        for id in ["0a", "0b", "0c"] {
+            registry.create(t0, id, "1001", "2001", "3001");
+            registry.update(t0, id, end);
+        }
+        assert_eq!(registry.records_lost_unstored(), 0);
+        registry.enable_persistence();
+        for id in ["1", "2"] {
+            registry.create(t0, id, "1001", "2001", "3001");
+            registry.update(t0, id, end);
+        }
+        assert_eq!(
+            registry.records_lost_unstored(),
+            0,
+            "0b, 0c were never queued"
+        );
+        // "1" is taken by the store; "2" still waits when "3" and "4" push both out.
+        let taken = registry.take_settled(t0, Duration::ZERO, 1);
+        assert_eq!(taken[0].callid, "1");
+        for id in ["3", "4"] {
+            registry.create(t0, id, "1001", "2001", "3001");
+            registry.update(t0, id, end);
+        }
+        assert!(registry.get("2").is_none());
+        assert_eq!(registry.records_lost_unstored(), 1);
+        // The lost one is skipped by the next take; the kept ones come in order.
+        let ids: Vec<_> = registry
+            .take_settled(t0, Duration::ZERO, 9)
+            .into_iter()
+            .map(|r| r.callid)
+            .collect();
+        assert_eq!(ids, ["3", "4"]);
     }
 
     #[test]

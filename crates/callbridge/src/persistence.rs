@@ -137,6 +137,7 @@ pub async fn record_task(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dropped_logged = 0u64;
+    let mut lost_logged = 0u64;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -159,6 +160,16 @@ pub async fn record_task(
                 "store queue full: call records dropped (the database is slower than the load)"
             );
             dropped_logged = dropped;
+        }
+        // So do records the registry's cap pushed out before this task took them.
+        let lost = control.registry().records_lost_unstored();
+        if lost > lost_logged {
+            tracing::warn!(
+                lost = lost - lost_logged,
+                "call records dropped from memory before the store took them (more calls end \
+                 per second than the store's intake; sip.max_ended_calls)"
+            );
+            lost_logged = lost;
         }
     }
 }
