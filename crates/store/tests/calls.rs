@@ -32,6 +32,20 @@ fn upsert_then_get_then_update() {
     });
 }
 
+/// makecall's `data` is an opaque string (SPEC.md): any Unicode, the NUL character included
+/// (JSON's `"\u0000"`), comes back as it went in on every backend.
+#[test]
+fn data_is_kept_byte_for_byte_nul_included() {
+    on_each(|store| {
+        let mut call = row("1", "1001", 1_000);
+        call.data = Some("a\u{0}b\u{0}\u{1F4DE}\\0 é".into());
+        store.upsert_calls(std::slice::from_ref(&call)).unwrap();
+        assert_eq!(store.get_call("1").unwrap().as_ref(), Some(&call));
+        let page = store.list_calls(&CallFilter::default(), 10, None).unwrap();
+        assert_eq!(page.calls, [call]);
+    });
+}
+
 #[test]
 fn a_batch_is_one_transaction() {
     on_each(|store| {

@@ -154,6 +154,36 @@ fn several_nodes_migrating_one_empty_database_at_once() {
     assert_eq!(stores[1].outbox_nodes().unwrap(), ["n0"]);
 }
 
+/// Migration 6 turns `calls.data` from TEXT into its UTF-8 bytes: a record stored before
+/// reads back the same after, and one with NUL can be stored.
+#[test]
+fn records_from_schema_5_keep_their_data_through_migration_6() {
+    let Some(db) = pg_database() else { return };
+    {
+        let mut client = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        store::postgres::migrations::migrate_to(&mut client, 5).unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO calls (callid, telnum, caller, callee, data, state, created_at) \
+                 VALUES ('1', '1001', '2001', '3001', 'order 42 é', 'intent', 1000), \
+                        ('2', '1001', '2001', '3001', NULL, 'intent', 1001)",
+            )
+            .unwrap();
+    }
+    let store = pg_open(&db, "");
+    assert_eq!(store.schema_version().unwrap(), latest_version());
+    let kept = store.get_call("1").unwrap().unwrap();
+    assert_eq!(kept.data.as_deref(), Some("order 42 é"));
+    assert_eq!(store.get_call("2").unwrap().unwrap().data, None);
+    let mut nul = kept;
+    nul.data = Some("a\u{0}b".into());
+    store.upsert_calls(std::slice::from_ref(&nul)).unwrap();
+    assert_eq!(
+        store.get_call("1").unwrap().unwrap().data.as_deref(),
+        Some("a\u{0}b")
+    );
+}
+
 #[test]
 fn from_an_older_schema_with_data_and_a_newer_one_is_refused() {
     let Some(db) = pg_database() else { return };

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_outbox_node",
         sql: include_str!("../../migrations/postgres/0005_outbox_node.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_data_bytes",
+        sql: include_str!("../../migrations/postgres/0006_data_bytes.sql"),
+    },
 ];
 
 /// The schema version this build creates and expects.

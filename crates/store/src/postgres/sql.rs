@@ -192,7 +192,8 @@ pub(crate) fn call_params(call: &CallRow) -> Result<Vec<Param>, StoreError> {
         Box::new(call.telnum.clone()),
         Box::new(call.caller.clone()),
         Box::new(call.callee.clone()),
-        Box::new(call.data.clone()),
+        // BYTEA: the opaque string may hold NUL, which TEXT cannot (migration 6).
+        Box::new(call.data.as_ref().map(|d| d.as_bytes().to_vec())),
         Box::new(call.state.clone()),
         Box::new(int("created_at", call.created_at)?),
         Box::new(opt_int("invite_at", call.invite_at)?),
@@ -340,7 +341,14 @@ pub(crate) fn call_from_row(row: &Row) -> Result<CallRow, StoreError> {
         telnum: row.try_get(1)?,
         caller: row.try_get(2)?,
         callee: row.try_get(3)?,
-        data: row.try_get(4)?,
+        data: row
+            .try_get::<_, Option<Vec<u8>>>(4)?
+            .map(|bytes| match String::from_utf8(bytes) {
+                Ok(data) => data,
+                // Only callbridge writes it, from a Rust string; bytes from elsewhere read
+                // lossily rather than failing the whole listing.
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }),
         state: row.try_get(5)?,
         created_at: get_u64(row, 6, "created_at")?,
         invite_at: get_opt_u64(row, 7, "invite_at")?,

@@ -1,0 +1,4 @@
+-- Schema version 6: PostgreSQL keeps a call's `data` as its UTF-8 bytes (BYTEA), because
+-- makecall's opaque `data` may hold the NUL character, which its TEXT cannot
+-- (postgres/0006_data_bytes.sql). SQLite's TEXT holds any string, NUL included: nothing
+-- changes here; the version only keeps both backends' schemas in step.
