@@ -2,7 +2,8 @@
 -- dedicated number (with ARGV[3] = '1', also when it is its callee).
 -- KEYS[1] intent hash, KEYS[2] expiry set; ARGV[1] icid prefix, ARGV[2] dialled number
 -- (normalised), ARGV[3] '1' for the CTI rule, ARGV[4] the claiming node ('' for none),
--- ARGV[5] the call index's key prefix, ARGV[6] the node_calls key prefix.
+-- ARGV[5] the call index's key prefix, ARGV[6] the node_calls key prefix, ARGV[7] a live
+-- entry's TTL in ms (index.rs: LIVE_TTL).
 -- A claimed intent enters the call index under the claiming node in the same step, so that a
 -- node that dies right after its claim leaves no call without a record (its reaper finds it).
 -- Returns {'none'}, {'other'}, {'expired', fields...} or {'claimed', fields...}.
@@ -36,7 +37,7 @@ if ARGV[4] ~= '' then
   })
   local key = ARGV[5] .. callid
   redis.call('HSET', key, 'node', ARGV[4], 'seq', field(h, 'seq') or '0', 'row', row, 'ended', '0')
-  redis.call('PEXPIRE', key, 86400000)
+  redis.call('PEXPIRE', key, ARGV[7])
   redis.call('SADD', ARGV[6] .. ARGV[4], callid)
 end
 return prefixed('claimed', h)

@@ -19,6 +19,17 @@ use crate::ClusterError;
 /// How long a live call's entry lives without a write.
 pub const LIVE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The start of every call's key under key prefix `prefix` (the callid follows); the claim
+/// script enters a claimed call under it too.
+pub(crate) fn call_key_prefix(prefix: &str) -> String {
+    format!("{prefix}call:")
+}
+
+/// The start of every node's set of live calls (the node id follows).
+pub(crate) fn node_calls_key_prefix(prefix: &str) -> String {
+    format!("{prefix}node_calls:")
+}
+
 /// One call as the index keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -48,11 +59,11 @@ impl CallIndex {
     }
 
     fn call_key(&self, callid: &str) -> String {
-        format!("{}call:{callid}", self.prefix)
+        format!("{}{callid}", call_key_prefix(&self.prefix))
     }
 
     pub(crate) fn node_calls_key(&self, node: &str) -> String {
-        format!("{}node_calls:{node}", self.prefix)
+        format!("{}{node}", node_calls_key_prefix(&self.prefix))
     }
 
     /// Writes `entries` in one pipelined round trip; ended ones expire after `ended_ttl`.

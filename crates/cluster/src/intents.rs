@@ -142,8 +142,9 @@ impl RedisIntents {
             .arg(to)
             .arg(if cti { "1" } else { "0" })
             .arg(self.node.as_deref().unwrap_or(""))
-            .arg(format!("{}call:", self.prefix))
-            .arg(format!("{}node_calls:", self.prefix));
+            .arg(crate::index::call_key_prefix(&self.prefix))
+            .arg(crate::index::node_calls_key_prefix(&self.prefix))
+            .arg(u64::try_from(crate::index::LIVE_TTL.as_millis()).unwrap_or(u64::MAX));
         let answer: Vec<String> = self
             .redis
             .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
