@@ -463,16 +463,18 @@ mod tests {
                 .map(|n| n.uri.to_string())
                 .collect()
         };
-        for status in [180, 183, 200] {
-            let b = from_b(status);
-            let r = relay_response_to_a(
+        let relay = |b: &Response| {
+            relay_response_to_a(
                 &local(),
                 &a,
                 "a",
                 ("2001", Transport::Udp),
-                &b,
+                b,
                 b.body.clone(),
-            );
+            )
+        };
+        for status in [180, 183, 200] {
+            let r = relay(&from_b(status));
             let text = String::from_utf8(r.to_bytes().to_vec()).unwrap();
             assert_eq!(
                 uris(&r),
@@ -485,16 +487,10 @@ mod tests {
             );
             assert!(!text.contains("trunk-edge"), "{text}");
         }
-        let b = from_b(486);
-        let r = relay_response_to_a(
-            &local(),
-            &a,
-            "a",
-            ("2001", Transport::Udp),
-            &b,
-            b.body.clone(),
+        assert!(
+            uris(&relay(&from_b(486))).is_empty(),
+            "a final refusal makes no dialog"
         );
-        assert!(uris(&r).is_empty(), "a final refusal makes no dialog");
     }
 
     #[test]
