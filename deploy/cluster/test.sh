@@ -255,6 +255,21 @@ run_caller() {
 
 # rows CSV FIRST N: SIPp CSV of N users from index FIRST: telnum 100000+i dials 200000+i to
 # reach 300000+i.
+# clean_run NAME CALLS: CALLS calls from $work/NAME.csv through the dispatcher at B_RATE/s, held
+# HOLD_MS, every one successful on both SIPps; `spread` gets the calls each node bridged
+# meanwhile ("n1 n2 n3").
+clean_run() {
+    local name=$1 calls=$2 before
+    before=$(bridged_all)
+    start_callee "${name}_callee" "$scenarios/callee_uas.xml" "$calls" $((calls / B_RATE + 60))
+    run_caller "${name}_caller" "$scenarios/trunk_uac.xml" "$work/$name.csv" "$calls" "$B_RATE" "$HOLD_MS" 15000
+    check_sipp "${name}_caller" "$caller_rc" "$calls"
+    wait_callee "${name}_callee" 30
+    check_sipp "${name}_callee" "$callee_rc" "$calls"
+    spread=$(deltas "$before" "$(bridged_all)")
+    log "$name: bridged per node: $spread"
+}
+
 rows() {
     local i
     echo SEQUENTIAL >"$1"
@@ -477,16 +492,10 @@ log "h: answered on $h_holder, hung up through node $hangup_node's API: BYE to t
 rows "$work/b.csv" 100 "$B_CALLS"
 make_intents "$work/b.csv" "$work/b.ids" "${apis[@]}"
 log "b: $B_CALLS intents registered round-robin on the three nodes; $B_CALLS calls at $B_RATE/s, held $HOLD_MS ms"
-before=$(bridged_all)
-start_callee b_callee "$scenarios/callee_uas.xml" "$B_CALLS" $((B_CALLS / B_RATE + 60))
-run_caller b_caller "$scenarios/trunk_uac.xml" "$work/b.csv" "$B_CALLS" "$B_RATE" "$HOLD_MS" 15000
-check_sipp b_caller "$caller_rc" "$B_CALLS"
-wait_callee b_callee 30
-check_sipp b_callee "$callee_rc" "$B_CALLS"
+clean_run b "$B_CALLS"
+b_spread=$spread
 b_invites=$(invites_seen b_callee)
 [[ $b_invites == "$B_CALLS" ]] || fail "b: the callee received $b_invites B-leg INVITEs for $B_CALLS calls"
-b_spread=$(deltas "$before" "$(bridged_all)")
-log "b: bridged per node: $b_spread"
 for d in $b_spread; do
     [[ $d =~ ^[0-9]+$ && $d -gt 0 ]] || fail "b: the calls did not reach every node (bridged per node: $b_spread)"
 done
@@ -539,14 +548,8 @@ c_invites=$(invites_seen c_callee)
 rows "$work/c2.csv" 2000 "$C2_CALLS"
 make_intents "$work/c2.csv" "$work/c2.ids" "$CLUSTER_NODE_1_API" "$CLUSTER_NODE_3_API"
 log "c2: $C2_CALLS calls at $B_RATE/s with node $KILLED dead (dispatcher: $(dispatcher_state "$KILLED"))"
-before=$(bridged_all)
-start_callee c2_callee "$scenarios/callee_uas.xml" "$C2_CALLS" $((C2_CALLS / B_RATE + 60))
-run_caller c2_caller "$scenarios/trunk_uac.xml" "$work/c2.csv" "$C2_CALLS" "$B_RATE" "$HOLD_MS" 15000
-check_sipp c2_caller "$caller_rc" "$C2_CALLS"
-wait_callee c2_callee 30
-check_sipp c2_callee "$callee_rc" "$C2_CALLS"
-c2_spread=$(deltas "$before" "$(bridged_all)")
-log "c2: bridged per node: $c2_spread"
+clean_run c2 "$C2_CALLS"
+c2_spread=$spread
 read -r -a c2d <<<"$c2_spread"
 [[ ${c2d[0]} =~ ^[0-9]+$ && ${c2d[0]} -gt 0 && ${c2d[2]} =~ ^[0-9]+$ && ${c2d[2]} -gt 0 ]] ||
     fail "c2: the calls did not reach both nodes 1 and 3 (bridged per node: $c2_spread)"
@@ -574,14 +577,8 @@ fi
 log "r: node $KILLED started again; dispatcher: $(dispatcher_state "$KILLED")"
 rows "$work/r.csv" 3000 "$R_CALLS"
 make_intents "$work/r.csv" "$work/r.ids" "${apis[@]}"
-before=$(bridged_all)
-start_callee r_callee "$scenarios/callee_uas.xml" "$R_CALLS" $((R_CALLS / B_RATE + 60))
-run_caller r_caller "$scenarios/trunk_uac.xml" "$work/r.csv" "$R_CALLS" "$B_RATE" "$HOLD_MS" 15000
-check_sipp r_caller "$caller_rc" "$R_CALLS"
-wait_callee r_callee 30
-check_sipp r_callee "$callee_rc" "$R_CALLS"
-r_spread=$(deltas "$before" "$(bridged_all)")
-log "r: bridged per node: $r_spread"
+clean_run r "$R_CALLS"
+r_spread=$spread
 read -r -a rd <<<"$r_spread"
 [[ ${rd[1]} =~ ^[0-9]+$ && ${rd[1]} -gt 0 ]] || fail "r: node $KILLED took no call after it came back (bridged per node: $r_spread)"
 
