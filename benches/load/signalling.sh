@@ -272,6 +272,8 @@ results=$work/results.tsv
 srv_pid="" callee_pid="" caller_pid="" sampler_pid="" srv_port="" sink_pid="" cluster_dir=""
 # shellcheck source=../../scripts/proc.sh
 source "$repo/scripts/proc.sh"
+# shellcheck source=../../scripts/postgres.sh
+source "$repo/scripts/postgres.sh"
 cleanup() {
     stop_pid "$sampler_pid"
     stop_pid "$caller_pid"
@@ -327,7 +329,7 @@ server_pids() {
 # process group deploy/cluster/cluster.sh spawned ($cluster_dir/pids/NAME.pid: "PGID word"), and
 # PostgreSQL's postmaster (pg_ctl starts it outside them) with its children.
 cluster_pids() { # part
-    local part=$1 f name pgid pm
+    local part=$1 f name pgid
     for f in "$cluster_dir"/pids/*.pid; do
         [[ -e $f ]] || continue
         name=$(basename "$f" .pid)
@@ -336,22 +338,26 @@ cluster_pids() { # part
         read -r pgid _ <"$f" 2>/dev/null || continue
         pgrep -g "$pgid" 2>/dev/null || true
     done
-    if [[ $part == all || $part == postgres ]] && [[ -r $cluster_dir/postgres/data/postmaster.pid ]]; then
-        read -r pm <"$cluster_dir/postgres/data/postmaster.pid" || return 0
-        echo "$pm"
-        pgrep -P "$pm" 2>/dev/null || true
+    if [[ $part == all || $part == postgres ]]; then
+        pg_pids "$cluster_dir/postgres"
     fi
 }
-cpu_ticks() { # utime + stime, summed over the server's processes
+cpu_ticks() { # utime + stime, summed over the server's processes (the cluster: its parts')
+    if [[ -n $cluster_dir ]]; then
+        cluster_ticks | awk '{ print $1 + $2 + $3 + $4 }'
+        return 0
+    fi
     # shellcheck disable=SC2046 # one pid per word
     ticks_of $(server_pids)
 }
 cluster_ticks() { # "nodes kamailio redis postgres": each part's utime + stime
     local part sums=()
-    for part in nodes kamailio redis postgres; do
+    for part in nodes kamailio redis; do
         # shellcheck disable=SC2046 # one pid per word
         sums+=("$(ticks_of $(cluster_pids "$part"))")
     done
+    # PostgreSQL's with its exited backends' (scripts/postgres.sh).
+    sums+=("$(pg_cpu_ticks "$cluster_dir/postgres")")
     echo "${sums[*]}"
 }
 ticks_of() { # pid... -> utime + stime, summed
